@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what ct-harmonizer's demo and tests need on a fresh Debian 12 machine. Safe to re-run:
+# every step checks first and does nothing when its result is already there.
+#   - Debian packages: DCMTK (peers), dicom3tools (dciodvfy/dcentvfy), invesalius-examples (a real head CT)
+#   - ONNX Runtime 1.31.1's shared library from the PyPI wheel, into .deps/ort (project-local)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[[ -x /usr/bin/storescu ]] || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+[[ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ]] || need_apt+=(invesalius-examples)
+if ((${#need_apt[@]})); then
+  echo "setup: installing Debian packages: ${need_apt[*]}" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+ORT_DIR=.deps/ort
+ORT_LIB=$ORT_DIR/onnxruntime/capi/libonnxruntime.so.1.31.1
+if [[ ! -f $ORT_LIB ]]; then
+  echo "setup: installing ONNX Runtime 1.31.1 (PyPI wheel, library only) into $ORT_DIR" >&2
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --target "$ORT_DIR" "onnxruntime-gpu==1.31.1"
+  else
+    python3 -m pip install -q --no-deps --target "$ORT_DIR" "onnxruntime==1.31.1"
+  fi
+fi
+[[ -f $ORT_LIB ]] || { echo "setup: $ORT_LIB missing after install" >&2; exit 1; }

@@ -1,0 +1,651 @@
+//! Derive stage: writes the new series (DESIGN §4). New SeriesInstanceUID and SOPInstanceUIDs derived
+//! deterministically from the source UIDs and the model's identity; StudyInstanceUID and
+//! FrameOfReferenceUID kept; ImageType DERIVED\SECONDARY\AXIAL; DerivationDescription and
+//! DerivationCodeSequence; SourceImageSequence per image (121322, DCM); ContributingEquipmentSequence
+//! naming this software and the model (a new device identity per model file); ConvolutionKernel = the
+//! target kernel; new SeriesNumber and SeriesDescription; the geometry of the output grid.
+//!
+//! Files go into a hidden `.<uid>.partial` folder, each fsynced, and the folder is renamed to
+//! `<uid>` only when the whole series is written: a crash never leaves a half-written series that
+//! looks complete.
+
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::config::DeriveSettings;
+use crate::translate::manifest::{Manifest, Task};
+use crate::translate::OutSlab;
+use crate::volume::{header, Geometry, SliceHeader};
+
+/// This software's version, written into derived series.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Implementation Class UID of ct-harmonizer's DICOM writer (a fixed 2.25 UUID-derived UID).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.223927284795914838497346734128349553771";
+/// Implementation Version Name (16 characters at most).
+pub const IMPLEMENTATION_VERSION_NAME: &str = "CT_HARMONIZER_01";
+/// Explicit VR Little Endian.
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// Errors writing a derived series.
+#[derive(Debug, thiserror::Error)]
+pub enum DeriveError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot build DICOM object for {uid}: {reason}")]
+    Build { uid: String, reason: String },
+    #[error("source {path}: {reason}")]
+    Source { path: PathBuf, reason: String },
+}
+
+/// A UID under the 2.25 root (PS3.5 B.2) derived from `parts`: the decimal value of the first 128 bits of
+/// their SHA-256. The same parts always give the same UID.
+pub fn derived_uid(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    // Keep it a valid UUID-shaped integer (version 8 "custom", RFC 9562) as 2.25 expects.
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    format!("2.25.{}", u128::from_be_bytes(b))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DeriveError + '_ {
+    move |source| DeriveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: impl Into<String>) {
+    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value.into())));
+}
+
+fn put_strs(obj: &mut InMemDicomObject, tag: Tag, vr: VR, values: &[String]) {
+    let v: SmallVec<[String; 2]> = values.iter().cloned().collect();
+    obj.put(DataElement::new(tag, vr, PrimitiveValue::Strs(v)));
+}
+
+fn put_u16(obj: &mut InMemDicomObject, tag: Tag, value: u16) {
+    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(value)));
+}
+
+fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new(
+        tag,
+        VR::SQ,
+        DataSetSequence::from(items),
+    ));
+}
+
+/// A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning).
+pub fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    put(&mut o, tags::CODE_VALUE, VR::SH, value);
+    put(&mut o, tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme);
+    put(&mut o, tags::CODE_MEANING, VR::LO, meaning);
+    o
+}
+
+/// Formats a decimal string (DS, 16 characters at most).
+pub fn ds(v: f64) -> String {
+    for prec in (0..=10).rev() {
+        let s = format!("{v:.prec$}");
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        };
+        if s.len() <= 16 {
+            return if s == "-0" { "0".into() } else { s };
+        }
+    }
+    format!("{v:.0}")
+}
+
+fn ds_multi(values: &[f64]) -> Vec<String> {
+    values.iter().map(|&v| ds(v)).collect()
+}
+
+/// Sets the Image Pixel and rescale attributes for signed 16-bit HU and stores `hu` (rounded, clamped).
+pub fn put_pixels_hu(obj: &mut InMemDicomObject, rows: usize, columns: usize, hu: &[f32]) {
+    put_u16(obj, tags::SAMPLES_PER_PIXEL, 1);
+    put(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(obj, tags::ROWS, rows as u16);
+    put_u16(obj, tags::COLUMNS, columns as u16);
+    put_u16(obj, tags::BITS_ALLOCATED, 16);
+    put_u16(obj, tags::BITS_STORED, 16);
+    put_u16(obj, tags::HIGH_BIT, 15);
+    put_u16(obj, tags::PIXEL_REPRESENTATION, 1);
+    put(obj, tags::RESCALE_INTERCEPT, VR::DS, "0");
+    put(obj, tags::RESCALE_SLOPE, VR::DS, "1");
+    let mut bytes = Vec::with_capacity(hu.len() * 2);
+    for v in hu {
+        let s = v.round().clamp(-32768.0, 32767.0) as i16;
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U8(bytes.into()),
+    ));
+}
+
+/// Writes `obj` as a Part 10 file (Explicit VR Little Endian) to `path` via a temporary name, fsynced.
+pub fn write_part10(obj: InMemDicomObject, path: &Path) -> Result<(), DeriveError> {
+    let text = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches('\0').to_string())
+            .unwrap_or_default()
+    };
+    let sop_class = text(tags::SOP_CLASS_UID);
+    let sop_instance = text(tags::SOP_INSTANCE_UID);
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance.clone())
+        .transfer_syntax(EXPLICIT_VR_LE)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .build()
+        .map_err(|e| DeriveError::Build {
+            uid: sop_instance.clone(),
+            reason: e.to_string(),
+        })?;
+    let file = obj.with_exact_meta(meta);
+    let tmp = path.with_extension("tmp");
+    let f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    file.write_all(&mut w).map_err(|e| DeriveError::Build {
+        uid: sop_instance.clone(),
+        reason: e.to_string(),
+    })?;
+    let f = w
+        .into_inner()
+        .map_err(|e| io_err(&tmp)(e.into_error()))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// One output slice of the derived grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSlice {
+    pub sop_instance_uid: String,
+    pub position: [f64; 3],
+    /// Index (in sorted order) of the source slice whose header is the template.
+    pub template: usize,
+    /// Source slices this one was computed from (for SourceImageSequence).
+    pub sources: Vec<usize>,
+}
+
+/// The derived series' identity and grid, computed before any pixel is written.
+#[derive(Debug, Clone)]
+pub struct DerivedPlan {
+    pub series_uid: String,
+    pub rows: usize,
+    pub columns: usize,
+    pub pixel_spacing: [f64; 2],
+    pub spacing: f64,
+    pub slices: Vec<OutputSlice>,
+    pub derivation_description: String,
+}
+
+/// The model's identity in UIDs: name, version and the ONNX file's hash.
+fn model_identity(m: &Manifest) -> [&str; 3] {
+    [&m.name, &m.version, &m.onnx_sha256]
+}
+
+impl DerivedPlan {
+    /// Plans the output grid for `sources` (sorted) through model `m`.
+    pub fn new(sources: &[SliceHeader], geometry: &Geometry, m: &Manifest) -> Self {
+        let [name, version, sha] = model_identity(m);
+        let src_series = sources
+            .first()
+            .map(|s| s.series_uid.as_str())
+            .unwrap_or_default();
+        let series_uid = derived_uid(&["series", src_series, name, version, sha]);
+        let [sz, sy, sx] = m.scale();
+        let n_out = geometry.slices() * sz;
+        let p0 = geometry.positions[0];
+        let last = geometry.positions[geometry.slices() - 1];
+        let steps = (geometry.slices() - 1).max(1) as f64;
+        // Mean step between source slices (follows a tilt's shear).
+        let step = [
+            (last[0] - p0[0]) / steps,
+            (last[1] - p0[1]) / steps,
+            (last[2] - p0[2]) / steps,
+        ];
+        let (ps_r, ps_c) = (geometry.pixel_spacing[0], geometry.pixel_spacing[1]);
+        let (ps_r_out, ps_c_out) = (ps_r / sy as f64, ps_c / sx as f64);
+        let o = geometry.orientation;
+        // Output voxel centres: an upsampled pixel's centre moves by half an input pixel minus half an
+        // output pixel along each in-plane axis, and likewise along z.
+        let shift_r = (ps_c - ps_c_out) / 2.0; // along the row direction (columns)
+        let shift_c = (ps_r - ps_r_out) / 2.0; // along the column direction (rows)
+        let slices = (0..n_out)
+            .map(|k| {
+                let src = k / sz;
+                let frac = (k % sz) as f64 / sz as f64 - (sz as f64 - 1.0) / (2.0 * sz as f64);
+                let base = geometry.positions[src];
+                let mut position = [0.0; 3];
+                for i in 0..3 {
+                    position[i] = base[i] + frac * step[i] - shift_r * o[i] - shift_c * o[3 + i];
+                }
+                let src_uid = sources
+                    .get(src)
+                    .map(|s| s.sop_instance_uid.as_str())
+                    .unwrap_or_default();
+                let k_text = k.to_string();
+                let mut srcs = vec![src];
+                if sz > 1 {
+                    let other = if frac < 0.0 { src.checked_sub(1) } else { Some(src + 1) };
+                    if let Some(o) = other.filter(|&o| o < geometry.slices()) {
+                        srcs.push(o);
+                    }
+                }
+                OutputSlice {
+                    sop_instance_uid: derived_uid(&["instance", src_uid, &k_text, name, version, sha]),
+                    position,
+                    template: src,
+                    sources: srcs,
+                }
+            })
+            .collect();
+        let kernels: Vec<&str> = sources
+            .first()
+            .and_then(|s| s.convolution_kernel.as_deref())
+            .into_iter()
+            .collect();
+        let from = kernels.first().copied().unwrap_or("unknown kernel");
+        let derivation_description = format!(
+            "ct-harmonizer {SOFTWARE_VERSION}; model {name} {version} ({kind:?}, sha256 {short}); kernel {from} -> {to}; scale z{sz} y{sy} x{sx}",
+            kind = m.kind,
+            short = &sha[..sha.len().min(12)],
+            to = m.kernels.produces,
+        );
+        Self {
+            series_uid,
+            rows: geometry.rows * sy,
+            columns: geometry.columns * sx,
+            pixel_spacing: [ps_r_out, ps_c_out],
+            spacing: geometry.spacing / sz as f64,
+            slices,
+            derivation_description,
+        }
+    }
+}
+
+/// Writes one derived series slab by slab into a hidden partial folder, then publishes it.
+pub struct SeriesWriter {
+    plan: DerivedPlan,
+    sources: Vec<SliceHeader>,
+    manifest: Manifest,
+    settings: DeriveSettings,
+    out_dir: PathBuf,
+    partial: PathBuf,
+    written: usize,
+}
+
+impl SeriesWriter {
+    /// Prepares `out_dir/.<uid>.partial` (removing a stale one from an earlier crash).
+    pub fn create(
+        out_dir: &Path,
+        plan: DerivedPlan,
+        sources: Vec<SliceHeader>,
+        manifest: Manifest,
+        settings: DeriveSettings,
+    ) -> Result<Self, DeriveError> {
+        fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+        let partial = out_dir.join(format!(".{}.partial", plan.series_uid));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(io_err(&partial))?;
+        }
+        fs::create_dir(&partial).map_err(io_err(&partial))?;
+        Ok(Self {
+            plan,
+            sources,
+            manifest,
+            settings,
+            out_dir: out_dir.to_owned(),
+            partial,
+            written: 0,
+        })
+    }
+
+    pub fn plan(&self) -> &DerivedPlan {
+        &self.plan
+    }
+
+    /// Writes every slice of `slab` (slabs must arrive in order).
+    pub fn write_slab(&mut self, slab: &OutSlab) -> Result<(), DeriveError> {
+        let plane = slab.rows * slab.columns;
+        let mut template_cache: Option<(usize, InMemDicomObject)> = None;
+        for dz in 0..slab.depth {
+            let k = slab.z0 + dz;
+            let Some(out) = self.plan.slices.get(k).cloned() else {
+                return Err(DeriveError::Build {
+                    uid: self.plan.series_uid.clone(),
+                    reason: format!("output slice {k} is beyond the planned {}", self.plan.slices.len()),
+                });
+            };
+            let template = match &template_cache {
+                Some((i, obj)) if *i == out.template => obj.clone(),
+                _ => {
+                    let obj = self.template(out.template)?;
+                    template_cache = Some((out.template, obj.clone()));
+                    obj
+                }
+            };
+            let obj = self.derive_instance(template, &out, k, &slab.hu[dz * plane..(dz + 1) * plane]);
+            let path = self.partial.join(format!("IM{:05}.dcm", k + 1));
+            write_part10(obj, &path)?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    fn template(&self, index: usize) -> Result<InMemDicomObject, DeriveError> {
+        let h = self.sources.get(index).ok_or_else(|| DeriveError::Build {
+            uid: self.plan.series_uid.clone(),
+            reason: format!("no source slice {index}"),
+        })?;
+        let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+            path: h.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(obj.into_inner())
+    }
+
+    fn derive_instance(
+        &self,
+        mut obj: InMemDicomObject,
+        out: &OutputSlice,
+        k: usize,
+        hu: &[f32],
+    ) -> InMemDicomObject {
+        let m = &self.manifest;
+        let s = &self.settings;
+        // Drop what would be stale or inconsistent in the new object.
+        let drop: Vec<Tag> = obj
+            .iter()
+            .map(|e| e.header().tag)
+            .filter(|t| t.group() % 2 == 1 || t.group() == 0x0002)
+            .collect();
+        for t in drop {
+            obj.remove_element(t);
+        }
+        for t in [
+            tags::SMALLEST_IMAGE_PIXEL_VALUE,
+            tags::LARGEST_IMAGE_PIXEL_VALUE,
+            tags::PIXEL_PADDING_VALUE,
+            tags::PIXEL_PADDING_RANGE_LIMIT,
+            tags::RESCALE_TYPE,
+            tags::ICON_IMAGE_SEQUENCE,
+            tags::INSTANCE_CREATION_DATE,
+            tags::INSTANCE_CREATION_TIME,
+            tags::NUMBER_OF_FRAMES,
+            tags::PLANAR_CONFIGURATION,
+            tags::DATA_SET_TRAILING_PADDING,
+        ] {
+            obj.remove_element(t);
+        }
+        let src0 = self.sources.first();
+        put(&mut obj, tags::SOP_CLASS_UID, VR::UI, header::CT_IMAGE_STORAGE);
+        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &out.sop_instance_uid);
+        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &self.plan.series_uid);
+        put_strs(
+            &mut obj,
+            tags::IMAGE_TYPE,
+            VR::CS,
+            &["DERIVED".into(), "SECONDARY".into(), "AXIAL".into()],
+        );
+        let src_number: i64 = obj
+            .element_opt(tags::SERIES_NUMBER)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_int::<i64>().ok())
+            .unwrap_or(0);
+        put(
+            &mut obj,
+            tags::SERIES_NUMBER,
+            VR::IS,
+            (src_number + i64::from(s.series_number_offset)).to_string(),
+        );
+        let src_desc = obj
+            .element_opt(tags::SERIES_DESCRIPTION)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|d| d.trim().to_string())
+            .unwrap_or_default();
+        put(
+            &mut obj,
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            series_description(&src_desc, &s.series_description_suffix),
+        );
+        put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, (k + 1).to_string());
+        put(&mut obj, tags::CONVOLUTION_KERNEL, VR::SH, &m.kernels.produces);
+        put(
+            &mut obj,
+            tags::DERIVATION_DESCRIPTION,
+            VR::ST,
+            &self.plan.derivation_description,
+        );
+        let derivation = match m.task {
+            Task::Kernel => code_item("113087", "DCM", "Smoothing"),
+            Task::Superres => code_item("113085", "DCM", "Spatial resampling"),
+        };
+        put_seq(&mut obj, tags::DERIVATION_CODE_SEQUENCE, vec![derivation]);
+        let source_items = out
+            .sources
+            .iter()
+            .filter_map(|&i| self.sources.get(i))
+            .map(|h| {
+                let mut item = InMemDicomObject::new_empty();
+                put(&mut item, tags::REFERENCED_SOP_CLASS_UID, VR::UI, &h.sop_class_uid);
+                put(
+                    &mut item,
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &h.sop_instance_uid,
+                );
+                put_seq(
+                    &mut item,
+                    tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                    vec![code_item(
+                        "121322",
+                        "DCM",
+                        "Source image for image processing operation",
+                    )],
+                );
+                item
+            })
+            .collect();
+        put_seq(&mut obj, tags::SOURCE_IMAGE_SEQUENCE, source_items);
+        put_seq(
+            &mut obj,
+            tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+            vec![self.equipment_item()],
+        );
+        // Geometry of the output grid.
+        put_strs(&mut obj, tags::IMAGE_POSITION_PATIENT, VR::DS, &ds_multi(&out.position));
+        let normal_pos: f64 = {
+            let o = self.plan_orientation(src0);
+            let n = [
+                o[1] * o[5] - o[2] * o[4],
+                o[2] * o[3] - o[0] * o[5],
+                o[0] * o[4] - o[1] * o[3],
+            ];
+            out.position.iter().zip(n).map(|(p, n)| p * n).sum()
+        };
+        put(&mut obj, tags::SLICE_LOCATION, VR::DS, ds(normal_pos));
+        put_strs(&mut obj, tags::PIXEL_SPACING, VR::DS, &ds_multi(&self.plan.pixel_spacing));
+        if m.task == Task::Superres {
+            put(&mut obj, tags::SLICE_THICKNESS, VR::DS, ds(self.plan.spacing));
+            put(&mut obj, tags::SPACING_BETWEEN_SLICES, VR::DS, ds(self.plan.spacing));
+        }
+        put_pixels_hu(&mut obj, self.plan.rows, self.plan.columns, hu);
+        obj
+    }
+
+    fn plan_orientation(&self, src0: Option<&SliceHeader>) -> [f64; 6] {
+        src0.and_then(|s| s.image_orientation)
+            .unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    }
+
+    fn equipment_item(&self) -> InMemDicomObject {
+        let m = &self.manifest;
+        let s = &self.settings;
+        let mut e = InMemDicomObject::new_empty();
+        put_seq(
+            &mut e,
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            vec![code_item("109102", "DCM", "Processing Equipment")],
+        );
+        put(&mut e, tags::MANUFACTURER, VR::LO, &s.manufacturer);
+        if !s.institution.trim().is_empty() {
+            put(&mut e, tags::INSTITUTION_NAME, VR::LO, s.institution.trim());
+        }
+        put(&mut e, tags::MANUFACTURER_MODEL_NAME, VR::LO, "ct-harmonizer");
+        put(
+            &mut e,
+            tags::DEVICE_SERIAL_NUMBER,
+            VR::LO,
+            truncate(&format!("{}-{}", m.name, m.version), 64),
+        );
+        put(
+            &mut e,
+            tags::DEVICE_UID,
+            VR::UI,
+            derived_uid(&["device", &m.name, &m.version, &m.onnx_sha256]),
+        );
+        put_strs(
+            &mut e,
+            tags::SOFTWARE_VERSIONS,
+            VR::LO,
+            &[
+                format!("ct-harmonizer {SOFTWARE_VERSION}"),
+                truncate(&format!("{} {}", m.name, m.version), 64),
+            ],
+        );
+        put(
+            &mut e,
+            tags::CONTRIBUTION_DESCRIPTION,
+            VR::ST,
+            &self.plan.derivation_description,
+        );
+        e
+    }
+
+    /// Publishes the series: syncs the partial folder and renames it to `<uid>` (replacing an earlier
+    /// identical run's folder). Returns the published folder.
+    pub fn finish(self) -> Result<PathBuf, DeriveError> {
+        if self.written != self.plan.slices.len() {
+            let reason = format!(
+                "{} of {} slices written",
+                self.written,
+                self.plan.slices.len()
+            );
+            self.abandon();
+            return Err(DeriveError::Build {
+                uid: String::new(),
+                reason,
+            });
+        }
+        fs::File::open(&self.partial)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.partial))?;
+        let target = self.out_dir.join(&self.plan.series_uid);
+        if target.exists() {
+            let old = self.out_dir.join(format!(".{}.old", self.plan.series_uid));
+            if old.exists() {
+                fs::remove_dir_all(&old).map_err(io_err(&old))?;
+            }
+            fs::rename(&target, &old).map_err(io_err(&target))?;
+            fs::rename(&self.partial, &target).map_err(io_err(&target))?;
+            fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        } else {
+            fs::rename(&self.partial, &target).map_err(io_err(&target))?;
+        }
+        fs::File::open(&self.out_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.out_dir))?;
+        Ok(target)
+    }
+
+    /// Removes the partial folder (after a failure).
+    pub fn abandon(self) {
+        let _ = fs::remove_dir_all(&self.partial);
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Source description plus the configured suffix, within the 64-character LO limit (the suffix wins).
+pub fn series_description(source: &str, suffix: &str) -> String {
+    let suffix = truncate(suffix, 64);
+    let room = 64 - suffix.len();
+    format!("{}{}", truncate(source, room), suffix).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_deterministic_and_valid() {
+        let a = derived_uid(&["series", "1.2.3", "m", "1.0.0", "ab"]);
+        let b = derived_uid(&["series", "1.2.3", "m", "1.0.0", "ab"]);
+        let c = derived_uid(&["series", "1.2.3", "m", "1.0.1", "ab"]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.len() <= 64 && a.starts_with("2.25."));
+        assert!(a[5..].chars().all(|c| c.is_ascii_digit()));
+        assert!(!a[5..].starts_with('0'));
+    }
+
+    #[test]
+    fn decimal_strings_fit() {
+        assert_eq!(ds(0.5), "0.5");
+        assert_eq!(ds(-0.0), "0");
+        assert_eq!(ds(-123.456789012345678), "-123.45678901235");
+        assert!(ds(1e300).len() > 16 || ds(1e300).len() <= 16);
+        for v in [0.957031199999, -250.123456789, 12345.678901234] {
+            assert!(ds(v).len() <= 16, "{}", ds(v));
+            assert!((ds(v).parse::<f64>().unwrap() - v).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn description_keeps_suffix_within_64() {
+        let d = series_description(&"X".repeat(80), " HARMONIZED NOT FOR DIAGNOSTIC USE");
+        assert_eq!(d.len(), 64);
+        assert!(d.ends_with("NOT FOR DIAGNOSTIC USE"));
+        assert_eq!(series_description("", " SUFFIX"), "SUFFIX");
+    }
+}

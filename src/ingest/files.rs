@@ -1,0 +1,83 @@
+//! Reads the headers of every file under the given paths (folders recursively, in name order).
+//! Non-image DICOM objects are skipped with a note; unreadable files are reported with the reason.
+
+use std::path::{Path, PathBuf};
+
+use crate::events;
+use crate::volume::header::read_header;
+use crate::volume::{SliceHeader, VolumeError};
+
+/// Errors about the inputs themselves.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("input {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Image headers.
+    pub images: Vec<SliceHeader>,
+    /// Non-image DICOM objects: (path, note).
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Files that could not be read as DICOM.
+    pub rejected: Vec<VolumeError>,
+}
+
+fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+    let io = |source| IngestError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        entries.sort();
+        for e in entries {
+            collect(&e, out)?;
+        }
+    } else {
+        out.push(path.to_owned());
+    }
+    Ok(())
+}
+
+/// Reads every file's header under `paths`.
+pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files)?;
+    }
+    let mut scan = Scan::default();
+    for f in files {
+        match read_header(&f) {
+            Ok(h) if h.is_image() => scan.images.push(h),
+            Ok(h) => {
+                let note = format!("not an image (SOP class {})", h.sop_class_uid);
+                events::file_skipped(&f.display().to_string(), &note);
+                scan.skipped.push((f, note));
+            }
+            Err(VolumeError::MissingTag { path, tag })
+                if tag == "StudyInstanceUID" || tag == "SeriesInstanceUID" =>
+            {
+                // DICOMDIR and other media objects carry no study or series.
+                let note = format!("no {tag}: not part of a series");
+                events::file_skipped(&path.display().to_string(), &note);
+                scan.skipped.push((path, note));
+            }
+            Err(e) => {
+                events::file_rejected(&f.display().to_string(), &e.to_string());
+                scan.rejected.push(e);
+            }
+        }
+    }
+    Ok(scan)
+}

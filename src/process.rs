@@ -1,0 +1,333 @@
+//! The one-shot path (`ct-harmonizer process`): the same stages the daemon runs, driven over files.
+//!
+//! Per series, three workers pass owned slabs one way over bounded channels, so reading, inference
+//! and writing overlap and memory stays bounded by `translate.slabs_in_flight` whatever the length of
+//! the series: the reader decodes z-slabs, the inference worker (which owns the ONNX session) turns
+//! them into output slabs, the writer derives and writes the DICOM instances.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::derive::{DeriveError, DerivedPlan, SeriesWriter};
+use crate::events;
+use crate::ingest::files::{self, IngestError};
+use crate::preview::{self, PreviewSlice};
+use crate::series::{self, Series};
+use crate::translate::manifest::{ManifestError, ModelDir};
+use crate::translate::{AxisTile, TranslateError, Translator};
+use crate::volume::geometry::{sort_and_check, GeometryLimits};
+use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::volume::slab::Slab;
+use crate::volume::{decode, SlabReader, VolumeError};
+
+/// Errors of one series.
+#[derive(Debug, thiserror::Error)]
+pub enum SeriesError {
+    #[error("series {series_uid}: modality {modality} is not CT")]
+    NotCt {
+        series_uid: String,
+        modality: String,
+    },
+    #[error("series {series_uid}: SOP class {sop_class} is not CT Image Storage{hint}")]
+    SopClass {
+        series_uid: String,
+        sop_class: String,
+        hint: &'static str,
+    },
+    #[error("series {series_uid}: model {model} does not accept convolution kernel {kernel}")]
+    Kernel {
+        series_uid: String,
+        model: String,
+        kernel: String,
+    },
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error(transparent)]
+    Derive(#[from] DeriveError),
+    #[error("series {series_uid}: a pipeline worker stopped unexpectedly")]
+    Worker { series_uid: String },
+}
+
+/// Errors that stop the whole run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("model {name} not found in {dir}: {source}")]
+    Model {
+        name: String,
+        dir: PathBuf,
+        source: ManifestError,
+    },
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+/// What `process` should do.
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    pub inputs: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub model: Option<String>,
+    /// Write an input | output | difference PNG of the first published series here.
+    pub preview: Option<PathBuf>,
+}
+
+/// One published series.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub source_series_uid: String,
+    pub derived_series_uid: String,
+    pub dir: PathBuf,
+    pub slices: usize,
+    pub seconds: f64,
+}
+
+/// Outcome of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub published: Vec<Published>,
+    pub failed: Vec<(String, SeriesError)>,
+    pub rejected_files: Vec<VolumeError>,
+    pub skipped_files: Vec<(PathBuf, String)>,
+    pub preview: Option<PathBuf>,
+    /// Summed `Session::run` wall time and number of runs.
+    pub inference_seconds: f64,
+    pub inference_runs: u64,
+    pub device: &'static str,
+}
+
+impl Report {
+    /// True when every input file and every series went through.
+    pub fn all_ok(&self) -> bool {
+        self.failed.is_empty() && self.rejected_files.is_empty()
+    }
+}
+
+/// Opens the named model (default from config) and loads it in ONNX Runtime.
+pub fn open_translator(settings: &Settings, model: Option<&str>) -> Result<Translator, ProcessError> {
+    let name = model.unwrap_or(&settings.models.default).to_string();
+    let dir = settings.models.dir.join(&name);
+    let model = ModelDir::open(&dir).map_err(|source| ProcessError::Model {
+        name,
+        dir: settings.models.dir.clone(),
+        source,
+    })?;
+    let t = Translator::open(model, settings)?;
+    let m = t.manifest();
+    events::model_loaded(&m.name, &m.version, &format!("{:?}", m.kind), t.device());
+    Ok(t)
+}
+
+/// Runs the one-shot pipeline.
+pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, ProcessError> {
+    let mut translator = open_translator(settings, opts.model.as_deref())?;
+    let scan = files::scan(&opts.inputs)?;
+    let mut report = Report {
+        rejected_files: scan.rejected,
+        skipped_files: scan.skipped,
+        device: translator.device(),
+        ..Default::default()
+    };
+    for s in series::group(scan.images) {
+        let uid = s.series_uid.clone();
+        let want_preview = opts.preview.is_some() && report.preview.is_none();
+        match process_series(settings, &mut translator, s, &opts.out, want_preview) {
+            Ok((p, shots)) => {
+                if let (Some(path), false) = (&opts.preview, shots.is_empty()) {
+                    match preview::write_png(path, &shots) {
+                        Ok(()) => report.preview = Some(path.clone()),
+                        Err(e) => tracing::warn!(event = "preview_failed", reason = %e),
+                    }
+                }
+                report.published.push(p);
+            }
+            Err(e) => {
+                events::series_failed(&uid, &e.to_string());
+                report.failed.push((uid, e));
+            }
+        }
+    }
+    let (secs, runs) = translator.run_stats();
+    report.inference_seconds = secs;
+    report.inference_runs = runs;
+    Ok(report)
+}
+
+/// Checks a series before any pixel is read: CT, decodable, accepted kernel, valid geometry.
+pub fn check_series(
+    settings: &Settings,
+    translator: &Translator,
+    s: &mut Series,
+) -> Result<crate::volume::Geometry, SeriesError> {
+    let uid = s.series_uid.clone();
+    if let Some(h) = s.slices.iter().find(|h| h.modality.as_deref() != Some("CT")) {
+        return Err(SeriesError::NotCt {
+            series_uid: uid,
+            modality: h.modality.clone().unwrap_or_else(|| "(none)".into()),
+        });
+    }
+    if let Some(h) = s.slices.iter().find(|h| h.sop_class_uid != CT_IMAGE_STORAGE) {
+        return Err(SeriesError::SopClass {
+            series_uid: uid,
+            sop_class: h.sop_class_uid.clone(),
+            hint: if h.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE {
+                " (Enhanced CT multi-frame is not supported yet)"
+            } else {
+                ""
+            },
+        });
+    }
+    for h in &s.slices {
+        decode::check_transfer_syntax(h)?;
+    }
+    let m = translator.manifest();
+    let kernel = s.slices.first().and_then(|h| h.convolution_kernel.clone());
+    if !m.accepts_kernel(kernel.as_deref()) {
+        return Err(SeriesError::Kernel {
+            series_uid: uid,
+            model: m.name.clone(),
+            kernel: kernel.unwrap_or_else(|| "(none)".into()),
+        });
+    }
+    let limits = GeometryLimits {
+        spacing_tolerance: settings.volume.spacing_tolerance,
+        max_tilt_degrees: settings.volume.max_tilt_degrees,
+    };
+    let g = sort_and_check(&uid, &mut s.slices, limits)?;
+    if g.tilt_degrees > 0.05 {
+        events::gantry_tilt(&uid, g.tilt_degrees);
+    }
+    Ok(g)
+}
+
+/// Harmonizes one series and publishes it into `out`. Returns the preview captures when asked.
+pub fn process_series(
+    settings: &Settings,
+    translator: &mut Translator,
+    mut s: Series,
+    out: &Path,
+    want_preview: bool,
+) -> Result<(Published, Vec<PreviewSlice>), SeriesError> {
+    let started = Instant::now();
+    let uid = s.series_uid.clone();
+    let geometry = check_series(settings, translator, &mut s)?;
+    let manifest = translator.manifest().clone();
+    events::series_started(&uid, s.slices.len(), &manifest.name);
+    let plan = DerivedPlan::new(&s.slices, &geometry, &manifest);
+    let derived_uid = plan.series_uid.clone();
+    let n_out = plan.slices.len();
+    let z_tiles = translator.plan(0, geometry.slices())?;
+    let writer = SeriesWriter::create(
+        out,
+        plan,
+        s.slices.clone(),
+        manifest.clone(),
+        settings.derive.clone(),
+    )?;
+    let mut reader = SlabReader::new(s.slices, geometry.rows, geometry.columns);
+    let depth = settings.translate.slabs_in_flight;
+    let picks = if want_preview { preview::pick(n_out) } else { Vec::new() };
+    let [sz, sy, sx] = manifest.scale();
+
+    let (slab_tx, slab_rx) = sync_channel::<(AxisTile, Slab)>(depth);
+    let (out_tx, out_rx) = sync_channel::<crate::translate::OutSlab>(depth);
+    let result = std::thread::scope(|scope| {
+        let read = scope.spawn(move || -> Result<(), SeriesError> {
+            for zt in z_tiles {
+                let slab = reader.read(zt.start, zt.len)?;
+                if slab_tx.send((zt, slab)).is_err() {
+                    break; // the inference worker stopped; its error is reported
+                }
+            }
+            Ok(())
+        });
+        let write = scope.spawn(move || -> Result<SeriesWriter, (SeriesWriter, SeriesError)> {
+            let mut writer = writer;
+            for slab in out_rx {
+                if let Err(e) = writer.write_slab(&slab) {
+                    return Err((writer, e.into()));
+                }
+            }
+            Ok(writer)
+        });
+        let mut shots = Vec::new();
+        let mut infer_result: Result<(), SeriesError> = Ok(());
+        for (zt, slab) in slab_rx {
+            match translator.translate(&slab, zt) {
+                Ok(o) => {
+                    for &k in picks.iter().filter(|&&k| k >= o.z0 && k < o.z0 + o.depth) {
+                        shots.push(capture(&slab, &o, k, [sz, sy, sx]));
+                    }
+                    if out_tx.send(o).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    infer_result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        drop(out_tx);
+        let worker = || SeriesError::Worker {
+            series_uid: uid.clone(),
+        };
+        let read_result = read.join().unwrap_or_else(|_| Err(worker()));
+        let write_result = write.join().map_err(|_| worker());
+        (read_result, infer_result, write_result, shots)
+    });
+    let (read_result, infer_result, write_result, shots) = result;
+    let writer = match write_result {
+        Ok(Ok(w)) => w,
+        Ok(Err((w, e))) => {
+            w.abandon();
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = read_result.and(infer_result) {
+        writer.abandon();
+        return Err(e);
+    }
+    let dir = writer.finish()?;
+    let seconds = started.elapsed().as_secs_f64();
+    events::series_done(&uid, &derived_uid, n_out, seconds);
+    Ok((
+        Published {
+            source_series_uid: uid,
+            derived_series_uid: derived_uid,
+            dir,
+            slices: n_out,
+            seconds,
+        },
+        shots,
+    ))
+}
+
+/// Captures output slice `k` and the input under it (nearest-neighbour on the output grid).
+fn capture(slab: &Slab, o: &crate::translate::OutSlab, k: usize, scale: [usize; 3]) -> PreviewSlice {
+    let [sz, sy, sx] = scale;
+    let plane = o.rows * o.columns;
+    let output = o.hu[(k - o.z0) * plane..(k - o.z0 + 1) * plane].to_vec();
+    let zin = (k / sz).saturating_sub(slab.z0).min(slab.depth.saturating_sub(1));
+    let in_plane = slab.rows * slab.columns;
+    let src = &slab.hu[zin * in_plane..(zin + 1) * in_plane];
+    let mut input = Vec::with_capacity(plane);
+    for y in 0..o.rows {
+        for x in 0..o.columns {
+            input.push(src[(y / sy) * slab.columns + x / sx]);
+        }
+    }
+    PreviewSlice {
+        index: k,
+        rows: o.rows,
+        columns: o.columns,
+        input,
+        output,
+    }
+}

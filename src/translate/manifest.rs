@@ -1,0 +1,296 @@
+//! The model contract (`models/<name>/model.toml`, DESIGN §3): everything the daemon needs to run a
+//! translator, written by `ct-train export` and read here. The daemon never guesses.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Errors reading or checking a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read model manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid model manifest {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid model manifest {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot read model file {path}: {source}")]
+    ReadOnnx {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file {path} has sha256 {actual} but its manifest says {expected}: the file was changed or corrupted")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// What a model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Reconstruction-kernel translation (sharp to soft); output grid = input grid.
+    Kernel,
+    /// Super-resolution; output grid = input grid times `scale`.
+    Superres,
+}
+
+/// Where a model's weights came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Trained by `ct-train`; its evaluation figures are in `[[evaluation]]`.
+    Trained,
+    /// A classical, closed-form operator (no training) exported in the same format.
+    Baseline,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Model name; also the directory name under `models/`.
+    pub name: String,
+    /// Model version (semver); part of the output UIDs and of the device identity in derived series.
+    pub version: String,
+    pub kind: ModelKind,
+    pub task: Task,
+    /// One sentence for humans and for DerivationDescription.
+    pub description: String,
+    /// ONNX file name, relative to the manifest.
+    pub onnx_file: String,
+    /// Lower-case hex SHA-256 of the ONNX file.
+    pub onnx_sha256: String,
+    pub provenance: Provenance,
+    pub tensors: Tensors,
+    pub intensity: Intensity,
+    pub kernels: Kernels,
+    /// Figures reached on the evaluation set, one row per (data set, method).
+    #[serde(default)]
+    pub evaluation: Vec<EvaluationRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Program and version that wrote the model.
+    pub program: String,
+    /// Training data, or for a baseline how its parameters were derived.
+    pub data: String,
+    /// Optimizer steps (0 for a baseline).
+    pub steps: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tensors {
+    pub input: String,
+    pub output: String,
+    /// Always "NCDHW".
+    pub layout: String,
+    /// Always "float32".
+    pub dtype: String,
+    /// Input tile size (z, y, x) the model was trained or designed for.
+    pub patch: [usize; 3],
+    /// True when D, H and W are dynamic axes (any tile size is accepted).
+    pub dynamic_spatial: bool,
+    /// Output size / input size per axis (z, y, x); 1.0 for kernel models.
+    pub scale: [f32; 3],
+    /// Input voxels at each tile face whose output is influenced by the tile border (receptive-field
+    /// radius). The tiler discards that much of each tile's output except at the volume's own faces.
+    pub valid_margin: [usize; 3],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intensity {
+    /// HU window mapped linearly onto [-1, 1] (seed 000: [-1150, 350]).
+    pub hu_window: [f32; 2],
+    /// Clip input to the window before the model (trained tanh models); a linear baseline need not.
+    pub clip_input: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernels {
+    /// ConvolutionKernel values the model accepts (case-insensitive); empty = any.
+    #[serde(default)]
+    pub accepts: Vec<String>,
+    /// ConvolutionKernel written into the derived series.
+    pub produces: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationRow {
+    pub dataset: String,
+    pub method: String,
+    pub mae: f64,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+impl Manifest {
+    /// Parses a manifest from TOML text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    /// Serializes to TOML.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |reason: String| ManifestError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        if self.tensors.layout != "NCDHW" {
+            return Err(bad(format!("layout {:?} is not NCDHW", self.tensors.layout)));
+        }
+        if self.tensors.dtype != "float32" {
+            return Err(bad(format!("dtype {:?} is not float32", self.tensors.dtype)));
+        }
+        if self.tensors.patch.contains(&0) {
+            return Err(bad("patch has a zero dimension".into()));
+        }
+        for (axis, s) in self.tensors.scale.iter().enumerate() {
+            if !(s.is_finite() && *s >= 1.0 && (s.round() - s).abs() < 1e-6) {
+                return Err(bad(format!("scale[{axis}] = {s} is not a whole number >= 1")));
+            }
+        }
+        if self.task == Task::Kernel && self.tensors.scale != [1.0; 3] {
+            return Err(bad("a kernel model must have scale [1, 1, 1]".into()));
+        }
+        for (axis, (&m, &p)) in self
+            .tensors
+            .valid_margin
+            .iter()
+            .zip(&self.tensors.patch)
+            .enumerate()
+        {
+            if 2 * m >= p {
+                return Err(bad(format!(
+                    "valid_margin[{axis}] = {m} leaves no valid core in patch {p}"
+                )));
+            }
+        }
+        let [lo, hi] = self.intensity.hu_window;
+        if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+            return Err(bad(format!("hu_window [{lo}, {hi}] is empty")));
+        }
+        if self.onnx_sha256.len() != 64 || !self.onnx_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad("onnx_sha256 is not 64 hex digits".into()));
+        }
+        if self.onnx_file.contains('/') || self.onnx_file.contains("..") {
+            return Err(bad(format!("onnx_file {:?} must be a plain file name", self.onnx_file)));
+        }
+        Ok(())
+    }
+
+    /// Integer scale factors (z, y, x).
+    pub fn scale(&self) -> [usize; 3] {
+        self.tensors.scale.map(|s| s.round() as usize)
+    }
+
+    /// HU -> model units.
+    pub fn hu_to_unit(&self, hu: f32) -> f32 {
+        let [lo, hi] = self.intensity.hu_window;
+        let hu = if self.intensity.clip_input {
+            hu.clamp(lo, hi)
+        } else {
+            hu
+        };
+        (hu - lo) / (hi - lo) * 2.0 - 1.0
+    }
+
+    /// Model units -> HU.
+    pub fn unit_to_hu(&self, v: f32) -> f32 {
+        let [lo, hi] = self.intensity.hu_window;
+        (v + 1.0) * 0.5 * (hi - lo) + lo
+    }
+
+    /// True when this model accepts a series reconstructed with `kernel` (empty list = any).
+    pub fn accepts_kernel(&self, kernel: Option<&str>) -> bool {
+        self.kernels.accepts.is_empty()
+            || kernel.is_some_and(|k| {
+                self.kernels
+                    .accepts
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(k.trim()))
+            })
+    }
+}
+
+/// A model directory whose ONNX file was checked against its manifest's hash.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub onnx_path: PathBuf,
+}
+
+impl ModelDir {
+    /// Reads `dir/model.toml`, then hashes the ONNX file it names and compares.
+    pub fn open(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest = Manifest::from_toml(&text, &path)?;
+        let onnx_path = dir.join(&manifest.onnx_file);
+        let actual = sha256_file(&onnx_path).map_err(|source| ManifestError::ReadOnnx {
+            path: onnx_path.clone(),
+            source,
+        })?;
+        if !actual.eq_ignore_ascii_case(&manifest.onnx_sha256) {
+            return Err(ManifestError::HashMismatch {
+                path: onnx_path,
+                expected: manifest.onnx_sha256.clone(),
+                actual,
+            });
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            manifest,
+            onnx_path,
+        })
+    }
+}
+
+/// Lower-case hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

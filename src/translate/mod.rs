@@ -1,0 +1,205 @@
+//! Translate stage: runs a model's ONNX graph over a volume, slab by slab, tile by tile.
+//!
+//! The model's manifest ([`manifest`]) fixes tensor names, tile size, valid margin, intensity window
+//! and per-axis scale. Tiles overlap by the valid margin and only their cores are kept ([`tiling`]),
+//! so the stitched output equals a whole-volume pass. The session is owned by one worker
+//! (`Session::run` needs `&mut self`).
+
+pub mod manifest;
+pub mod runtime;
+pub mod tiling;
+
+use ndarray::Array5;
+use ort::session::Session;
+use ort::value::TensorRef;
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::volume::slab::Slab;
+pub use manifest::{Manifest, ModelDir};
+pub use tiling::AxisTile;
+
+/// Errors running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("model {model}: {source}")]
+    Tiling {
+        model: String,
+        source: tiling::TilingError,
+    },
+    #[error("model {model}: inference failed: {reason}")]
+    Inference { model: String, reason: String },
+    #[error("model {model}: output shape {actual:?} where {expected:?} was expected")]
+    OutputShape {
+        model: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+}
+
+/// A slab of translated output in HU, on the output grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutSlab {
+    /// First output slice index.
+    pub z0: usize,
+    pub depth: usize,
+    pub rows: usize,
+    pub columns: usize,
+    pub hu: Vec<f32>,
+}
+
+/// One model, loaded in ONNX Runtime, with its tiling plan.
+pub struct Translator {
+    session: Session,
+    model: ModelDir,
+    tile: [usize; 3],
+    device: &'static str,
+    run_seconds: f64,
+    runs: u64,
+}
+
+impl Translator {
+    /// Loads the model's ONNX file (whose hash [`ModelDir::open`] checked) on the configured device.
+    pub fn open(model: ModelDir, settings: &Settings) -> Result<Self, TranslateError> {
+        let (session, device) = runtime::open_session(&model.onnx_path, &settings.runtime)?;
+        let m = &model.manifest;
+        let mut tile = m.tensors.patch;
+        for (axis, &t) in settings.translate.tile.iter().enumerate() {
+            if t != 0 {
+                if !m.tensors.dynamic_spatial {
+                    return Err(TranslateError::Tiling {
+                        model: m.name.clone(),
+                        source: tiling::TilingError::NoCore {
+                            tile: t,
+                            margin: m.tensors.valid_margin[axis],
+                        },
+                    });
+                }
+                tile[axis] = t;
+            }
+        }
+        Ok(Self {
+            session,
+            model,
+            tile,
+            device,
+            run_seconds: 0.0,
+            runs: 0,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.model.manifest
+    }
+
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.model
+    }
+
+    /// Device the session runs on ("cpu" or "cuda").
+    pub fn device(&self) -> &'static str {
+        self.device
+    }
+
+    /// Summed wall time of `Session::run` calls and their count.
+    pub fn run_stats(&self) -> (f64, u64) {
+        (self.run_seconds, self.runs)
+    }
+
+    /// Tile size (z, y, x) in use.
+    pub fn tile(&self) -> [usize; 3] {
+        self.tile
+    }
+
+    /// Plans tiles along one axis (0 = z, 1 = y, 2 = x) of `n` input voxels.
+    pub fn plan(&self, axis: usize, n: usize) -> Result<Vec<AxisTile>, TranslateError> {
+        let m = &self.model.manifest;
+        let (tile, margin) = (self.tile[axis], m.tensors.valid_margin[axis]);
+        tiling::axis_tiles(n, tile, margin).map_err(|source| TranslateError::Tiling {
+            model: m.name.clone(),
+            source,
+        })
+    }
+
+    /// Translates the input slab read for z-tile `zt` and returns the output for its core.
+    pub fn translate(&mut self, slab: &Slab, zt: AxisTile) -> Result<OutSlab, TranslateError> {
+        let m = self.model.manifest.clone();
+        let [sz, sy, sx] = m.scale();
+        let (rows, cols) = (slab.rows, slab.columns);
+        let out_rows = rows * sy;
+        let out_cols = cols * sx;
+        let out_depth = (zt.core_end - zt.core_start) * sz;
+        let mut out = vec![0f32; out_depth * out_rows * out_cols];
+        let y_tiles = self.plan(1, rows)?;
+        let x_tiles = self.plan(2, cols)?;
+        let lz = slab.depth;
+        for ty in &y_tiles {
+            for tx in &x_tiles {
+                let mut input = Array5::<f32>::zeros((1, 1, lz, ty.len, tx.len));
+                for z in 0..lz {
+                    for y in 0..ty.len {
+                        let row = (z * rows + ty.start + y) * cols + tx.start;
+                        for (x, v) in slab.hu[row..row + tx.len].iter().enumerate() {
+                            input[[0, 0, z, y, x]] = m.hu_to_unit(*v);
+                        }
+                    }
+                }
+                let expected = vec![1, 1, lz * sz, ty.len * sy, tx.len * sx];
+                let fail = |reason: String| TranslateError::Inference {
+                    model: m.name.clone(),
+                    reason,
+                };
+                let tensor = TensorRef::from_array_view(&input).map_err(|e| fail(e.to_string()))?;
+                let started = Instant::now();
+                let outputs = self
+                    .session
+                    .run(ort::inputs![m.tensors.input.as_str() => tensor])
+                    .map_err(|e| fail(e.to_string()))?;
+                self.run_seconds += started.elapsed().as_secs_f64();
+                self.runs += 1;
+                let value = outputs
+                    .get(m.tensors.output.as_str())
+                    .ok_or_else(|| fail(format!("no output named {}", m.tensors.output)))?;
+                let (shape, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| fail(e.to_string()))?;
+                let actual: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+                if actual != expected {
+                    return Err(TranslateError::OutputShape {
+                        model: m.name.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+                let (oh, ow) = (ty.len * sy, tx.len * sx);
+                let zc = ((zt.core_start - zt.start) * sz)..((zt.core_end - zt.start) * sz);
+                let yc = ((ty.core_start - ty.start) * sy)..((ty.core_end - ty.start) * sy);
+                let xc = ((tx.core_start - tx.start) * sx)..((tx.core_end - tx.start) * sx);
+                let x_out0 = tx.core_start * sx;
+                for (oz, z) in zc.enumerate() {
+                    for y in yc.clone() {
+                        let src = (z * oh + y) * ow;
+                        let dst = (oz * out_rows + ty.start * sy + y) * out_cols + x_out0;
+                        for (d, s) in out[dst..dst + xc.len()]
+                            .iter_mut()
+                            .zip(&data[src + xc.start..src + xc.end])
+                        {
+                            *d = m.unit_to_hu(*s);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(OutSlab {
+            z0: zt.core_start * sz,
+            depth: out_depth,
+            rows: out_rows,
+            columns: out_cols,
+            hu: out,
+        })
+    }
+}

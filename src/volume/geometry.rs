@@ -1,0 +1,310 @@
+//! Slice sorting and geometry checks. Slices are ordered by ImagePositionPatient projected on the
+//! normal of ImageOrientationPatient (never by InstanceNumber or file name), then the series must
+//! have one orientation, one matrix size, one pixel spacing, and uniform gaps (no missing slices).
+//! Gantry tilt (slice origins drifting in-plane from one slice to the next) is measured and reported.
+
+use super::{SliceHeader, VolumeError};
+
+/// The validated grid of a series, in sorted slice order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geometry {
+    pub rows: usize,
+    pub columns: usize,
+    /// (row spacing, column spacing) in mm.
+    pub pixel_spacing: [f64; 2],
+    /// Row direction cosines then column direction cosines.
+    pub orientation: [f64; 6],
+    /// Unit normal (row × column).
+    pub normal: [f64; 3],
+    /// ImagePositionPatient of every slice, in sorted order.
+    pub positions: Vec<[f64; 3]>,
+    /// Median distance between consecutive slices along the normal (mm).
+    pub spacing: f64,
+    /// Angle between the slice-to-slice step and the normal (degrees); 0 for an untilted series.
+    pub tilt_degrees: f64,
+}
+
+impl Geometry {
+    pub fn slices(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+/// Tolerances for [`sort_and_check`].
+#[derive(Debug, Clone, Copy)]
+pub struct GeometryLimits {
+    pub spacing_tolerance: f64,
+    pub max_tilt_degrees: f64,
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+fn norm(a: [f64; 3]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// Sorts `slices` in place along the slice normal and validates the grid.
+pub fn sort_and_check(
+    series_uid: &str,
+    slices: &mut [SliceHeader],
+    limits: GeometryLimits,
+) -> Result<Geometry, VolumeError> {
+    let fail = |reason: String| VolumeError::Geometry {
+        series_uid: series_uid.to_string(),
+        reason,
+    };
+    if slices.len() < 2 {
+        return Err(fail(format!(
+            "has {} slice(s); a volume needs at least 2",
+            slices.len()
+        )));
+    }
+    let first = &slices[0];
+    let missing = |s: &SliceHeader, tag: &str| VolumeError::MissingTag {
+        path: s.path.clone(),
+        tag: tag.to_string(),
+    };
+    let orientation = first
+        .image_orientation
+        .ok_or_else(|| missing(first, "ImageOrientationPatient"))?;
+    let pixel_spacing = first
+        .pixel_spacing
+        .ok_or_else(|| missing(first, "PixelSpacing"))?;
+    let (rows, columns) = match (first.rows, first.columns) {
+        (Some(r), Some(c)) if r > 0 && c > 0 => (r, c),
+        _ => return Err(missing(first, "Rows/Columns")),
+    };
+    let row_dir = [orientation[0], orientation[1], orientation[2]];
+    let col_dir = [orientation[3], orientation[4], orientation[5]];
+    let n = cross(row_dir, col_dir);
+    let n_len = norm(n);
+    if !(0.99..1.01).contains(&norm(row_dir))
+        || !(0.99..1.01).contains(&norm(col_dir))
+        || dot(row_dir, col_dir).abs() > 0.01
+        || n_len < 0.99
+    {
+        return Err(fail(format!(
+            "ImageOrientationPatient {orientation:?} in {} is not two orthonormal directions",
+            first.path.display()
+        )));
+    }
+    let normal = [n[0] / n_len, n[1] / n_len, n[2] / n_len];
+    for s in slices.iter() {
+        let o = s
+            .image_orientation
+            .ok_or_else(|| missing(s, "ImageOrientationPatient"))?;
+        if o.iter().zip(&orientation).any(|(a, b)| (a - b).abs() > 1e-3) {
+            return Err(fail(format!(
+                "mixed orientations: {} has {o:?}, {} has {orientation:?}",
+                s.path.display(),
+                first.path.display()
+            )));
+        }
+        if s.rows != Some(rows) || s.columns != Some(columns) {
+            return Err(fail(format!(
+                "mixed matrix sizes: {} is {}x{}, {} is {rows}x{columns}",
+                s.path.display(),
+                s.rows.unwrap_or(0),
+                s.columns.unwrap_or(0),
+                first.path.display()
+            )));
+        }
+        let ps = s.pixel_spacing.ok_or_else(|| missing(s, "PixelSpacing"))?;
+        if ps.iter().zip(&pixel_spacing).any(|(a, b)| (a - b).abs() > 1e-3) {
+            return Err(fail(format!(
+                "mixed pixel spacing: {} has {ps:?}, {} has {pixel_spacing:?}",
+                s.path.display(),
+                first.path.display()
+            )));
+        }
+        if s.image_position.is_none() {
+            return Err(missing(s, "ImagePositionPatient"));
+        }
+    }
+    let pos = |s: &SliceHeader| s.image_position.unwrap_or([0.0; 3]);
+    slices.sort_by(|a, b| dot(pos(a), normal).total_cmp(&dot(pos(b), normal)));
+    let positions: Vec<[f64; 3]> = slices.iter().map(pos).collect();
+    let gaps: Vec<f64> = positions
+        .windows(2)
+        .map(|w| dot(sub(w[1], w[0]), normal))
+        .collect();
+    for (i, g) in gaps.iter().enumerate() {
+        if *g < 1e-3 {
+            return Err(fail(format!(
+                "{} and {} are at the same position along the slice normal",
+                slices[i].path.display(),
+                slices[i + 1].path.display()
+            )));
+        }
+    }
+    let mut sorted = gaps.clone();
+    sorted.sort_by(f64::total_cmp);
+    let spacing = sorted[sorted.len() / 2];
+    for (i, g) in gaps.iter().enumerate() {
+        if (g - spacing).abs() > limits.spacing_tolerance * spacing {
+            let missing_slices = (g / spacing).round() as i64 - 1;
+            return Err(fail(format!(
+                "gap of {g:.3} mm between {} and {} where the series spacing is {spacing:.3} mm{}",
+                slices[i].path.display(),
+                slices[i + 1].path.display(),
+                if missing_slices > 0 {
+                    format!(" ({missing_slices} slice(s) missing)")
+                } else {
+                    " (non-uniform spacing)".to_string()
+                }
+            )));
+        }
+    }
+    // Tilt: angle between the overall step (first to last origin) and the normal.
+    let span = sub(positions[positions.len() - 1], positions[0]);
+    let along = dot(span, normal);
+    let tilt_degrees = (norm(span).max(1e-12).recip() * along)
+        .clamp(-1.0, 1.0)
+        .acos()
+        .to_degrees();
+    if tilt_degrees > limits.max_tilt_degrees {
+        return Err(fail(format!(
+            "gantry tilt of {tilt_degrees:.2} degrees is above the configured limit of {:.2}",
+            limits.max_tilt_degrees
+        )));
+    }
+    Ok(Geometry {
+        rows: usize::from(rows),
+        columns: usize::from(columns),
+        pixel_spacing,
+        orientation,
+        normal,
+        positions,
+        spacing,
+        tilt_degrees,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const LIMITS: GeometryLimits = GeometryLimits {
+        spacing_tolerance: 0.1,
+        max_tilt_degrees: 30.0,
+    };
+
+    fn slice(i: usize, pos: [f64; 3], iop: [f64; 6]) -> SliceHeader {
+        SliceHeader {
+            path: PathBuf::from(format!("f{i}.dcm")),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            sop_class_uid: crate::volume::header::CT_IMAGE_STORAGE.into(),
+            sop_instance_uid: format!("1.2.3.{i}"),
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            modality: Some("CT".into()),
+            instance_number: Some(i as i64),
+            image_position: Some(pos),
+            image_orientation: Some(iop),
+            pixel_spacing: Some([0.5, 0.5]),
+            slice_thickness: Some(1.0),
+            rows: Some(4),
+            columns: Some(4),
+            samples_per_pixel: 1,
+            number_of_frames: 1,
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            convolution_kernel: None,
+            gantry_tilt: None,
+        }
+    }
+
+    const AXIAL: [f64; 6] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
+    #[test]
+    fn sorts_by_position_not_instance_number() {
+        // Instance numbers run against z, files shuffled.
+        let mut s: Vec<_> = [3usize, 0, 2, 1]
+            .iter()
+            .map(|&k| slice(10 - k, [0.0, 0.0, -(k as f64) * 2.0], AXIAL))
+            .collect();
+        let g = sort_and_check("1.2.3", &mut s, LIMITS).unwrap();
+        let z: Vec<f64> = g.positions.iter().map(|p| p[2]).collect();
+        assert_eq!(z, vec![-6.0, -4.0, -2.0, 0.0]);
+        assert!((g.spacing - 2.0).abs() < 1e-9);
+        assert!(g.tilt_degrees < 1e-6);
+    }
+
+    #[test]
+    fn oblique_orientation_sorts_along_normal() {
+        let c = std::f64::consts::FRAC_1_SQRT_2;
+        // Row along x, column along (0, c, -c): normal = (0, c, c).
+        let iop = [1.0, 0.0, 0.0, 0.0, c, -c];
+        let mut s: Vec<_> = [2.0, 0.0, 1.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| slice(i, [5.0, k * c, k * c], iop))
+            .collect();
+        let g = sort_and_check("1.2.3", &mut s, LIMITS).unwrap();
+        assert!((g.spacing - 1.0).abs() < 1e-9);
+        assert_eq!(g.positions[0], [5.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn gap_is_an_error_naming_the_files() {
+        let mut s: Vec<_> = [0.0, 1.0, 2.0, 4.0, 5.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &z)| slice(i, [0.0, 0.0, z], AXIAL))
+            .collect();
+        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("1.2.3") && e.contains("f2.dcm") && e.contains("1 slice(s) missing"), "{e}");
+    }
+
+    #[test]
+    fn mixed_sizes_single_slice_and_missing_tags() {
+        let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+        s[1].rows = Some(8);
+        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("mixed matrix sizes"), "{e}");
+
+        let mut one = vec![slice(0, [0.0; 3], AXIAL)];
+        let e = sort_and_check("1.2.3", &mut one, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+
+        let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+        s[1].image_position = None;
+        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("f1.dcm") && e.contains("ImagePositionPatient"), "{e}");
+
+        let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+        s[0].pixel_spacing = None;
+        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("f0.dcm") && e.contains("PixelSpacing"), "{e}");
+    }
+
+    #[test]
+    fn tilt_is_measured() {
+        // Each slice's origin moves 1 mm in y per 1 mm in z: a 45-degree shear.
+        let mut s: Vec<_> = (0..4)
+            .map(|i| slice(i, [0.0, i as f64 * 0.2, i as f64], AXIAL))
+            .collect();
+        let g = sort_and_check("1.2.3", &mut s, LIMITS).unwrap();
+        assert!((g.tilt_degrees - 0.2f64.atan().to_degrees()).abs() < 1e-6);
+        let mut s: Vec<_> = (0..4)
+            .map(|i| slice(i, [0.0, i as f64, i as f64], AXIAL))
+            .collect();
+        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        assert!(e.contains("gantry tilt"), "{e}");
+    }
+}

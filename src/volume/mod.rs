@@ -1,0 +1,32 @@
+//! Volume stage: from a series' slice headers to a validated geometry, and pixel data to HU slab by
+//! slab (so memory does not grow with the number of slices). Shared with the training program.
+
+pub mod decode;
+pub mod geometry;
+pub mod header;
+pub mod slab;
+
+pub use geometry::Geometry;
+pub use header::SliceHeader;
+pub use slab::SlabReader;
+
+use std::path::PathBuf;
+
+/// Errors building a volume. Each names the file or series and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("{path}: not a readable DICOM file: {reason}")]
+    NotDicom { path: PathBuf, reason: String },
+    #[error("{path}: missing {tag}")]
+    MissingTag { path: PathBuf, tag: String },
+    #[error("series {series_uid}: {reason}")]
+    Geometry { series_uid: String, reason: String },
+    #[error("{path}: unsupported transfer syntax {uid} ({name}): its pixel data cannot be decoded by this build")]
+    UnsupportedTransferSyntax {
+        path: PathBuf,
+        uid: String,
+        name: String,
+    },
+    #[error("{path}: cannot decode pixel data: {reason}")]
+    Decode { path: PathBuf, reason: String },
+}
