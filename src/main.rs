@@ -9,7 +9,11 @@ use ct_harmonizer::config::Settings;
 use ct_harmonizer::process::{self, ProcessOptions};
 
 #[derive(Parser)]
-#[command(name = "ct-harmonizer", version, about = "Harmonizes CT series (reconstruction kernel, resolution) into derived DICOM series")]
+#[command(
+    name = "ct-harmonizer",
+    version,
+    about = "Harmonizes CT series (reconstruction kernel, resolution) into derived DICOM series"
+)]
 struct Cli {
     /// Configuration file (defaults: built-in, then /etc/ct-harmonizer/ct-harmonizer.toml when present).
     #[arg(long, global = true)]

@@ -109,7 +109,10 @@ impl Report {
 }
 
 /// Opens the named model (default from config) and loads it in ONNX Runtime.
-pub fn open_translator(settings: &Settings, model: Option<&str>) -> Result<Translator, ProcessError> {
+pub fn open_translator(
+    settings: &Settings,
+    model: Option<&str>,
+) -> Result<Translator, ProcessError> {
     let name = model.unwrap_or(&settings.models.default).to_string();
     let dir = settings.models.dir.join(&name);
     let model = ModelDir::open(&dir).map_err(|source| ProcessError::Model {
@@ -165,13 +168,21 @@ pub fn check_series(
     s: &mut Series,
 ) -> Result<crate::volume::Geometry, SeriesError> {
     let uid = s.series_uid.clone();
-    if let Some(h) = s.slices.iter().find(|h| h.modality.as_deref() != Some("CT")) {
+    if let Some(h) = s
+        .slices
+        .iter()
+        .find(|h| h.modality.as_deref() != Some("CT"))
+    {
         return Err(SeriesError::NotCt {
             series_uid: uid,
             modality: h.modality.clone().unwrap_or_else(|| "(none)".into()),
         });
     }
-    if let Some(h) = s.slices.iter().find(|h| h.sop_class_uid != CT_IMAGE_STORAGE) {
+    if let Some(h) = s
+        .slices
+        .iter()
+        .find(|h| h.sop_class_uid != CT_IMAGE_STORAGE)
+    {
         return Err(SeriesError::SopClass {
             series_uid: uid,
             sop_class: h.sop_class_uid.clone(),
@@ -231,7 +242,11 @@ pub fn process_series(
     )?;
     let mut reader = SlabReader::new(s.slices, geometry.rows, geometry.columns);
     let depth = settings.translate.slabs_in_flight;
-    let picks = if want_preview { preview::pick(n_out) } else { Vec::new() };
+    let picks = if want_preview {
+        preview::pick(n_out)
+    } else {
+        Vec::new()
+    };
     let [sz, sy, sx] = manifest.scale();
 
     let (slab_tx, slab_rx) = sync_channel::<(AxisTile, Slab)>(depth);
@@ -246,15 +261,17 @@ pub fn process_series(
             }
             Ok(())
         });
-        let write = scope.spawn(move || -> Result<SeriesWriter, (SeriesWriter, SeriesError)> {
-            let mut writer = writer;
-            for slab in out_rx {
-                if let Err(e) = writer.write_slab(&slab) {
-                    return Err((writer, e.into()));
+        let write = scope.spawn(
+            move || -> Result<SeriesWriter, (SeriesWriter, SeriesError)> {
+                let mut writer = writer;
+                for slab in out_rx {
+                    if let Err(e) = writer.write_slab(&slab) {
+                        return Err((writer, e.into()));
+                    }
                 }
-            }
-            Ok(writer)
-        });
+                Ok(writer)
+            },
+        );
         let mut shots = Vec::new();
         let mut infer_result: Result<(), SeriesError> = Ok(());
         for (zt, slab) in slab_rx {
@@ -310,11 +327,18 @@ pub fn process_series(
 }
 
 /// Captures output slice `k` and the input under it (nearest-neighbour on the output grid).
-fn capture(slab: &Slab, o: &crate::translate::OutSlab, k: usize, scale: [usize; 3]) -> PreviewSlice {
+fn capture(
+    slab: &Slab,
+    o: &crate::translate::OutSlab,
+    k: usize,
+    scale: [usize; 3],
+) -> PreviewSlice {
     let [sz, sy, sx] = scale;
     let plane = o.rows * o.columns;
     let output = o.hu[(k - o.z0) * plane..(k - o.z0 + 1) * plane].to_vec();
-    let zin = (k / sz).saturating_sub(slab.z0).min(slab.depth.saturating_sub(1));
+    let zin = (k / sz)
+        .saturating_sub(slab.z0)
+        .min(slab.depth.saturating_sub(1));
     let in_plane = slab.rows * slab.columns;
     let src = &slab.hu[zin * in_plane..(zin + 1) * in_plane];
     let mut input = Vec::with_capacity(plane);

@@ -156,7 +156,13 @@ pub struct SeriesSpec {
 
 impl SeriesSpec {
     /// An axial series with the given grid; z runs from head (+) to feet (-) like a real scan.
-    pub fn axial(uid_seed: &str, rows: usize, columns: usize, slices: usize, spacing: [f64; 3]) -> Self {
+    pub fn axial(
+        uid_seed: &str,
+        rows: usize,
+        columns: usize,
+        slices: usize,
+        spacing: [f64; 3],
+    ) -> Self {
         Self {
             uid_seed: uid_seed.to_string(),
             patient_name: "PHANTOM^SYNTHETIC".into(),
@@ -210,9 +216,17 @@ impl SeriesSpec {
         put(tags::CONTENT_TIME, VR::TM, "151208".into());
         put(tags::ACCESSION_NUMBER, VR::SH, String::new());
         put(tags::MODALITY, VR::CS, "CT".into());
-        put(tags::MANUFACTURER, VR::LO, "ct-harmonizer sample writer".into());
+        put(
+            tags::MANUFACTURER,
+            VR::LO,
+            "ct-harmonizer sample writer".into(),
+        );
         put(tags::REFERRING_PHYSICIAN_NAME, VR::PN, String::new());
-        put(tags::SERIES_DESCRIPTION, VR::LO, self.series_description.clone());
+        put(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            self.series_description.clone(),
+        );
         put(tags::PATIENT_NAME, VR::PN, self.patient_name.clone());
         put(tags::PATIENT_ID, VR::LO, self.patient_id.clone());
         put(tags::PATIENT_BIRTH_DATE, VR::DA, String::new());
@@ -220,7 +234,11 @@ impl SeriesSpec {
         put(tags::BODY_PART_EXAMINED, VR::CS, "CHEST".into());
         put(tags::SLICE_THICKNESS, VR::DS, ds(self.slice_thickness));
         put(tags::KVP, VR::DS, "120".into());
-        put(tags::CONVOLUTION_KERNEL, VR::SH, self.convolution_kernel.clone());
+        put(
+            tags::CONVOLUTION_KERNEL,
+            VR::SH,
+            self.convolution_kernel.clone(),
+        );
         put(tags::PATIENT_POSITION, VR::CS, "HFS".into());
         put(tags::STUDY_INSTANCE_UID, VR::UI, self.study_uid());
         put(tags::SERIES_INSTANCE_UID, VR::UI, self.series_uid());
@@ -239,7 +257,11 @@ impl SeriesSpec {
         put(tags::IMAGE_POSITION_PATIENT, VR::DS, p.join("\\"));
         let iop: Vec<String> = self.orientation.iter().map(|&v| ds(v)).collect();
         put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, iop.join("\\"));
-        put(tags::FRAME_OF_REFERENCE_UID, VR::UI, derived_uid(&["frame", &self.uid_seed]));
+        put(
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            derived_uid(&["frame", &self.uid_seed]),
+        );
         put(tags::POSITION_REFERENCE_INDICATOR, VR::LO, String::new());
         let o6 = self.orientation;
         let n = [
@@ -254,7 +276,11 @@ impl SeriesSpec {
         put(
             tags::PIXEL_SPACING,
             VR::DS,
-            format!("{}\\{}", ds(self.pixel_spacing[0]), ds(self.pixel_spacing[1])),
+            format!(
+                "{}\\{}",
+                ds(self.pixel_spacing[0]),
+                ds(self.pixel_spacing[1])
+            ),
         );
         put(tags::WINDOW_CENTER, VR::DS, "40".into());
         put(tags::WINDOW_WIDTH, VR::DS, "400".into());
@@ -349,7 +375,10 @@ pub fn phantom_slice(z: usize, rows: usize, columns: usize, noise_hu: f64, seed:
             if dy * dy + dx * dx <= 1.0 {
                 v = 40.0;
                 for side in [-1.0, 1.0] {
-                    let (ly, lx) = ((y as f64 - cy * 0.95) / (ry * 0.7), (x as f64 - cx - side * rx * 0.45) / (rx * 0.35));
+                    let (ly, lx) = (
+                        (y as f64 - cy * 0.95) / (ry * 0.7),
+                        (x as f64 - cx - side * rx * 0.45) / (rx * 0.35),
+                    );
                     if ly * ly + lx * lx <= 1.0 {
                         v = -850.0;
                         // Vessels: thin bright tubes whose position drifts with z.
@@ -361,7 +390,10 @@ pub fn phantom_slice(z: usize, rows: usize, columns: usize, noise_hu: f64, seed:
                         }
                     }
                 }
-                let (sy, sx) = ((y as f64 - cy - ry * 0.75) / (ry * 0.12), (x as f64 - cx) / (rx * 0.09));
+                let (sy, sx) = (
+                    (y as f64 - cy - ry * 0.75) / (ry * 0.12),
+                    (x as f64 - cx) / (rx * 0.09),
+                );
                 if sy * sy + sx * sx <= 1.0 {
                     v = 700.0;
                 }
@@ -383,7 +415,9 @@ pub fn write_phantom_series(
             .try_into()
             .unwrap_or([0; 8]),
     );
-    spec.write(dir, |z| phantom_slice(z, spec.rows, spec.columns, noise_hu, seed))
+    spec.write(dir, |z| {
+        phantom_slice(z, spec.rows, spec.columns, noise_hu, seed)
+    })
 }
 
 /// Re-exported so fixtures can build non-standard objects.
@@ -397,9 +431,18 @@ mod tests {
     fn plist_helpers_parse_invesalius_layout() {
         let t = "<key>matrix</key><dict><key>dtype</key><string>int16</string><key>shape</key><array>\n<integer>2</integer><integer>3</integer><integer>4</integer></array></dict><key>spacing</key><array><real>0.5</real><real>0.5</real><real>1.5</real></array>";
         let m = after_key(t, "matrix").unwrap();
-        assert_eq!(array_values(after_key(m, "shape"), "integer"), ["2", "3", "4"]);
-        assert_eq!(array_values(after_key(t, "spacing"), "real"), ["0.5", "0.5", "1.5"]);
-        assert_eq!(first_between(after_key(m, "dtype").unwrap(), "<string>", "</string>"), Some("int16"));
+        assert_eq!(
+            array_values(after_key(m, "shape"), "integer"),
+            ["2", "3", "4"]
+        );
+        assert_eq!(
+            array_values(after_key(t, "spacing"), "real"),
+            ["0.5", "0.5", "1.5"]
+        );
+        assert_eq!(
+            first_between(after_key(m, "dtype").unwrap(), "<string>", "</string>"),
+            Some("int16")
+        );
     }
 
     #[test]

@@ -161,17 +161,25 @@ impl Manifest {
             reason,
         };
         if self.tensors.layout != "NCDHW" {
-            return Err(bad(format!("layout {:?} is not NCDHW", self.tensors.layout)));
+            return Err(bad(format!(
+                "layout {:?} is not NCDHW",
+                self.tensors.layout
+            )));
         }
         if self.tensors.dtype != "float32" {
-            return Err(bad(format!("dtype {:?} is not float32", self.tensors.dtype)));
+            return Err(bad(format!(
+                "dtype {:?} is not float32",
+                self.tensors.dtype
+            )));
         }
         if self.tensors.patch.contains(&0) {
             return Err(bad("patch has a zero dimension".into()));
         }
         for (axis, s) in self.tensors.scale.iter().enumerate() {
             if !(s.is_finite() && *s >= 1.0 && (s.round() - s).abs() < 1e-6) {
-                return Err(bad(format!("scale[{axis}] = {s} is not a whole number >= 1")));
+                return Err(bad(format!(
+                    "scale[{axis}] = {s} is not a whole number >= 1"
+                )));
             }
         }
         if self.task == Task::Kernel && self.tensors.scale != [1.0; 3] {
@@ -199,7 +207,10 @@ impl Manifest {
             return Err(bad("onnx_sha256 is not 64 hex digits".into()));
         }
         if self.onnx_file.contains('/') || self.onnx_file.contains("..") {
-            return Err(bad(format!("onnx_file {:?} must be a plain file name", self.onnx_file)));
+            return Err(bad(format!(
+                "onnx_file {:?} must be a plain file name",
+                self.onnx_file
+            )));
         }
         Ok(())
     }

@@ -132,7 +132,10 @@ pub fn open_session(
 
 fn build_session(
     env: &ort::environment::Environment,
-    onnx: &Path, settings: &RuntimeSettings, cuda: bool) -> Result<Session, String> {
+    onnx: &Path,
+    settings: &RuntimeSettings,
+    cuda: bool,
+) -> Result<Session, String> {
     let threads = if settings.intra_threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -162,7 +165,10 @@ mod tests {
         assert_eq!(c[0], PathBuf::from("/a/lib.so"));
         assert_eq!(c[1], PathBuf::from("/b/lib.so"));
         assert!(c[2].ends_with(PROVISIONED_RELATIVE));
-        assert_eq!(c.last().map(PathBuf::as_path), Some(Path::new(PROVISIONED_SYSTEM)));
+        assert_eq!(
+            c.last().map(PathBuf::as_path),
+            Some(Path::new(PROVISIONED_SYSTEM))
+        );
         let c = candidates("", None);
         assert!(c[0].ends_with(PROVISIONED_RELATIVE));
     }

@@ -107,7 +107,10 @@ pub fn sort_and_check(
         let o = s
             .image_orientation
             .ok_or_else(|| missing(s, "ImageOrientationPatient"))?;
-        if o.iter().zip(&orientation).any(|(a, b)| (a - b).abs() > 1e-3) {
+        if o.iter()
+            .zip(&orientation)
+            .any(|(a, b)| (a - b).abs() > 1e-3)
+        {
             return Err(fail(format!(
                 "mixed orientations: {} has {o:?}, {} has {orientation:?}",
                 s.path.display(),
@@ -124,7 +127,11 @@ pub fn sort_and_check(
             )));
         }
         let ps = s.pixel_spacing.ok_or_else(|| missing(s, "PixelSpacing"))?;
-        if ps.iter().zip(&pixel_spacing).any(|(a, b)| (a - b).abs() > 1e-3) {
+        if ps
+            .iter()
+            .zip(&pixel_spacing)
+            .any(|(a, b)| (a - b).abs() > 1e-3)
+        {
             return Err(fail(format!(
                 "mixed pixel spacing: {} has {ps:?}, {} has {pixel_spacing:?}",
                 s.path.display(),
@@ -267,29 +274,45 @@ mod tests {
             .enumerate()
             .map(|(i, &z)| slice(i, [0.0, 0.0, z], AXIAL))
             .collect();
-        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
-        assert!(e.contains("1.2.3") && e.contains("f2.dcm") && e.contains("1 slice(s) missing"), "{e}");
+        let e = sort_and_check("1.2.3", &mut s, LIMITS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1.2.3") && e.contains("f2.dcm") && e.contains("1 slice(s) missing"),
+            "{e}"
+        );
     }
 
     #[test]
     fn mixed_sizes_single_slice_and_missing_tags() {
         let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
         s[1].rows = Some(8);
-        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        let e = sort_and_check("1.2.3", &mut s, LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mixed matrix sizes"), "{e}");
 
         let mut one = vec![slice(0, [0.0; 3], AXIAL)];
-        let e = sort_and_check("1.2.3", &mut one, LIMITS).unwrap_err().to_string();
+        let e = sort_and_check("1.2.3", &mut one, LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least 2"), "{e}");
 
         let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
         s[1].image_position = None;
-        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
-        assert!(e.contains("f1.dcm") && e.contains("ImagePositionPatient"), "{e}");
+        let e = sort_and_check("1.2.3", &mut s, LIMITS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f1.dcm") && e.contains("ImagePositionPatient"),
+            "{e}"
+        );
 
         let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
         s[0].pixel_spacing = None;
-        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        let e = sort_and_check("1.2.3", &mut s, LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("f0.dcm") && e.contains("PixelSpacing"), "{e}");
     }
 
@@ -304,7 +327,9 @@ mod tests {
         let mut s: Vec<_> = (0..4)
             .map(|i| slice(i, [0.0, i as f64, i as f64], AXIAL))
             .collect();
-        let e = sort_and_check("1.2.3", &mut s, LIMITS).unwrap_err().to_string();
+        let e = sort_and_check("1.2.3", &mut s, LIMITS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gantry tilt"), "{e}");
     }
 }

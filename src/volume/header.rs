@@ -94,8 +94,11 @@ pub fn header_from_object(
         })
     };
     let meta = obj.meta();
-    let sop_class_uid = text(tags::SOP_CLASS_UID)
-        .unwrap_or_else(|| meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string());
+    let sop_class_uid = text(tags::SOP_CLASS_UID).unwrap_or_else(|| {
+        meta.media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string()
+    });
     Ok(SliceHeader {
         path: path.to_owned(),
         transfer_syntax: meta.transfer_syntax().trim_end_matches('\0').to_string(),

@@ -60,7 +60,10 @@ impl SlabReader {
             }
             let h = self.slices.get(z).ok_or_else(|| VolumeError::Decode {
                 path: Default::default(),
-                reason: format!("slice index {z} beyond the series' {} slices", self.slices.len()),
+                reason: format!(
+                    "slice index {z} beyond the series' {} slices",
+                    self.slices.len()
+                ),
             })?;
             let data = decode::read_slice_hu(h)?;
             hu.extend_from_slice(&data);
