@@ -3,6 +3,7 @@
 # every step checks first and does nothing when its result is already there.
 #   - Debian packages: DCMTK (peers), dicom3tools (dciodvfy/dcentvfy), invesalius-examples (a real head CT)
 #   - ONNX Runtime 1.31.1's shared library from the PyPI wheel, into .deps/ort (project-local)
+#   - pydicom's wheel (no dependencies), into .deps/pydicom: its tiny real CT series are test data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,3 +29,9 @@ if [[ ! -f $ORT_LIB ]]; then
   fi
 fi
 [[ -f $ORT_LIB ]] || { echo "setup: $ORT_LIB missing after install" >&2; exit 1; }
+
+PYDICOM_DIR=.deps/pydicom
+if [[ ! -d $PYDICOM_DIR/pydicom/data/test_files/dicomdirtests ]]; then
+  echo "setup: installing pydicom 3.0.2 (test data) into $PYDICOM_DIR" >&2
+  python3 -m pip install -q --no-deps --target "$PYDICOM_DIR" "pydicom==3.0.2"
+fi

@@ -587,12 +587,6 @@ impl SeriesWriter {
             VR::LO,
             truncate(&format!("{}-{}", m.name, m.version), 64),
         );
-        put(
-            &mut e,
-            tags::DEVICE_UID,
-            VR::UI,
-            derived_uid(&["device", &m.name, &m.version, &m.onnx_sha256]),
-        );
         put_strs(
             &mut e,
             tags::SOFTWARE_VERSIONS,

@@ -262,11 +262,11 @@ pub fn process_series(
             Ok(())
         });
         let write = scope.spawn(
-            move || -> Result<SeriesWriter, (SeriesWriter, SeriesError)> {
+            move || -> Result<SeriesWriter, Box<(SeriesWriter, SeriesError)>> {
                 let mut writer = writer;
                 for slab in out_rx {
                     if let Err(e) = writer.write_slab(&slab) {
-                        return Err((writer, e.into()));
+                        return Err(Box::new((writer, e.into())));
                     }
                 }
                 Ok(writer)
@@ -301,7 +301,8 @@ pub fn process_series(
     let (read_result, infer_result, write_result, shots) = result;
     let writer = match write_result {
         Ok(Ok(w)) => w,
-        Ok(Err((w, e))) => {
+        Ok(Err(failed)) => {
+            let (w, e) = *failed;
             w.abandon();
             return Err(e);
         }

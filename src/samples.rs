@@ -140,6 +140,7 @@ pub struct SeriesSpec {
     pub series_description: String,
     pub series_number: i32,
     pub convolution_kernel: String,
+    pub body_part: String,
     pub rows: usize,
     pub columns: usize,
     /// (row spacing, column spacing) mm.
@@ -170,6 +171,7 @@ impl SeriesSpec {
             series_description: "SYNTHETIC SHARP".into(),
             series_number: 2,
             convolution_kernel: "B50f".into(),
+            body_part: "CHEST".into(),
             rows,
             columns,
             pixel_spacing: [spacing[1], spacing[2]],
@@ -231,7 +233,7 @@ impl SeriesSpec {
         put(tags::PATIENT_ID, VR::LO, self.patient_id.clone());
         put(tags::PATIENT_BIRTH_DATE, VR::DA, String::new());
         put(tags::PATIENT_SEX, VR::CS, String::new());
-        put(tags::BODY_PART_EXAMINED, VR::CS, "CHEST".into());
+        put(tags::BODY_PART_EXAMINED, VR::CS, self.body_part.clone());
         put(tags::SLICE_THICKNESS, VR::DS, ds(self.slice_thickness));
         put(tags::KVP, VR::DS, "120".into());
         put(
@@ -321,6 +323,7 @@ pub fn write_inv3_series(inv3: &Path, dir: &Path) -> Result<Vec<PathBuf>, Sample
     spec.patient_id = "INV3-CRANIUM".into();
     spec.series_description = "HEAD CT (INVESALIUS EXAMPLE)".into();
     spec.convolution_kernel = "H60s".into();
+    spec.body_part = "HEAD".into();
     let plane = h * w;
     spec.write(dir, |z| {
         v.hu[z * plane..(z + 1) * plane]

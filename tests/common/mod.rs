@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: run the real binary, build fixtures with the project's
 //! own writer, read outputs back, and check them with dicom3tools.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};

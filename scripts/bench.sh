@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Benchmark of ct-harmonizer `process` (about 5 minutes on a 2-core machine; safe to re-run).
+#   1. tiling overhead: process wall time / summed Session::run time (300-slice 512x512 phantom)
+#   2. memory: peak RSS on 600 slices / on 100 slices (/usr/bin/time -v)
+#   3. the same series through scripts/bench_reference.py (pydicom + NumPy + onnxruntime, what a
+#      user would write instead): end-to-end wall-time ratio python/rust, and output agreement
+# Every figure is a median of several repetitions. Prints a table and writes it to out/bench/results.txt.
+#
+# Installs what it needs: scripts/setup.sh (Debian packages, ONNX Runtime), Debian's `time`, a venv
+# in .deps/bench-venv (pydicom, numpy, onnxruntime 1.31.1 from PyPI), the release build.
+# Environment: BENCH_MODEL (default gaussian-soft-baseline), BENCH_MODELS_DIR (default models),
+# BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 7 / 5 / 5, at least 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+if [[ ! -x /usr/bin/time ]]; then
+  echo "bench: installing Debian's time" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends time >/dev/null
+fi
+
+VENV=.deps/bench-venv
+if ! "$VENV/bin/python" -c 'import pydicom, numpy, onnxruntime as o; assert o.__version__ == "1.31.1"' 2>/dev/null; then
+  echo "bench: creating $VENV (pydicom, numpy, onnxruntime 1.31.1)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q pydicom numpy "onnxruntime==1.31.1"
+fi
+
+cargo build --release -p ct-harmonizer
+
+MODELS_DIR=${BENCH_MODELS_DIR:-models}
+MODEL=${BENCH_MODEL:-gaussian-soft-baseline}
+if [[ ! -f $MODELS_DIR/$MODEL/model.toml ]]; then
+  echo "bench: no model $MODELS_DIR/$MODEL/model.toml; the default baseline is written by" >&2
+  echo "       cargo run --release -p ct-training -- export-baseline --out models/gaussian-soft-baseline" >&2
+  exit 1
+fi
+
+exec "$VENV/bin/python" scripts/bench_driver.py \
+  --bin target/release/ct-harmonizer \
+  --models-dir "$MODELS_DIR" --model "$MODEL" --work out/bench \
+  --reps-tiling "${BENCH_REPS_TILING:-7}" \
+  --reps-memory "${BENCH_REPS_MEMORY:-5}" \
+  --reps-compare "${BENCH_REPS_COMPARE:-5}"
