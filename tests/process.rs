@@ -123,7 +123,14 @@ fn real_head_ct_end_to_end() {
             .unwrap()
             .items()
             .unwrap()[0];
-        assert_eq!(eq.element(tags::DEVICE_SERIAL_NUMBER).unwrap().to_str().unwrap().trim(), "gaussian-soft-baseline-1.0.0");
+        assert_eq!(
+            eq.element(tags::DEVICE_SERIAL_NUMBER)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim(),
+            "gaussian-soft-baseline-1.0.0"
+        );
     }
     // Harmonized toward a soft kernel: less fine-grain noise in soft tissue, mean HU kept.
     let (mut before_n, mut after_n, mut dmean) = (0.0, 0.0, 0.0f64);
@@ -435,4 +442,85 @@ fn unknown_config_key_is_an_error() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("tiles"), "{t}");
+}
+
+/// The same series stored uncompressed, RLE, JPEG lossless and JPEG 2000 lossless (converted by
+/// DCMTK and dcmtk's own tools) gives the same derived pixels.
+#[test]
+fn encapsulated_transfer_syntaxes_decode_like_uncompressed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    let spec = small("codecs", 5);
+    let files = write_series(&spec, &plain, |_, _| {});
+    let reference = {
+        let out = tmp.path().join("out-plain");
+        let o = process(&[&plain], &out, &[], &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        read_series(&series_dirs(&out)[0])
+    };
+    // (tool, args, name): DCMTK's dcmcrle (RLE) and dcmcjpeg (JPEG lossless, process 14 SV1).
+    for (tool, args, name) in [
+        ("/usr/bin/dcmcrle", vec![], "rle"),
+        ("/usr/bin/dcmcjpeg", vec!["+e1"], "jpeg-lossless"),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in &files {
+            let o = std::process::Command::new(tool)
+                .args(&args)
+                .arg(f)
+                .arg(dir.join(f.file_name().unwrap()))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{tool}: {}", text(&o));
+        }
+        let out = tmp.path().join(format!("out-{name}"));
+        let o = process(&[&dir], &out, &[], &[]);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let got = read_series(&series_dirs(&out)[0]);
+        assert_eq!(got.len(), reference.len());
+        for (a, b) in got.iter().zip(&reference) {
+            assert_eq!(
+                a.hu, b.hu,
+                "{name}: decoded pixels differ from the uncompressed run"
+            );
+        }
+    }
+}
+
+/// Asking for CUDA on a machine without it logs one fallback line and gives the CPU's exact output.
+#[test]
+fn cuda_request_falls_back_to_cpu_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    write_series(&small("cuda", 4), &input, |_, _| {});
+    let cpu_out = tmp.path().join("cpu");
+    let o = process(
+        &[&input],
+        &cpu_out,
+        &[("CT_HARMONIZER__RUNTIME__DEVICE", "cpu")],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let gpu_out = tmp.path().join("gpu");
+    let o = process(
+        &[&input],
+        &gpu_out,
+        &[("CT_HARMONIZER__RUNTIME__DEVICE", "cuda")],
+        &["--stats"],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert_eq!(t.matches("cuda_fallback").count(), 1, "{t}");
+    assert!(t.contains("device=cpu"), "{t}");
+    assert_eq!(
+        digest_tree(&cpu_out)
+            .into_iter()
+            .map(|x| x.1)
+            .collect::<Vec<_>>(),
+        digest_tree(&gpu_out)
+            .into_iter()
+            .map(|x| x.1)
+            .collect::<Vec<_>>()
+    );
 }
