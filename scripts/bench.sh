@@ -9,7 +9,7 @@
 # Installs what it needs: scripts/setup.sh (Debian packages, ONNX Runtime), Debian's `time`, a venv
 # in .deps/bench-venv (pydicom, numpy, onnxruntime 1.31.1 from PyPI), the release build.
 # Environment: BENCH_MODEL (default gaussian-soft-baseline), BENCH_MODELS_DIR (default models),
-# BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 7 / 5 / 5, at least 3).
+# BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 9 / 5 / 7, at least 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,13 @@ if ! "$VENV/bin/python" -c 'import pydicom, numpy, onnxruntime as o; assert o.__
   "$VENV/bin/python" -m pip install -q pydicom numpy "onnxruntime==1.31.1"
 fi
 
-cargo build --release -p ct-harmonizer
+# The tree may be mid-edit by someone else: retry a failed build a few times before giving up.
+for try in 1 2 3 4 5; do
+  cargo build --release -p ct-harmonizer && break
+  ((try < 5)) || { echo "bench: release build failed" >&2; exit 1; }
+  echo "bench: build failed (try $try of 5); retrying in 60 s" >&2
+  sleep 60
+done
 
 MODELS_DIR=${BENCH_MODELS_DIR:-models}
 MODEL=${BENCH_MODEL:-gaussian-soft-baseline}
@@ -42,6 +48,6 @@ fi
 exec "$VENV/bin/python" scripts/bench_driver.py \
   --bin target/release/ct-harmonizer \
   --models-dir "$MODELS_DIR" --model "$MODEL" --work out/bench \
-  --reps-tiling "${BENCH_REPS_TILING:-7}" \
+  --reps-tiling "${BENCH_REPS_TILING:-9}" \
   --reps-memory "${BENCH_REPS_MEMORY:-5}" \
-  --reps-compare "${BENCH_REPS_COMPARE:-5}"
+  --reps-compare "${BENCH_REPS_COMPARE:-7}"

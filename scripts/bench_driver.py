@@ -27,6 +27,15 @@ import numpy as np
 import pydicom
 
 ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+
+
+def busy_jiffies():
+    """Busy time of all CPUs so far (user nice system irq softirq steal), in clock ticks."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
 
 
 def log(msg):
@@ -49,6 +58,9 @@ class Bench:
         self.reference = ROOT / "scripts" / "bench_reference.py"
         self.env = dict(os.environ, CT_HARMONIZER__MODELS__DIR=str(self.models_dir))
         self.raw = []  # (label, dict) of every timed run
+        self.quiet_budget = float(args.quiet_wait)
+        self.waited = 0.0
+        self.warned_busy = False
 
     # ---- data -------------------------------------------------------------------------------------
     def phantom(self, n):
@@ -66,26 +78,50 @@ class Bench:
         return d
 
     # ---- one timed run ----------------------------------------------------------------------------
+    def wait_quiet(self):
+        """Waits (from a budget shared by the whole run) while other processes keep the CPUs busy."""
+        while self.quiet_budget > 0:
+            a = busy_jiffies()
+            time.sleep(1.0)
+            share = (busy_jiffies() - a) / CLK_TCK / NCPU
+            if share <= self.args.quiet_share:
+                return
+            if not self.warned_busy:
+                log(f"other processes use {share:.0%} of the CPUs; waiting up to {self.quiet_budget:.0f} s "
+                    f"(in all) for them to calm down before timed runs")
+                self.warned_busy = True
+            time.sleep(4.0)
+            self.quiet_budget -= 5.0
+            self.waited += 5.0
+
     def timed(self, cmd, out_dir):
         """Runs cmd under /usr/bin/time -v after clearing out_dir and syncing; returns
-        (wall seconds measured here, peak RSS KiB, stdout, stderr)."""
+        (wall seconds measured here, peak RSS KiB, stdout, stderr, extra figures)."""
         shutil.rmtree(out_dir, ignore_errors=True)
         os.sync()  # no dirty pages from the previous run are flushed on this run's time
+        self.wait_quiet()
         tfile = self.work / "time-v.txt"
+        b0 = busy_jiffies()
         t0 = time.perf_counter()
         p = subprocess.run(["/usr/bin/time", "-v", "-o", str(tfile)] + cmd, cwd=ROOT, env=self.env,
                            capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        busy = (busy_jiffies() - b0) / CLK_TCK
         if p.returncode != 0:
             fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", tfile.read_text())
+        tv = tfile.read_text()
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", tv)
         if not m:
             fail(f"no peak RSS in /usr/bin/time output {tfile}")
-        return wall, int(m.group(1)), p.stdout, p.stderr
+        cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", tv))
+        # CPU used by everything else on the machine during the run, as a share of all CPUs
+        others = max(busy - cpu, 0.0) / (wall * NCPU)
+        return wall, int(m.group(1)), p.stdout, p.stderr, dict(cpu_s=cpu, others=others)
 
     def rust(self, series, n, label):
         out = self.work / "out-rust"
-        wall, rss, so, se = self.timed([str(self.bin), "process", str(series), "--out", str(out), "--stats"], out)
+        wall, rss, so, se, extra = self.timed([str(self.bin), "process", str(series), "--out", str(out), "--stats"],
+                                              out)
         m = re.search(r"stats: wall_s=([\d.]+) run_s=([\d.]+) runs=(\d+) device=(\S+)", so)
         if not m:
             fail(f"no stats line in the output of process:\n{so}\n{se[-2000:]}")
@@ -93,7 +129,7 @@ class Bench:
         if not pub or int(pub.group(1)) != n:
             fail(f"process did not publish {n} slices:\n{so}")
         r = dict(wall=wall, rss_kib=rss, wall_s=float(m.group(1)), run_s=float(m.group(2)),
-                 runs=int(m.group(3)), device=m.group(4))
+                 runs=int(m.group(3)), device=m.group(4), **extra)
         self.raw.append((label, r))
         return r
 
@@ -102,11 +138,11 @@ class Bench:
         cmd = [self.python, str(self.reference), str(series), "--model", str(self.model_dir), "--out", str(out)]
         if dump:
             cmd += ["--dump-npy", str(dump)]
-        wall, rss, _, se = self.timed(cmd, out)
+        wall, rss, _, se, extra = self.timed(cmd, out)
         m = re.search(r"reference: (.*)", se)
         if not m:
             fail(f"no reference line in the Python pipeline's stderr:\n{se[-2000:]}")
-        r = dict(wall=wall, rss_kib=rss)
+        r = dict(wall=wall, rss_kib=rss, **extra)
         r.update({k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())})
         self.raw.append((label, r))
         return r
@@ -123,8 +159,8 @@ class Bench:
         if len(files) != py.shape[0]:
             fail(f"rust wrote {len(files)} slices, python {py.shape[0]}")
         max_float = 0.0
-        max_int = 0
-        n_diff = 0
+        n_diff = 0  # rust int16 != python float rounded as Rust rounds (half away from zero)
+        n_diff_np = 0  # rust int16 != python's own int16 (numpy rounds half to even)
         matched = set()
         for f in files:
             d = pydicom.dcmread(f)
@@ -137,12 +173,11 @@ class Bench:
             rust_hu = d.pixel_array.astype(np.float64) * float(d.RescaleSlope) + float(d.RescaleIntercept)
             ref = py[k].astype(np.float64)
             max_float = max(max_float, float(np.max(np.abs(rust_hu - ref))))
-            ref_int = np.clip(np.round(ref), -32768, 32767)
-            diff = np.abs(rust_hu - ref_int)
-            max_int = max(max_int, int(diff.max()))
-            n_diff += int(np.count_nonzero(diff))
-        return dict(max_abs_hu=max_float, max_abs_unit=max_float * 2.0 / (hi - lo), max_int_diff=max_int,
-                    voxels_int_diff=n_diff, voxels=int(py.size), slices=len(files))
+            away = np.clip(np.sign(ref) * np.floor(np.abs(ref) + 0.5), -32768, 32767)
+            n_diff += int(np.count_nonzero(rust_hu != away))
+            n_diff_np += int(np.count_nonzero(rust_hu != np.clip(np.round(ref), -32768, 32767)))
+        return dict(max_abs_hu=max_float, max_abs_unit=max_float * 2.0 / (hi - lo), voxels_diff=n_diff,
+                    voxels_diff_numpy_round=n_diff_np, voxels=int(py.size), slices=len(files))
 
     # ---- the benchmark ----------------------------------------------------------------------------
     def run(self):
@@ -204,6 +239,9 @@ class Bench:
             "yes" if med(mem) <= 1.25 else "NO")
         sub("peak RSS, 100 slices (MiB)", [r["rss_kib"] / 1024 for r in m100], "{:.0f}")
         sub("peak RSS, 600 slices (MiB)", [r["rss_kib"] / 1024 for r in m600], "{:.0f}")
+        sub("peak RSS, 300 slices (MiB, runs of 1.)", [r["rss_kib"] / 1024 for r in t], "{:.0f}")
+        sub("600 sl / 300 sl (ratio of medians)", [med([r["rss_kib"] for r in m600]) / med([r["rss_kib"] for r in t])],
+            "{:.2f}")
         sub("process wall, 100 slices (s)", [r["wall"] for r in m100], "{:.2f}")
         sub("process wall, 600 slices (s)", [r["wall"] for r in m600], "{:.2f}")
         speed = [p["wall"] / r["wall"] for p, r in zip(cp, cr)]
@@ -213,11 +251,12 @@ class Bench:
         sub("rust summed Session::run (s)", [r["run_s"] for r in cr], "{:.2f}")
         sub("python reference wall (s)", [p["wall"] for p in cp], "{:.2f}")
         sub("python: read + sort + rescale (s)", [p["read_s"] for p in cp], "{:.2f}")
-        sub("python: window + tiles + stitch (s)", [p["infer_s"] for p in cp], "{:.2f}")
+        sub("python: HU window, tiles, stitch, to HU (s)", [p["infer_s"] for p in cp], "{:.2f}")
         sub("python: of which session.run (s)", [p["run_s"] for p in cp], "{:.2f}")
         sub("python: write DICOM (s)", [p["write_s"] for p in cp], "{:.2f}")
         sub("peak RSS python / rust", [p["rss_kib"] / r["rss_kib"] for p, r in zip(cp, cr)], "{:.2f}")
         sub("peak RSS python (MiB)", [p["rss_kib"] / 1024 for p in cp], "{:.0f}")
+        row("noise: other processes' CPU share, all runs (%)", [100 * r["others"] for _, r in self.raw], "{:.0f}")
 
         head = ("measure", "reps", "median", "min .. max", "goal", "met")
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -237,12 +276,15 @@ class Bench:
             f"output agreement (rust DICOM int16 vs python float HU before rounding, {agree['slices']} slices, "
             f"{agree['voxels']} voxels):",
             f"    max |rust - python float| = {agree['max_abs_hu']:.4f} HU = {agree['max_abs_unit']:.2e} in [-1,1] units"
-            f" (<= 0.5 HU means equal up to int16 rounding)",
-            f"    voxels whose int16 value differs from round(python float): {agree['voxels_int_diff']}"
-            f" (max {agree['max_int_diff']} HU)",
+            f" (<= 0.5 HU: equal up to the int16 rounding)",
+            f"    voxels where rust int16 != python float rounded half away from zero (Rust's rule): "
+            f"{agree['voxels_diff']}",
+            f"    voxels where rust int16 != python's own int16 files (np.round, half to even; differ by 1 HU "
+            f"only at exact .5): {agree['voxels_diff_numpy_round']}",
             "",
             f"ratios are medians of per-repetition ratios (memory: each 100/600 pair run back to back; "
-            f"rust/python: alternated); timed runs: {len(self.raw)}, {elapsed / 60:.1f} min",
+            f"rust/python: alternated); timed runs: {len(self.raw)}, {elapsed / 60:.1f} min "
+            f"(of which {self.waited:.0f} s waiting for other processes to leave the CPUs)",
         ]
         text = "\n".join(out) + "\n"
         print(text, end="")
@@ -257,9 +299,13 @@ def main():
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--model", default="gaussian-soft-baseline")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench"))
-    ap.add_argument("--reps-tiling", type=int, default=7)
+    ap.add_argument("--reps-tiling", type=int, default=9)
     ap.add_argument("--reps-memory", type=int, default=5)
-    ap.add_argument("--reps-compare", type=int, default=5)
+    ap.add_argument("--reps-compare", type=int, default=7)
+    ap.add_argument("--quiet-wait", type=float, default=240,
+                    help="seconds (in all) to wait for other processes to leave the CPUs before timed runs")
+    ap.add_argument("--quiet-share", type=float, default=0.25,
+                    help="share of all CPUs other processes may use for the machine to count as quiet")
     args = ap.parse_args()
     for k in ("reps_tiling", "reps_memory", "reps_compare"):
         if getattr(args, k) < 3:

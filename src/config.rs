@@ -27,6 +27,145 @@ pub struct Settings {
     pub volume: VolumeSettings,
     pub translate: TranslateSettings,
     pub derive: DeriveSettings,
+    pub state: StateSettings,
+    pub server: ServerSettings,
+    pub watch: WatchSettings,
+    pub series: SeriesSettings,
+    pub forward: ForwardSettings,
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+    pub min_free_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub ae_title: String,
+    pub listen: String,
+    pub max_associations: usize,
+    pub max_pdu_length: u32,
+    pub read_timeout_seconds: u64,
+    pub write_timeout_seconds: u64,
+    pub allowed_callers: Vec<String>,
+    pub passthrough_sop_classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSettings {
+    pub dir: String,
+    pub stable_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LateInstance {
+    Reprocess,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesSettings {
+    pub quiet_seconds: u64,
+    pub late_instance: LateInstance,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSettings {
+    pub max_attempts: u32,
+    pub initial_backoff_seconds: u64,
+    pub max_backoff_seconds: u64,
+    pub calling_ae_title: String,
+    pub timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    Scp,
+    Folder,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub name: String,
+    pub kind: DestinationKind,
+    #[serde(default)]
+    pub ae_title: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanKind {
+    Harmonize,
+    Pass,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: String,
+    #[serde(default)]
+    pub modality: Vec<String>,
+    #[serde(default)]
+    pub convolution_kernel: Vec<String>,
+    #[serde(default)]
+    pub manufacturer: Vec<String>,
+    #[serde(default)]
+    pub station_name: Vec<String>,
+    #[serde(default)]
+    pub series_description: Vec<String>,
+    #[serde(default)]
+    pub slice_thickness_mm: Option<[f64; 2]>,
+    #[serde(default)]
+    pub calling_ae: Vec<String>,
+    #[serde(default)]
+    pub called_ae: Vec<String>,
+    pub plan: PlanKind,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub forward_original: bool,
+    #[serde(default)]
+    pub destinations: Vec<String>,
+}
+
+impl Rule {
+    /// True when the rule has no conditions (it matches every series).
+    pub fn is_catch_all(&self) -> bool {
+        self.modality.is_empty()
+            && self.convolution_kernel.is_empty()
+            && self.manufacturer.is_empty()
+            && self.station_name.is_empty()
+            && self.series_description.is_empty()
+            && self.slice_thickness_mm.is_none()
+            && self.calling_ae.is_empty()
+            && self.called_ae.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +277,61 @@ impl Settings {
         }
         if self.models.default.trim().is_empty() {
             return Err(ConfigError::Invalid("models.default is empty".into()));
+        }
+        self.validate_daemon()
+    }
+
+    fn validate_daemon(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let ae = &self.server.ae_title;
+        if ae.trim().is_empty() || ae.len() > 16 || ae.contains('\\') {
+            return bad(format!("server.ae_title {ae:?} must be 1 to 16 characters without backslash"));
+        }
+        if self.server.max_associations == 0 {
+            return bad("server.max_associations must be at least 1".into());
+        }
+        if self.server.max_pdu_length < 4096 {
+            return bad("server.max_pdu_length must be at least 4096".into());
+        }
+        for c in &self.server.allowed_callers {
+            if !c.contains('@') {
+                return bad(format!("server.allowed_callers entry {c:?} is not AETITLE@address"));
+            }
+        }
+        if self.forward.max_attempts == 0 {
+            return bad("forward.max_attempts must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for d in &self.destinations {
+            if !names.insert(d.name.as_str()) {
+                return bad(format!("destination {:?} is defined twice", d.name));
+            }
+            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return bad(format!("destination name {:?} must be letters, digits, - or _", d.name));
+            }
+            match d.kind {
+                DestinationKind::Scp if d.ae_title.is_empty() || d.host.is_empty() || d.port == 0 => {
+                    return bad(format!("destination {:?}: an scp needs ae_title, host and port", d.name));
+                }
+                DestinationKind::Folder if d.path.trim().is_empty() => {
+                    return bad(format!("destination {:?}: a folder needs path", d.name));
+                }
+                _ => {}
+            }
+        }
+        match self.rules.last() {
+            Some(r) if r.is_catch_all() => {}
+            _ => return bad("the last [[rules]] entry must be a default rule without conditions".into()),
+        }
+        for r in &self.rules {
+            for d in &r.destinations {
+                if !names.contains(d.as_str()) {
+                    return bad(format!("rule {:?} names unknown destination {d:?}", r.name));
+                }
+            }
+            if r.plan == PlanKind::Harmonize && r.models.is_empty() {
+                return bad(format!("rule {:?}: plan harmonize needs at least one model", r.name));
+            }
         }
         Ok(())
     }

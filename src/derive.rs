@@ -209,14 +209,15 @@ fn model_identity(m: &Manifest) -> [&str; 3] {
 }
 
 impl DerivedPlan {
-    /// Plans the output grid for `sources` (sorted) through model `m`.
-    pub fn new(sources: &[SliceHeader], geometry: &Geometry, m: &Manifest) -> Self {
+    /// Plans the output grid for `sources` (sorted) through model `m`. `salt` is empty for the first
+    /// version of a derived series and distinguishes later versions (late instances).
+    pub fn new(sources: &[SliceHeader], geometry: &Geometry, m: &Manifest, salt: &str) -> Self {
         let [name, version, sha] = model_identity(m);
         let src_series = sources
             .first()
             .map(|s| s.series_uid.as_str())
             .unwrap_or_default();
-        let series_uid = derived_uid(&["series", src_series, name, version, sha]);
+        let series_uid = derived_uid(&["series", src_series, name, version, sha, salt]);
         let [sz, sy, sx] = m.scale();
         let n_out = geometry.slices() * sz;
         let p0 = geometry.positions[0];
@@ -262,7 +263,7 @@ impl DerivedPlan {
                 }
                 OutputSlice {
                     sop_instance_uid: derived_uid(&[
-                        "instance", src_uid, &k_text, name, version, sha,
+                        "instance", src_uid, &k_text, name, version, sha, salt,
                     ]),
                     position,
                     template: src,

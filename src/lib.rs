@@ -21,12 +21,20 @@
 //! The daemon's stages (C-STORE SCP, spool, routing, outbox and forwarding) come next.
 
 pub mod config;
+pub mod daemon;
 pub mod derive;
 pub mod events;
+pub mod forward;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
 pub mod preview;
 pub mod process;
+pub mod route;
 pub mod samples;
 pub mod series;
+pub mod spool;
+pub mod systemd;
 pub mod translate;
 pub mod volume;

@@ -24,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: C-STORE SCP, watched folder, harmonization and forwarding (systemd-aware).
+    Serve,
+    /// Run the real start-up checks (configuration, models, ONNX Runtime, state folders) and exit.
+    CheckConfig,
+    /// Move a dead-lettered job back into the outbox (a running daemon sends it within a second).
+    Retry {
+        /// Job id (the file name in <state>/dead-letter without .toml).
+        job: String,
+    },
     /// Harmonize the CT series found in files or folders (recursively) into derived series under --out.
     Process {
         /// DICOM files or folders.
@@ -59,19 +68,30 @@ enum Command {
     },
 }
 
+/// Logs go to journald when systemd started us (JOURNAL_STREAM set), to stderr otherwise.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok());
+    let registry = tracing_subscriber::registry().with(filter);
+    match journald {
+        Some(j) => registry.with(j).init(),
+        None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn config_path(path: Option<&PathBuf>) -> Option<PathBuf> {
+    let system = PathBuf::from("/etc/ct-harmonizer/ct-harmonizer.toml");
+    path.cloned().or_else(|| system.is_file().then_some(system))
 }
 
 fn settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
-    let system = PathBuf::from("/etc/ct-harmonizer/ct-harmonizer.toml");
-    let file = path.cloned().or_else(|| system.is_file().then_some(system));
-    Ok(Settings::load(file.as_deref())?)
+    Ok(Settings::load(config_path(path).as_deref())?)
 }
 
 fn main() -> ExitCode {
@@ -88,6 +108,31 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve => {
+            let settings = settings(cli.config.as_ref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let config = config_path(cli.config.as_ref());
+            rt.block_on(ct_harmonizer::daemon::serve(config, settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let settings = settings(cli.config.as_ref())?;
+            for note in ct_harmonizer::daemon::check_config(&settings)? {
+                println!("ok: {note}");
+            }
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { job } => {
+            let settings = settings(cli.config.as_ref())?;
+            let outbox = ct_harmonizer::forward::Outbox::open(&settings.state.dir)?;
+            let j = outbox.retry(&job)?;
+            println!("requeued {} (series {} to {})", j.id, j.source_series_uid, j.destination);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Process {
             inputs,
             out,

@@ -139,7 +139,7 @@ pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, Process
     for s in series::group(scan.images) {
         let uid = s.series_uid.clone();
         let want_preview = opts.preview.is_some() && report.preview.is_none();
-        match process_series(settings, &mut translator, s, &opts.out, want_preview) {
+        match process_series(settings, &mut translator, s, &opts.out, want_preview, "") {
             Ok((p, shots)) => {
                 if let (Some(path), false) = (&opts.preview, shots.is_empty()) {
                     match preview::write_png(path, &shots) {
@@ -223,13 +223,14 @@ pub fn process_series(
     mut s: Series,
     out: &Path,
     want_preview: bool,
+    salt: &str,
 ) -> Result<(Published, Vec<PreviewSlice>), SeriesError> {
     let started = Instant::now();
     let uid = s.series_uid.clone();
     let geometry = check_series(settings, translator, &mut s)?;
     let manifest = translator.manifest().clone();
     events::series_started(&uid, s.slices.len(), &manifest.name);
-    let plan = DerivedPlan::new(&s.slices, &geometry, &manifest);
+    let plan = DerivedPlan::new(&s.slices, &geometry, &manifest, salt);
     let derived_uid = plan.series_uid.clone();
     let n_out = plan.slices.len();
     let z_tiles = translator.plan(0, geometry.slices())?;

@@ -37,3 +37,97 @@ pub fn group(headers: Vec<SliceHeader>) -> Vec<Series> {
     }
     map.into_values().collect()
 }
+
+/// A series ready for routing: complete by quiet time or expected count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadySeries {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub dir: std::path::PathBuf,
+    pub calling_ae: String,
+    pub called_ae: String,
+    pub instances: usize,
+    /// 1 for the first completion; higher when instances arrived after the series was processed.
+    pub version: u32,
+}
+
+struct Pending {
+    calling_ae: String,
+    called_ae: String,
+    instances: usize,
+    expected: Option<usize>,
+    last: tokio::time::Instant,
+    version: u32,
+}
+
+/// The daemon's series stage: counts arrivals per series and completes each one after a quiet time
+/// (or as soon as the expected number of instances is in). Time comes from `tokio::time`.
+pub struct Tracker {
+    pub spool: crate::spool::Spool,
+    pub quiet: std::time::Duration,
+    pub rx: tokio::sync::mpsc::Receiver<crate::ingest::scp::Arrival>,
+    pub tx: tokio::sync::mpsc::Sender<ReadySeries>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub beat: crate::metrics::Beat,
+}
+
+impl Tracker {
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut pending: BTreeMap<(String, String), Pending> = BTreeMap::new();
+        // Completed series and how many versions were emitted (late instances make a new version).
+        let mut versions: std::collections::HashMap<(String, String), u32> = Default::default();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                a = self.rx.recv() => {
+                    let Some(a) = a else { return };
+                    let key = (a.study_uid.clone(), a.series_uid.clone());
+                    let version = versions.get(&key).map_or(1, |v| v + 1);
+                    let p = pending.entry(key).or_insert_with(|| Pending {
+                        calling_ae: a.calling_ae.clone(),
+                        called_ae: a.called_ae.clone(),
+                        instances: 0,
+                        expected: a.expected,
+                        last: tokio::time::Instant::now(),
+                        version,
+                    });
+                    p.instances += 1;
+                    p.last = tokio::time::Instant::now();
+                    p.expected = a.expected.or(p.expected);
+                }
+                _ = tick.tick() => {
+                    self.beat.beat();
+                    let now = tokio::time::Instant::now();
+                    let ready: Vec<(String, String)> = pending
+                        .iter()
+                        .filter(|(_, p)| now.duration_since(p.last) >= self.quiet || p.expected.is_some_and(|n| p.instances >= n))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in ready {
+                        let Some(p) = pending.remove(&key) else { continue };
+                        let why = if now.duration_since(p.last) >= self.quiet { "quiet time" } else { "expected count reached" };
+                        let Ok(dir) = self.spool.series_dir(&key.0, &key.1) else { continue };
+                        crate::events::series_complete(&key.1, p.instances, why);
+                        self.metrics.series_completed.inc();
+                        versions.insert(key.clone(), p.version);
+                        let ready = ReadySeries {
+                            study_uid: key.0,
+                            series_uid: key.1,
+                            dir,
+                            calling_ae: p.calling_ae,
+                            called_ae: p.called_ae,
+                            instances: p.instances,
+                            version: p.version,
+                        };
+                        tokio::select! {
+                            _ = shutdown.changed() => return,
+                            r = self.tx.send(ready) => if r.is_err() { return },
+                        }
+                    }
+                    self.metrics.pending_series.set(pending.len() as i64);
+                }
+            }
+        }
+    }
+}

@@ -41,6 +41,11 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
             .collect::<Result<_, _>>()
             .map_err(io)?;
         entries.sort();
+        // Hidden entries (".DS_Store", our own ".processed" markers and partial folders) are not input.
+        entries.retain(|e| {
+            !e.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        });
         for e in entries {
             collect(&e, out)?;
         }

@@ -2,3 +2,5 @@
 //! of the daemon will live beside it.
 
 pub mod files;
+pub mod scp;
+pub mod watch;

@@ -4,5 +4,13 @@
 //! by every exporter, and [`export`] writes models in the contract format the daemon reads
 //! (`model.onnx` + `model.toml`, DESIGN §3).
 
+pub mod data;
+pub mod eval;
 pub mod export;
+pub mod model;
+pub mod nifti;
 pub mod onnx;
+pub mod phantom;
+pub mod revgan;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,307 @@
+//! `ct-harmonizer serve`: wires the stages together, recovers unfinished work, talks to systemd, and
+//! handles signals (SIGTERM/SIGINT: graceful stop; SIGHUP: re-read rules and destinations while the
+//! listeners and the spool stay).
+//!
+//! ```text
+//! scp / watch --Arrival--> series::Tracker --ReadySeries--> pipeline::Processor (thread)
+//!     --jobs in the outbox (durable) + wake--> forward::worker::Forwarder --> destinations
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Settings;
+use crate::forward::worker::Forwarder;
+use crate::forward::Outbox;
+use crate::ingest::scp::{Arrival, Scp};
+use crate::ingest::watch::Watch;
+use crate::metrics::{Heartbeats, Metrics};
+use crate::pipeline::Processor;
+use crate::series::Tracker;
+use crate::spool::Spool;
+use crate::{events, systemd};
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
+    #[error("cannot start the processing thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs the real start-up checks without serving: configuration, models (hash and ONNX Runtime),
+/// state folders, listen addresses.
+pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
+    let mut notes = Vec::new();
+    let mut models: Vec<&str> = settings
+        .rules
+        .iter()
+        .flat_map(|r| r.models.iter().map(String::as_str))
+        .collect();
+    models.sort();
+    models.dedup();
+    for m in models {
+        let t = crate::process::open_translator(settings, Some(m))?;
+        notes.push(format!("model {m} {} ({:?}) on {}", t.manifest().version, t.manifest().kind, t.device()));
+    }
+    Spool::open(&settings.state.dir, settings.state.min_free_mib)?;
+    Outbox::open(&settings.state.dir)?;
+    for addr in [&settings.server.listen, &settings.http.listen] {
+        if !addr.is_empty() {
+            addr.parse::<std::net::SocketAddr>().map_err(|e| DaemonError::Listen {
+                addr: addr.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+        }
+    }
+    notes.push(format!("state folder {}", settings.state.dir.display()));
+    notes.push(format!("{} rule(s), {} destination(s)", settings.rules.len(), settings.destinations.len()));
+    Ok(notes)
+}
+
+/// Serves until SIGTERM/SIGINT. `config` is re-read on SIGHUP.
+pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), DaemonError> {
+    let state = settings.state.dir.clone();
+    let spool = Spool::open(&state, settings.state.min_free_mib)?;
+    let outbox = Outbox::open(&state)?;
+    let metrics = Metrics::new();
+    let beats = Arc::new(Heartbeats::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
+    let (arrival_tx, arrival_rx) = mpsc::channel::<Arrival>(256);
+    let (ready_tx, ready_rx) = mpsc::channel(16);
+    let (wake_tx, wake_rx) = mpsc::channel(16);
+    let busy = Arc::new(AtomicBool::new(false));
+
+    // Load the models now: a broken model or runtime must fail start-up, not the first series.
+    check_config(&settings)?;
+
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: settings.server.listen.clone(),
+            source,
+        })?;
+    let http = if settings.http.listen.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&settings.http.listen)
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: settings.http.listen.clone(),
+                    source,
+                })?,
+        )
+    };
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        Tracker {
+            spool: spool.clone(),
+            quiet: Duration::from_secs(settings.series.quiet_seconds),
+            rx: arrival_rx,
+            tx: ready_tx,
+            metrics: metrics.clone(),
+            beat: beats.register("series"),
+        }
+        .run(shutdown_rx.clone()),
+    ));
+    let processor = Processor {
+        state_dir: state.clone(),
+        spool: spool.clone(),
+        outbox: outbox.clone(),
+        settings: settings_rx.clone(),
+        rx: ready_rx,
+        wake: wake_tx.clone(),
+        metrics: metrics.clone(),
+        beat: beats.register("processor"),
+        busy: busy.clone(),
+    };
+    let rt = tokio::runtime::Handle::current();
+    let proc_shutdown = shutdown_rx.clone();
+    let processor_thread = std::thread::Builder::new()
+        .name("processor".into())
+        .spawn(move || processor.run(rt, proc_shutdown))
+        .map_err(DaemonError::Thread)?;
+    tasks.push(tokio::spawn(
+        Forwarder {
+            outbox: outbox.clone(),
+            spool: spool.clone(),
+            settings: settings_rx.clone(),
+            metrics: metrics.clone(),
+            wake: wake_rx,
+            beat: beats.register("forward"),
+        }
+        .run(shutdown_rx.clone()),
+    ));
+
+    recover(&spool, &outbox, &state, &settings, &arrival_tx).await;
+
+    tasks.push(tokio::spawn(
+        Scp {
+            settings: settings_rx.clone(),
+            spool: spool.clone(),
+            tx: arrival_tx.clone(),
+            metrics: metrics.clone(),
+            beat: beats.register("scp"),
+        }
+        .run(listener, shutdown_rx.clone()),
+    ));
+    if !settings.watch.dir.trim().is_empty() {
+        let dir = PathBuf::from(settings.watch.dir.trim());
+        let _ = std::fs::create_dir_all(&dir);
+        tasks.push(tokio::spawn(
+            Watch {
+                dir,
+                stable: Duration::from_secs(settings.watch.stable_seconds),
+                quarantine: state.join("quarantine"),
+                spool: spool.clone(),
+                called_ae: settings.server.ae_title.clone(),
+                tx: arrival_tx.clone(),
+                metrics: metrics.clone(),
+                beat: beats.register("watch"),
+            }
+            .run(shutdown_rx.clone()),
+        ));
+    }
+    if let Some(l) = http {
+        tasks.push(tokio::spawn(crate::http::serve(l, metrics.clone(), beats.clone(), shutdown_rx.clone())));
+    }
+    tasks.push(tokio::spawn(systemd::run(metrics.clone(), beats.clone(), busy.clone(), shutdown_rx.clone())));
+    drop(arrival_tx);
+
+    tracing::info!(event = "daemon_ready", ae_title = %settings.server.ae_title, listen = %settings.server.listen, state = %state.display(), "listening");
+    systemd::ready();
+
+    wait_for_stop(config.as_deref(), &settings_tx).await;
+    systemd::stopping();
+    tracing::info!(event = "daemon_stopping", "stopping: no new associations; unfinished work stays in the spool");
+    let _ = shutdown_tx.send(true);
+    let all = futures_join(tasks);
+    let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
+    // The processing thread finishes its current series (bounded by the unit's stop timeout).
+    let _ = tokio::task::spawn_blocking(move || processor_thread.join()).await;
+    Ok(())
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Settings>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!(event = "signals_unavailable", "cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                systemd::reloading();
+                match Settings::load(config) {
+                    Ok(new) => {
+                        tracing::info!(event = "config_reloaded", rules = new.rules.len(), destinations = new.destinations.len(), "rules and destinations reloaded; listeners and spool unchanged");
+                        let _ = settings_tx.send(Arc::new(new));
+                    }
+                    Err(e) => tracing::error!(event = "config_reload_failed", reason = %e, "keeping the previous configuration"),
+                }
+                systemd::ready();
+            }
+        }
+    }
+}
+
+/// Start-up recovery: every series still in the spool continues from where it stopped.
+async fn recover(
+    spool: &Spool,
+    outbox: &Outbox,
+    state: &Path,
+    settings: &Settings,
+    tx: &mpsc::Sender<Arrival>,
+) {
+    let series = match spool.recover() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(event = "recovery_failed", reason = %e);
+            return;
+        }
+    };
+    let mut resumed = 0;
+    for s in series {
+        if s.processed {
+            match outbox.needs(&s.dir) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = spool.remove_series(&s.dir);
+                    events::series_delivered(&s.series_uid);
+                }
+                Err(e) => tracing::error!(event = "recovery_failed", reason = %e),
+            }
+            continue;
+        }
+        // Not yet processed: it goes through the series stage again (derived files, if any, are
+        // rewritten with the same UIDs).
+        let calling = first_calling_ae(&s.dir).unwrap_or_default();
+        for _ in 0..s.instances.max(1) {
+            let a = Arrival {
+                study_uid: s.study_uid.clone(),
+                series_uid: s.series_uid.clone(),
+                sop_instance_uid: String::new(),
+                calling_ae: calling.clone(),
+                called_ae: settings.server.ae_title.clone(),
+                expected: None,
+            };
+            if tx.send(a).await.is_err() {
+                return;
+            }
+        }
+        resumed += 1;
+    }
+    // Derived folders of series no longer in the spool or the outbox are leftovers of a crash.
+    if let (Ok(rd), Ok(jobs)) = (std::fs::read_dir(state.join("derived")), outbox.queued()) {
+        let dead = outbox.dead().unwrap_or_default();
+        for e in rd.flatten() {
+            let p = e.path();
+            if !jobs.iter().chain(dead.iter()).any(|j| j.work_dir == p) {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
+    if resumed > 0 {
+        tracing::info!(event = "recovered", series = resumed, "unfinished series resumed from the spool");
+    }
+}
+
+fn first_calling_ae(dir: &Path) -> Option<String> {
+    let f = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "dcm"))?;
+    let o = crate::volume::header::open_header(&f).ok()?;
+    o.meta().source_application_entity_title.clone().map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+}

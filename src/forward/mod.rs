@@ -1,0 +1,43 @@
+//! Forward stage: a durable outbox of jobs (one per series and destination), sent by C-STORE SCU or
+//! copied to a folder, retried with exponential back-off, dead-lettered after the configured number
+//! of attempts. Spool and derived files are deleted only when no job (queued or dead) still needs them.
+
+pub mod dimse;
+pub mod outbox;
+pub mod scu;
+pub mod worker;
+
+pub use outbox::{Job, Outbox};
+
+use std::path::PathBuf;
+
+/// Errors delivering a job. Association failures, refused presentation contexts and non-success
+/// statuses are reported distinctly.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("destination {destination}: association failed: {reason}")]
+    Association { destination: String, reason: String },
+    #[error("destination {destination} refused the presentation context for SOP class {sop_class} in transfer syntax {transfer_syntax}")]
+    Refused {
+        destination: String,
+        sop_class: String,
+        transfer_syntax: String,
+    },
+    #[error("destination {destination} answered status 0x{status:04X} for SOP instance {sop_instance}{comment}")]
+    Status {
+        destination: String,
+        status: u16,
+        sop_instance: String,
+        comment: String,
+    },
+    #[error("destination {destination}: {reason}")]
+    Protocol { destination: String, reason: String },
+    #[error("destination {destination}: no answer within {seconds} s")]
+    Timeout { destination: String, seconds: u64 },
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown destination {0:?} (not in the configuration)")]
+    UnknownDestination(String),
+    #[error("outbox {path}: {reason}")]
+    Outbox { path: PathBuf, reason: String },
+}

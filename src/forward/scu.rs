@@ -1,0 +1,248 @@
+//! Sending a folder of instances: C-STORE SCU (one association per job, TCP_NODELAY on) or a copy
+//! into a destination folder (temporary name, fsync, rename).
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::{ClientAssociationOptions, Pdu};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+use super::{dimse, ForwardError};
+use crate::config::{Destination, DestinationKind, ForwardSettings};
+use crate::spool::sync_dir;
+
+/// One file to send: where it is, what it is, and where its dataset starts.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    path: PathBuf,
+    sop_class: String,
+    sop_instance: String,
+    transfer_syntax: String,
+    dataset_offset: usize,
+}
+
+fn dcm_files(dir: &Path) -> Result<Vec<PathBuf>, ForwardError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ForwardError::File {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn describe(path: &Path) -> Result<Outgoing, ForwardError> {
+    let ferr = |reason: String| ForwardError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let obj = OpenFileOptions::new()
+        .read_until(tags::SPECIFIC_CHARACTER_SET)
+        .open_file(path)
+        .map_err(|e| ferr(e.to_string()))?;
+    let meta = obj.meta();
+    let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
+    Ok(Outgoing {
+        path: path.to_owned(),
+        sop_class: clean(meta.media_storage_sop_class_uid()),
+        sop_instance: clean(meta.media_storage_sop_instance_uid()),
+        transfer_syntax: clean(meta.transfer_syntax()),
+        // Preamble and magic (132), the group length element (12), then the group itself.
+        dataset_offset: 132 + 12 + meta.information_group_length as usize,
+    })
+}
+
+/// Sends every `.dcm` file of `dir` to `dest`. Returns how many were delivered.
+pub async fn send_folder(
+    dest: &Destination,
+    settings: &ForwardSettings,
+    dir: &Path,
+) -> Result<usize, ForwardError> {
+    match dest.kind {
+        DestinationKind::Folder => copy_folder(dest, dir),
+        DestinationKind::Scp => {
+            let seconds = settings.timeout_seconds.max(1);
+            // A whole association gets a generous bound; each read has the configured timeout.
+            let files = dcm_files(dir)?;
+            let budget = Duration::from_secs(seconds * (2 + files.len() as u64));
+            match tokio::time::timeout(budget, store_scu(dest, settings, files)).await {
+                Ok(r) => r,
+                Err(_) => Err(ForwardError::Timeout {
+                    destination: dest.name.clone(),
+                    seconds: budget.as_secs(),
+                }),
+            }
+        }
+    }
+}
+
+fn copy_folder(dest: &Destination, dir: &Path) -> Result<usize, ForwardError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "series".into());
+    let target = PathBuf::from(&dest.path).join(name);
+    let ferr = |path: &Path, e: std::io::Error| ForwardError::File {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(&target).map_err(|e| ferr(&target, e))?;
+    let files = dcm_files(dir)?;
+    for f in &files {
+        let Some(fname) = f.file_name() else { continue };
+        let tmp = target.join(format!(".{}.tmp", fname.to_string_lossy()));
+        std::fs::copy(f, &tmp).map_err(|e| ferr(&tmp, e))?;
+        std::fs::File::open(&tmp)
+            .and_then(|h| h.sync_all())
+            .map_err(|e| ferr(&tmp, e))?;
+        std::fs::rename(&tmp, target.join(fname)).map_err(|e| ferr(&target, e))?;
+    }
+    sync_dir(&target).map_err(|e| ferr(&target, e))?;
+    Ok(files.len())
+}
+
+async fn store_scu(
+    dest: &Destination,
+    settings: &ForwardSettings,
+    files: Vec<PathBuf>,
+) -> Result<usize, ForwardError> {
+    let name = dest.name.clone();
+    let proto = |reason: String| ForwardError::Protocol {
+        destination: name.clone(),
+        reason,
+    };
+    let outgoing = files
+        .iter()
+        .map(|p| describe(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if outgoing.is_empty() {
+        return Ok(0);
+    }
+    let mut contexts: Vec<(String, String)> = outgoing
+        .iter()
+        .map(|o| (o.sop_class.clone(), o.transfer_syntax.clone()))
+        .collect();
+    contexts.sort();
+    contexts.dedup();
+    let timeout = Duration::from_secs(settings.timeout_seconds.max(1));
+    let mut opts = ClientAssociationOptions::new()
+        .calling_ae_title(settings.calling_ae_title.clone())
+        .called_ae_title(dest.ae_title.clone())
+        .max_pdu_length(65536)
+        .read_timeout(timeout)
+        .connection_timeout(timeout);
+    for (sop, ts) in &contexts {
+        opts = opts.with_presentation_context(sop.clone(), vec![ts.clone()]);
+    }
+    let addr = format!("{}:{}", dest.host, dest.port);
+    let mut assoc = opts
+        .establish_async(addr.as_str())
+        .await
+        .map_err(|e| ForwardError::Association {
+            destination: name.clone(),
+            reason: e.to_string(),
+        })?;
+    assoc
+        .inner_stream()
+        .set_nodelay(true)
+        .map_err(|e| proto(e.to_string()))?;
+    let accepted: Vec<(u8, String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+        .collect();
+    let mut sent = 0;
+    for (i, o) in outgoing.iter().enumerate() {
+        let Some((pc_id, _, _)) = accepted
+            .iter()
+            .find(|(_, a, t)| a == &o.sop_class && t == &o.transfer_syntax)
+        else {
+            let _ = assoc.abort().await;
+            return Err(ForwardError::Refused {
+                destination: name,
+                sop_class: o.sop_class.clone(),
+                transfer_syntax: o.transfer_syntax.clone(),
+            });
+        };
+        let bytes = tokio::fs::read(&o.path)
+            .await
+            .map_err(|e| ForwardError::File {
+                path: o.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let dataset = bytes.get(o.dataset_offset..).ok_or_else(|| ForwardError::File {
+            path: o.path.clone(),
+            reason: "file shorter than its meta group".into(),
+        })?;
+        let message_id = (i % 0xFFFF) as u16 + 1;
+        let cmd = dimse::store_rq(message_id, &o.sop_class, &o.sop_instance)
+            .map_err(|e| proto(e.to_string()))?;
+        assoc
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: *pc_id,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: cmd,
+                }],
+            })
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+        {
+            let mut w = assoc.send_pdata(*pc_id);
+            w.write_all(dataset)
+                .await
+                .map_err(|e| proto(e.to_string()))?;
+            w.finish().await.map_err(|e| proto(e.to_string()))?;
+        }
+        let rsp = receive_command(&mut assoc).await.map_err(proto)?;
+        match rsp.status {
+            dimse::SUCCESS | 0xB000 | 0xB006 | 0xB007 => sent += 1,
+            status => {
+                let _ = assoc.abort().await;
+                return Err(ForwardError::Status {
+                    destination: name,
+                    status,
+                    sop_instance: o.sop_instance.clone(),
+                    comment: if rsp.error_comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", rsp.error_comment)
+                    },
+                });
+            }
+        }
+    }
+    let _ = assoc.release().await;
+    Ok(sent)
+}
+
+async fn receive_command(
+    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+) -> Result<dimse::Command, String> {
+    let mut buf = Vec::new();
+    loop {
+        match assoc.receive().await.map_err(|e| e.to_string())? {
+            Pdu::PData { data } => {
+                for v in data {
+                    if v.value_type == PDataValueType::Command {
+                        buf.extend_from_slice(&v.data);
+                        if v.is_last {
+                            return dimse::decode(&buf).map_err(|e| e.to_string());
+                        }
+                    }
+                }
+            }
+            Pdu::AbortRQ { source } => return Err(format!("association aborted by peer: {source:?}")),
+            Pdu::ReleaseRQ => return Err("peer released the association mid-transfer".into()),
+            other => return Err(format!("unexpected PDU {other:?}")),
+        }
+    }
+}

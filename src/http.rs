@@ -1,0 +1,63 @@
+//! `/healthz` and `/metrics` on a loopback port (axum; Prometheus text format from
+//! `prometheus-client`).
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use crate::metrics::{Heartbeats, Metrics};
+
+/// Stages silent for longer than this make `/healthz` fail.
+pub const STALE_MS: u64 = 30_000;
+
+/// Serves until shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    beats: Arc<Heartbeats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let m = metrics.clone();
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let beats = beats.clone();
+                async move {
+                    let stale = beats.stale(STALE_MS);
+                    if stale.is_empty() {
+                        (StatusCode::OK, "ok\n".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("stalled: {}\n", stale.join(", ")),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+}

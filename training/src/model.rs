@@ -1,0 +1,359 @@
+//! Building blocks of the 3D RevGAN (seed 000; `shared/MODELS.md` §1): the model [`RevGanConfig`]
+//! (saved beside the weights), the parameter-free instance normalisation, the per-domain encoder
+//! and decoder, the F/G functions of the reversible coupling, and the 3-D PatchGAN discriminator.
+//! The reversible core and the generator pair are in [`crate::revgan`].
+//!
+//! Where a constant comes from is written next to it: "MODELS.md §1" means the reference code
+//! `tychovdo/RevGAN` (3-D variant) as summarised there; "seed 000" the paper itself; "PyTorch" the
+//! default of the PyTorch layer the reference code uses.
+//!
+//! Tensors are `[batch N, channels C, depth D, height H, width W]` (NCDHW, as ONNX and the daemon).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::{Initializer, PaddingConfig3d};
+use burn::tensor::activation::{leaky_relu, relu, tanh};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::PadMode;
+use burn::tensor::Tensor;
+
+/// InstanceNorm3d epsilon (PyTorch default `eps = 1e-5`; ONNX `InstanceNormalization` default too).
+pub const IN_EPSILON: f64 = 1e-5;
+/// LeakyReLU slope of the PatchGAN discriminator (MODELS.md §1: LeakyReLU(0.2)).
+pub const LEAKY_SLOPE: f64 = 0.2;
+/// Standard deviation of the N(0, σ) weight initialisation (MODELS.md §1: "weights initialised
+/// N(0, 0.02)", pix2pix/CycleGAN `init_type = normal`, `init_gain = 0.02`); biases start at 0.
+pub const INIT_STD: f64 = 0.02;
+/// Encoder/decoder outer convolution: ReplicationPad3d(2) + Conv3d(k5) (MODELS.md §1).
+pub const OUTER_KERNEL: usize = 5;
+pub const OUTER_PAD: usize = 2;
+/// Down/up-sampling convolutions: k3, stride 2, zero pad 1, output padding 1 (MODELS.md §1).
+pub const DOWN_KERNEL: usize = 3;
+/// Coupling-function convolutions: ReplicationPad(1) + Conv3d(k3) (MODELS.md §1).
+pub const CORE_KERNEL: usize = 3;
+/// Discriminator convolutions: k4, padding 1 (MODELS.md §1, PatchGAN n_layers = 2).
+pub const DISC_KERNEL: usize = 4;
+
+/// Architecture of a 3D RevGAN (generator pair + shared core + two discriminators).
+///
+/// Departures from the reference (written here as MODELS.md asks):
+/// - `ngf` defaults to 32 as in the chest-CT runs, but CPU training uses smaller values (`--ngf`).
+/// - The discriminators' norm layer is the same affine-free instance norm as the generator's: the
+///   reference uses its `--norm` option; with batch size 1 (the reference's), a training-mode batch
+///   norm computes exactly the per-channel statistics of the single volume, i.e. an instance norm.
+/// - The generator accepts any D, H, W: odd sizes are edge-padded by one voxel at the end of that
+///   axis before the stride-2 encoder and the output is cropped back (the reference needs even
+///   sizes; our daemon's tiles at a volume's edge can be odd). Even sizes are untouched.
+#[derive(Config, Debug, PartialEq)]
+pub struct RevGanConfig {
+    /// Generator base channels (MODELS.md §1: ngf = 32 for the chest-CT runs).
+    #[config(default = 32)]
+    pub ngf: usize,
+    /// Discriminator base channels (pix2pix/CycleGAN default ndf = 64).
+    #[config(default = 64)]
+    pub ndf: usize,
+    /// Reversible blocks in the shared core (seed 000 Table 1: "+2R" = 2; plain rows most likely 0).
+    #[config(default = 2)]
+    pub blocks: usize,
+    /// True for the paired (pix2pix) discriminator input cat(source, image), 2 channels; false for
+    /// the unpaired (CycleGAN) one, 1 channel (MODELS.md §1).
+    #[config(default = true)]
+    pub conditional: bool,
+}
+
+/// Errors about a model configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("ngf = {0}: the generator needs an even number >= 2 of base channels (the core splits 2*ngf channels into halves)")]
+    Ngf(usize),
+    #[error("ndf = {0}: the discriminator needs at least 1 base channel")]
+    Ndf(usize),
+    #[error("patch {patch}: the discriminator needs at least 16 voxels per axis (two stride-2 and two k4 s1 p1 convolutions)")]
+    PatchTooSmall { patch: usize },
+}
+
+impl RevGanConfig {
+    /// Checks the sizes the layers need.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.ngf < 2 || self.ngf % 2 != 0 {
+            return Err(ModelError::Ngf(self.ngf));
+        }
+        if self.ndf == 0 {
+            return Err(ModelError::Ndf(self.ndf));
+        }
+        Ok(())
+    }
+
+    /// Input channels of a discriminator.
+    pub fn disc_channels(&self) -> usize {
+        if self.conditional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Receptive-field radius of the generator in input voxels (per axis): ReplicationPad(2)+k5 adds
+    /// 2, the k3 stride-2 convolution 1, each of the 4 k3 convolutions per reversible block (two in
+    /// F, two in G) 1 voxel at half resolution = 2 input voxels, the k3 s2 transposed convolution at
+    /// most 2, and the final k5 convolution 2: `7 + 8 * blocks`. Instance normalisation is global
+    /// per tile, so this bounds only the convolutional part (see `export_model`).
+    pub fn receptive_radius(&self) -> usize {
+        7 + 8 * self.blocks
+    }
+}
+
+/// Weight initialiser N(0, [`INIT_STD`]) (MODELS.md §1).
+pub fn normal_init() -> Initializer {
+    Initializer::Normal {
+        mean: 0.0,
+        std: INIT_STD,
+    }
+}
+
+fn zero_bias<B: Backend>(conv_bias: Option<Param<Tensor<B, 1>>>) -> Option<Param<Tensor<B, 1>>> {
+    conv_bias.map(|b| {
+        let [c] = b.dims();
+        Param::from_tensor(Tensor::zeros([c], &b.device()))
+    })
+}
+
+/// A Conv3d without padding (padding is explicit, as in the reference), bias on, N(0, 0.02) weights,
+/// zero bias; `zero = true` zero-initialises the weight too (the last conv of F and G).
+pub fn conv3d<B: Backend>(
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    zero_pad: usize,
+    zero: bool,
+    device: &B::Device,
+) -> Conv3d<B> {
+    let init = if zero {
+        Initializer::Zeros
+    } else {
+        normal_init()
+    };
+    let mut conv = Conv3dConfig::new([cin, cout], [kernel; 3])
+        .with_stride([stride; 3])
+        .with_padding(PaddingConfig3d::Explicit(zero_pad, zero_pad, zero_pad))
+        .with_bias(true)
+        .with_initializer(init)
+        .init(device);
+    conv.bias = zero_bias(conv.bias);
+    conv
+}
+
+/// Parameter-free instance normalisation over (D, H, W) per sample and channel (InstanceNorm3d with
+/// `affine = False`, `track_running_stats = False`, MODELS.md §1): biased variance, ε = 1e-5.
+///
+/// `[N, C, D, H, W] -> [N, C, D, H, W]`
+pub fn instance_norm<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+    let mean = x.clone().mean_dim(4).mean_dim(3).mean_dim(2);
+    let centered = x - mean;
+    let var = centered
+        .clone()
+        .powi_scalar(2)
+        .mean_dim(4)
+        .mean_dim(3)
+        .mean_dim(2);
+    centered / (var + IN_EPSILON).sqrt()
+}
+
+/// Replication (edge) padding of `p` voxels on both sides of D, H and W.
+///
+/// `[N, C, D, H, W] -> [N, C, D + 2p, H + 2p, W + 2p]`
+pub fn replication_pad<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
+    x.pad([(p, p), (p, p), (p, p)], PadMode::Edge)
+}
+
+/// Per-domain encoder: ReplicationPad3d(2), Conv3d(1→ngf, k5), IN, ReLU, Conv3d(ngf→2ngf, k3, s2,
+/// zero pad 1), IN, ReLU (MODELS.md §1).
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    pub conv_in: Conv3d<B>,
+    pub conv_down: Conv3d<B>,
+}
+
+impl<B: Backend> Encoder<B> {
+    pub fn new(ngf: usize, device: &B::Device) -> Self {
+        Self {
+            conv_in: conv3d(1, ngf, OUTER_KERNEL, 1, 0, false, device),
+            conv_down: conv3d(ngf, 2 * ngf, DOWN_KERNEL, 2, 1, false, device),
+        }
+    }
+
+    /// `[N, 1, D, H, W]` (D, H, W even) `-> [N, 2ngf, D/2, H/2, W/2]`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let x = relu(instance_norm(
+            self.conv_in.forward(replication_pad(x, OUTER_PAD)),
+        ));
+        relu(instance_norm(self.conv_down.forward(x)))
+    }
+}
+
+/// Per-domain decoder: ConvTranspose3d(2ngf→ngf, k3, s2, p1, output padding 1), IN, ReLU,
+/// ReplicationPad3d(2), Conv3d(ngf→1, k5), Tanh (MODELS.md §1).
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    pub conv_up: ConvTranspose3d<B>,
+    pub conv_out: Conv3d<B>,
+}
+
+impl<B: Backend> Decoder<B> {
+    pub fn new(ngf: usize, device: &B::Device) -> Self {
+        let mut conv_up = ConvTranspose3dConfig::new([2 * ngf, ngf], [DOWN_KERNEL; 3])
+            .with_stride([2; 3])
+            .with_padding([1; 3])
+            .with_padding_out([1; 3])
+            .with_bias(true)
+            .with_initializer(normal_init())
+            .init(device);
+        conv_up.bias = zero_bias(conv_up.bias);
+        Self {
+            conv_up,
+            conv_out: conv3d(ngf, 1, OUTER_KERNEL, 1, 0, false, device),
+        }
+    }
+
+    /// `[N, 2ngf, D/2, H/2, W/2] -> [N, 1, D, H, W]`, values in (-1, 1)
+    pub fn forward(&self, h: Tensor<B, 5>) -> Tensor<B, 5> {
+        let x = relu(instance_norm(self.conv_up.forward(h)));
+        tanh(self.conv_out.forward(replication_pad(x, OUTER_PAD)))
+    }
+}
+
+/// F or G of an additive coupling: IN, ReplicationPad(1), Conv3d(k3), IN, ReLU, ReplicationPad(1),
+/// Conv3d(k3) whose weight and bias start at zero, so every block starts as the identity
+/// (MODELS.md §1). Channels: `ngf → ngf → ngf` (half of the core's 2ngf).
+#[derive(Module, Debug)]
+pub struct Coupling<B: Backend> {
+    pub conv1: Conv3d<B>,
+    pub conv2: Conv3d<B>,
+}
+
+impl<B: Backend> Coupling<B> {
+    pub fn new(channels: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: conv3d(channels, channels, CORE_KERNEL, 1, 0, false, device),
+            conv2: conv3d(channels, channels, CORE_KERNEL, 1, 0, true, device),
+        }
+    }
+
+    /// `[N, ngf, d, h, w] -> [N, ngf, d, h, w]`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let x = self.conv1.forward(replication_pad(instance_norm(x), 1));
+        let x = relu(instance_norm(x));
+        self.conv2.forward(replication_pad(x, 1))
+    }
+}
+
+/// 3-D PatchGAN discriminator, n_layers = 2 (MODELS.md §1): Conv3d(k4, s2, p1, ndf) + LeakyReLU(0.2);
+/// Conv3d(k4, s2, p1, 2ndf) + IN + LeakyReLU; Conv3d(k4, s1, p1, 4ndf) + IN + LeakyReLU;
+/// Conv3d(k4, s1, p1, 1). Outputs logits (paired: BCE with a sigmoid; unpaired: LSGAN).
+#[derive(Module, Debug)]
+pub struct Discriminator<B: Backend> {
+    pub conv1: Conv3d<B>,
+    pub conv2: Conv3d<B>,
+    pub conv3: Conv3d<B>,
+    pub conv4: Conv3d<B>,
+}
+
+impl<B: Backend> Discriminator<B> {
+    pub fn new(in_channels: usize, ndf: usize, device: &B::Device) -> Self {
+        Self {
+            conv1: conv3d(in_channels, ndf, DISC_KERNEL, 2, 1, false, device),
+            conv2: conv3d(ndf, 2 * ndf, DISC_KERNEL, 2, 1, false, device),
+            conv3: conv3d(2 * ndf, 4 * ndf, DISC_KERNEL, 1, 1, false, device),
+            conv4: conv3d(4 * ndf, 1, DISC_KERNEL, 1, 1, false, device),
+        }
+    }
+
+    /// `[N, Cin, D, H, W] -> [N, 1, D/4 - 2, H/4 - 2, W/4 - 2]` patch logits (D, H, W multiples
+    /// of 4, at least 16)
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let x = leaky_relu(self.conv1.forward(x), LEAKY_SLOPE);
+        let x = leaky_relu(instance_norm(self.conv2.forward(x)), LEAKY_SLOPE);
+        let x = leaky_relu(instance_norm(self.conv3.forward(x)), LEAKY_SLOPE);
+        self.conv4.forward(x)
+    }
+}
+
+/// Checks that a training patch is large enough for the discriminator.
+pub fn check_patch(patch: usize) -> Result<(), ModelError> {
+    if patch < 16 || patch % 4 != 0 {
+        return Err(ModelError::PatchTooSmall { patch });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    type B = Flex;
+
+    #[test]
+    fn shapes() {
+        let dev = Default::default();
+        let x = Tensor::<B, 5>::random([1, 1, 8, 8, 8], Distribution::Default, &dev);
+        let e = Encoder::<B>::new(4, &dev);
+        let h = e.forward(x);
+        assert_eq!(h.dims(), [1, 8, 4, 4, 4]);
+        let d = Decoder::<B>::new(4, &dev);
+        assert_eq!(d.forward(h).dims(), [1, 1, 8, 8, 8]);
+        let disc = Discriminator::<B>::new(2, 2, &dev);
+        let x = Tensor::<B, 5>::zeros([1, 2, 16, 16, 16], &dev);
+        assert_eq!(disc.forward(x).dims(), [1, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn instance_norm_is_zero_mean_unit_variance() {
+        let dev = Default::default();
+        let x = Tensor::<B, 5>::random([2, 3, 4, 4, 4], Distribution::Normal(5.0, 3.0), &dev);
+        let y = instance_norm(x);
+        let m: Vec<f32> = y
+            .clone()
+            .mean_dim(4)
+            .mean_dim(3)
+            .mean_dim(2)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(m.iter().all(|v| v.abs() < 1e-4), "{m:?}");
+        let v: Vec<f32> = y
+            .powi_scalar(2)
+            .mean_dim(4)
+            .mean_dim(3)
+            .mean_dim(2)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(v.iter().all(|v| (v - 1.0).abs() < 1e-3), "{v:?}");
+    }
+
+    #[test]
+    fn zero_init_coupling_is_zero() {
+        let dev = Default::default();
+        let f = Coupling::<B>::new(2, &dev);
+        let x = Tensor::<B, 5>::random([1, 2, 4, 4, 4], Distribution::Default, &dev);
+        let y: Vec<f32> = f.forward(x).into_data().to_vec().unwrap();
+        assert!(y.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn config_checks() {
+        assert!(RevGanConfig::new().validate().is_ok());
+        assert_eq!(
+            RevGanConfig::new().with_ngf(3).validate(),
+            Err(ModelError::Ngf(3))
+        );
+        assert!(check_patch(8).is_err());
+        assert!(check_patch(16).is_ok());
+        assert_eq!(RevGanConfig::new().with_blocks(2).receptive_radius(), 23);
+    }
+}

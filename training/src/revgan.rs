@@ -1,0 +1,452 @@
+//! The 3D RevGAN generator pair with its shared reversible core (seed 000; `shared/MODELS.md` §1),
+//! and the memory-efficient reversible backward pass.
+//!
+//! `A → B`: `enc_a`, the core's blocks 0..N forward, `dec_b`. `B → A`: `enc_b`, the core's blocks
+//! N-1..0 each inverted, `dec_a`. A block is an additive coupling on the channel halves:
+//! `y1 = x1 + F(x2)`, `y2 = x2 + G(y1)`; inverse `x2 = y2 − G(y1)`, `x1 = y1 − F(x2)`.
+//!
+//! # Reversible backward
+//!
+//! Plain autodiff keeps every block's activations until the backward pass. Here the core runs
+//! without autodiff ([`RevGan::core_detached`]: on `model.valid()`, the inner backend); the decoder
+//! reads a fresh leaf tensor standing in for the core's output. Once the loss graph downstream of
+//! that leaf has been backpropagated, [`RevGan::core_surrogate`] walks the blocks from the last one
+//! applied to the first: it rebuilds the block's input from its output with the block's inverse,
+//! re-runs that one block with autodiff on a fresh leaf, backpropagates `sum(y · ∂L/∂y)`, reads
+//! `∂L/∂x` from the leaf and merges the block's parameter gradients into one [`GradientsParams`].
+//! It finally returns `sum(h · ∂L/∂h)` for the encoder output `h`, whose backward pass gives the
+//! encoder its gradients. Only one block's activations are alive at a time, so activation memory
+//! does not grow with depth (seed 000, Table 2).
+
+use crate::model::{Coupling, Decoder, Encoder, RevGanConfig};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::PadMode;
+use burn::tensor::Tensor;
+
+/// Errors of the reversible backward pass.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RevGanError {
+    #[error("the reversible backward pass found no gradient for {0}: the loss does not depend on it")]
+    MissingGradient(&'static str),
+}
+
+/// Translation direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Domain A (source, e.g. sharp kernel / low resolution) to domain B (target).
+    AtoB,
+    /// Domain B to domain A (the core run inverted).
+    BtoA,
+}
+
+impl Direction {
+    pub fn reverse(self) -> Self {
+        match self {
+            Direction::AtoB => Direction::BtoA,
+            Direction::BtoA => Direction::AtoB,
+        }
+    }
+}
+
+/// One reversible additive-coupling block on `2c` channels (`c = ngf`).
+#[derive(Module, Debug)]
+pub struct RevBlock<B: Backend> {
+    pub f: Coupling<B>,
+    pub g: Coupling<B>,
+}
+
+impl<B: Backend> RevBlock<B> {
+    pub fn new(half_channels: usize, device: &B::Device) -> Self {
+        Self {
+            f: Coupling::new(half_channels, device),
+            g: Coupling::new(half_channels, device),
+        }
+    }
+
+    fn halves(x: Tensor<B, 5>) -> (Tensor<B, 5>, Tensor<B, 5>) {
+        let c = x.dims()[1] / 2;
+        (x.clone().narrow(1, 0, c), x.narrow(1, c, c))
+    }
+
+    /// `[N, 2c, d, h, w] -> [N, 2c, d, h, w]`: `y1 = x1 + F(x2)`, `y2 = x2 + G(y1)`
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (x1, x2) = Self::halves(x);
+        let y1 = x1 + self.f.forward(x2.clone());
+        let y2 = x2 + self.g.forward(y1.clone());
+        Tensor::cat(vec![y1, y2], 1)
+    }
+
+    /// `[N, 2c, d, h, w] -> [N, 2c, d, h, w]`: `x2 = y2 − G(y1)`, `x1 = y1 − F(x2)`
+    pub fn inverse(&self, y: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (y1, y2) = Self::halves(y);
+        let x2 = y2 - self.g.forward(y1.clone());
+        let x1 = y1 - self.f.forward(x2.clone());
+        Tensor::cat(vec![x1, x2], 1)
+    }
+}
+
+/// Both generators of a 3D RevGAN: per-domain encoders and decoders around one shared core.
+#[derive(Module, Debug)]
+pub struct RevGan<B: Backend> {
+    pub enc_a: Encoder<B>,
+    pub dec_a: Decoder<B>,
+    pub enc_b: Encoder<B>,
+    pub dec_b: Decoder<B>,
+    pub core: Vec<RevBlock<B>>,
+}
+
+impl<B: Backend> RevGan<B> {
+    /// A freshly initialised generator pair (N(0, 0.02) weights, zero-initialised last convs of F
+    /// and G). Call `B::seed` first for reproducible weights.
+    pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
+        Self {
+            enc_a: Encoder::new(cfg.ngf, device),
+            dec_a: Decoder::new(cfg.ngf, device),
+            enc_b: Encoder::new(cfg.ngf, device),
+            dec_b: Decoder::new(cfg.ngf, device),
+            core: (0..cfg.blocks)
+                .map(|_| RevBlock::new(cfg.ngf, device))
+                .collect(),
+        }
+    }
+
+    /// The source domain's encoder: `[N, 1, D, H, W] -> [N, 2ngf, D/2, H/2, W/2]` (D, H, W even)
+    pub fn encode(&self, dir: Direction, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        match dir {
+            Direction::AtoB => self.enc_a.forward(x),
+            Direction::BtoA => self.enc_b.forward(x),
+        }
+    }
+
+    /// The target domain's decoder: `[N, 2ngf, D/2, H/2, W/2] -> [N, 1, D, H, W]`
+    pub fn decode(&self, dir: Direction, h: Tensor<B, 5>) -> Tensor<B, 5> {
+        match dir {
+            Direction::AtoB => self.dec_b.forward(h),
+            Direction::BtoA => self.dec_a.forward(h),
+        }
+    }
+
+    /// The core, forward (A→B) or inverted (B→A): `[N, 2ngf, d, h, w] -> [N, 2ngf, d, h, w]`
+    pub fn core_forward(&self, dir: Direction, mut h: Tensor<B, 5>) -> Tensor<B, 5> {
+        match dir {
+            Direction::AtoB => {
+                for b in &self.core {
+                    h = b.forward(h);
+                }
+            }
+            Direction::BtoA => {
+                for b in self.core.iter().rev() {
+                    h = b.inverse(h);
+                }
+            }
+        }
+        h
+    }
+
+    /// Encoder, core and decoder on even sizes:
+    /// `[N, 1, D, H, W] -> [N, 1, D, H, W]` (D, H, W even)
+    pub fn forward_even(&self, dir: Direction, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.decode(dir, self.core_forward(dir, self.encode(dir, x)))
+    }
+
+    /// The whole generator for any size: axes of odd length are edge-padded by one voxel at their
+    /// end, translated, and cropped back (the exported ONNX graph does the same).
+    /// `[N, 1, D, H, W] -> [N, 1, D, H, W]`
+    pub fn forward(&self, dir: Direction, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [n, c, d, h, w] = x.dims();
+        let (pd, ph, pw) = (d % 2, h % 2, w % 2);
+        if pd + ph + pw == 0 {
+            return self.forward_even(dir, x);
+        }
+        let x = x.pad([(0, pd), (0, ph), (0, pw)], PadMode::Edge);
+        self.forward_even(dir, x)
+            .slice([0..n, 0..c, 0..d, 0..h, 0..w])
+    }
+}
+
+/// A core run without autodiff: the encoder output `input` (tracked), the core's output (inner
+/// backend) and the fresh leaf the decoder reads instead of it.
+pub struct CoreSegment<B: AutodiffBackend> {
+    pub dir: Direction,
+    pub input: Tensor<B, 5>,
+    pub output: Tensor<B::InnerBackend, 5>,
+    pub leaf: Tensor<B, 5>,
+}
+
+/// Adds every gradient of `add` into `acc` (summing where both hold one), for the parameters of
+/// the visited module.
+struct MergeGrads<'a> {
+    acc: &'a mut GradientsParams,
+    add: &'a mut GradientsParams,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for MergeGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(g) = self.add.remove::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let sum = match self.acc.remove::<B::InnerBackend, D>(param.id) {
+            Some(a) => a + g,
+            None => g,
+        };
+        self.acc.register::<B::InnerBackend, D>(param.id, sum);
+    }
+}
+
+/// Merges `add` into `acc` for the parameters of `module`.
+pub fn merge_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    acc: &mut GradientsParams,
+    mut add: GradientsParams,
+    module: &M,
+) {
+    let mut v = MergeGrads {
+        acc,
+        add: &mut add,
+    };
+    module.visit(&mut v);
+}
+
+impl<B: AutodiffBackend> RevGan<B> {
+    /// Moves this module's parameter gradients out of `grads` into `acc` (summing).
+    pub fn absorb(&self, grads: &mut B::Gradients, acc: &mut GradientsParams) {
+        let add = GradientsParams::from_module(grads, self);
+        merge_grads(acc, add, self);
+    }
+
+    /// Runs the core without autodiff on the encoder output `input`:
+    /// `[N, 2ngf, d, h, w] -> CoreSegment` whose `leaf` is `[N, 2ngf, d, h, w]`.
+    pub fn core_detached(&self, dir: Direction, input: Tensor<B, 5>) -> CoreSegment<B> {
+        let mut h = input.clone().inner();
+        match dir {
+            Direction::AtoB => {
+                for b in &self.core {
+                    h = b.valid().forward(h);
+                }
+            }
+            Direction::BtoA => {
+                for b in self.core.iter().rev() {
+                    h = b.valid().inverse(h);
+                }
+            }
+        }
+        let leaf = Tensor::from_inner(h.clone()).require_grad();
+        CoreSegment {
+            dir,
+            input,
+            output: h,
+            leaf,
+        }
+    }
+
+    /// Backpropagates through one block applied as `op` (forward or inverse), given that
+    /// operation's output and the loss gradient at it; returns (the operation's input, the
+    /// gradient at it) and merges the block's parameter gradients into `acc`.
+    fn block_backward(
+        &self,
+        block: &RevBlock<B>,
+        inverse_op: bool,
+        out: Tensor<B::InnerBackend, 5>,
+        grad_out: Tensor<B::InnerBackend, 5>,
+        acc: &mut GradientsParams,
+    ) -> Result<(Tensor<B::InnerBackend, 5>, Tensor<B::InnerBackend, 5>), RevGanError> {
+        let valid = block.valid();
+        // Rebuild the operation's input from its output.
+        let input = if inverse_op {
+            valid.forward(out)
+        } else {
+            valid.inverse(out)
+        };
+        let leaf = Tensor::<B, 5>::from_inner(input.clone()).require_grad();
+        let y = if inverse_op {
+            block.inverse(leaf.clone())
+        } else {
+            block.forward(leaf.clone())
+        };
+        let mut grads = (y * Tensor::from_inner(grad_out)).sum().backward();
+        let grad_in = leaf
+            .grad(&grads)
+            .ok_or(RevGanError::MissingGradient("a reversible block's input"))?;
+        self.absorb(&mut grads, acc);
+        Ok((input, grad_in))
+    }
+
+    /// The reversible backward pass of `seg`: `grads` must come from a backward pass of a loss
+    /// that reads `seg.leaf`. Merges the core's parameter gradients into `acc` and returns the
+    /// scalar `sum(seg.input · ∂L/∂input)`, whose backward pass gives the encoder its gradients.
+    pub fn core_surrogate(
+        &self,
+        seg: CoreSegment<B>,
+        grads: &B::Gradients,
+        acc: &mut GradientsParams,
+    ) -> Result<Tensor<B, 1>, RevGanError> {
+        let mut g = seg
+            .leaf
+            .grad(grads)
+            .ok_or(RevGanError::MissingGradient("the core's output"))?;
+        let mut out = seg.output;
+        match seg.dir {
+            // Applied blocks 0..N forward: undo N-1..0.
+            Direction::AtoB => {
+                for b in self.core.iter().rev() {
+                    (out, g) = self.block_backward(b, false, out, g, acc)?;
+                }
+            }
+            // Applied inverses of N-1..0: undo 0..N.
+            Direction::BtoA => {
+                for b in &self.core {
+                    (out, g) = self.block_backward(b, true, out, g, acc)?;
+                }
+            }
+        }
+        Ok((seg.input * Tensor::from_inner(g)).sum())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::ParamId;
+    use burn::tensor::Distribution;
+
+    type I = Flex;
+    type A = Autodiff<Flex>;
+
+    /// Collects (id, flattened gradient) for every float parameter.
+    struct Collect<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(ParamId, Vec<f32>)>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.out
+                    .push((param.id, g.into_data().convert::<f32>().to_vec().unwrap()));
+            }
+        }
+    }
+
+    /// A model whose zero-initialised convs are randomised, so every block does something.
+    fn model(blocks: usize) -> RevGan<A> {
+        let dev = Default::default();
+        A::seed(&dev, 7);
+        let cfg = RevGanConfig::new().with_ngf(4).with_blocks(blocks);
+        let mut m = RevGan::<A>::new(&cfg, &dev);
+        for b in &mut m.core {
+            for c in [&mut b.f.conv2, &mut b.g.conv2] {
+                let dims = c.weight.dims();
+                c.weight = Param::from_tensor(Tensor::random(
+                    dims,
+                    Distribution::Normal(0.0, 0.1),
+                    &dev,
+                ));
+            }
+        }
+        m
+    }
+
+    fn flat<B: AutodiffBackend>(m: &RevGan<B>, g: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
+        let mut c = Collect {
+            grads: g,
+            out: Vec::new(),
+        };
+        m.visit(&mut c);
+        c.out
+    }
+
+    #[test]
+    fn inverse_undoes_forward() {
+        let m = model(2).valid();
+        let dev = Default::default();
+        let h = Tensor::<I, 5>::random([1, 8, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let y = m.core_forward(Direction::AtoB, h.clone());
+        assert!((y.clone() - h.clone()).abs().max().into_scalar() > 1e-3);
+        let back = m.core_forward(Direction::BtoA, y);
+        let err = (back - h).abs().max().into_scalar();
+        assert!(err < 1e-5, "inverse(forward(x)) differs by {err}");
+    }
+
+    #[test]
+    fn odd_sizes_round_trip_shape() {
+        let m = model(1).valid();
+        let dev = Default::default();
+        let x = Tensor::<I, 5>::random([1, 1, 5, 6, 7], Distribution::Default, &dev);
+        assert_eq!(m.forward(Direction::AtoB, x).dims(), [1, 1, 5, 6, 7]);
+    }
+
+    /// Reversible gradients equal plain autodiff gradients, in both directions and through a
+    /// cycle (A→B→A), for every parameter.
+    #[test]
+    fn reversible_gradients_equal_autodiff() {
+        let m = model(2);
+        let dev = Default::default();
+        let x = Tensor::<A, 5>::random([1, 1, 8, 8, 8], Distribution::Normal(0.0, 0.5), &dev);
+        let t = Tensor::<A, 5>::random([1, 1, 8, 8, 8], Distribution::Normal(0.0, 0.5), &dev);
+
+        // Plain autodiff: L = |G_ab(x) - t| + |G_ba(G_ab(x)) - x|.
+        let fake = m.forward_even(Direction::AtoB, x.clone());
+        let rec = m.forward_even(Direction::BtoA, fake.clone());
+        let loss = (fake - t.clone()).abs().mean() + (rec - x.clone()).abs().mean();
+        let naive = GradientsParams::from_grads(loss.backward(), &m);
+
+        // Reversible, stage by stage.
+        let mut acc = GradientsParams::new();
+        let h1 = m.encode(Direction::AtoB, x.clone());
+        let s1 = m.core_detached(Direction::AtoB, h1);
+        let fake = m.decode(Direction::AtoB, s1.leaf.clone());
+        let fake_leaf = Tensor::<A, 5>::from_inner(fake.clone().inner()).require_grad();
+        let h2 = m.encode(Direction::BtoA, fake_leaf.clone());
+        let s2 = m.core_detached(Direction::BtoA, h2);
+        let rec = m.decode(Direction::BtoA, s2.leaf.clone());
+        let mut g = (rec - x).abs().mean().backward();
+        m.absorb(&mut g, &mut acc);
+        let sur2 = m.core_surrogate(s2, &g, &mut acc).unwrap();
+        let mut g = sur2.backward();
+        let g_fake = fake_leaf.grad(&g).unwrap();
+        m.absorb(&mut g, &mut acc);
+        let stage1 = (fake.clone() - t).abs().mean() + (fake * Tensor::from_inner(g_fake)).sum();
+        let mut g = stage1.backward();
+        m.absorb(&mut g, &mut acc);
+        let sur1 = m.core_surrogate(s1, &g, &mut acc).unwrap();
+        let mut g = sur1.backward();
+        m.absorb(&mut g, &mut acc);
+
+        let (a, b) = (flat(&m, &naive), flat(&m, &acc));
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.len(), m.num_params_tensors());
+        let mut worst = 0f32;
+        let mut scale = 0f32;
+        for ((ia, ga), (ib, gb)) in a.iter().zip(&b) {
+            assert_eq!(ia, ib);
+            for (u, v) in ga.iter().zip(gb) {
+                worst = worst.max((u - v).abs());
+                scale = scale.max(u.abs());
+            }
+        }
+        assert!(scale > 0.0);
+        assert!(
+            worst <= 1e-4 * scale.max(1.0),
+            "max |naive - reversible| = {worst} (largest gradient {scale})"
+        );
+    }
+
+    trait CountTensors {
+        fn num_params_tensors(&self) -> usize;
+    }
+    impl<B: AutodiffBackend> CountTensors for RevGan<B> {
+        fn num_params_tensors(&self) -> usize {
+            struct N(usize);
+            impl<B: Backend> ModuleVisitor<B> for N {
+                fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<B, D>>) {
+                    self.0 += 1;
+                }
+            }
+            let mut n = N(0);
+            self.visit(&mut n);
+            n.0
+        }
+    }
+}

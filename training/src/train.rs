@@ -1,0 +1,1281 @@
+//! `ct-train train`: trains a 3D RevGAN (seed 000; `shared/MODELS.md` §1) on paired or unpaired
+//! volumes, on the CPU (Burn `flex`) or, built with `--features cuda`, on a CUDA GPU when one exists.
+//!
+//! Losses (MODELS.md §1, all configurable):
+//! - paired (pix2pix): `BCE(D_B(a, G_ab(a)), 1) + λ·|G_ab(a) − b|₁` plus the same for B→A, λ = 100;
+//!   conditional discriminators, D loss `0.5·(BCE(D(src, real), 1) + BCE(D(src, fake), 0))`.
+//! - unpaired (CycleGAN): `MSE(D_B(G_ab(a)), 1) + λ·|G_ba(G_ab(a)) − a|₁` plus B→A→B, λ = 10, no
+//!   identity loss (0 in 3-D), image pool of 50, D loss `0.5·(MSE(D(real), 1) + MSE(D(pool(fake)), 0))`.
+//! - Adam lr 2e-4, betas (0.5, 0.999), one optimizer for both generators (and the shared core), one
+//!   for both discriminators; G step then D step each iteration; batch 1; lr constant, then linear
+//!   decay to 0 over the last `decay_steps` (default: 1/6 of the steps, the reference's 25 decay
+//!   epochs of 150).
+//!
+//! The reversible core is trained with the memory-efficient backward of [`crate::revgan`] unless
+//! `--naive` asks for plain autodiff (the reference in tests and in the memory benchmark).
+//!
+//! Data: until the data module lands, volumes come from DICOM series folders: `DIR/source` and
+//! `DIR/target` (aliases `sharp`/`soft` for the kernel task, `low`/`high` for super-resolution),
+//! either directly in `DIR` or in each sub-directory of `DIR` (one case each). The HU window
+//! [-1150, 350] maps to [-1, 1] (seed 000). Patches are cubes sampled uniformly, retried up to 10
+//! times while their mean is air (foreground bias), with random flips along each axis.
+//!
+//! Run directory (`--out`): `model.json` (architecture, [`RevGanConfig`]), `train.json`
+//! ([`TrainConfig`]), `losses.csv`, and `checkpoint/` (weights, optimizer states, `state.json`),
+//! replaced atomically every `--checkpoint-every` steps and at the end. `--resume` continues from
+//! it; the same seed gives the same run (patch positions and pool choices are drawn from a
+//! generator seeded by (seed, step), so a resumed paired run continues exactly; an unpaired run's
+//! image pool starts empty again after a resume).
+
+use crate::model::{check_patch, Discriminator, ModelError, RevGanConfig};
+use crate::revgan::{CoreSegment, Direction, RevGan, RevGanError};
+use burn::config::Config;
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use ct_harmonizer::volume::geometry::{sort_and_check, GeometryLimits};
+use ct_harmonizer::volume::SlabReader;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The seed's HU window (seed 000: "uniformly redistributed from [-1150, 350] HU" to [-1, 1]).
+pub const HU_WINDOW: [f32; 2] = [-1150.0, 350.0];
+/// Files of a run directory.
+pub const MODEL_CONFIG: &str = "model.json";
+pub const TRAIN_CONFIG: &str = "train.json";
+pub const LOSSES_CSV: &str = "losses.csv";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const STATE_FILE: &str = "state.json";
+const GEN_FILE: &str = "generators";
+const DISC_FILE: &str = "discriminators";
+const OPT_G_FILE: &str = "optim_g";
+const OPT_D_FILE: &str = "optim_d";
+/// Patch retries while the patch's mean is below [`AIR_MEAN`] (foreground bias).
+const FOREGROUND_TRIES: usize = 10;
+/// Mean (model units) under which a patch is treated as mostly air: -1000 HU in the seed window.
+const AIR_MEAN: f32 = (-1000.0 - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]) * 2.0 - 1.0;
+
+/// Errors training a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    RevGan(#[from] RevGanError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("training data {path}: {reason}")]
+    Data { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Options(String),
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("progress bar template: {0}")]
+    Progress(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a model translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskArg {
+    /// Sharp to soft reconstruction kernel (same grid).
+    Kernel,
+    /// Low to high resolution; the source is resampled onto the high-resolution grid first (MODELS.md
+    /// §1: "the network sees equal input and output sizes").
+    Superres,
+}
+
+/// Paired (pix2pix loss) or unpaired (CycleGAN loss) training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeArg {
+    Paired,
+    Unpaired,
+}
+
+/// Everything that decides a training run (saved as `train.json`; a resumed run must match).
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub task: TaskArg,
+    pub mode: ModeArg,
+    /// Plain autodiff through the core instead of the reversible backward.
+    #[config(default = false)]
+    pub naive: bool,
+    /// Optimizer steps (iterations of one G step and one D step, batch 1).
+    #[config(default = 1000)]
+    pub steps: u64,
+    /// Cubic patch edge in voxels (seed 000: 64 kernel, 128 super-resolution; smaller on the CPU).
+    #[config(default = 32)]
+    pub patch: usize,
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Adam learning rate (MODELS.md §1: 2e-4).
+    #[config(default = 2e-4)]
+    pub lr: f64,
+    /// Adam betas (MODELS.md §1: (0.5, 0.999)).
+    #[config(default = 0.5)]
+    pub beta1: f32,
+    #[config(default = 0.999)]
+    pub beta2: f32,
+    /// Paired L1 weight (MODELS.md §1: λ = 100).
+    #[config(default = 100.0)]
+    pub lambda_l1: f64,
+    /// Unpaired cycle weight (MODELS.md §1: λ = 10 per direction).
+    #[config(default = 10.0)]
+    pub lambda_cycle: f64,
+    /// Unpaired image pool size (MODELS.md §1: 50).
+    #[config(default = 50)]
+    pub pool_size: usize,
+    /// Steps of linear learning-rate decay at the end; `None` = steps / 6.
+    pub decay_steps: Option<u64>,
+    #[config(default = 100)]
+    pub checkpoint_every: u64,
+    /// HU window mapped onto [-1, 1].
+    #[config(default = "[-1150.0, 350.0]")]
+    pub hu_window: [f32; 2],
+    /// Description of the training data (for the manifest's provenance).
+    #[config(default = "String::new()")]
+    pub data: String,
+}
+
+impl TrainConfig {
+    /// Learning rate at `step` (0-based): constant, then linear to 0 over the last decay steps.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let decay = self
+            .decay_steps
+            .unwrap_or(self.steps / 6)
+            .clamp(1, self.steps.max(1));
+        let start = self.steps.saturating_sub(decay);
+        if step < start {
+            self.lr
+        } else {
+            self.lr * (self.steps - step) as f64 / (decay + 1) as f64
+        }
+    }
+}
+
+/// Progress saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Wall-clock seconds spent training, summed over resumes.
+    pub seconds: f64,
+    /// Backend the last steps ran on.
+    pub device: String,
+}
+
+/// A volume in model units, `[z][y][x]` contiguous.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub name: String,
+    pub dims: [usize; 3],
+    pub data: Vec<f32>,
+}
+
+/// One case: the same anatomy in domain A (source) and B (target), on the same grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairedVolume {
+    pub a: Volume,
+    pub b: Volume,
+}
+
+const A_NAMES: [&str; 3] = ["source", "sharp", "low"];
+const B_NAMES: [&str; 3] = ["target", "soft", "high"];
+
+fn find_sub(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|n| dir.join(n)).find(|p| p.is_dir())
+}
+
+/// Reads one DICOM series (the only one under `dir`) into model units.
+pub fn read_dicom_volume(dir: &Path, hu_window: [f32; 2]) -> Result<Volume, TrainError> {
+    let data_err = |reason: String| TrainError::Data {
+        path: dir.to_owned(),
+        reason,
+    };
+    let scan = ct_harmonizer::ingest::files::scan(&[dir.to_owned()])
+        .map_err(|e| data_err(e.to_string()))?;
+    let mut series = ct_harmonizer::series::group(scan.images);
+    if series.len() != 1 {
+        return Err(data_err(format!(
+            "holds {} image series; one per folder is expected",
+            series.len()
+        )));
+    }
+    let mut s = series.remove(0);
+    let settings = ct_harmonizer::config::Settings::load_with_env(None, Vec::new())
+        .map_err(|e| TrainError::Settings(e.to_string()))?;
+    let limits = GeometryLimits {
+        spacing_tolerance: settings.volume.spacing_tolerance,
+        max_tilt_degrees: settings.volume.max_tilt_degrees,
+    };
+    let g = sort_and_check(&s.series_uid, &mut s.slices, limits)
+        .map_err(|e| data_err(e.to_string()))?;
+    let n = g.slices();
+    let mut reader = SlabReader::new(s.slices, g.rows, g.columns);
+    let slab = reader.read(0, n).map_err(|e| data_err(e.to_string()))?;
+    let [lo, hi] = hu_window;
+    let data = slab
+        .hu
+        .iter()
+        .map(|&v| (v.clamp(lo, hi) - lo) / (hi - lo) * 2.0 - 1.0)
+        .collect();
+    Ok(Volume {
+        name: dir.display().to_string(),
+        dims: [n, g.rows, g.columns],
+        data,
+    })
+}
+
+/// Loads `DIR/{source,target}` or `DIR/*/{source,target}` (aliases in the module docs).
+pub fn load_pairs(dir: &Path, hu_window: [f32; 2]) -> Result<Vec<PairedVolume>, TrainError> {
+    let mut cases = Vec::new();
+    if let (Some(a), Some(b)) = (find_sub(dir, &A_NAMES), find_sub(dir, &B_NAMES)) {
+        cases.push((a, b));
+    } else {
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        for s in subs {
+            if let (Some(a), Some(b)) = (find_sub(&s, &A_NAMES), find_sub(&s, &B_NAMES)) {
+                cases.push((a, b));
+            }
+        }
+    }
+    if cases.is_empty() {
+        return Err(TrainError::Data {
+            path: dir.to_owned(),
+            reason: format!(
+                "no case found: expected sub-folders {A_NAMES:?} and {B_NAMES:?} (one DICOM series each), \
+                 directly or in one folder per case"
+            ),
+        });
+    }
+    cases
+        .into_iter()
+        .map(|(a, b)| {
+            let a = read_dicom_volume(&a, hu_window)?;
+            let b = read_dicom_volume(&b, hu_window)?;
+            if a.dims != b.dims {
+                return Err(TrainError::Data {
+                    path: PathBuf::from(&b.name),
+                    reason: format!(
+                        "grid {:?} differs from its source {} {:?}",
+                        b.dims, a.name, a.dims
+                    ),
+                });
+            }
+            Ok(PairedVolume { a, b })
+        })
+        .collect()
+}
+
+/// SplitMix64: a small, fully specified generator, so runs reproduce across crate versions.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The generator for `step` of a run seeded with `seed`.
+    pub fn for_step(seed: u64, step: u64) -> Self {
+        let mut s = Self(seed ^ 0xD1B5_4A32_D192_ED03);
+        s.0 = s.0.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        s.next_u64();
+        s
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A patch position and flips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PatchSpec {
+    case: usize,
+    origin: [usize; 3],
+    flip: [bool; 3],
+}
+
+fn extract(v: &Volume, p: usize, spec: &PatchSpec) -> Vec<f32> {
+    let [_, h, w] = v.dims;
+    let mut out = Vec::with_capacity(p * p * p);
+    for z in 0..p {
+        let sz = spec.origin[0] + if spec.flip[0] { p - 1 - z } else { z };
+        for y in 0..p {
+            let sy = spec.origin[1] + if spec.flip[1] { p - 1 - y } else { y };
+            let row = (sz * h + sy) * w + spec.origin[2];
+            if spec.flip[2] {
+                out.extend(v.data[row..row + p].iter().rev());
+            } else {
+                out.extend_from_slice(&v.data[row..row + p]);
+            }
+        }
+    }
+    out
+}
+
+fn patch_mean(v: &Volume, p: usize, spec: &PatchSpec) -> f32 {
+    let d = extract(v, p, spec);
+    d.iter().sum::<f32>() / d.len().max(1) as f32
+}
+
+/// Random cubic patches of paired (or, for unpaired training, independently drawn) volumes.
+#[derive(Debug, Clone)]
+pub struct PatchSampler {
+    pairs: Vec<PairedVolume>,
+    patch: usize,
+}
+
+impl PatchSampler {
+    /// Checks every volume holds a `patch`³ cube.
+    pub fn new(pairs: Vec<PairedVolume>, patch: usize) -> Result<Self, TrainError> {
+        for pv in &pairs {
+            for v in [&pv.a, &pv.b] {
+                if v.dims.iter().any(|&d| d < patch) {
+                    return Err(TrainError::Data {
+                        path: PathBuf::from(&v.name),
+                        reason: format!(
+                            "volume {:?} (z, y, x) is smaller than the {patch}^3 patch",
+                            v.dims
+                        ),
+                    });
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return Err(TrainError::Options("no training volumes".into()));
+        }
+        Ok(Self { pairs, patch })
+    }
+
+    fn draw(&self, rng: &mut SplitMix, domain_b: bool) -> PatchSpec {
+        let p = self.patch;
+        let mut spec = PatchSpec {
+            case: 0,
+            origin: [0; 3],
+            flip: [false; 3],
+        };
+        for _ in 0..FOREGROUND_TRIES {
+            let case = rng.below(self.pairs.len());
+            let v = if domain_b {
+                &self.pairs[case].b
+            } else {
+                &self.pairs[case].a
+            };
+            spec = PatchSpec {
+                case,
+                origin: v.dims.map(|d| rng.below(d - p + 1)),
+                flip: [rng.below(2) == 1, rng.below(2) == 1, rng.below(2) == 1],
+            };
+            if patch_mean(v, p, &spec) > AIR_MEAN {
+                break;
+            }
+        }
+        spec
+    }
+
+    /// `(a, b)` patches of `patch`³ values: the same place of one case when `paired`, else two
+    /// independent draws.
+    pub fn sample(&self, rng: &mut SplitMix, paired: bool) -> (Vec<f32>, Vec<f32>) {
+        let sa = self.draw(rng, false);
+        let sb = if paired { sa } else { self.draw(rng, true) };
+        (
+            extract(&self.pairs[sa.case].a, self.patch, &sa),
+            extract(&self.pairs[sb.case].b, self.patch, &sb),
+        )
+    }
+
+    pub fn patch(&self) -> usize {
+        self.patch
+    }
+}
+
+/// Both discriminators: `a` judges domain A images, `b` domain B images.
+#[derive(Module, Debug)]
+pub struct Discriminators<B: Backend> {
+    pub a: Discriminator<B>,
+    pub b: Discriminator<B>,
+}
+
+impl<B: Backend> Discriminators<B> {
+    pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
+        Self {
+            a: Discriminator::new(cfg.disc_channels(), cfg.ndf, device),
+            b: Discriminator::new(cfg.disc_channels(), cfg.ndf, device),
+        }
+    }
+
+    /// The discriminator of `dir`'s target domain.
+    pub fn target(&self, dir: Direction) -> &Discriminator<B> {
+        match dir {
+            Direction::AtoB => &self.b,
+            Direction::BtoA => &self.a,
+        }
+    }
+}
+
+/// Mean binary cross-entropy of logits `x` against a constant `target` (numerically stable form
+/// `max(x, 0) − x·t + log(1 + e^−|x|)`).
+pub fn bce_logits<B: Backend>(x: Tensor<B, 5>, target: f64) -> Tensor<B, 1> {
+    let soft = x.clone().abs().neg().exp().log1p();
+    (x.clone().clamp_min(0.0) - x * target + soft).mean()
+}
+
+/// Mean squared error against a constant (LSGAN).
+pub fn mse_const<B: Backend>(x: Tensor<B, 5>, target: f64) -> Tensor<B, 1> {
+    (x - target).powi_scalar(2).mean()
+}
+
+/// Mean absolute error.
+pub fn l1<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>) -> Tensor<B, 1> {
+    (x - y).abs().mean()
+}
+
+fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().elem::<f64>()
+}
+
+/// Loss values of one step (for the CSV and the progress line).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepLosses {
+    /// Generator adversarial terms A→B and B→A.
+    pub gan_ab: f64,
+    pub gan_ba: f64,
+    /// L1 (paired) or cycle (unpaired) terms, already weighted by λ: A→B (or A→B→A) and B→A.
+    pub rec_ab: f64,
+    pub rec_ba: f64,
+    /// Discriminator losses.
+    pub d_a: f64,
+    pub d_b: f64,
+}
+
+impl StepLosses {
+    pub fn generator(&self) -> f64 {
+        self.gan_ab + self.gan_ba + self.rec_ab + self.rec_ba
+    }
+}
+
+/// The core as a tracked tensor (`naive`) or a detached [`CoreSegment`] whose leaf stands in.
+fn core_stage<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    dir: Direction,
+    h: Tensor<B, 5>,
+    naive: bool,
+) -> (Tensor<B, 5>, Option<CoreSegment<B>>) {
+    if naive {
+        (gen.core_forward(dir, h), None)
+    } else {
+        let seg = gen.core_detached(dir, h);
+        (seg.leaf.clone(), Some(seg))
+    }
+}
+
+/// Backward of a stage loss whose graph may read a core segment's leaf: merges the generators'
+/// gradients into `acc`, then runs the reversible backward and the encoder's backward.
+fn backward_stage<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    loss: Tensor<B, 1>,
+    seg: Option<CoreSegment<B>>,
+    acc: &mut GradientsParams,
+) -> Result<B::Gradients, TrainError> {
+    let mut grads = loss.backward();
+    gen.absorb(&mut grads, acc);
+    if let Some(seg) = seg {
+        let sur = gen.core_surrogate(seg, &grads, acc)?;
+        let mut g = sur.backward();
+        gen.absorb(&mut g, acc);
+    }
+    Ok(grads)
+}
+
+/// Generator gradients of one paired direction: `BCE(D(src, fake), 1) + λ·|fake − tgt|`.
+/// Returns (gan, weighted L1, fake) values.
+pub fn paired_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    disc: &Discriminators<B>,
+    dir: Direction,
+    src: Tensor<B, 5>,
+    tgt: Tensor<B, 5>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
+    let h = gen.encode(dir, src.clone());
+    let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
+    let fake = gen.decode(dir, core_out);
+    let gan = bce_logits(
+        disc.target(dir)
+            .forward(Tensor::cat(vec![src, fake.clone()], 1)),
+        1.0,
+    );
+    let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
+    let values = (scalar(&gan), scalar(&rec));
+    backward_stage(gen, gan + rec, seg, acc)?;
+    Ok((values.0, values.1, fake.inner()))
+}
+
+/// Generator gradients of one unpaired cycle `src → fake → rec`:
+/// `MSE(D(fake), 1) + λ·|rec − src|`. Returns (gan, weighted cycle, fake) values.
+pub fn unpaired_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    disc: &Discriminators<B>,
+    dir: Direction,
+    src: Tensor<B, 5>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
+    let back = dir.reverse();
+    if cfg.naive {
+        let fake = gen.forward_even(dir, src.clone());
+        let rec = gen.forward_even(back, fake.clone());
+        let gan = mse_const(disc.target(dir).forward(fake.clone()), 1.0);
+        let cyc = l1(rec, src) * cfg.lambda_cycle;
+        let values = (scalar(&gan), scalar(&cyc));
+        backward_stage(gen, gan + cyc, None, acc)?;
+        return Ok((values.0, values.1, fake.inner()));
+    }
+    // Stage 1: src -> fake (its core detached); stage 2: fake (as a leaf) -> rec.
+    let h1 = gen.encode(dir, src.clone());
+    let (o1, seg1) = core_stage(gen, dir, h1, false);
+    let fake = gen.decode(dir, o1);
+    let gan = mse_const(disc.target(dir).forward(fake.clone()), 1.0);
+    let fake_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
+    let h2 = gen.encode(back, fake_leaf.clone());
+    let (o2, seg2) = core_stage(gen, back, h2, false);
+    let rec = gen.decode(back, o2);
+    let cyc = l1(rec, src) * cfg.lambda_cycle;
+    let values = (scalar(&gan), scalar(&cyc));
+    // Stage 2's backward (its core, then its encoder) gives the gradient at the fake image ...
+    let mut grads = cyc.backward();
+    gen.absorb(&mut grads, acc);
+    let sur2 = match seg2 {
+        Some(seg) => gen.core_surrogate(seg, &grads, acc)?,
+        None => return Err(RevGanError::MissingGradient("the cycle's core").into()),
+    };
+    let mut g2 = sur2.backward();
+    let g_fake = fake_leaf
+        .grad(&g2)
+        .ok_or(RevGanError::MissingGradient("the translated image"))?;
+    gen.absorb(&mut g2, acc);
+    // ... which stage 1 backpropagates together with the adversarial term.
+    let stage1 = gan + (fake.clone() * Tensor::from_inner(g_fake)).sum();
+    backward_stage(gen, stage1, seg1, acc)?;
+    Ok((values.0, values.1, fake.inner()))
+}
+
+/// The unpaired image pool (CycleGAN): until full, every fake is stored and returned; then each
+/// fake is, with probability 1/2, swapped for a random stored one.
+#[derive(Debug, Default)]
+pub struct ImagePool<B: Backend> {
+    size: usize,
+    images: Vec<Tensor<B, 5>>,
+}
+
+impl<B: Backend> ImagePool<B> {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size,
+            images: Vec::new(),
+        }
+    }
+
+    pub fn query(&mut self, fake: Tensor<B, 5>, rng: &mut SplitMix) -> Tensor<B, 5> {
+        if self.size == 0 {
+            return fake;
+        }
+        if self.images.len() < self.size {
+            self.images.push(fake.clone());
+            return fake;
+        }
+        if rng.unit() < 0.5 {
+            let i = rng.below(self.images.len());
+            std::mem::replace(&mut self.images[i], fake)
+        } else {
+            fake
+        }
+    }
+}
+
+/// Everything a training run holds.
+pub struct Trainer<B: AutodiffBackend> {
+    pub model_cfg: RevGanConfig,
+    pub cfg: TrainConfig,
+    pub gen: RevGan<B>,
+    pub disc: Discriminators<B>,
+    opt_g: burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, RevGan<B>, B>,
+    opt_d: burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, Discriminators<B>, B>,
+    pool_a: ImagePool<B::InnerBackend>,
+    pool_b: ImagePool<B::InnerBackend>,
+    pub device: B::Device,
+    pub step: u64,
+}
+
+fn adam(cfg: &TrainConfig) -> AdamConfig {
+    // PyTorch's Adam epsilon (1e-8), which the reference uses.
+    AdamConfig::new()
+        .with_beta_1(cfg.beta1)
+        .with_beta_2(cfg.beta2)
+        .with_epsilon(1e-8)
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Fresh weights, seeded by `cfg.seed`.
+    pub fn new(
+        model_cfg: RevGanConfig,
+        cfg: TrainConfig,
+        device: B::Device,
+    ) -> Result<Self, TrainError> {
+        model_cfg.validate()?;
+        check_patch(cfg.patch)?;
+        B::seed(&device, cfg.seed);
+        let gen = RevGan::new(&model_cfg, &device);
+        let disc = Discriminators::new(&model_cfg, &device);
+        Ok(Self {
+            opt_g: adam(&cfg).init(),
+            opt_d: adam(&cfg).init(),
+            pool_a: ImagePool::new(cfg.pool_size),
+            pool_b: ImagePool::new(cfg.pool_size),
+            model_cfg,
+            cfg,
+            gen,
+            disc,
+            device,
+            step: 0,
+        })
+    }
+
+    fn tensor(&self, data: Vec<f32>) -> Tensor<B, 5> {
+        let p = self.cfg.patch;
+        Tensor::from_data(TensorData::new(data, [1, 1, p, p, p]), &self.device)
+    }
+
+    /// One iteration on the patches `(a, b)` (each `patch`³, model units): a G step on both
+    /// directions, then a D step.
+    pub fn step(&mut self, a: Vec<f32>, b: Vec<f32>) -> Result<StepLosses, TrainError> {
+        let mut rng = SplitMix::for_step(self.cfg.seed ^ 0x5EED, self.step);
+        let lr = self.cfg.lr_at(self.step);
+        let (a, b) = (self.tensor(a), self.tensor(b));
+        let mut acc = GradientsParams::new();
+        let mut l = StepLosses::default();
+        let paired = self.cfg.mode == ModeArg::Paired;
+        let (fake_b, fake_a);
+        if paired {
+            (l.gan_ab, l.rec_ab, fake_b) = paired_generator(
+                &self.gen,
+                &self.disc,
+                Direction::AtoB,
+                a.clone(),
+                b.clone(),
+                &self.cfg,
+                &mut acc,
+            )?;
+            (l.gan_ba, l.rec_ba, fake_a) = paired_generator(
+                &self.gen,
+                &self.disc,
+                Direction::BtoA,
+                b.clone(),
+                a.clone(),
+                &self.cfg,
+                &mut acc,
+            )?;
+        } else {
+            (l.gan_ab, l.rec_ab, fake_b) = unpaired_generator(
+                &self.gen,
+                &self.disc,
+                Direction::AtoB,
+                a.clone(),
+                &self.cfg,
+                &mut acc,
+            )?;
+            (l.gan_ba, l.rec_ba, fake_a) = unpaired_generator(
+                &self.gen,
+                &self.disc,
+                Direction::BtoA,
+                b.clone(),
+                &self.cfg,
+                &mut acc,
+            )?;
+        }
+        self.gen = self.opt_g.step(lr, self.gen.clone(), acc);
+
+        // D step on detached fakes.
+        let (fake_a, fake_b) = (
+            Tensor::<B, 5>::from_inner(fake_a),
+            Tensor::<B, 5>::from_inner(fake_b),
+        );
+        let (d_a, d_b) = if paired {
+            let d = |disc: &Discriminator<B>, src: &Tensor<B, 5>, real, fake| {
+                let r = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), real], 1)), 1.0);
+                let f = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), fake], 1)), 0.0);
+                (r + f) * 0.5
+            };
+            (
+                d(&self.disc.a, &b, a.clone(), fake_a),
+                d(&self.disc.b, &a, b.clone(), fake_b),
+            )
+        } else {
+            let fa = Tensor::from_inner(self.pool_a.query(fake_a.inner(), &mut rng));
+            let fb = Tensor::from_inner(self.pool_b.query(fake_b.inner(), &mut rng));
+            let d = |disc: &Discriminator<B>, real, fake| {
+                (mse_const(disc.forward(real), 1.0) + mse_const(disc.forward(fake), 0.0)) * 0.5
+            };
+            (d(&self.disc.a, a, fa), d(&self.disc.b, b, fb))
+        };
+        l.d_a = scalar(&d_a);
+        l.d_b = scalar(&d_b);
+        let grads = GradientsParams::from_grads((d_a + d_b).backward(), &self.disc);
+        self.disc = self.opt_d.step(lr, self.disc.clone(), grads);
+        self.step += 1;
+        Ok(l)
+    }
+
+    /// Writes `dir/{generators,discriminators,optim_g,optim_d}.mpk` and `dir/state.json`.
+    pub fn save(&self, dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        self.gen
+            .clone()
+            .save_file(dir.join(GEN_FILE), &rec)
+            .map_err(|e| ck(e.to_string()))?;
+        self.disc
+            .clone()
+            .save_file(dir.join(DISC_FILE), &rec)
+            .map_err(|e| ck(e.to_string()))?;
+        rec.record(self.opt_g.to_record(), dir.join(OPT_G_FILE))
+            .map_err(|e| ck(e.to_string()))?;
+        rec.record(self.opt_d.to_record(), dir.join(OPT_D_FILE))
+            .map_err(|e| ck(e.to_string()))?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| ck(e.to_string()))?;
+        let p = dir.join(STATE_FILE);
+        std::fs::write(&p, json).map_err(io_err(&p))?;
+        Ok(())
+    }
+
+    /// Loads a checkpoint written by [`Self::save`] into this (freshly built) trainer.
+    pub fn load(&mut self, dir: &Path) -> Result<TrainState, TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            reason: format!("{reason} (was it written by a different architecture?)"),
+        };
+        let state = read_state(dir)?;
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        self.gen = self
+            .gen
+            .clone()
+            .load_file(dir.join(GEN_FILE), &rec, &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.disc = self
+            .disc
+            .clone()
+            .load_file(dir.join(DISC_FILE), &rec, &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        let og = rec
+            .load(dir.join(OPT_G_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_g = self.opt_g.clone().load_record(og);
+        let od = rec
+            .load(dir.join(OPT_D_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_d = self.opt_d.clone().load_record(od);
+        self.step = state.step;
+        Ok(state)
+    }
+}
+
+/// Reads `dir/state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: p,
+        reason: e.to_string(),
+    })
+}
+
+/// Loads only the generators of a run directory (for export and evaluation).
+pub fn load_generators<B: Backend>(
+    run: &Path,
+    device: &B::Device,
+) -> Result<(RevGanConfig, TrainConfig, TrainState, RevGan<B>), TrainError> {
+    let (model_cfg, cfg) = read_configs(run)?;
+    let ck = run.join(CHECKPOINT_DIR);
+    let state = read_state(&ck)?;
+    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let gen = RevGan::<B>::new(&model_cfg, device)
+        .load_file(ck.join(GEN_FILE), &rec, device)
+        .map_err(|e| TrainError::Checkpoint {
+            path: ck.clone(),
+            reason: format!(
+                "{e} (does it match the architecture in {}?)",
+                run.join(MODEL_CONFIG).display()
+            ),
+        })?;
+    Ok((model_cfg, cfg, state, gen))
+}
+
+/// Reads `run/model.json` and `run/train.json`.
+pub fn read_configs(run: &Path) -> Result<(RevGanConfig, TrainConfig), TrainError> {
+    let load_err = |p: PathBuf, e: String| TrainError::Checkpoint {
+        path: p,
+        reason: e,
+    };
+    let mp = run.join(MODEL_CONFIG);
+    let tp = run.join(TRAIN_CONFIG);
+    let m = RevGanConfig::load(&mp).map_err(|e| load_err(mp.clone(), e.to_string()))?;
+    let t = TrainConfig::load(&tp).map_err(|e| load_err(tp.clone(), e.to_string()))?;
+    Ok((m, t))
+}
+
+/// `ct-train train` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory (configs, checkpoint, losses.csv).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub task: TaskArg,
+    #[arg(long, value_enum, default_value = "paired")]
+    pub mode: ModeArg,
+    /// Reversible blocks in the shared core (seed 000's "+2R" = 2).
+    #[arg(long, default_value_t = 2)]
+    pub blocks: usize,
+    /// Plain autodiff through the core (reference for tests and the memory benchmark).
+    #[arg(long)]
+    pub naive: bool,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Cubic patch edge (multiple of 4, at least 16).
+    #[arg(long, default_value_t = 32)]
+    pub patch: usize,
+    /// Generator base channels (reference: 32).
+    #[arg(long, default_value_t = 32)]
+    pub ngf: usize,
+    /// Discriminator base channels (reference: 64).
+    #[arg(long, default_value_t = 64)]
+    pub ndf: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub beta1: f32,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f32,
+    /// Paired L1 weight.
+    #[arg(long, default_value_t = 100.0)]
+    pub lambda_l1: f64,
+    /// Unpaired cycle weight.
+    #[arg(long, default_value_t = 10.0)]
+    pub lambda_cycle: f64,
+    #[arg(long, default_value_t = 50)]
+    pub pool_size: usize,
+    /// Steps of linear learning-rate decay at the end (default: steps / 6).
+    #[arg(long)]
+    pub decay_steps: Option<u64>,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start a new run even if --out already holds one (it is replaced).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl TrainArgs {
+    pub fn configs(&self) -> (RevGanConfig, TrainConfig) {
+        let m = RevGanConfig::new()
+            .with_ngf(self.ngf)
+            .with_ndf(self.ndf)
+            .with_blocks(self.blocks)
+            .with_conditional(self.mode == ModeArg::Paired);
+        let t = TrainConfig::new(self.task, self.mode)
+            .with_naive(self.naive)
+            .with_steps(self.steps)
+            .with_patch(self.patch)
+            .with_seed(self.seed)
+            .with_lr(self.lr)
+            .with_beta1(self.beta1)
+            .with_beta2(self.beta2)
+            .with_lambda_l1(self.lambda_l1)
+            .with_lambda_cycle(self.lambda_cycle)
+            .with_pool_size(self.pool_size)
+            .with_decay_steps(self.decay_steps)
+            .with_checkpoint_every(self.checkpoint_every.max(1))
+            .with_data(self.data.display().to_string());
+        (m, t)
+    }
+}
+
+/// The CPU backend (Burn `flex`).
+pub type CpuBackend = burn::backend::Flex;
+
+/// Runs `ct-train train`: on CUDA when built with `--features cuda` and a device can be created
+/// (else on the CPU, said in one log line), otherwise on the CPU.
+pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(device) = cuda_device() {
+            tracing::info!("training on CUDA device {device:?}");
+            return train::<burn::backend::Autodiff<burn_cuda::Cuda>>(args, device, "cuda");
+        }
+        tracing::warn!(
+            "built with CUDA support but no CUDA device could be created; training on the CPU"
+        );
+    }
+    train::<burn::backend::Autodiff<CpuBackend>>(args, Default::default(), "cpu")
+}
+
+/// Creates a CUDA device and runs one tiny operation on it; `None` when that panics (no driver,
+/// no GPU). The default panic message is silenced for the probe.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Option<burn_cuda::CudaDevice> {
+    use burn_cuda::{Cuda, CudaDevice};
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = CudaDevice::default();
+        let t = Tensor::<Cuda, 1>::zeros([1], &device) + 1.0;
+        let _ = t.into_data();
+        device
+    });
+    std::panic::set_hook(hook);
+    probe.ok()
+}
+
+fn check_resume_matches(
+    run: &Path,
+    model_cfg: &RevGanConfig,
+    cfg: &TrainConfig,
+) -> Result<(), TrainError> {
+    let (m0, t0) = read_configs(run)?;
+    if &m0 != model_cfg {
+        return Err(TrainError::Options(format!(
+            "--resume: the architecture in {} ({m0:?}) differs from the options ({model_cfg:?})",
+            run.join(MODEL_CONFIG).display()
+        )));
+    }
+    // Everything but the step budget (a resumed run may be extended) must match.
+    let mut t1 = cfg.clone();
+    t1.steps = t0.steps;
+    t1.decay_steps = t0.decay_steps;
+    t1.checkpoint_every = t0.checkpoint_every;
+    if t1 != t0 {
+        return Err(TrainError::Options(format!(
+            "--resume: the training options in {} differ from the ones given",
+            run.join(TRAIN_CONFIG).display()
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps the CSV rows of steps `<= step` (the ones the checkpoint has seen).
+fn truncate_csv(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.split(',')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_none_or(|s| s <= step)
+        })
+        .collect();
+    std::fs::write(path, kept.join("\n") + "\n").map_err(io_err(path))
+}
+
+/// Replaces `run/checkpoint` atomically (write beside, then rename).
+fn checkpoint<B: AutodiffBackend>(
+    t: &Trainer<B>,
+    run: &Path,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let tmp = run.join(".checkpoint.tmp");
+    let old = run.join(".checkpoint.old");
+    let dst = run.join(CHECKPOINT_DIR);
+    let _ = std::fs::remove_dir_all(&tmp);
+    t.save(&tmp, state)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(&dst, &old).map_err(io_err(&dst))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The training loop on backend `B`.
+pub fn train<B: AutodiffBackend>(
+    args: &TrainArgs,
+    device: B::Device,
+    device_name: &str,
+) -> Result<TrainState, TrainError> {
+    let (model_cfg, cfg) = args.configs();
+    model_cfg.validate()?;
+    check_patch(cfg.patch)?;
+    let run = &args.out;
+    let has_run = run.join(CHECKPOINT_DIR).join(STATE_FILE).exists();
+    if args.resume && !has_run {
+        return Err(TrainError::Options(format!(
+            "--resume: {} holds no checkpoint",
+            run.display()
+        )));
+    }
+    if !args.resume && has_run && !args.force {
+        return Err(TrainError::Options(format!(
+            "{} already holds a training run: pass --resume to continue it or --force to replace it",
+            run.display()
+        )));
+    }
+    if args.resume {
+        check_resume_matches(run, &model_cfg, &cfg)?;
+    }
+    let pairs = load_pairs(&args.data, cfg.hu_window)?;
+    let sampler = PatchSampler::new(pairs, cfg.patch)?;
+    std::fs::create_dir_all(run).map_err(io_err(run))?;
+    let mp = run.join(MODEL_CONFIG);
+    let tp = run.join(TRAIN_CONFIG);
+    model_cfg.save(&mp).map_err(io_err(&mp))?;
+    cfg.save(&tp).map_err(io_err(&tp))?;
+
+    let mut t = Trainer::<B>::new(model_cfg, cfg.clone(), device)?;
+    let mut state = TrainState {
+        step: 0,
+        seconds: 0.0,
+        device: device_name.to_owned(),
+    };
+    let csv_path = run.join(LOSSES_CSV);
+    if args.resume {
+        state = t.load(&run.join(CHECKPOINT_DIR))?;
+        state.device = device_name.to_owned();
+        truncate_csv(&csv_path, state.step)?;
+        tracing::info!(step = state.step, "resumed {}", run.display());
+    } else {
+        let _ = std::fs::remove_dir_all(run.join(CHECKPOINT_DIR));
+        std::fs::write(
+            &csv_path,
+            "step,lr,gan_ab,gan_ba,rec_ab,rec_ba,d_a,d_b,seconds\n",
+        )
+        .map_err(io_err(&csv_path))?;
+    }
+    let mut csv = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&csv_path)
+        .map_err(io_err(&csv_path))?;
+
+    let bar = indicatif::ProgressBar::new(cfg.steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .map_err(|e| TrainError::Progress(e.to_string()))?
+        .progress_chars("=> "),
+    );
+    bar.set_position(state.step);
+    let started = Instant::now();
+    let seconds0 = state.seconds;
+    while t.step < cfg.steps {
+        let step = t.step;
+        let mut rng = SplitMix::for_step(cfg.seed, step);
+        let (a, b) = sampler.sample(&mut rng, cfg.mode == ModeArg::Paired);
+        let t0 = Instant::now();
+        let l = t.step(a, b)?;
+        let dt = t0.elapsed().as_secs_f64();
+        writeln!(
+            csv,
+            "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3}",
+            step + 1,
+            cfg.lr_at(step),
+            l.gan_ab,
+            l.gan_ba,
+            l.rec_ab,
+            l.rec_ba,
+            l.d_a,
+            l.d_b,
+            dt
+        )
+        .map_err(io_err(&csv_path))?;
+        bar.set_message(format!(
+            "G {:.3} (gan {:.3}/{:.3} rec {:.3}/{:.3}) D {:.3}/{:.3} {:.2} s/it",
+            l.generator(),
+            l.gan_ab,
+            l.gan_ba,
+            l.rec_ab,
+            l.rec_ba,
+            l.d_a,
+            l.d_b,
+            dt
+        ));
+        bar.inc(1);
+        if t.step % cfg.checkpoint_every == 0 || t.step == cfg.steps {
+            state.step = t.step;
+            state.seconds = seconds0 + started.elapsed().as_secs_f64();
+            checkpoint(&t, run, &state)?;
+        }
+    }
+    bar.finish();
+    state.step = t.step;
+    state.seconds = seconds0 + started.elapsed().as_secs_f64();
+    if !run.join(CHECKPOINT_DIR).join(STATE_FILE).exists() {
+        checkpoint(&t, run, &state)?;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    type A = Autodiff<Flex>;
+
+    fn tiny(mode: ModeArg, naive: bool) -> Trainer<A> {
+        let m = RevGanConfig::new()
+            .with_ngf(2)
+            .with_ndf(2)
+            .with_blocks(1)
+            .with_conditional(mode == ModeArg::Paired);
+        let t = TrainConfig::new(TaskArg::Kernel, mode)
+            .with_patch(16)
+            .with_steps(4)
+            .with_naive(naive)
+            .with_pool_size(2);
+        Trainer::new(m, t, Default::default()).unwrap()
+    }
+
+    fn patch(seed: u64) -> Vec<f32> {
+        let mut r = SplitMix::new(seed);
+        (0..16 * 16 * 16).map(|_| r.unit() as f32 * 2.0 - 1.0).collect()
+    }
+
+    /// The reversible and the naive training steps give the same losses and the same weights.
+    #[test]
+    fn reversible_step_equals_naive_step() {
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let mut r = tiny(mode, false);
+            let mut n = tiny(mode, true);
+            for s in 0..2 {
+                let lr = r.step(patch(s), patch(s + 10)).unwrap();
+                let ln = n.step(patch(s), patch(s + 10)).unwrap();
+                assert!((lr.generator() - ln.generator()).abs() < 1e-4, "{lr:?} {ln:?}");
+            }
+            // Compare the core's weights after two optimizer steps.
+            let wr: Vec<f32> = r.gen.core[0].f.conv2.weight.val().into_data().to_vec().unwrap();
+            let wn: Vec<f32> = n.gen.core[0].f.conv2.weight.val().into_data().to_vec().unwrap();
+            let d = wr
+                .iter()
+                .zip(&wn)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < 1e-5, "{mode:?}: weights differ by {d}");
+        }
+    }
+
+    #[test]
+    fn lr_schedule_decays_linearly_to_zero() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+            .with_steps(12)
+            .with_decay_steps(Some(3));
+        assert_eq!(c.lr_at(0), 2e-4);
+        assert_eq!(c.lr_at(8), 2e-4);
+        assert!((c.lr_at(9) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
+        assert!((c.lr_at(11) - 2e-4 / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sampler_is_reproducible_and_checks_sizes() {
+        let v = |n: &str, off: f32| Volume {
+            name: n.into(),
+            dims: [20, 24, 28],
+            data: (0..20 * 24 * 28).map(|i| (i as f32 * 1e-4) + off).collect(),
+        };
+        let s = PatchSampler::new(
+            vec![PairedVolume {
+                a: v("a", 0.0),
+                b: v("b", 1.0),
+            }],
+            16,
+        )
+        .unwrap();
+        let (a1, b1) = s.sample(&mut SplitMix::for_step(3, 5), true);
+        let (a2, b2) = s.sample(&mut SplitMix::for_step(3, 5), true);
+        assert_eq!((a1.clone(), b1.clone()), (a2, b2));
+        // Paired patches come from the same place.
+        assert!(a1.iter().zip(&b1).all(|(x, y)| (y - x - 1.0).abs() < 1e-5));
+        assert!(PatchSampler::new(
+            vec![PairedVolume {
+                a: v("a", 0.0),
+                b: v("b", 0.0)
+            }],
+            32
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn checkpoint_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tiny(ModeArg::Paired, false);
+        t.step(patch(1), patch(2)).unwrap();
+        let st = TrainState {
+            step: 1,
+            seconds: 0.5,
+            device: "cpu".into(),
+        };
+        t.save(dir.path(), &st).unwrap();
+        let mut u = tiny(ModeArg::Paired, false);
+        assert_eq!(u.load(dir.path()).unwrap(), st);
+        let a: Vec<f32> = t.gen.enc_a.conv_in.weight.val().into_data().to_vec().unwrap();
+        let b: Vec<f32> = u.gen.enc_a.conv_in.weight.val().into_data().to_vec().unwrap();
+        assert_eq!(a, b);
+        // Same next step from both.
+        let l1 = t.step(patch(3), patch(4)).unwrap();
+        let l2 = u.step(patch(3), patch(4)).unwrap();
+        assert!((l1.generator() - l2.generator()).abs() < 1e-6);
+    }
+}
