@@ -285,7 +285,9 @@ impl Settings {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let ae = &self.server.ae_title;
         if ae.trim().is_empty() || ae.len() > 16 || ae.contains('\\') {
-            return bad(format!("server.ae_title {ae:?} must be 1 to 16 characters without backslash"));
+            return bad(format!(
+                "server.ae_title {ae:?} must be 1 to 16 characters without backslash"
+            ));
         }
         if self.server.max_associations == 0 {
             return bad("server.max_associations must be at least 1".into());
@@ -295,7 +297,9 @@ impl Settings {
         }
         for c in &self.server.allowed_callers {
             if !c.contains('@') {
-                return bad(format!("server.allowed_callers entry {c:?} is not AETITLE@address"));
+                return bad(format!(
+                    "server.allowed_callers entry {c:?} is not AETITLE@address"
+                ));
             }
         }
         if self.forward.max_attempts == 0 {
@@ -306,12 +310,25 @@ impl Settings {
             if !names.insert(d.name.as_str()) {
                 return bad(format!("destination {:?} is defined twice", d.name));
             }
-            if d.name.is_empty() || !d.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return bad(format!("destination name {:?} must be letters, digits, - or _", d.name));
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!(
+                    "destination name {:?} must be letters, digits, - or _",
+                    d.name
+                ));
             }
             match d.kind {
-                DestinationKind::Scp if d.ae_title.is_empty() || d.host.is_empty() || d.port == 0 => {
-                    return bad(format!("destination {:?}: an scp needs ae_title, host and port", d.name));
+                DestinationKind::Scp
+                    if d.ae_title.is_empty() || d.host.is_empty() || d.port == 0 =>
+                {
+                    return bad(format!(
+                        "destination {:?}: an scp needs ae_title, host and port",
+                        d.name
+                    ));
                 }
                 DestinationKind::Folder if d.path.trim().is_empty() => {
                     return bad(format!("destination {:?}: a folder needs path", d.name));
@@ -321,7 +338,11 @@ impl Settings {
         }
         match self.rules.last() {
             Some(r) if r.is_catch_all() => {}
-            _ => return bad("the last [[rules]] entry must be a default rule without conditions".into()),
+            _ => {
+                return bad(
+                    "the last [[rules]] entry must be a default rule without conditions".into(),
+                )
+            }
         }
         for r in &self.rules {
             for d in &r.destinations {
@@ -330,7 +351,10 @@ impl Settings {
                 }
             }
             if r.plan == PlanKind::Harmonize && r.models.is_empty() {
-                return bad(format!("rule {:?}: plan harmonize needs at least one model", r.name));
+                return bad(format!(
+                    "rule {:?}: plan harmonize needs at least one model",
+                    r.name
+                ));
             }
         }
         Ok(())

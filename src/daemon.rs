@@ -57,20 +57,30 @@ pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
     models.dedup();
     for m in models {
         let t = crate::process::open_translator(settings, Some(m))?;
-        notes.push(format!("model {m} {} ({:?}) on {}", t.manifest().version, t.manifest().kind, t.device()));
+        notes.push(format!(
+            "model {m} {} ({:?}) on {}",
+            t.manifest().version,
+            t.manifest().kind,
+            t.device()
+        ));
     }
     Spool::open(&settings.state.dir, settings.state.min_free_mib)?;
     Outbox::open(&settings.state.dir)?;
     for addr in [&settings.server.listen, &settings.http.listen] {
         if !addr.is_empty() {
-            addr.parse::<std::net::SocketAddr>().map_err(|e| DaemonError::Listen {
-                addr: addr.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?;
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| DaemonError::Listen {
+                    addr: addr.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+                })?;
         }
     }
     notes.push(format!("state folder {}", settings.state.dir.display()));
-    notes.push(format!("{} rule(s), {} destination(s)", settings.rules.len(), settings.destinations.len()));
+    notes.push(format!(
+        "{} rule(s), {} destination(s)",
+        settings.rules.len(),
+        settings.destinations.len()
+    ));
     Ok(notes)
 }
 
@@ -181,9 +191,19 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         ));
     }
     if let Some(l) = http {
-        tasks.push(tokio::spawn(crate::http::serve(l, metrics.clone(), beats.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::http::serve(
+            l,
+            metrics.clone(),
+            beats.clone(),
+            shutdown_rx.clone(),
+        )));
     }
-    tasks.push(tokio::spawn(systemd::run(metrics.clone(), beats.clone(), busy.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(systemd::run(
+        metrics.clone(),
+        beats.clone(),
+        busy.clone(),
+        shutdown_rx.clone(),
+    )));
     drop(arrival_tx);
 
     tracing::info!(event = "daemon_ready", ae_title = %settings.server.ae_title, listen = %settings.server.listen, state = %state.display(), "listening");
@@ -191,7 +211,10 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
 
     wait_for_stop(config.as_deref(), &settings_tx).await;
     systemd::stopping();
-    tracing::info!(event = "daemon_stopping", "stopping: no new associations; unfinished work stays in the spool");
+    tracing::info!(
+        event = "daemon_stopping",
+        "stopping: no new associations; unfinished work stays in the spool"
+    );
     let _ = shutdown_tx.send(true);
     let all = futures_join(tasks);
     let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
@@ -213,7 +236,10 @@ async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Se
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        tracing::error!(event = "signals_unavailable", "cannot install signal handlers; stopping");
+        tracing::error!(
+            event = "signals_unavailable",
+            "cannot install signal handlers; stopping"
+        );
         return;
     };
     loop {
@@ -292,7 +318,11 @@ async fn recover(
         }
     }
     if resumed > 0 {
-        tracing::info!(event = "recovered", series = resumed, "unfinished series resumed from the spool");
+        tracing::info!(
+            event = "recovered",
+            series = resumed,
+            "unfinished series resumed from the spool"
+        );
     }
 }
 
@@ -303,5 +333,8 @@ fn first_calling_ae(dir: &Path) -> Option<String> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "dcm"))?;
     let o = crate::volume::header::open_header(&f).ok()?;
-    o.meta().source_application_entity_title.clone().map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+    o.meta()
+        .source_application_entity_title
+        .clone()
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
 }

@@ -71,46 +71,83 @@ pub fn series_failed(series_uid: &str, reason: &str) {
 }
 
 /// An outbound job was acknowledged by its destination.
-pub fn job_delivered(job: &str, series_uid: &str, destination: &str, instances: usize, attempt: u32) {
-    info!(event = "job_delivered", job, series_uid, destination, instances, attempt, "delivered");
+pub fn job_delivered(
+    job: &str,
+    series_uid: &str,
+    destination: &str,
+    instances: usize,
+    attempt: u32,
+) {
+    info!(
+        event = "job_delivered",
+        job, series_uid, destination, instances, attempt, "delivered"
+    );
 }
 
 /// A delivery attempt failed; the job waits and is tried again.
 pub fn job_retry(job: &str, destination: &str, attempts: u32, wait_ms: u64, reason: &str) {
-    warn!(event = "job_retry", job, destination, attempts, wait_ms, reason, "delivery failed, will retry");
+    warn!(
+        event = "job_retry",
+        job, destination, attempts, wait_ms, reason, "delivery failed, will retry"
+    );
 }
 
 /// A job ran out of attempts and moved to the dead-letter folder.
 pub fn job_dead(job: &str, series_uid: &str, destination: &str, reason: &str) {
-    error!(event = "job_dead", job, series_uid, destination, reason, "delivery abandoned; `ct-harmonizer retry <job>` sends it again");
+    error!(
+        event = "job_dead",
+        job,
+        series_uid,
+        destination,
+        reason,
+        "delivery abandoned; `ct-harmonizer retry <job>` sends it again"
+    );
 }
 
 /// Every destination acknowledged a series; its spool files were deleted.
 pub fn series_delivered(series_uid: &str) {
-    info!(event = "series_delivered", series_uid, "all destinations acknowledged; spool cleaned");
+    info!(
+        event = "series_delivered",
+        series_uid, "all destinations acknowledged; spool cleaned"
+    );
 }
 
 /// An association was rejected.
 pub fn association_rejected(calling_ae: &str, called_ae: &str, peer: &str, reason: &str) {
-    warn!(event = "association_rejected", calling_ae, called_ae, peer, reason, "association rejected");
+    warn!(
+        event = "association_rejected",
+        calling_ae, called_ae, peer, reason, "association rejected"
+    );
 }
 
 /// An instance was refused with a failure status.
 pub fn instance_rejected(calling_ae: &str, sop_instance_uid: &str, status: u16, reason: &str) {
-    warn!(event = "instance_rejected", calling_ae, sop_instance_uid, status, reason, "instance refused");
+    warn!(
+        event = "instance_rejected",
+        calling_ae, sop_instance_uid, status, reason, "instance refused"
+    );
 }
 
 /// A series is complete and goes to routing.
 pub fn series_complete(series_uid: &str, instances: usize, why: &str) {
-    info!(event = "series_complete", series_uid, instances, why, "series complete");
+    info!(
+        event = "series_complete",
+        series_uid, instances, why, "series complete"
+    );
 }
 
 /// The routing rule that matched a series.
 pub fn series_routed(series_uid: &str, rule: &str, plan: &str) {
-    info!(event = "series_routed", series_uid, rule, plan, "routing rule matched");
+    info!(
+        event = "series_routed",
+        series_uid, rule, plan, "routing rule matched"
+    );
 }
 
 /// A failed series was moved to quarantine.
 pub fn series_quarantined(series_uid: &str, path: &str, reason: &str) {
-    error!(event = "series_quarantined", series_uid, path, reason, "series quarantined");
+    error!(
+        event = "series_quarantined",
+        series_uid, path, reason, "series quarantined"
+    );
 }

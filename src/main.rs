@@ -74,8 +74,7 @@ fn init_logging() {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok());
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     let registry = tracing_subscriber::registry().with(filter);
     match journald {
         Some(j) => registry.with(j).init(),
@@ -130,7 +129,10 @@ fn run() -> anyhow::Result<ExitCode> {
             let settings = settings(cli.config.as_ref())?;
             let outbox = ct_harmonizer::forward::Outbox::open(&settings.state.dir)?;
             let j = outbox.retry(&job)?;
-            println!("requeued {} (series {} to {})", j.id, j.source_series_uid, j.destination);
+            println!(
+                "requeued {} (series {} to {})",
+                j.id, j.source_series_uid, j.destination
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Process {

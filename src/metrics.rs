@@ -34,22 +34,86 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let m = Arc::new(Self::default());
         let mut r = Registry::with_prefix("ct_harmonizer");
-        r.register("instances_received", "Instances durably spooled", m.instances_received.clone());
-        r.register("instances_rejected", "Instances refused (bad UID, SOP class, malformed, disk full)", m.instances_rejected.clone());
-        r.register("associations_rejected", "Associations rejected (AE title or caller not allowed)", m.associations_rejected.clone());
-        r.register("series_completed", "Series complete (quiet time or expected count)", m.series_completed.clone());
-        r.register("series_translated", "Series harmonized into a derived series", m.series_translated.clone());
-        r.register("series_failed", "Series that failed and were quarantined", m.series_failed.clone());
-        r.register("series_passed", "Series passed through untouched", m.series_passed.clone());
-        r.register("series_dropped", "Series dropped by a rule", m.series_dropped.clone());
-        r.register("jobs_forwarded", "Outbound jobs acknowledged by their destination", m.jobs_forwarded.clone());
-        r.register("forward_failures", "Failed delivery attempts", m.forward_failures.clone());
-        r.register("jobs_dead", "Jobs moved to the dead-letter folder", m.jobs_dead.clone());
-        r.register("inference_seconds", "Seconds spent in ONNX Runtime Session::run", m.inference_seconds.clone());
-        r.register("spool_series", "Series folders in the spool", m.spool_series.clone());
-        r.register("outbox_jobs", "Jobs waiting in the outbox", m.outbox_jobs.clone());
-        r.register("dead_jobs", "Jobs in the dead-letter folder", m.dead_jobs.clone());
-        r.register("pending_series", "Series still receiving instances", m.pending_series.clone());
+        r.register(
+            "instances_received",
+            "Instances durably spooled",
+            m.instances_received.clone(),
+        );
+        r.register(
+            "instances_rejected",
+            "Instances refused (bad UID, SOP class, malformed, disk full)",
+            m.instances_rejected.clone(),
+        );
+        r.register(
+            "associations_rejected",
+            "Associations rejected (AE title or caller not allowed)",
+            m.associations_rejected.clone(),
+        );
+        r.register(
+            "series_completed",
+            "Series complete (quiet time or expected count)",
+            m.series_completed.clone(),
+        );
+        r.register(
+            "series_translated",
+            "Series harmonized into a derived series",
+            m.series_translated.clone(),
+        );
+        r.register(
+            "series_failed",
+            "Series that failed and were quarantined",
+            m.series_failed.clone(),
+        );
+        r.register(
+            "series_passed",
+            "Series passed through untouched",
+            m.series_passed.clone(),
+        );
+        r.register(
+            "series_dropped",
+            "Series dropped by a rule",
+            m.series_dropped.clone(),
+        );
+        r.register(
+            "jobs_forwarded",
+            "Outbound jobs acknowledged by their destination",
+            m.jobs_forwarded.clone(),
+        );
+        r.register(
+            "forward_failures",
+            "Failed delivery attempts",
+            m.forward_failures.clone(),
+        );
+        r.register(
+            "jobs_dead",
+            "Jobs moved to the dead-letter folder",
+            m.jobs_dead.clone(),
+        );
+        r.register(
+            "inference_seconds",
+            "Seconds spent in ONNX Runtime Session::run",
+            m.inference_seconds.clone(),
+        );
+        r.register(
+            "spool_series",
+            "Series folders in the spool",
+            m.spool_series.clone(),
+        );
+        r.register(
+            "outbox_jobs",
+            "Jobs waiting in the outbox",
+            m.outbox_jobs.clone(),
+        );
+        r.register(
+            "dead_jobs",
+            "Jobs in the dead-letter folder",
+            m.dead_jobs.clone(),
+        );
+        r.register(
+            "pending_series",
+            "Series still receiving instances",
+            m.pending_series.clone(),
+        );
         let _ = m.registry.set(r);
         m
     }
@@ -101,6 +165,7 @@ pub struct Beat(Arc<AtomicU64>);
 
 impl Beat {
     pub fn beat(&self) {
-        self.0.store(crate::forward::outbox::now_ms(), Ordering::Relaxed);
+        self.0
+            .store(crate::forward::outbox::now_ms(), Ordering::Relaxed);
     }
 }

@@ -107,7 +107,11 @@ impl Processor {
             .clone();
         let late_ignored = ready.version > 1
             && settings.series.late_instance == crate::config::LateInstance::Ignore;
-        let plan = if late_ignored { PlanKind::Pass } else { rule.plan };
+        let plan = if late_ignored {
+            PlanKind::Pass
+        } else {
+            rule.plan
+        };
         events::series_routed(&ready.series_uid, &rule.name, &format!("{plan:?}"));
         let work = self.work_dir(ready);
         let mut payloads: Vec<(PathBuf, &'static str)> = Vec::new();
@@ -136,7 +140,8 @@ impl Processor {
                 let mut last_dir = PathBuf::new();
                 for (step, model) in rule.models.iter().enumerate() {
                     if !translators.contains_key(model) {
-                        let t = open_translator(settings, Some(model)).map_err(|e| fail(e.to_string()))?;
+                        let t = open_translator(settings, Some(model))
+                            .map_err(|e| fail(e.to_string()))?;
                         translators.insert(model.clone(), t);
                     }
                     let Some(t) = translators.get_mut(model) else {
@@ -149,7 +154,9 @@ impl Processor {
                     };
                     let (published, _) = process_series(settings, t, this, &out, false, &salt)
                         .map_err(|e| fail(e.to_string()))?;
-                    self.metrics.inference_seconds.inc_by(t.run_stats().0 - before);
+                    self.metrics
+                        .inference_seconds
+                        .inc_by(t.run_stats().0 - before);
                     last_dir = published.dir.clone();
                     if step + 1 < rule.models.len() {
                         input = Some(read_series(&last_dir).map_err(&fail)?);
@@ -216,8 +223,12 @@ impl Processor {
             let _ = std::fs::remove_dir(study);
         }
         match result {
-            Ok(()) => events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason),
-            Err(e) => tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, reason = %e),
+            Ok(()) => {
+                events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason)
+            }
+            Err(e) => {
+                tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, reason = %e)
+            }
         }
     }
 }

@@ -72,7 +72,10 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 fn any_eq(list: &[String], value: &str) -> bool {
-    list.is_empty() || list.iter().any(|v| v.trim().eq_ignore_ascii_case(value.trim()))
+    list.is_empty()
+        || list
+            .iter()
+            .any(|v| v.trim().eq_ignore_ascii_case(value.trim()))
 }
 
 /// True when every condition the rule states holds for the series.

@@ -176,7 +176,9 @@ impl Spool {
             reason: e.to_string(),
         })?;
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = self.tmp.join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&head).map_err(io(&tmp))?;
         f.write_all(dataset).map_err(io(&tmp))?;
@@ -196,7 +198,9 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
         if fs::rename(from, &path).is_err() {
-            let tmp = self.tmp.join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
+            let tmp = self
+                .tmp
+                .join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
             fs::copy(from, &tmp).map_err(io(&tmp))?;
             fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
@@ -244,7 +248,10 @@ impl Spool {
             if !is_valid_uid(&study_uid) || !study.path().is_dir() {
                 continue;
             }
-            for series in fs::read_dir(study.path()).map_err(io(&study.path()))?.flatten() {
+            for series in fs::read_dir(study.path())
+                .map_err(io(&study.path()))?
+                .flatten()
+            {
                 let series_uid = series.file_name().to_string_lossy().to_string();
                 let dir = series.path();
                 if !is_valid_uid(&series_uid) || !dir.is_dir() {
@@ -275,7 +282,18 @@ mod tests {
 
     #[test]
     fn crafted_uids_cannot_escape() {
-        for bad in ["", "..", "../../etc", "/etc/passwd", "1..2", ".1", "1.", "1/2", &"1".repeat(65), "1.2\0"] {
+        for bad in [
+            "",
+            "..",
+            "../../etc",
+            "/etc/passwd",
+            "1..2",
+            ".1",
+            "1.",
+            "1/2",
+            &"1".repeat(65),
+            "1.2\0",
+        ] {
             assert!(!is_valid_uid(bad), "{bad:?}");
         }
         assert!(is_valid_uid("1.2.840.10008.5.1.4.1.1.2"));
@@ -289,7 +307,10 @@ mod tests {
             sop_class_uid: "1.2".into(),
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
         };
-        assert!(matches!(s.store(&key, "X", b""), Err(SpoolError::InvalidUid { .. })));
+        assert!(matches!(
+            s.store(&key, "X", b""),
+            Err(SpoolError::InvalidUid { .. })
+        ));
     }
 
     #[test]

@@ -102,7 +102,11 @@ pub fn decode(bytes: &[u8]) -> Result<Command, DimseError> {
 }
 
 /// A C-STORE-RQ.
-pub fn store_rq(message_id: u16, sop_class: &str, sop_instance: &str) -> Result<Vec<u8>, DimseError> {
+pub fn store_rq(
+    message_id: u16,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<Vec<u8>, DimseError> {
     let mut o = InMemDicomObject::new_empty();
     put_ui(&mut o, tags::AFFECTED_SOP_CLASS_UID, sop_class);
     put_us(&mut o, tags::COMMAND_FIELD, C_STORE_RQ);
@@ -132,8 +136,16 @@ pub fn response(
         put_ui(&mut o, tags::AFFECTED_SOP_INSTANCE_UID, sop_instance);
     }
     if !comment.is_empty() {
-        let c: String = comment.chars().filter(|c| c.is_ascii() && *c != '\\').take(64).collect();
-        o.put(DataElement::new(tags::ERROR_COMMENT, VR::LO, PrimitiveValue::from(c)));
+        let c: String = comment
+            .chars()
+            .filter(|c| c.is_ascii() && *c != '\\')
+            .take(64)
+            .collect();
+        o.put(DataElement::new(
+            tags::ERROR_COMMENT,
+            VR::LO,
+            PrimitiveValue::from(c),
+        ));
     }
     encode(&o)
 }
@@ -150,9 +162,20 @@ mod tests {
         assert_eq!(c.message_id, 7);
         assert!(c.has_dataset);
         assert_eq!(c.sop_instance, "1.2.3");
-        let r = response(C_STORE_RSP, 7, "1.2", "1.2.3", OUT_OF_RESOURCES, "disk full").unwrap();
+        let r = response(
+            C_STORE_RSP,
+            7,
+            "1.2",
+            "1.2.3",
+            OUT_OF_RESOURCES,
+            "disk full",
+        )
+        .unwrap();
         let c = decode(&r).unwrap();
-        assert_eq!((c.field, c.responded_id, c.status), (C_STORE_RSP, 7, OUT_OF_RESOURCES));
+        assert_eq!(
+            (c.field, c.responded_id, c.status),
+            (C_STORE_RSP, 7, OUT_OF_RESOURCES)
+        );
         assert!(!c.has_dataset);
         assert_eq!(c.error_comment, "disk full");
         // The group length covers exactly the rest.

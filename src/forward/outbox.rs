@@ -104,7 +104,9 @@ impl Outbox {
                 let text = fs::read_to_string(&p).map_err(|e| err(&p, e))?;
                 match toml::from_str::<Job>(&text) {
                     Ok(j) => out.push(j),
-                    Err(e) => tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e),
+                    Err(e) => {
+                        tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e)
+                    }
                 }
             }
         }
@@ -224,6 +226,9 @@ mod tests {
         assert_eq!(backoff_ms(2, 5, 300), 10_000);
         assert_eq!(backoff_ms(4, 5, 300), 40_000);
         assert_eq!(backoff_ms(20, 5, 300), 300_000);
-        assert_eq!(Job::make_id("1.2.3", "derived", "pacs"), Job::make_id("1.2.3", "derived", "pacs"));
+        assert_eq!(
+            Job::make_id("1.2.3", "derived", "pacs"),
+            Job::make_id("1.2.3", "derived", "pacs")
+        );
     }
 }

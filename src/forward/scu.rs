@@ -141,13 +141,13 @@ async fn store_scu(
         opts = opts.with_presentation_context(sop.clone(), vec![ts.clone()]);
     }
     let addr = format!("{}:{}", dest.host, dest.port);
-    let mut assoc = opts
-        .establish_async(addr.as_str())
-        .await
-        .map_err(|e| ForwardError::Association {
-            destination: name.clone(),
-            reason: e.to_string(),
-        })?;
+    let mut assoc =
+        opts.establish_async(addr.as_str())
+            .await
+            .map_err(|e| ForwardError::Association {
+                destination: name.clone(),
+                reason: e.to_string(),
+            })?;
     assoc
         .inner_stream()
         .set_nodelay(true)
@@ -156,7 +156,13 @@ async fn store_scu(
         .presentation_contexts()
         .iter()
         .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+        .map(|pc| {
+            (
+                pc.id,
+                pc.abstract_syntax.clone(),
+                pc.transfer_syntax.clone(),
+            )
+        })
         .collect();
     let mut sent = 0;
     for (i, o) in outgoing.iter().enumerate() {
@@ -177,10 +183,12 @@ async fn store_scu(
                 path: o.path.clone(),
                 reason: e.to_string(),
             })?;
-        let dataset = bytes.get(o.dataset_offset..).ok_or_else(|| ForwardError::File {
-            path: o.path.clone(),
-            reason: "file shorter than its meta group".into(),
-        })?;
+        let dataset = bytes
+            .get(o.dataset_offset..)
+            .ok_or_else(|| ForwardError::File {
+                path: o.path.clone(),
+                reason: "file shorter than its meta group".into(),
+            })?;
         let message_id = (i % 0xFFFF) as u16 + 1;
         let cmd = dimse::store_rq(message_id, &o.sop_class, &o.sop_instance)
             .map_err(|e| proto(e.to_string()))?;
@@ -240,7 +248,9 @@ async fn receive_command(
                     }
                 }
             }
-            Pdu::AbortRQ { source } => return Err(format!("association aborted by peer: {source:?}")),
+            Pdu::AbortRQ { source } => {
+                return Err(format!("association aborted by peer: {source:?}"))
+            }
             Pdu::ReleaseRQ => return Err("peer released the association mid-transfer".into()),
             other => return Err(format!("unexpected PDU {other:?}")),
         }

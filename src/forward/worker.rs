@@ -43,7 +43,8 @@ impl Forwarder {
             let mut next_due: Option<u64> = None;
             for job in due {
                 if job.next_attempt_ms > now {
-                    next_due = Some(next_due.map_or(job.next_attempt_ms, |n| n.min(job.next_attempt_ms)));
+                    next_due =
+                        Some(next_due.map_or(job.next_attempt_ms, |n| n.min(job.next_attempt_ms)));
                     continue;
                 }
                 let settings = self.settings.borrow().clone();
@@ -68,13 +69,23 @@ impl Forwarder {
     }
 
     async fn attempt(&self, mut job: Job, settings: &Settings) {
-        let result = match settings.destinations.iter().find(|d| d.name == job.destination) {
+        let result = match settings
+            .destinations
+            .iter()
+            .find(|d| d.name == job.destination)
+        {
             Some(dest) => scu::send_folder(dest, &settings.forward, &job.payload).await,
             None => Err(ForwardError::UnknownDestination(job.destination.clone())),
         };
         match result {
             Ok(n) => {
-                events::job_delivered(&job.id, &job.source_series_uid, &job.destination, n, job.attempts + 1);
+                events::job_delivered(
+                    &job.id,
+                    &job.source_series_uid,
+                    &job.destination,
+                    n,
+                    job.attempts + 1,
+                );
                 self.metrics.jobs_forwarded.inc();
                 if let Err(e) = self.outbox.done(&job) {
                     tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
@@ -87,7 +98,12 @@ impl Forwarder {
                 job.attempts += 1;
                 job.last_error = e.to_string();
                 if job.attempts >= settings.forward.max_attempts {
-                    events::job_dead(&job.id, &job.source_series_uid, &job.destination, &job.last_error);
+                    events::job_dead(
+                        &job.id,
+                        &job.source_series_uid,
+                        &job.destination,
+                        &job.last_error,
+                    );
                     self.metrics.jobs_dead.inc();
                     if let Err(e) = self.outbox.bury(&job) {
                         tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
@@ -99,7 +115,13 @@ impl Forwarder {
                         settings.forward.max_backoff_seconds,
                     );
                     job.next_attempt_ms = now_ms() + wait;
-                    events::job_retry(&job.id, &job.destination, job.attempts, wait, &job.last_error);
+                    events::job_retry(
+                        &job.id,
+                        &job.destination,
+                        job.attempts,
+                        wait,
+                        &job.last_error,
+                    );
                     if let Err(e) = self.outbox.put(&job) {
                         tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
                     }

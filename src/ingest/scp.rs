@@ -130,7 +130,12 @@ impl Scp {
         }
     }
 
-    async fn association(&self, socket: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    async fn association(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let settings = self.settings.borrow().clone();
         let s = &settings.server;
         let gate = Gate {
@@ -162,13 +167,21 @@ impl Scp {
             }
         };
         let _ = assoc.inner_stream().set_nodelay(true);
-        let calling = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+        let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
+            .trim()
+            .to_string();
         let called = assoc.called_ae_title().trim().to_string();
         tracing::debug!(event = "association_accepted", calling_ae = %calling, peer = %peer);
         let contexts: Vec<(u8, String, String)> = assoc
             .presentation_contexts()
             .iter()
-            .map(|pc| (pc.id, pc.abstract_syntax.clone(), pc.transfer_syntax.clone()))
+            .map(|pc| {
+                (
+                    pc.id,
+                    pc.abstract_syntax.clone(),
+                    pc.transfer_syntax.clone(),
+                )
+            })
             .collect();
         let mut command: Vec<u8> = Vec::new();
         let mut pending: Option<(dimse::Command, u8)> = None;
@@ -202,7 +215,12 @@ impl Scp {
                 }
             };
             for v in values {
-                let PDataValue { presentation_context_id: pc, value_type, is_last, data: bytes } = v;
+                let PDataValue {
+                    presentation_context_id: pc,
+                    value_type,
+                    is_last,
+                    data: bytes,
+                } = v;
                 match value_type {
                     PDataValueType::Command => {
                         command.extend_from_slice(&bytes);
@@ -219,7 +237,14 @@ impl Scp {
                         };
                         command.clear();
                         if cmd.field == dimse::C_ECHO_RQ {
-                            let rsp = dimse::response(dimse::C_ECHO_RSP, cmd.message_id, VERIFICATION, "", dimse::SUCCESS, "");
+                            let rsp = dimse::response(
+                                dimse::C_ECHO_RSP,
+                                cmd.message_id,
+                                VERIFICATION,
+                                "",
+                                dimse::SUCCESS,
+                                "",
+                            );
                             if self.send_command(&mut assoc, pc, rsp).await.is_err() {
                                 return;
                             }
@@ -243,12 +268,26 @@ impl Scp {
                         };
                         let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
                         let dataset = std::mem::take(&mut data);
-                        let (status, comment) = self.store(&settings, ctx, &cmd, &calling, &called, dataset).await;
+                        let (status, comment) = self
+                            .store(&settings, ctx, &cmd, &calling, &called, dataset)
+                            .await;
                         if status != dimse::SUCCESS {
                             self.metrics.instances_rejected.inc();
-                            events::instance_rejected(&calling, &cmd.sop_instance, status, &comment);
+                            events::instance_rejected(
+                                &calling,
+                                &cmd.sop_instance,
+                                status,
+                                &comment,
+                            );
                         }
-                        let rsp = dimse::response(dimse::C_STORE_RSP, cmd.message_id, &cmd.sop_class, &cmd.sop_instance, status, &comment);
+                        let rsp = dimse::response(
+                            dimse::C_STORE_RSP,
+                            cmd.message_id,
+                            &cmd.sop_class,
+                            &cmd.sop_instance,
+                            status,
+                            &comment,
+                        );
                         if self.send_command(&mut assoc, cmd_pc, rsp).await.is_err() {
                             return;
                         }
@@ -289,16 +328,28 @@ impl Scp {
         dataset: Vec<u8>,
     ) -> (u16, String) {
         let Some((_, abstract_syntax, ts_uid)) = ctx else {
-            return (dimse::CANNOT_UNDERSTAND, "unknown presentation context".into());
+            return (
+                dimse::CANNOT_UNDERSTAND,
+                "unknown presentation context".into(),
+            );
         };
         let allowed = abstract_syntax == CT_IMAGE_STORAGE
             || abstract_syntax == ENHANCED_CT_IMAGE_STORAGE
-            || settings.server.passthrough_sop_classes.contains(&abstract_syntax);
+            || settings
+                .server
+                .passthrough_sop_classes
+                .contains(&abstract_syntax);
         if !allowed || cmd.sop_class != abstract_syntax {
-            return (dimse::SOP_CLASS_NOT_SUPPORTED, format!("SOP class {} not accepted", cmd.sop_class));
+            return (
+                dimse::SOP_CLASS_NOT_SUPPORTED,
+                format!("SOP class {} not accepted", cmd.sop_class),
+            );
         }
         let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else {
-            return (dimse::CANNOT_UNDERSTAND, format!("transfer syntax {ts_uid} unknown"));
+            return (
+                dimse::CANNOT_UNDERSTAND,
+                format!("transfer syntax {ts_uid} unknown"),
+            );
         };
         let obj = match InMemDicomObject::read_dataset_with_ts(&dataset[..], ts) {
             Ok(o) => o,
@@ -314,7 +365,10 @@ impl Scp {
         };
         let sop_instance = text(tags::SOP_INSTANCE_UID);
         if sop_instance != cmd.sop_instance || text(tags::SOP_CLASS_UID) != cmd.sop_class {
-            return (dimse::DATASET_MISMATCH, "SOP class or instance differs from the command".into());
+            return (
+                dimse::DATASET_MISMATCH,
+                "SOP class or instance differs from the command".into(),
+            );
         }
         let expected = [tags::NUMBER_OF_SERIES_RELATED_INSTANCES]
             .into_iter()
@@ -330,10 +384,13 @@ impl Scp {
         let spool = self.spool.clone();
         let calling_owned = calling.to_string();
         let key2 = key.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.store(&key2, &calling_owned, &dataset)).await;
+        let stored =
+            tokio::task::spawn_blocking(move || spool.store(&key2, &calling_owned, &dataset)).await;
         match stored {
             Ok(Ok(_)) => {}
-            Ok(Err(e @ SpoolError::InvalidUid { .. })) => return (dimse::CANNOT_UNDERSTAND, e.to_string()),
+            Ok(Err(e @ SpoolError::InvalidUid { .. })) => {
+                return (dimse::CANNOT_UNDERSTAND, e.to_string())
+            }
             Ok(Err(e @ SpoolError::DiskFull { .. })) => {
                 tracing::error!(event = "disk_watermark", reason = %e);
                 return (dimse::OUT_OF_RESOURCES, "spool disk full".into());
@@ -374,7 +431,10 @@ mod tests {
         assert!(g.check_access("US", "CT2", "US", None).is_ok());
         assert!(g.check_access("US", "CT3", "US", None).is_err());
         assert!(g.check_access("US", "CT1", "THEM", None).is_err());
-        let g2 = Gate { peer: "10.0.0.1".parse().unwrap(), ..g };
+        let g2 = Gate {
+            peer: "10.0.0.1".parse().unwrap(),
+            ..g
+        };
         assert!(g2.check_access("US", "CT1", "US", None).is_err());
     }
 }

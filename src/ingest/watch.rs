@@ -70,7 +70,10 @@ impl Watch {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<PathBuf>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
-                if matches!(ev.kind, EventKind::Modify(notify::event::ModifyKind::Name(_))) {
+                if matches!(
+                    ev.kind,
+                    EventKind::Modify(notify::event::ModifyKind::Name(_))
+                ) {
                     for p in ev.paths {
                         let _ = ev_tx.send(p);
                     }
@@ -137,8 +140,12 @@ impl Watch {
             Err(e) => {
                 self.metrics.instances_rejected.inc();
                 match quarantine_file(&self.quarantine, path, &e.to_string()) {
-                    Ok(q) => tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e),
-                    Err(qe) => tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe),
+                    Ok(q) => {
+                        tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e)
+                    }
+                    Err(qe) => {
+                        tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
+                    }
                 }
                 return;
             }
@@ -172,8 +179,12 @@ impl Watch {
             Err(e) => {
                 self.metrics.instances_rejected.inc();
                 match quarantine_file(&self.quarantine, path, &e.to_string()) {
-                    Ok(q) => tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e),
-                    Err(qe) => tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe),
+                    Ok(q) => {
+                        tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e)
+                    }
+                    Err(qe) => {
+                        tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
+                    }
                 }
             }
         }
