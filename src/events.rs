@@ -77,10 +77,11 @@ pub fn job_delivered(
     destination: &str,
     instances: usize,
     attempt: u32,
+    seconds: f64,
 ) {
     info!(
         event = "job_delivered",
-        job, series_uid, destination, instances, attempt, "delivered"
+        job, series_uid, destination, instances, attempt, seconds, "delivered"
     );
 }
 

@@ -69,6 +69,7 @@ impl Forwarder {
     }
 
     async fn attempt(&self, mut job: Job, settings: &Settings) {
+        let started = std::time::Instant::now();
         let result = match settings
             .destinations
             .iter()
@@ -85,6 +86,7 @@ impl Forwarder {
                     &job.destination,
                     n,
                     job.attempts + 1,
+                    started.elapsed().as_secs_f64(),
                 );
                 self.metrics.jobs_forwarded.inc();
                 if let Err(e) = self.outbox.done(&job) {

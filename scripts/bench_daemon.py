@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Daemon benchmarks (issue 3), ct-harmonizer and DCMTK side by side in one run, medians and ratios.
+
+  ingest    images/s that `serve` accepts from storescu (fsync on) / images/s DCMTK's storescp accepts
+            (300 CT images 512x512, loopback), with 1 and with 4 concurrent associations
+  forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
+  latency   last instance acknowledged -> last derived instance acknowledged by the destination,
+            minus the quiet time (300 slices, default model)
+  memory    daemon peak RSS with 4 senders at once / with 1 sender (100-slice series each)
+Standard library only. Run through scripts/bench_daemon.sh (which builds and sets up first).
+"""
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target/release/ct-harmonizer"
+OUT = ROOT / "out/bench-daemon"
+REPS = int(os.environ.get("BENCH_REPS", "3"))
+ENV = dict(os.environ, TCP_NODELAY="1")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def sample(name, slices, size=512):
+    d = OUT / name
+    if not d.is_dir():
+        tmp = OUT / (name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([BIN, "sample", "--kind", "phantom", "--slices", str(slices), "--size", str(size),
+                        "--out", tmp], check=True, stdout=subprocess.DEVNULL)
+        tmp.rename(d)
+    return d
+
+
+def split(folder, parts):
+    """Hard-links the files of `folder` into `parts` sub-folders (for concurrent senders)."""
+    base = OUT / f"{folder.name}-split{parts}"
+    if not base.is_dir():
+        files = sorted(folder.iterdir())
+        for i in range(parts):
+            (base / str(i)).mkdir(parents=True)
+        for k, f in enumerate(files):
+            os.link(f, base / str(k % parts) / f.name)
+    return [base / str(i) for i in range(parts)]
+
+
+def storescu(port, aec, folders):
+    """Sends each folder on its own association, all at once; returns wall seconds."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen(["/usr/bin/storescu", "+sd", "-aec", aec, "127.0.0.1", str(port), str(f)],
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for f in folders]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - t
+
+
+class Storescp:
+    def __init__(self, port, aet="STORESCP"):
+        self.dir = tempfile.mkdtemp(dir=OUT)
+        self.p = subprocess.Popen(["/usr/bin/storescp", "-aet", aet, "-od", self.dir, str(port)], env=ENV,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+
+    def count(self):
+        return len(os.listdir(self.dir))
+
+    def stop(self):
+        self.p.kill()
+        self.p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Daemon:
+    def __init__(self, port, quiet, rule, destination_port=None):
+        self.state = tempfile.mkdtemp(dir=OUT)
+        self.log = Path(self.state) / "serve.log"
+        cfg = Path(self.state) / "c.toml"
+        dest = ""
+        dests = "[]"
+        if destination_port:
+            dest = (f'[[destinations]]\nname = "scp"\nkind = "scp"\nae_title = "STORESCP"\n'
+                    f'host = "127.0.0.1"\nport = {destination_port}\n')
+            dests = '["scp"]'
+        cfg.write_text(
+            f'[state]\ndir = "{self.state}/s"\nmin_free_mib = 100\n'
+            f'[server]\nlisten = "127.0.0.1:{port}"\n[http]\nlisten = ""\n'
+            f'[series]\nquiet_seconds = {quiet}\n'
+            f'[forward]\ninitial_backoff_seconds = 1\n'
+            f'{dest}'
+            f'[[rules]]\nname = "bench"\nplan = "{rule}"\n'
+            + ('models = ["gaussian-soft-baseline"]\n' if rule == "harmonize" else "")
+            + f'destinations = {dests}\n')
+        env = dict(ENV, CT_HARMONIZER__MODELS__DIR=str(ROOT / "models"), RUST_LOG="info", NO_COLOR="1")
+        self.logf = open(self.log, "w")
+        self.p = subprocess.Popen([BIN, "--config", cfg, "serve"], env=env, stdout=self.logf, stderr=self.logf)
+        wait_port(port)
+
+    def hwm_kib(self):
+        for line in Path(f"/proc/{self.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def wait_log(self, pattern, count=1, timeout=600):
+        end = time.time() + timeout
+        while time.time() < end:
+            text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text())
+            found = re.findall(pattern, text)
+            if len(found) >= count:
+                return found, time.time()
+            time.sleep(0.02)
+        raise RuntimeError(f"timeout waiting for {pattern}; log tail:\n{self.log.read_text()[-2000:]}")
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        self.logf.close()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def ingest(series, senders):
+    folders = split(series, senders) if senders > 1 else [series]
+    ours, theirs = [], []
+    n = len(os.listdir(series))
+    for _ in range(REPS):
+        port = free_port()
+        scp = Storescp(port)
+        theirs.append(n / storescu(port, "STORESCP", folders))
+        scp.stop()
+        port = free_port()
+        d = Daemon(port, quiet=3600, rule="drop")
+        ours.append(n / storescu(port, "CTHARMONIZER", folders))
+        d.stop()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def forward(series):
+    n = len(os.listdir(series))
+    ours, theirs = [], []
+    for _ in range(REPS):
+        dport, port = free_port(), free_port()
+        scp = Storescp(dport)
+        theirs.append(n / storescu(dport, "STORESCP", [series]))
+        scp.stop()
+        scp = Storescp(dport)
+        d = Daemon(port, quiet=1, rule="pass", destination_port=dport)
+        storescu(port, "CTHARMONIZER", [series])
+        found, _ = d.wait_log(r'event="job_delivered".*?instances=(\d+).*?seconds=([0-9.e-]+)')
+        inst, secs = found[0]
+        ours.append(int(inst) / float(secs))
+        d.stop()
+        scp.stop()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def latency(series):
+    quiet = 2
+    out = []
+    for _ in range(REPS):
+        dport, port = free_port(), free_port()
+        scp = Storescp(dport)
+        d = Daemon(port, quiet=quiet, rule="harmonize", destination_port=dport)
+        storescu(port, "CTHARMONIZER", [series])
+        acked = time.time()
+        _, done = d.wait_log(r'event="job_delivered"')
+        out.append(done - acked - quiet)
+        d.stop()
+        scp.stop()
+    return statistics.median(out)
+
+
+def memory(one, four):
+    res = []
+    for folders in ([one], four):
+        peaks = []
+        for _ in range(REPS):
+            dport, port = free_port(), free_port()
+            scp = Storescp(dport)
+            d = Daemon(port, quiet=1, rule="harmonize", destination_port=dport)
+            storescu(port, "CTHARMONIZER", folders)
+            d.wait_log(r'event="series_delivered"', count=len(folders))
+            peaks.append(d.hwm_kib())
+            d.stop()
+            scp.stop()
+        res.append(statistics.median(peaks))
+    return res
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    s300 = sample("phantom300", 300)
+    rows = []
+    o, t = ingest(s300, 1)
+    rows.append(("ingest, 1 association (img/s)", o, t, o / t, ">= 1.0"))
+    o, t = ingest(s300, 4)
+    rows.append(("ingest, 4 associations (img/s)", o, t, o / t, ">= 1.0"))
+    o, t = forward(s300)
+    rows.append(("forward SCU -> storescp (img/s)", o, t, o / t, ">= 1.0"))
+    lat = latency(s300)
+    one = sample("phantom100", 100)
+    four = [one, sample("phantom101", 101), sample("phantom102", 102), sample("phantom103", 103)]
+    m1, m4 = memory(one, four)
+    lines = [f"ct-harmonizer daemon benchmarks: medians of {REPS} runs, side by side with DCMTK 3.6.7",
+             f"{'measure':34} {'ours':>10} {'DCMTK':>10} {'ratio':>7}  goal"]
+    for name, o, t, r, goal in rows:
+        lines.append(f"{name:34} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
+    lines.append(f"{'end-to-end latency, 300 slices (s)':34} {lat:10.2f} {'':>10} {'':>7}  (minus quiet time)")
+    lines.append(f"{'peak RSS 1 sender / 4 senders (MiB)':34} {m1/1024:10.0f} {m4/1024:10.0f} {m4/m1:7.2f}  <= 1.5 (4 / 1)")
+    text = "\n".join(lines)
+    print(text)
+    (OUT / "results.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

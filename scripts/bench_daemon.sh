@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Daemon benchmarks (ingest, forward, latency, memory under load) against DCMTK in one run.
+# Results: printed and written to out/bench-daemon/results.txt. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --locked -p ct-harmonizer
+python3 scripts/bench_daemon.py
