@@ -28,7 +28,7 @@ use crate::{events, systemd};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] Box<crate::config::ConfigError>),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
     #[error(transparent)]

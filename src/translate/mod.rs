@@ -139,15 +139,20 @@ impl Translator {
         let lz = slab.depth;
         for ty in &y_tiles {
             for tx in &x_tiles {
-                let mut input = Array5::<f32>::zeros((1, 1, lz, ty.len, tx.len));
+                let mut buf = Vec::with_capacity(lz * ty.len * tx.len);
                 for z in 0..lz {
                     for y in 0..ty.len {
                         let row = (z * rows + ty.start + y) * cols + tx.start;
-                        for (x, v) in slab.hu[row..row + tx.len].iter().enumerate() {
-                            input[[0, 0, z, y, x]] = m.hu_to_unit(*v);
-                        }
+                        buf.extend(slab.hu[row..row + tx.len].iter().map(|v| m.hu_to_unit(*v)));
                     }
                 }
+                let input =
+                    Array5::from_shape_vec((1, 1, lz, ty.len, tx.len), buf).map_err(|e| {
+                        TranslateError::Inference {
+                            model: m.name.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 let expected = vec![1, 1, lz * sz, ty.len * sy, tx.len * sx];
                 let fail = |reason: String| TranslateError::Inference {
                     model: m.name.clone(),
