@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of ct-harmonizer `process` (about 5 minutes on a 2-core machine; safe to re-run).
+# Benchmark of ct-harmonizer `process` (4-6 minutes on a quiet 2-core machine, plus the build; safe to re-run).
 #   1. tiling overhead: process wall time / summed Session::run time (300-slice 512x512 phantom)
 #   2. memory: peak RSS on 600 slices / on 100 slices (/usr/bin/time -v)
 #   3. the same series through scripts/bench_reference.py (pydicom + NumPy + onnxruntime, what a
@@ -9,7 +9,9 @@
 # Installs what it needs: scripts/setup.sh (Debian packages, ONNX Runtime), Debian's `time`, a venv
 # in .deps/bench-venv (pydicom, numpy, onnxruntime 1.31.1 from PyPI), the release build.
 # Environment: BENCH_MODEL (default gaussian-soft-baseline), BENCH_MODELS_DIR (default models),
-# BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 9 / 5 / 7, at least 3).
+# BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 9 / 5 / 7, at least 3),
+# BENCH_QUIET_WAIT (default 120: seconds, in all, to wait before timed runs while other processes
+# use more than a quarter of the CPUs; their share during the runs is reported either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,4 +52,5 @@ exec "$VENV/bin/python" scripts/bench_driver.py \
   --models-dir "$MODELS_DIR" --model "$MODEL" --work out/bench \
   --reps-tiling "${BENCH_REPS_TILING:-9}" \
   --reps-memory "${BENCH_REPS_MEMORY:-5}" \
-  --reps-compare "${BENCH_REPS_COMPARE:-7}"
+  --reps-compare "${BENCH_REPS_COMPARE:-7}" \
+  --quiet-wait "${BENCH_QUIET_WAIT:-120}"

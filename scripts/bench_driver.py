@@ -302,7 +302,7 @@ def main():
     ap.add_argument("--reps-tiling", type=int, default=9)
     ap.add_argument("--reps-memory", type=int, default=5)
     ap.add_argument("--reps-compare", type=int, default=7)
-    ap.add_argument("--quiet-wait", type=float, default=240,
+    ap.add_argument("--quiet-wait", type=float, default=120,
                     help="seconds (in all) to wait for other processes to leave the CPUs before timed runs")
     ap.add_argument("--quiet-share", type=float, default=0.25,
                     help="share of all CPUs other processes may use for the machine to count as quiet")

@@ -72,6 +72,15 @@ pub struct SpooledSeries {
     pub processed: bool,
 }
 
+/// Makes temporary file names unique within the process (two associations may store the same
+/// instance at the same moment).
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn tmp_name(sop_instance_uid: &str) -> String {
+    let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{sop_instance_uid}.{}.{n}", std::process::id())
+}
+
 /// Name of the marker written once a series' outbound jobs are durable.
 pub const PROCESSED_MARKER: &str = ".processed";
 
@@ -176,9 +185,7 @@ impl Spool {
             reason: e.to_string(),
         })?;
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = self
-            .tmp
-            .join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
+        let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&head).map_err(io(&tmp))?;
         f.write_all(dataset).map_err(io(&tmp))?;
@@ -198,9 +205,7 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
         if fs::rename(from, &path).is_err() {
-            let tmp = self
-                .tmp
-                .join(format!("{}.{}", key.sop_instance_uid, std::process::id()));
+            let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));
             fs::copy(from, &tmp).map_err(io(&tmp))?;
             fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())

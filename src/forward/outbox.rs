@@ -136,9 +136,10 @@ impl Outbox {
 
     /// Moves a job to the dead-letter folder with its reason (also written as `<id>.reason.txt`).
     pub fn bury(&self, job: &Job) -> Result<(), ForwardError> {
-        Self::write(&self.dead, job)?;
+        // The reason first: once the job file is there, its reason is too.
         let reason = self.dead.join(format!("{}.reason.txt", job.id));
         fs::write(&reason, format!("{}\n", job.last_error)).map_err(|e| err(&reason, e))?;
+        Self::write(&self.dead, job)?;
         self.done(job)
     }
 

@@ -153,3 +153,466 @@ pub fn digest_tree(dir: &Path) -> Vec<(PathBuf, String)> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Daemon tests: real peers (DCMTK, Orthanc) on free loopback ports, each stopped by PID.
+
+/// A free loopback TCP port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every `every` until it holds or `within` has passed. Returns whether it held.
+pub fn wait_until(
+    within: std::time::Duration,
+    every: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// True once something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::time::Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A child process with its output in a log file; killed (SIGKILL) and reaped when dropped.
+pub struct Peer {
+    pub name: String,
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Peer {
+    /// Starts `cmd` with TCP_NODELAY=1, stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Peer {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        cmd.env("TCP_NODELAY", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e} (bash scripts/setup.sh installs it)"));
+        Peer {
+            name: name.to_string(),
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("HUP", "TERM", ...) to this process only.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("/bin/kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `within` for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(within, std::time::Duration::from_millis(50), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port` (std only): (status, body). Handles chunked bodies.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAccept-Encoding: identity\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size_text = String::from_utf8_lossy(&rest[..eol]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+                .map_err(std::io::Error::other)?;
+            rest = &rest[eol + 2..];
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = rest.get(size + 2..).unwrap_or_default();
+        }
+        body = out;
+    }
+    Ok((status, body))
+}
+
+/// A minimal JSON value, enough to read Orthanc's REST answers without extra dependencies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    pub fn parse(text: &str) -> Json {
+        let b: Vec<char> = text.chars().collect();
+        let mut i = 0;
+        let v = json_value(&b, &mut i);
+        v.unwrap_or_else(|| panic!("cannot parse JSON: {text}"))
+    }
+
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(kv) => kv
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(&Json::Null, |(_, v)| v),
+            _ => &Json::Null,
+        }
+    }
+
+    pub fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            _ => "",
+        }
+    }
+
+    pub fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => &[],
+        }
+    }
+}
+
+fn json_ws(b: &[char], i: &mut usize) {
+    while *i < b.len() && b[*i].is_whitespace() {
+        *i += 1;
+    }
+}
+
+fn json_string(b: &[char], i: &mut usize) -> Option<String> {
+    if b.get(*i) != Some(&'"') {
+        return None;
+    }
+    *i += 1;
+    let mut s = String::new();
+    while let Some(&c) = b.get(*i) {
+        *i += 1;
+        match c {
+            '"' => return Some(s),
+            '\\' => {
+                let e = *b.get(*i)?;
+                *i += 1;
+                match e {
+                    'n' => s.push('\n'),
+                    't' => s.push('\t'),
+                    'r' => s.push('\r'),
+                    'b' => s.push('\u{8}'),
+                    'f' => s.push('\u{c}'),
+                    'u' => {
+                        let hex: String = b.get(*i..*i + 4)?.iter().collect();
+                        *i += 4;
+                        s.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?).unwrap_or('?'));
+                    }
+                    other => s.push(other),
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    None
+}
+
+fn json_value(b: &[char], i: &mut usize) -> Option<Json> {
+    json_ws(b, i);
+    match *b.get(*i)? {
+        '{' => {
+            *i += 1;
+            let mut kv = Vec::new();
+            loop {
+                json_ws(b, i);
+                if b.get(*i) == Some(&'}') {
+                    *i += 1;
+                    return Some(Json::Obj(kv));
+                }
+                let k = json_string(b, i)?;
+                json_ws(b, i);
+                if b.get(*i) != Some(&':') {
+                    return None;
+                }
+                *i += 1;
+                let v = json_value(b, i)?;
+                kv.push((k, v));
+                json_ws(b, i);
+                if b.get(*i) == Some(&',') {
+                    *i += 1;
+                }
+            }
+        }
+        '[' => {
+            *i += 1;
+            let mut a = Vec::new();
+            loop {
+                json_ws(b, i);
+                if b.get(*i) == Some(&']') {
+                    *i += 1;
+                    return Some(Json::Arr(a));
+                }
+                a.push(json_value(b, i)?);
+                json_ws(b, i);
+                if b.get(*i) == Some(&',') {
+                    *i += 1;
+                }
+            }
+        }
+        '"' => json_string(b, i).map(Json::Str),
+        't' => {
+            *i += 4;
+            Some(Json::Bool(true))
+        }
+        'f' => {
+            *i += 5;
+            Some(Json::Bool(false))
+        }
+        'n' => {
+            *i += 4;
+            Some(Json::Null)
+        }
+        _ => {
+            let start = *i;
+            while *i < b.len() && (b[*i].is_ascii_digit() || "+-.eE".contains(b[*i])) {
+                *i += 1;
+            }
+            let t: String = b[start..*i].iter().collect();
+            t.parse().ok().map(Json::Num)
+        }
+    }
+}
+
+/// Orthanc from Debian's package, in the foreground, with its storage in `dir`.
+pub struct Orthanc {
+    pub peer: Peer,
+    pub aet: String,
+    pub dicom_port: u16,
+    pub http_port: u16,
+}
+
+/// One series as Orthanc holds it.
+#[derive(Debug, Clone)]
+pub struct OrthancSeries {
+    pub id: String,
+    pub series_uid: String,
+    pub description: String,
+    /// Orthanc instance ids.
+    pub instances: Vec<String>,
+}
+
+impl Orthanc {
+    pub fn start(dir: &Path) -> Orthanc {
+        let storage = dir.join("orthanc-storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let dicom_port = free_port();
+        let http_port = free_port();
+        let aet = "ORTHANC".to_string();
+        let cfg = format!(
+            r#"{{
+  "Name": "ct-harmonizer-test",
+  "StorageDirectory": "{s}",
+  "IndexDirectory": "{s}",
+  "DicomAet": "{aet}",
+  "DicomPort": {dicom_port},
+  "HttpPort": {http_port},
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "DicomCheckCalledAet": false,
+  "DicomServerEnabled": true,
+  "HttpServerEnabled": true,
+  "Plugins": [],
+  "StableAge": 1,
+  "ConcurrentJobs": 1
+}}"#,
+            s = storage.display()
+        );
+        let cfg_path = dir.join("orthanc.json");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let mut c = Command::new("/usr/sbin/Orthanc");
+        c.arg(&cfg_path).current_dir(dir);
+        let mut peer = Peer::spawn("Orthanc", c, &dir.join("orthanc.log"));
+        let up = wait_until(
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_millis(50),
+            || http_get(http_port, "/system").is_ok_and(|(s, _)| s == 200) && port_open(dicom_port),
+        );
+        assert!(
+            up && peer.alive(),
+            "Orthanc did not start:\n{}",
+            peer.log_text()
+        );
+        Orthanc {
+            peer,
+            aet,
+            dicom_port,
+            http_port,
+        }
+    }
+
+    pub fn get_json(&self, path: &str) -> Json {
+        let (status, body) = http_get(self.http_port, path).unwrap();
+        assert_eq!(
+            status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Json::parse(&String::from_utf8_lossy(&body))
+    }
+
+    /// Every series Orthanc holds.
+    pub fn series(&self) -> Vec<OrthancSeries> {
+        self.get_json("/series")
+            .arr()
+            .iter()
+            .map(|id| {
+                let s = self.get_json(&format!("/series/{}", id.str()));
+                let tags = s.get("MainDicomTags");
+                OrthancSeries {
+                    id: id.str().to_string(),
+                    series_uid: tags.get("SeriesInstanceUID").str().to_string(),
+                    description: tags.get("SeriesDescription").str().to_string(),
+                    instances: s
+                        .get("Instances")
+                        .arr()
+                        .iter()
+                        .map(|i| i.str().to_string())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// `/instances/{id}/simplified-tags`.
+    pub fn instance_tags(&self, id: &str) -> Json {
+        self.get_json(&format!("/instances/{id}/simplified-tags"))
+    }
+
+    /// Downloads one instance's DICOM file.
+    pub fn instance_file(&self, id: &str, to: &Path) {
+        let (status, body) = http_get(self.http_port, &format!("/instances/{id}/file")).unwrap();
+        assert_eq!(status, 200);
+        std::fs::write(to, body).unwrap();
+    }
+}
+
+/// DCMTK's storescp as a destination, writing what it receives into `out`.
+pub fn start_storescp(aet: &str, port: u16, out: &Path, log: &Path) -> Peer {
+    std::fs::create_dir_all(out).unwrap();
+    let mut c = Command::new("/usr/bin/storescp");
+    c.args(["-aet", aet, "-od"]).arg(out).arg(port.to_string());
+    let mut p = Peer::spawn("storescp", c, log);
+    let up = wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || port_open(port),
+    );
+    assert!(up && p.alive(), "storescp did not start:\n{}", p.log_text());
+    p
+}
+
+/// `storescu` (DCMTK) sending every file under `dirs` (recursively); returns its output.
+pub fn storescu(calling: &str, called: &str, port: u16, dirs: &[&Path]) -> Output {
+    let mut c = storescu_command(calling, called, port, dirs);
+    c.output().unwrap()
+}
+
+pub fn storescu_command(calling: &str, called: &str, port: u16, dirs: &[&Path]) -> Command {
+    let mut c = Command::new("/usr/bin/storescu");
+    c.env("TCP_NODELAY", "1")
+        .args([
+            "-v",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "+sd",
+            "+r",
+            "127.0.0.1",
+        ])
+        .arg(port.to_string());
+    for d in dirs {
+        c.arg(d);
+    }
+    c
+}

@@ -52,7 +52,12 @@ pub struct Volume {
 }
 
 impl Volume {
-    pub fn new(name: impl Into<String>, shape: [usize; 3], spacing: [f64; 3], hu: Vec<f32>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        shape: [usize; 3],
+        spacing: [f64; 3],
+        hu: Vec<f32>,
+    ) -> Self {
         Self {
             name: name.into(),
             shape,
@@ -470,7 +475,11 @@ mod tests {
             let x0 = p.origin[2] as f32;
             let expect: Vec<f32> = (0..3)
                 .map(|k| {
-                    let x = if p.flipped[2] { x0 + 2.0 - k as f32 } else { x0 + k as f32 };
+                    let x = if p.flipped[2] {
+                        x0 + 2.0 - k as f32
+                    } else {
+                        x0 + k as f32
+                    };
                     (x * 10.0) / 200.0 * 2.0 - 1.0
                 })
                 .collect();
@@ -517,7 +526,10 @@ mod tests {
         // Sorted along the normal: z runs head to feet, sorted ascending in position, so the first
         // sorted slice is the last written one.
         let firsts: Vec<f32> = (0..3).map(|z| v.slice(z)[0]).collect();
-        assert!(firsts == [150.0, 50.0, -50.0] || firsts == [-50.0, 50.0, 150.0], "{firsts:?}");
+        assert!(
+            firsts == [150.0, 50.0, -50.0] || firsts == [-50.0, 50.0, 150.0],
+            "{firsts:?}"
+        );
         let nii = dir.path().join("v.nii.gz");
         nifti::write(&nii, v.shape, v.spacing, &v.hu, nifti::WriteType::Int16).unwrap();
         let w = load_volume(&nii).unwrap();

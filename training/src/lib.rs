@@ -7,6 +7,7 @@
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod export_model;
 pub mod model;
 pub mod nifti;
 pub mod onnx;

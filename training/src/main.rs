@@ -8,6 +8,11 @@
 //!   (sharp, soft) data by FBP simulation and thick-slice sources (`ct_training::synth`).
 //! - `eval --pairs DIR --model models/NAME ... --csv FILE [--tune DIR]`: metrics table of models and
 //!   baselines (`ct_training::eval`).
+//! - `train --data DIR --out RUN --task kernel|superres --mode paired|unpaired --blocks N [--naive]
+//!   [--steps S] [--patch P] [--ngf C] [--seed S] [--resume]`: trains a 3D RevGAN
+//!   (`ct_training::train`).
+//! - `export --checkpoint RUN --out models/NAME [--allow-untrained] [--force]`: writes the trained
+//!   A->B generator as ONNX + manifest (`ct_training::export_model`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,6 +46,10 @@ enum Command {
     Synth(ct_training::synth::SynthArgs),
     /// Evaluate models and baselines on held-out pairs: MAE, PSNR, 3-D SSIM, emphysema index.
     Eval(ct_training::eval::EvalArgs),
+    /// Train a 3D RevGAN (paired or unpaired, reversible core) with checkpoints and a loss CSV.
+    Train(ct_training::train::TrainArgs),
+    /// Export a training run's A->B generator as models/<name>/{model.onnx, model.toml}.
+    Export(ct_training::export_model::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +64,35 @@ fn main() -> anyhow::Result<()> {
         Command::ExportBaseline { out, sigma } => export_baseline(out, sigma),
         Command::Synth(a) => ct_training::synth::run_cli(a),
         Command::Eval(a) => ct_training::eval::run_cli(a),
+        Command::Train(a) => {
+            let st = ct_training::train::run(&a)
+                .with_context(|| format!("training into {}", a.out.display()))?;
+            println!(
+                "trained {} steps in {:.0} s on {}; run directory {}",
+                st.step,
+                st.seconds,
+                st.device,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Command::Export(a) => {
+            let md = ct_training::export_model::run(&a).with_context(|| {
+                format!(
+                    "exporting {} to {}",
+                    a.checkpoint.display(),
+                    a.out.display()
+                )
+            })?;
+            println!(
+                "wrote {}/{{{}, {}}} (onnx sha256 {})",
+                md.dir.display(),
+                export::ONNX_FILE,
+                export::MANIFEST_FILE,
+                md.manifest.onnx_sha256
+            );
+            Ok(())
+        }
     }
 }
 

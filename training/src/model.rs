@@ -10,7 +10,7 @@
 //! Tensors are `[batch N, channels C, depth D, height H, width W]` (NCDHW, as ONNX and the daemon).
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
 use burn::tensor::activation::{leaky_relu, relu, tanh};
@@ -76,7 +76,7 @@ pub enum ModelError {
 impl RevGanConfig {
     /// Checks the sizes the layers need.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.ngf < 2 || self.ngf % 2 != 0 {
+        if self.ngf < 2 || !self.ngf.is_multiple_of(2) {
             return Err(ModelError::Ngf(self.ngf));
         }
         if self.ndf == 0 {
@@ -280,9 +280,36 @@ impl<B: Backend> Discriminator<B> {
     }
 }
 
+/// Burn initialises parameters lazily, on first use, so the order of random draws (and with a
+/// seeded backend, the weights themselves) would depend on which path touches a parameter first.
+/// This visits every float parameter once, in module order, right after construction.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
+/// The shapes of every float parameter, in module order. Burn's record loading does not check
+/// shapes, so loaders compare a loaded module's shapes with a freshly built one's.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.dims().to_vec());
+        }
+    }
+    let mut s = Shapes(Vec::new());
+    module.visit(&mut s);
+    s.0
+}
+
 /// Checks that a training patch is large enough for the discriminator.
 pub fn check_patch(patch: usize) -> Result<(), ModelError> {
-    if patch < 16 || patch % 4 != 0 {
+    if patch < 16 || !patch.is_multiple_of(4) {
         return Err(ModelError::PatchTooSmall { patch });
     }
     Ok(())

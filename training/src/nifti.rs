@@ -126,9 +126,6 @@ impl Fields<'_> {
     fn i16(&self, at: usize) -> i16 {
         i16::from_le_bytes(self.bytes(at))
     }
-    fn i32(&self, at: usize) -> i32 {
-        i32::from_le_bytes(self.bytes(at))
-    }
     fn f32(&self, at: usize) -> f32 {
         f32::from_le_bytes(self.bytes(at))
     }
@@ -426,9 +423,27 @@ mod tests {
     /// Builds a header by hand with a chosen data type and body (little or big endian).
     fn handmade(code: i16, bitpix: i16, body: &[u8], big: bool, slope: f32, inter: f32) -> Vec<u8> {
         let mut h = vec![0u8; 352];
-        let w16 = |v: i16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let w32 = |v: i32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let wf = |v: f32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w16 = |v: i16| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let w32 = |v: i32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let wf = |v: f32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         h[0..4].copy_from_slice(&w32(348));
         for (i, d) in [3i16, 2, 2, 1, 1, 1, 1, 1].iter().enumerate() {
             h[40 + 2 * i..42 + 2 * i].copy_from_slice(&w16(*d));
@@ -479,27 +494,55 @@ mod tests {
             assert!((v.spacing[0] - 3.0).abs() < 1e-6 && (v.spacing[2] - 0.8).abs() < 1e-6);
             let enc16 = |vals: &[i16]| -> Vec<u8> {
                 vals.iter()
-                    .flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() })
+                    .flat_map(|v| {
+                        if big {
+                            v.to_be_bytes()
+                        } else {
+                            v.to_le_bytes()
+                        }
+                    })
                     .collect()
             };
             // int16, slope 0 means unscaled.
-            let v = parse(p, &handmade(4, 16, &enc16(&[-1024, 0, 40, 3000]), big, 0.0, 5.0)).unwrap();
+            let v = parse(
+                p,
+                &handmade(4, 16, &enc16(&[-1024, 0, 40, 3000]), big, 0.0, 5.0),
+            )
+            .unwrap();
             assert_eq!(v.data, [-1024.0, 0.0, 40.0, 3000.0]);
             let b32: Vec<u8> = [-70000i32, 1, 2, 70000]
                 .iter()
-                .flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() })
+                .flat_map(|v| {
+                    if big {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                })
                 .collect();
             let v = parse(p, &handmade(8, 32, &b32, big, 1.0, 0.0)).unwrap();
             assert_eq!(v.data, [-70000.0, 1.0, 2.0, 70000.0]);
             let bf: Vec<u8> = [-1.5f32, 0.25, 2.0, 1e3]
                 .iter()
-                .flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() })
+                .flat_map(|v| {
+                    if big {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                })
                 .collect();
             let v = parse(p, &handmade(16, 32, &bf, big, 1.0, 0.0)).unwrap();
             assert_eq!(v.data, [-1.5, 0.25, 2.0, 1000.0]);
             let bd: Vec<u8> = [-1.5f64, 0.25, 2.0, -1e3]
                 .iter()
-                .flat_map(|v| if big { v.to_be_bytes() } else { v.to_le_bytes() })
+                .flat_map(|v| {
+                    if big {
+                        v.to_be_bytes()
+                    } else {
+                        v.to_le_bytes()
+                    }
+                })
                 .collect();
             let v = parse(p, &handmade(64, 64, &bd, big, 0.5, 1.0)).unwrap();
             assert_eq!(v.data, [0.25, 1.125, 2.0, -499.0]);
@@ -513,16 +556,25 @@ mod tests {
         // Unsupported data type: complex64.
         std::fs::write(&p, handmade(32, 64, &[0; 32], false, 1.0, 0.0)).unwrap();
         let e = read(&p).unwrap_err();
-        assert!(matches!(e, NiftiError::UnsupportedDatatype { code: 32, .. }));
+        assert!(matches!(
+            e,
+            NiftiError::UnsupportedDatatype { code: 32, .. }
+        ));
         let msg = e.to_string();
-        assert!(msg.contains("bad.nii") && msg.contains("complex64"), "{msg}");
+        assert!(
+            msg.contains("bad.nii") && msg.contains("complex64"),
+            "{msg}"
+        );
         // Truncated data.
         let (shape, spacing, data) = sample();
         let mut bytes = encode(shape, spacing, &data, WriteType::Int16);
         bytes.truncate(bytes.len() - 7);
         std::fs::write(&p, &bytes).unwrap();
         let msg = read(&p).unwrap_err().to_string();
-        assert!(msg.contains("bad.nii") && msg.contains("truncated"), "{msg}");
+        assert!(
+            msg.contains("bad.nii") && msg.contains("truncated"),
+            "{msg}"
+        );
         // Truncated gzip stream.
         let gz = dir.path().join("cut.nii.gz");
         write(&gz, shape, spacing, &data, WriteType::Float32).unwrap();

@@ -224,16 +224,8 @@ fn grow(
             dir[2] * c + side[2] * s,
         ];
         let shrink = 0.68 + 0.12 * rng.uniform();
-        grow(
-            rng,
-            out,
-            end,
-            nd,
-            len * (0.75 + 0.1 * rng.uniform()),
-            r * shrink,
-            min_r,
-            depth + 1,
-        );
+        let child_len = len * (0.75 + 0.1 * rng.uniform());
+        grow(rng, out, end, nd, child_len, r * shrink, min_r, depth + 1);
     }
 }
 
@@ -386,8 +378,8 @@ pub fn chest(cfg: &PhantomConfig) -> Volume {
                     }
                 }
                 for (c, r, nhu) in &nodules {
-                    let d = ((px_ - c[0]).powi(2) + (py_ - c[1]).powi(2) + (pz_ - c[2]).powi(2))
-                        .sqrt();
+                    let d =
+                        ((px_ - c[0]).powi(2) + (py_ - c[1]).powi(2) + (pz_ - c[2]).powi(2)).sqrt();
                     let w = smooth_step(d - r, pix);
                     if w > 0.0 {
                         v = v * (1.0 - w) + nhu * w;
@@ -430,16 +422,8 @@ pub fn chest(cfg: &PhantomConfig) -> Volume {
                 -0.8 + 1.6 * rng.uniform(),
                 -1.2 + 0.6 * k as f64,
             ];
-            grow(
-                &mut rng,
-                &mut vessels,
-                hilum,
-                dir,
-                20.0 + 8.0 * rng.uniform(),
-                4.5 + 1.5 * rng.uniform(),
-                0.6,
-                0,
-            );
+            let (len, r) = (20.0 + 8.0 * rng.uniform(), 4.5 + 1.5 * rng.uniform());
+            grow(&mut rng, &mut vessels, hilum, dir, len, r, 0.6, 0);
         }
     }
     let stamp = |hu: &mut [f32], seg: &Seg, r: f64, val: f32, only_lung: bool| {
@@ -501,9 +485,17 @@ mod tests {
         let cfg = PhantomConfig::chest(48, 6, 5);
         let a = chest(&cfg);
         assert_eq!(a, chest(&cfg));
-        assert_ne!(a.hu, chest(&PhantomConfig { seed: 6, ..cfg.clone() }).hu);
+        assert_ne!(
+            a.hu,
+            chest(&PhantomConfig {
+                seed: 6,
+                ..cfg.clone()
+            })
+            .hu
+        );
         let n = a.hu.len() as f64;
-        let frac = |lo: f32, hi: f32| a.hu.iter().filter(|&&v| v >= lo && v < hi).count() as f64 / n;
+        let frac =
+            |lo: f32, hi: f32| a.hu.iter().filter(|&&v| v >= lo && v < hi).count() as f64 / n;
         assert!(frac(-900.0, -780.0) > 0.1, "lung {}", frac(-900.0, -780.0));
         assert!(frac(300.0, 1000.0) > 0.003, "bone {}", frac(300.0, 1000.0));
         assert!(frac(-200.0, 100.0) > 0.1, "soft tissue");

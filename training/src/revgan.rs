@@ -18,7 +18,7 @@
 //! encoder its gradients. Only one block's activations are alive at a time, so activation memory
 //! does not grow with depth (seed 000, Table 2).
 
-use crate::model::{Coupling, Decoder, Encoder, RevGanConfig};
+use crate::model::{materialize, Coupling, Decoder, Encoder, RevGanConfig};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -28,7 +28,9 @@ use burn::tensor::Tensor;
 /// Errors of the reversible backward pass.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RevGanError {
-    #[error("the reversible backward pass found no gradient for {0}: the loss does not depend on it")]
+    #[error(
+        "the reversible backward pass found no gradient for {0}: the loss does not depend on it"
+    )]
     MissingGradient(&'static str),
 }
 
@@ -101,7 +103,7 @@ impl<B: Backend> RevGan<B> {
     /// A freshly initialised generator pair (N(0, 0.02) weights, zero-initialised last convs of F
     /// and G). Call `B::seed` first for reproducible weights.
     pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
-        Self {
+        let m = Self {
             enc_a: Encoder::new(cfg.ngf, device),
             dec_a: Decoder::new(cfg.ngf, device),
             enc_b: Encoder::new(cfg.ngf, device),
@@ -109,7 +111,9 @@ impl<B: Backend> RevGan<B> {
             core: (0..cfg.blocks)
                 .map(|_| RevBlock::new(cfg.ngf, device))
                 .collect(),
-        }
+        };
+        materialize(&m);
+        m
     }
 
     /// The source domain's encoder: `[N, 1, D, H, W] -> [N, 2ngf, D/2, H/2, W/2]` (D, H, W even)
@@ -166,6 +170,12 @@ impl<B: Backend> RevGan<B> {
     }
 }
 
+/// (a value, the loss gradient at it) on the inner backend.
+type InnerPair<B> = (
+    Tensor<<B as AutodiffBackend>::InnerBackend, 5>,
+    Tensor<<B as AutodiffBackend>::InnerBackend, 5>,
+);
+
 /// A core run without autodiff: the encoder output `input` (tracked), the core's output (inner
 /// backend) and the fresh leaf the decoder reads instead of it.
 pub struct CoreSegment<B: AutodiffBackend> {
@@ -201,10 +211,7 @@ pub fn merge_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     mut add: GradientsParams,
     module: &M,
 ) {
-    let mut v = MergeGrads {
-        acc,
-        add: &mut add,
-    };
+    let mut v = MergeGrads { acc, add: &mut add };
     module.visit(&mut v);
 }
 
@@ -250,7 +257,7 @@ impl<B: AutodiffBackend> RevGan<B> {
         out: Tensor<B::InnerBackend, 5>,
         grad_out: Tensor<B::InnerBackend, 5>,
         acc: &mut GradientsParams,
-    ) -> Result<(Tensor<B::InnerBackend, 5>, Tensor<B::InnerBackend, 5>), RevGanError> {
+    ) -> Result<InnerPair<B>, RevGanError> {
         let valid = block.valid();
         // Rebuild the operation's input from its output.
         let input = if inverse_op {
@@ -338,11 +345,8 @@ mod tests {
         for b in &mut m.core {
             for c in [&mut b.f.conv2, &mut b.g.conv2] {
                 let dims = c.weight.dims();
-                c.weight = Param::from_tensor(Tensor::random(
-                    dims,
-                    Distribution::Normal(0.0, 0.1),
-                    &dev,
-                ));
+                c.weight =
+                    Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), &dev));
             }
         }
         m

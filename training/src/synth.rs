@@ -36,7 +36,7 @@ use crate::phantom::{self, PhantomConfig};
 /// Linear attenuation of water (1/mm) at a typical effective CT energy (about 70 keV).
 pub const MU_WATER_PER_MM: f64 = 0.0192;
 /// Default incident photons per detector bin and view.
-pub const DEFAULT_PHOTONS: f64 = 2.0e5;
+pub const DEFAULT_PHOTONS: f64 = 3.0e4;
 /// Thick-slice factors (z, y, x).
 pub const THICK_FACTORS: [usize; 3] = [4, 2, 2];
 
@@ -437,12 +437,7 @@ pub fn simulate_volume(vol: &Volume, cfg: &SimConfig, case_seed: u64) -> Pair {
         soft.extend(b);
     }
     Pair {
-        sharp: Volume::new(
-            format!("{} sharp", vol.name),
-            vol.shape,
-            vol.spacing,
-            sharp,
-        ),
+        sharp: Volume::new(format!("{} sharp", vol.name), vol.shape, vol.spacing, sharp),
         soft: Volume::new(format!("{} soft", vol.name), vol.shape, vol.spacing, soft),
     }
 }
@@ -614,10 +609,7 @@ pub fn measure_noise(vol: &Volume, z: usize, cfg: &SimConfig, seed: u64) -> Opti
     }
     let n = roi.len() as f64;
     let stats = |img: &[f32], base: &[f32]| {
-        let d: Vec<f64> = roi
-            .iter()
-            .map(|&i| f64::from(img[i] - base[i]))
-            .collect();
+        let d: Vec<f64> = roi.iter().map(|&i| f64::from(img[i] - base[i])).collect();
         let m = d.iter().sum::<f64>() / n;
         (d.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt()
     };
@@ -723,10 +715,7 @@ fn source_volumes(o: &SynthOptions) -> Result<Vec<(String, Volume)>, SynthError>
                 })
                 .collect()
         }
-        Source::Cranium => vec![(
-            "cranium".to_string(),
-            load_volume(Path::new(CRANIUM_INV3))?,
-        )],
+        Source::Cranium => vec![("cranium".to_string(), load_volume(Path::new(CRANIUM_INV3))?)],
         Source::Path(p) if p.is_dir() => load_dicom_series(p)?
             .into_iter()
             .enumerate()
@@ -951,10 +940,13 @@ pub fn run_cli(a: SynthArgs) -> anyhow::Result<()> {
             "{:<16} {:>16} {:>12} {:>12} {:>10} {:>9}",
             c.name,
             format!("{}x{}x{}", c.shape[0], c.shape[1], c.shape[2]),
-            n.map(|n| format!("{:.1} HU", n.sharp_noise_hu)).unwrap_or_default(),
-            n.map(|n| format!("{:.1} HU", n.soft_noise_hu)).unwrap_or_default(),
+            n.map(|n| format!("{:.1} HU", n.sharp_noise_hu))
+                .unwrap_or_default(),
+            n.map(|n| format!("{:.1} HU", n.soft_noise_hu))
+                .unwrap_or_default(),
             n.map(|n| n.roi_pixels.to_string()).unwrap_or_default(),
-            n.map(|n| format!("{:.3}", n.seconds_per_slice)).unwrap_or_default(),
+            n.map(|n| format!("{:.3}", n.seconds_per_slice))
+                .unwrap_or_default(),
         );
     }
     println!("wrote {}", o.out.join("synth.toml").display());
@@ -1062,7 +1054,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.shape, [8, 4, 4]);
-        assert!(crop_to_multiple(&Volume::new("w", [3, 5, 5], [1.0; 3], vec![0.0; 75]), [4, 2, 2]).is_err());
+        assert!(crop_to_multiple(
+            &Volume::new("w", [3, 5, 5], [1.0; 3], vec![0.0; 75]),
+            [4, 2, 2]
+        )
+        .is_err());
         assert_eq!(central_slices(&v, 2).shape, [2, 4, 6]);
     }
 

@@ -27,7 +27,7 @@
 //! generator seeded by (seed, step), so a resumed paired run continues exactly; an unpaired run's
 //! image pool starts empty again after a resume).
 
-use crate::model::{check_patch, Discriminator, ModelError, RevGanConfig};
+use crate::model::{check_patch, param_shapes, Discriminator, ModelError, RevGanConfig};
 use crate::revgan::{CoreSegment, Direction, RevGan, RevGanError};
 use burn::config::Config;
 use burn::module::Module;
@@ -90,7 +90,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 /// What a model translates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskArg {
     /// Sharp to soft reconstruction kernel (same grid).
@@ -101,7 +103,9 @@ pub enum TaskArg {
 }
 
 /// Paired (pix2pix loss) or unpaired (CycleGAN loss) training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ModeArg {
     Paired,
@@ -435,10 +439,12 @@ pub struct Discriminators<B: Backend> {
 
 impl<B: Backend> Discriminators<B> {
     pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
-        Self {
+        let d = Self {
             a: Discriminator::new(cfg.disc_channels(), cfg.ndf, device),
             b: Discriminator::new(cfg.disc_channels(), cfg.ndf, device),
-        }
+        };
+        crate::model::materialize(&d);
+        d
     }
 
     /// The discriminator of `dir`'s target domain.
@@ -645,6 +651,9 @@ pub struct Trainer<B: AutodiffBackend> {
     pub step: u64,
 }
 
+/// Serialises seeding and weight initialisation (see [`Trainer::new`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn adam(cfg: &TrainConfig) -> AdamConfig {
     // PyTorch's Adam epsilon (1e-8), which the reference uses.
     AdamConfig::new()
@@ -662,9 +671,15 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         model_cfg.validate()?;
         check_patch(cfg.patch)?;
-        B::seed(&device, cfg.seed);
-        let gen = RevGan::new(&model_cfg, &device);
-        let disc = Discriminators::new(&model_cfg, &device);
+        // The backend's generator is process-wide: hold a lock from seeding to the last draw so
+        // concurrent trainers (tests) still get the weights their seed fixes.
+        let (gen, disc) = {
+            let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(&device, cfg.seed);
+            let gen = RevGan::new(&model_cfg, &device);
+            let disc = Discriminators::new(&model_cfg, &device);
+            (gen, disc)
+        };
         Ok(Self {
             opt_g: adam(&cfg).init(),
             opt_d: adam(&cfg).init(),
@@ -798,6 +813,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let state = read_state(dir)?;
         let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let (gs, ds) = (param_shapes(&self.gen), param_shapes(&self.disc));
         self.gen = self
             .gen
             .clone()
@@ -808,6 +824,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             .clone()
             .load_file(dir.join(DISC_FILE), &rec, &self.device)
             .map_err(|e| ck(e.to_string()))?;
+        if param_shapes(&self.gen) != gs || param_shapes(&self.disc) != ds {
+            return Err(ck(
+                "parameter shapes differ from this run's architecture".into()
+            ));
+        }
         let og = rec
             .load(dir.join(OPT_G_FILE), &self.device)
             .map_err(|e| ck(e.to_string()))?;
@@ -840,24 +861,27 @@ pub fn load_generators<B: Backend>(
     let ck = run.join(CHECKPOINT_DIR);
     let state = read_state(&ck)?;
     let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let gen = RevGan::<B>::new(&model_cfg, device)
+    let fresh = RevGan::<B>::new(&model_cfg, device);
+    let expected = param_shapes(&fresh);
+    let mismatch = |reason: String| TrainError::Checkpoint {
+        path: ck.clone(),
+        reason: format!(
+            "{reason}: the weights do not match the architecture in {} ({model_cfg:?})",
+            run.join(MODEL_CONFIG).display()
+        ),
+    };
+    let gen = fresh
         .load_file(ck.join(GEN_FILE), &rec, device)
-        .map_err(|e| TrainError::Checkpoint {
-            path: ck.clone(),
-            reason: format!(
-                "{e} (does it match the architecture in {}?)",
-                run.join(MODEL_CONFIG).display()
-            ),
-        })?;
+        .map_err(|e| mismatch(e.to_string()))?;
+    if param_shapes(&gen) != expected {
+        return Err(mismatch("parameter shapes differ".into()));
+    }
     Ok((model_cfg, cfg, state, gen))
 }
 
 /// Reads `run/model.json` and `run/train.json`.
 pub fn read_configs(run: &Path) -> Result<(RevGanConfig, TrainConfig), TrainError> {
-    let load_err = |p: PathBuf, e: String| TrainError::Checkpoint {
-        path: p,
-        reason: e,
-    };
+    let load_err = |p: PathBuf, e: String| TrainError::Checkpoint { path: p, reason: e };
     let mp = run.join(MODEL_CONFIG);
     let tp = run.join(TRAIN_CONFIG);
     let m = RevGanConfig::load(&mp).map_err(|e| load_err(mp.clone(), e.to_string()))?;
@@ -1190,7 +1214,9 @@ mod tests {
 
     fn patch(seed: u64) -> Vec<f32> {
         let mut r = SplitMix::new(seed);
-        (0..16 * 16 * 16).map(|_| r.unit() as f32 * 2.0 - 1.0).collect()
+        (0..16 * 16 * 16)
+            .map(|_| r.unit() as f32 * 2.0 - 1.0)
+            .collect()
     }
 
     /// The reversible and the naive training steps give the same losses and the same weights.
@@ -1202,11 +1228,28 @@ mod tests {
             for s in 0..2 {
                 let lr = r.step(patch(s), patch(s + 10)).unwrap();
                 let ln = n.step(patch(s), patch(s + 10)).unwrap();
-                assert!((lr.generator() - ln.generator()).abs() < 1e-4, "{lr:?} {ln:?}");
+                assert!(
+                    (lr.generator() - ln.generator()).abs() < 1e-4,
+                    "{lr:?} {ln:?}"
+                );
             }
             // Compare the core's weights after two optimizer steps.
-            let wr: Vec<f32> = r.gen.core[0].f.conv2.weight.val().into_data().to_vec().unwrap();
-            let wn: Vec<f32> = n.gen.core[0].f.conv2.weight.val().into_data().to_vec().unwrap();
+            let wr: Vec<f32> = r.gen.core[0]
+                .f
+                .conv2
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let wn: Vec<f32> = n.gen.core[0]
+                .f
+                .conv2
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap();
             let d = wr
                 .iter()
                 .zip(&wn)
@@ -1270,8 +1313,24 @@ mod tests {
         t.save(dir.path(), &st).unwrap();
         let mut u = tiny(ModeArg::Paired, false);
         assert_eq!(u.load(dir.path()).unwrap(), st);
-        let a: Vec<f32> = t.gen.enc_a.conv_in.weight.val().into_data().to_vec().unwrap();
-        let b: Vec<f32> = u.gen.enc_a.conv_in.weight.val().into_data().to_vec().unwrap();
+        let a: Vec<f32> = t
+            .gen
+            .enc_a
+            .conv_in
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let b: Vec<f32> = u
+            .gen
+            .enc_a
+            .conv_in
+            .weight
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(a, b);
         // Same next step from both.
         let l1 = t.step(patch(3), patch(4)).unwrap();

@@ -1,0 +1,626 @@
+//! `ct-train export`: writes a trained 3D RevGAN's A→B generator in the model contract format
+//! (`models/<name>/model.onnx` + `model.toml`, DESIGN §3) for the daemon.
+//!
+//! The ONNX graph (IR 8, opset 17, written by [`crate::onnx`]) mirrors [`RevGan::forward`]
+//! operation for operation, with the weights taken straight from the Burn modules (Burn's Conv3d
+//! and ConvTranspose3d weight layouts equal ONNX's):
+//! - odd D, H or W: `Shape` (start 2) → `Mod 2` → `Concat` into `Pad` pads → `Pad` (edge) by one
+//!   voxel at the end of each odd axis; the output is cut back with `Slice` to the input's shape;
+//! - ReplicationPad → `Pad` mode `edge`; Conv3d → `Conv` (explicit zero `pads` for the stride-2
+//!   one); InstanceNorm3d without affine → `InstanceNormalization` with scale = 1 and bias = 0
+//!   initializers and ε = 1e-5; ReLU → `Relu`; ConvTranspose3d → `ConvTranspose` (strides 2, pads
+//!   1, output_padding 1); Tanh → `Tanh`;
+//! - each coupling block → `Split` into channel halves, `Add` for `y1 = x1 + F(x2)` and
+//!   `y2 = x2 + G(y1)`, `Concat`.
+//!
+//! Input and output are float32 `[N, 1, D, H, W]` with symbolic N, D, H and W.
+//!
+//! # Tile size and valid margin
+//!
+//! `valid_margin` is the generator's convolutional receptive-field radius,
+//! [`RevGanConfig::receptive_radius`] = 7 + 8·blocks input voxels per axis. Instance normalisation
+//! is global per tile (its statistics come from the whole tile), so no margin makes tiled output
+//! *exactly* equal to a whole-volume pass; what the margin does guarantee is that no kept voxel
+//! sees the tile's padded border through the convolutions. Statistics over a tile larger than
+//! the training patch are a closer estimate of the same per-region statistics the model saw in
+//! training, so the manifest's tile (`patch`) is the training patch plus both margins, rounded up
+//! to a multiple of 16: every kept core is at least as large as a training patch.
+
+use crate::export::{INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
+use crate::model::{Coupling, Decoder, Encoder, RevGanConfig, IN_EPSILON, OUTER_KERNEL, OUTER_PAD};
+use crate::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
+use crate::revgan::{RevBlock, RevGan};
+use crate::train::{load_generators, TaskArg, TrainConfig, TrainError, TrainState};
+use burn::module::Param;
+use burn::nn::conv::{Conv3d, ConvTranspose3d};
+use burn::nn::PaddingConfig3d;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use ct_harmonizer::translate::manifest::{
+    hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
+    Tensors,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Errors exporting a trained model.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportModelError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot serialize the model manifest: {0}")]
+    Toml(#[from] toml::ser::Error),
+    #[error("the written model does not pass the daemon's own checks: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("weights of {0} cannot be read as float32")]
+    Weights(String),
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same directory, fsync and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportModelError> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|source| ExportModelError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Manifest fields that do not come from the checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportMeta {
+    pub name: String,
+    pub version: String,
+    pub task: Task,
+    /// Training patch edge (voxels).
+    pub train_patch: usize,
+    pub hu_window: [f32; 2],
+    pub accepts: Vec<String>,
+    pub produces: String,
+    pub provenance: Provenance,
+}
+
+/// The manifest tile edge: training patch + both margins, rounded up to a multiple of 16.
+pub fn tile_edge(train_patch: usize, margin: usize) -> usize {
+    (train_patch + 2 * margin).div_ceil(16) * 16
+}
+
+fn values<B: Backend, const D: usize>(
+    t: &Param<Tensor<B, D>>,
+    what: &str,
+) -> Result<(Vec<i64>, Vec<f32>), ExportModelError> {
+    let dims = t.dims().iter().map(|&d| d as i64).collect();
+    let data = t
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|_| ExportModelError::Weights(what.to_owned()))?;
+    Ok((dims, data))
+}
+
+/// Builds the generator graph node by node, naming values `v0, v1, ...`.
+struct Writer {
+    g: GraphBuilder,
+    next: usize,
+    /// Cached `InstanceNormalization` scale/bias initializers per channel count.
+    norms: std::collections::BTreeMap<usize, (String, String)>,
+    pads: std::collections::BTreeMap<usize, String>,
+}
+
+impl Writer {
+    fn fresh(&mut self, hint: &str) -> String {
+        self.next += 1;
+        format!("{hint}_{}", self.next)
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<onnx::AttributeProto>,
+    ) -> Result<String, ExportModelError> {
+        let out = self.fresh(&op.to_lowercase());
+        let name = format!("n_{out}");
+        self.g.node(&name, op, inputs, &[&out], attrs)?;
+        Ok(out)
+    }
+
+    /// `Pad` (edge) by `p` on both sides of D, H, W.
+    fn pad_edge(&mut self, x: &str, p: usize) -> Result<String, ExportModelError> {
+        let pads = match self.pads.get(&p) {
+            Some(n) => n.clone(),
+            None => {
+                let p = p as i64;
+                let n = self.g.initializer_i64(
+                    &format!("pads_edge_{p}"),
+                    &[10],
+                    &[0, 0, p, p, p, 0, 0, p, p, p],
+                )?;
+                self.pads.insert(p as usize, n.clone());
+                n
+            }
+        };
+        self.node("Pad", &[x, &pads], vec![onnx::attr_string("mode", "edge")])
+    }
+
+    fn conv<B: Backend>(
+        &mut self,
+        x: &str,
+        c: &Conv3d<B>,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let (wd, w) = values(&c.weight, prefix)?;
+        let wn = self
+            .g
+            .initializer_f32(&format!("{prefix}.weight"), &wd, &w)?;
+        let mut inputs = vec![x.to_owned(), wn];
+        if let Some(b) = &c.bias {
+            let (bd, bv) = values(b, prefix)?;
+            inputs.push(
+                self.g
+                    .initializer_f32(&format!("{prefix}.bias"), &bd, &bv)?,
+            );
+        }
+        let (pd, ph, pw) = match c.padding {
+            PaddingConfig3d::Explicit(d, h, w) => (d as i64, h as i64, w as i64),
+            PaddingConfig3d::Valid => (0, 0, 0),
+            PaddingConfig3d::Same => {
+                return Err(ExportModelError::Weights(format!(
+                    "{prefix} (\"same\" padding is not used by this model)"
+                )))
+            }
+        };
+        let k: Vec<i64> = c.kernel_size.iter().map(|&k| k as i64).collect();
+        let s: Vec<i64> = c.stride.iter().map(|&s| s as i64).collect();
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node(
+            "Conv",
+            &refs,
+            vec![
+                onnx::attr_ints("kernel_shape", &k),
+                onnx::attr_ints("strides", &s),
+                onnx::attr_ints("pads", &[pd, ph, pw, pd, ph, pw]),
+                onnx::attr_ints("dilations", &[1, 1, 1]),
+                onnx::attr_int("group", 1),
+            ],
+        )
+    }
+
+    fn conv_transpose<B: Backend>(
+        &mut self,
+        x: &str,
+        c: &ConvTranspose3d<B>,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let (wd, w) = values(&c.weight, prefix)?;
+        let wn = self
+            .g
+            .initializer_f32(&format!("{prefix}.weight"), &wd, &w)?;
+        let mut inputs = vec![x.to_owned(), wn];
+        if let Some(b) = &c.bias {
+            let (bd, bv) = values(b, prefix)?;
+            inputs.push(
+                self.g
+                    .initializer_f32(&format!("{prefix}.bias"), &bd, &bv)?,
+            );
+        }
+        let i64s = |a: [usize; 3]| a.iter().map(|&v| v as i64).collect::<Vec<i64>>();
+        let p = i64s(c.padding);
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node(
+            "ConvTranspose",
+            &refs,
+            vec![
+                onnx::attr_ints("kernel_shape", &i64s(c.kernel_size)),
+                onnx::attr_ints("strides", &i64s(c.stride)),
+                onnx::attr_ints("pads", &[p[0], p[1], p[2], p[0], p[1], p[2]]),
+                onnx::attr_ints("output_padding", &i64s(c.padding_out)),
+                onnx::attr_ints("dilations", &i64s(c.dilation)),
+                onnx::attr_int("group", c.groups as i64),
+            ],
+        )
+    }
+
+    /// `InstanceNormalization` with scale 1 and bias 0 (affine-free InstanceNorm3d).
+    fn instance_norm(&mut self, x: &str, channels: usize) -> Result<String, ExportModelError> {
+        let (s, b) = match self.norms.get(&channels) {
+            Some(v) => v.clone(),
+            None => {
+                let c = channels as i64;
+                let s = self.g.initializer_f32(
+                    &format!("in_scale_{channels}"),
+                    &[c],
+                    &vec![1.0; channels],
+                )?;
+                let b = self.g.initializer_f32(
+                    &format!("in_bias_{channels}"),
+                    &[c],
+                    &vec![0.0; channels],
+                )?;
+                self.norms.insert(channels, (s.clone(), b.clone()));
+                (s, b)
+            }
+        };
+        self.node(
+            "InstanceNormalization",
+            &[x, &s, &b],
+            vec![onnx::attr_float("epsilon", IN_EPSILON as f32)],
+        )
+    }
+
+    fn relu(&mut self, x: &str) -> Result<String, ExportModelError> {
+        self.node("Relu", &[x], vec![])
+    }
+
+    fn encoder<B: Backend>(
+        &mut self,
+        x: &str,
+        e: &Encoder<B>,
+        ngf: usize,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let x = self.pad_edge(x, OUTER_PAD)?;
+        let x = self.conv(&x, &e.conv_in, &format!("{prefix}.conv_in"))?;
+        let x = self.instance_norm(&x, ngf)?;
+        let x = self.relu(&x)?;
+        let x = self.conv(&x, &e.conv_down, &format!("{prefix}.conv_down"))?;
+        let x = self.instance_norm(&x, 2 * ngf)?;
+        self.relu(&x)
+    }
+
+    fn coupling<B: Backend>(
+        &mut self,
+        x: &str,
+        f: &Coupling<B>,
+        ngf: usize,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let x = self.instance_norm(x, ngf)?;
+        let x = self.pad_edge(&x, 1)?;
+        let x = self.conv(&x, &f.conv1, &format!("{prefix}.conv1"))?;
+        let x = self.instance_norm(&x, ngf)?;
+        let x = self.relu(&x)?;
+        let x = self.pad_edge(&x, 1)?;
+        self.conv(&x, &f.conv2, &format!("{prefix}.conv2"))
+    }
+
+    fn block<B: Backend>(
+        &mut self,
+        x: &str,
+        b: &RevBlock<B>,
+        ngf: usize,
+        split: &str,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let (x1, x2) = (self.fresh("x1"), self.fresh("x2"));
+        let name = format!("n_split_{}", self.next);
+        self.g.node(
+            &name,
+            "Split",
+            &[x, split],
+            &[&x1, &x2],
+            vec![onnx::attr_int("axis", 1)],
+        )?;
+        let fx2 = self.coupling(&x2, &b.f, ngf, &format!("{prefix}.f"))?;
+        let y1 = self.node("Add", &[&x1, &fx2], vec![])?;
+        let gy1 = self.coupling(&y1, &b.g, ngf, &format!("{prefix}.g"))?;
+        let y2 = self.node("Add", &[&x2, &gy1], vec![])?;
+        self.node("Concat", &[&y1, &y2], vec![onnx::attr_int("axis", 1)])
+    }
+
+    fn decoder<B: Backend>(
+        &mut self,
+        x: &str,
+        d: &Decoder<B>,
+        ngf: usize,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let x = self.conv_transpose(x, &d.conv_up, &format!("{prefix}.conv_up"))?;
+        let x = self.instance_norm(&x, ngf)?;
+        let x = self.relu(&x)?;
+        let x = self.pad_edge(&x, OUTER_PAD)?;
+        let x = self.conv(&x, &d.conv_out, &format!("{prefix}.conv_out"))?;
+        self.node("Tanh", &[&x], vec![])
+    }
+}
+
+/// The A→B generator of `gen` as an ONNX model (input [`INPUT`], output [`OUTPUT`]).
+pub fn generator_onnx<B: Backend>(
+    gen: &RevGan<B>,
+    cfg: &RevGanConfig,
+) -> Result<onnx::ModelProto, ExportModelError> {
+    debug_assert_eq!(OUTER_KERNEL, 2 * OUTER_PAD + 1);
+    let dims = [
+        Dim::param("batch"),
+        Dim::Fixed(1),
+        Dim::param("depth"),
+        Dim::param("height"),
+        Dim::param("width"),
+    ];
+    let mut w = Writer {
+        g: GraphBuilder::new("revgan3d_a_to_b"),
+        next: 0,
+        norms: Default::default(),
+        pads: Default::default(),
+    };
+    w.g.doc(&format!(
+        "3D RevGAN generator A->B (seed 000): ngf {}, {} reversible blocks.",
+        cfg.ngf, cfg.blocks
+    ));
+    w.g.input(INPUT, DataType::Float, &dims)?;
+
+    // Odd axes: edge-pad by one voxel at their end (pads = [0 x 7, D%2, H%2, W%2]).
+    let spatial = w.node("Shape", &[INPUT], vec![onnx::attr_int("start", 2)])?;
+    let two = w.g.initializer_i64("const_two", &[1], &[2])?;
+    let odd = w.node("Mod", &[&spatial, &two], vec![])?;
+    let zeros = w.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
+    let pads = w.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
+    let x = w.node(
+        "Pad",
+        &[INPUT, &pads],
+        vec![onnx::attr_string("mode", "edge")],
+    )?;
+
+    let ngf = cfg.ngf;
+    let mut h = w.encoder(&x, &gen.enc_a, ngf, "enc_a")?;
+    if !gen.core.is_empty() {
+        let split =
+            w.g.initializer_i64("split_halves", &[2], &[ngf as i64, ngf as i64])?;
+        for (i, b) in gen.core.iter().enumerate() {
+            h = w.block(&h, b, ngf, &split, &format!("core.{i}"))?;
+        }
+    }
+    let y = w.decoder(&h, &gen.dec_b, ngf, "dec_b")?;
+
+    // Cut back to the input's D, H, W.
+    let starts =
+        w.g.initializer_i64("const_slice_starts", &[3], &[0, 0, 0])?;
+    let axes = w.g.initializer_i64("const_slice_axes", &[3], &[2, 3, 4])?;
+    w.g.node(
+        "n_crop",
+        "Slice",
+        &[&y, &starts, &spatial, &axes],
+        &[OUTPUT],
+        vec![],
+    )?;
+    w.g.output(OUTPUT, DataType::Float, &dims);
+    Ok(onnx::model(
+        w.g.build()?,
+        "ct-train",
+        env!("CARGO_PKG_VERSION"),
+        "ct-harmonizer 3D RevGAN translator A->B (see model.toml).",
+    ))
+}
+
+/// The manifest of an exported generator.
+pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: String) -> Manifest {
+    let margin = cfg.receptive_radius();
+    let tile = tile_edge(meta.train_patch, margin);
+    let what = match meta.task {
+        Task::Kernel => "reconstruction-kernel translation (sharp to soft)",
+        Task::Superres => "super-resolution on the high-resolution grid",
+    };
+    Manifest {
+        name: meta.name.clone(),
+        version: meta.version.clone(),
+        kind: ModelKind::Trained,
+        task: meta.task,
+        description: format!(
+            "3D RevGAN (seed 000) A->B generator, ngf {}, {} reversible blocks: {what}.",
+            cfg.ngf, cfg.blocks
+        ),
+        onnx_file: ONNX_FILE.to_owned(),
+        onnx_sha256,
+        provenance: meta.provenance.clone(),
+        tensors: Tensors {
+            input: INPUT.to_owned(),
+            output: OUTPUT.to_owned(),
+            layout: "NCDHW".to_owned(),
+            dtype: "float32".to_owned(),
+            patch: [tile; 3],
+            dynamic_spatial: true,
+            scale: [1.0, 1.0, 1.0],
+            valid_margin: [margin; 3],
+        },
+        intensity: Intensity {
+            hu_window: meta.hu_window,
+            clip_input: true,
+        },
+        kernels: Kernels {
+            accepts: meta.accepts.clone(),
+            produces: meta.produces.clone(),
+        },
+        evaluation: Vec::new(),
+    }
+}
+
+fn refuse(path: &Path, reason: String) -> ExportModelError {
+    ExportModelError::Refused {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Writes `out/model.onnx` and `out/model.toml` for `gen`'s A→B generator and re-opens the directory
+/// with the daemon's reader. Refuses to replace an existing model unless `force`.
+pub fn export_generator<B: Backend>(
+    gen: &RevGan<B>,
+    cfg: &RevGanConfig,
+    meta: &ExportMeta,
+    out: &Path,
+    force: bool,
+) -> Result<ModelDir, ExportModelError> {
+    for f in [ONNX_FILE, MANIFEST_FILE] {
+        let p = out.join(f);
+        if p.exists() && !force {
+            return Err(refuse(
+                &p,
+                "a model is already there; pass --force to replace it".into(),
+            ));
+        }
+    }
+    let bytes = onnx::encode_model(&generator_onnx(gen, cfg)?);
+    let sha = hex(&Sha256::digest(&bytes));
+    let manifest = generator_manifest(cfg, meta, sha);
+    let text = manifest.to_toml()?;
+    let mp = out.join(MANIFEST_FILE);
+    Manifest::from_toml(&text, &mp)?;
+    std::fs::create_dir_all(out).map_err(|source| ExportModelError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    write_atomic(&out.join(ONNX_FILE), &bytes)?;
+    write_atomic(&mp, text.as_bytes())?;
+    Ok(ModelDir::open(out)?)
+}
+
+/// `ct-train export` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Training run directory (holding model.json, train.json and checkpoint/).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Model directory to write, e.g. models/revgan-kernel; its name is the model's name.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model version written into the manifest (semver).
+    #[arg(long, default_value = "1.0.0")]
+    pub version: String,
+    /// ConvolutionKernel values the model accepts (repeatable; none = any).
+    #[arg(long)]
+    pub accepts: Vec<String>,
+    /// ConvolutionKernel written into derived series (default: SOFT for kernel models, the
+    /// input's kernel name "SR" marker for super-resolution).
+    #[arg(long)]
+    pub produces: Option<String>,
+    /// Export even if the checkpoint has 0 training steps.
+    #[arg(long)]
+    pub allow_untrained: bool,
+    /// Replace an existing model in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Provenance text of a training run.
+pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -> Provenance {
+    Provenance {
+        program: format!("ct-train {}", env!("CARGO_PKG_VERSION")),
+        data: format!(
+            "{}; {:?} training, {} reversible blocks{}, ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, \
+             Adam lr {} betas ({}, {}), lambda_l1 {}, lambda_cycle {}",
+            if cfg.data.is_empty() { "(data not recorded)" } else { &cfg.data },
+            cfg.mode,
+            model.blocks,
+            if cfg.naive { " (naive autodiff)" } else { "" },
+            model.ngf,
+            model.ndf,
+            cfg.patch,
+            state.step,
+            state.seconds,
+            state.device,
+            cfg.lr,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.lambda_l1,
+            cfg.lambda_cycle,
+        ),
+        steps: state.step,
+        seed: cfg.seed,
+    }
+}
+
+/// Runs `ct-train export`.
+pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
+    let device = Default::default();
+    let (model_cfg, cfg, state, gen) =
+        load_generators::<crate::train::CpuBackend>(&args.checkpoint, &device)?;
+    if state.step == 0 && !args.allow_untrained {
+        return Err(refuse(
+            &args.checkpoint,
+            "the checkpoint has 0 training steps; pass --allow-untrained to export it anyway"
+                .into(),
+        ));
+    }
+    let name = args
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| refuse(&args.out, "the output directory needs a name".into()))?;
+    let task = match cfg.task {
+        TaskArg::Kernel => Task::Kernel,
+        TaskArg::Superres => Task::Superres,
+    };
+    let produces = args.produces.clone().unwrap_or_else(|| {
+        match task {
+            Task::Kernel => "SOFT",
+            Task::Superres => "SR",
+        }
+        .to_owned()
+    });
+    let meta = ExportMeta {
+        name,
+        version: args.version.clone(),
+        task,
+        train_patch: cfg.patch,
+        hu_window: cfg.hu_window,
+        accepts: args.accepts.clone(),
+        produces,
+        provenance: provenance(&cfg, &model_cfg, &state),
+    };
+    export_generator(&gen, &model_cfg, &meta, &args.out, args.force)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn graph_has_the_expected_operators() {
+        let cfg = RevGanConfig::new().with_ngf(2).with_blocks(1);
+        let gen = RevGan::<Flex>::new(&cfg, &Default::default());
+        let m = generator_onnx(&gen, &cfg).unwrap();
+        let g = m.graph.unwrap();
+        let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+        assert_eq!(count("Split"), 1);
+        assert_eq!(count("Add"), 2);
+        assert_eq!(count("ConvTranspose"), 1);
+        assert_eq!(count("Conv"), 2 + 4 + 1);
+        assert_eq!(count("InstanceNormalization"), 2 + 4 + 1);
+        assert_eq!(count("Tanh"), 1);
+        assert_eq!(g.node.last().unwrap().op_type, "Slice");
+    }
+
+    #[test]
+    fn tile_holds_a_training_patch_inside_the_margins() {
+        assert_eq!(tile_edge(32, 23), 80);
+        assert_eq!(tile_edge(16, 15), 48);
+        let t = tile_edge(64, 39);
+        assert!(t - 2 * 39 >= 64 && t.is_multiple_of(16));
+    }
+}

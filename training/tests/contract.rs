@@ -1,0 +1,207 @@
+//! Model contract (DESIGN §3): an exported RevGAN generator run through ONNX Runtime by the daemon's
+//! own inference code (`Translator`) matches Burn's forward pass within 1e-4 (model units), and
+//! `ct-train export` refuses untrained checkpoints and existing models unless told otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use burn::backend::{Autodiff, Flex};
+use burn::config::Config;
+use burn::module::Param;
+use burn::tensor::{Distribution, Tensor, TensorData};
+use ct_harmonizer::config::Settings;
+use ct_harmonizer::translate::manifest::{Provenance, Task};
+use ct_harmonizer::translate::{ModelDir, Translator};
+use ct_harmonizer::volume::slab::Slab;
+use ct_training::export_model::{self, ExportArgs, ExportMeta};
+use ct_training::model::RevGanConfig;
+use ct_training::revgan::{Direction, RevGan};
+use ct_training::train::{
+    ModeArg, SplitMix, TaskArg, TrainConfig, TrainState, Trainer, CHECKPOINT_DIR, MODEL_CONFIG,
+    TRAIN_CONFIG,
+};
+use std::path::{Path, PathBuf};
+
+/// Tolerance of the contract, in model units ([-1, 1]).
+const TOL: f32 = 1e-4;
+
+fn settings() -> Settings {
+    let mut s = Settings::load_with_env(None, Vec::new()).unwrap();
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() && s.runtime.onnxruntime_library.is_empty() {
+        // Tests run in training/; the provisioned library sits in the workspace root.
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(ct_harmonizer::translate::runtime::PROVISIONED_RELATIVE);
+        if lib.is_file() {
+            s.runtime.onnxruntime_library = lib.display().to_string();
+        }
+    }
+    s
+}
+
+/// A tiny generator whose zero-initialised core convolutions are randomised, so the coupling
+/// blocks are exercised too.
+fn tiny_model(blocks: usize) -> (RevGanConfig, RevGan<Flex>) {
+    let dev = Default::default();
+    let cfg = RevGanConfig::new()
+        .with_ngf(4)
+        .with_ndf(2)
+        .with_blocks(blocks);
+    <Flex as burn::tensor::backend::Backend>::seed(&dev, 11);
+    let mut m = RevGan::<Flex>::new(&cfg, &dev);
+    for b in &mut m.core {
+        for c in [&mut b.f.conv2, &mut b.g.conv2] {
+            let dims = c.weight.dims();
+            c.weight =
+                Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.2), &dev));
+            let [n] = c.bias.as_ref().unwrap().dims();
+            c.bias = Some(Param::from_tensor(Tensor::random(
+                [n],
+                Distribution::Normal(0.0, 0.2),
+                &dev,
+            )));
+        }
+    }
+    (cfg, m)
+}
+
+fn meta(name: &str) -> ExportMeta {
+    ExportMeta {
+        name: name.into(),
+        version: "0.0.1".into(),
+        task: Task::Kernel,
+        train_patch: 16,
+        hu_window: [-1150.0, 350.0],
+        accepts: Vec::new(),
+        produces: "SOFT".into(),
+        provenance: Provenance {
+            program: "test".into(),
+            data: "random weights".into(),
+            steps: 0,
+            seed: 11,
+        },
+    }
+}
+
+/// Runs `[d, h, w]` random HU through the Translator and through Burn; returns max |diff| in model
+/// units.
+fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) -> f32 {
+    let [d, h, w] = dims;
+    let m = &model.manifest;
+    let mut rng = SplitMix::new(seed);
+    let hu: Vec<f32> = (0..d * h * w)
+        .map(|_| -1150.0 + 1500.0 * rng.unit() as f32)
+        .collect();
+    let units: Vec<f32> = hu.iter().map(|&v| m.hu_to_unit(v)).collect();
+
+    let mut t = Translator::open(model.clone(), &settings()).unwrap();
+    let zt = t.plan(0, d).unwrap();
+    assert_eq!(zt.len(), 1, "the test volume must fit one tile");
+    let slab = Slab {
+        z0: 0,
+        depth: d,
+        rows: h,
+        columns: w,
+        hu,
+    };
+    let out = t.translate(&slab, zt[0]).unwrap();
+    assert_eq!((out.depth, out.rows, out.columns), (d, h, w));
+
+    let x =
+        Tensor::<Flex, 5>::from_data(TensorData::new(units, [1, 1, d, h, w]), &Default::default());
+    let y: Vec<f32> = gen
+        .forward(Direction::AtoB, x)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    out.hu
+        .iter()
+        .zip(&y)
+        .map(|(&o, &b)| {
+            // Back to model units exactly as the daemon maps them.
+            let ou = (o - m.intensity.hu_window[0])
+                / (m.intensity.hu_window[1] - m.intensity.hu_window[0])
+                * 2.0
+                - 1.0;
+            (ou - b).abs()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn onnx_runtime_matches_burn_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    for blocks in [0, 2] {
+        let (cfg, gen) = tiny_model(blocks);
+        let out = dir.path().join(format!("revgan-{blocks}"));
+        let md = export_model::export_generator(&gen, &cfg, &meta("tiny"), &out, false).unwrap();
+        assert_eq!(
+            md.manifest.tensors.valid_margin,
+            [cfg.receptive_radius(); 3]
+        );
+        assert!(md.manifest.intensity.clip_input);
+        // Even and odd sizes (odd axes are padded and cropped inside the graph).
+        for (i, dims) in [[8, 8, 8], [9, 12, 7]].into_iter().enumerate() {
+            let diff = compare(&md, &gen, dims, 100 + i as u64);
+            eprintln!("blocks {blocks}, {dims:?}: max |onnx - burn| = {diff:e}");
+            assert!(
+                diff <= TOL,
+                "blocks {blocks}, {dims:?}: max |onnx - burn| = {diff}"
+            );
+        }
+    }
+}
+
+fn write_run(run: &Path, steps: u64) -> PathBuf {
+    let m = RevGanConfig::new().with_ngf(2).with_ndf(2).with_blocks(1);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired).with_patch(16);
+    std::fs::create_dir_all(run).unwrap();
+    m.save(run.join(MODEL_CONFIG)).unwrap();
+    t.save(run.join(TRAIN_CONFIG)).unwrap();
+    let tr = Trainer::<Autodiff<Flex>>::new(m, t, Default::default()).unwrap();
+    let st = TrainState {
+        step: steps,
+        seconds: 1.0,
+        device: "cpu".into(),
+    };
+    tr.save(&run.join(CHECKPOINT_DIR), &st).unwrap();
+    run.to_owned()
+}
+
+#[test]
+fn export_refuses_untrained_and_existing_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = write_run(&dir.path().join("run"), 0);
+    let out = dir.path().join("models").join("tiny-kernel");
+    let mut args = ExportArgs {
+        checkpoint: run,
+        out: out.clone(),
+        version: "1.0.0".into(),
+        accepts: vec!["B70f".into()],
+        produces: None,
+        allow_untrained: false,
+        force: false,
+    };
+    let e = export_model::run(&args).unwrap_err().to_string();
+    assert!(
+        e.contains("0 training steps") && e.contains("--allow-untrained"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    args.allow_untrained = true;
+    let md = export_model::run(&args).unwrap();
+    assert_eq!(md.manifest.name, "tiny-kernel");
+    assert_eq!(md.manifest.kernels.produces, "SOFT");
+    assert_eq!(md.manifest.kernels.accepts, ["B70f"]);
+    assert_eq!(md.manifest.provenance.steps, 0);
+    let e = export_model::run(&args).unwrap_err().to_string();
+    assert!(e.contains("--force"), "{e}");
+    args.force = true;
+    export_model::run(&args).unwrap();
+    // A checkpoint of another architecture is a clear error.
+    RevGanConfig::new()
+        .with_ngf(4)
+        .with_blocks(1)
+        .save(args.checkpoint.join(MODEL_CONFIG))
+        .unwrap();
+    let e = export_model::run(&args).unwrap_err().to_string();
+    assert!(e.contains("architecture"), "{e}");
+}
