@@ -263,9 +263,11 @@ class Bench:
         line = lambda r: "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(r, widths))).rstrip()
         cpus = len(os.sched_getaffinity(0))
+        git = subprocess.run(["git", "describe", "--always", "--dirty=+uncommitted"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip() or "unknown"
         out = [
             f"ct-harmonizer benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}: "
-            f"{cpus} CPUs, {os.cpu_count()} online; model {manifest['name']} {manifest['version']} "
+            f"{cpus} CPUs, {os.cpu_count()} online; tree {git}; model {manifest['name']} {manifest['version']} "
             f"(patch {manifest['tensors']['patch']}, valid_margin {manifest['tensors']['valid_margin']}), "
             f"device {t[0]['device']}; 512x512 synthetic phantom series; warm page cache",
             "",

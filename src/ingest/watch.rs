@@ -66,6 +66,19 @@ pub fn quarantine_file(quarantine: &Path, file: &Path, reason: &str) -> std::io:
 }
 
 impl Watch {
+    /// Counts a rejected file and moves it into quarantine with its reason.
+    fn reject(&self, path: &Path, reason: &str) {
+        self.metrics.instances_rejected.inc();
+        match quarantine_file(&self.quarantine, path, reason) {
+            Ok(q) => {
+                tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason)
+            }
+            Err(qe) => {
+                tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
+            }
+        }
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<PathBuf>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -138,15 +151,7 @@ impl Watch {
         let (h, calling) = match header {
             Ok(x) => x,
             Err(e) => {
-                self.metrics.instances_rejected.inc();
-                match quarantine_file(&self.quarantine, path, &e.to_string()) {
-                    Ok(q) => {
-                        tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e)
-                    }
-                    Err(qe) => {
-                        tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
-                    }
-                }
+                self.reject(path, &e.to_string());
                 return;
             }
         };
@@ -177,15 +182,7 @@ impl Watch {
                 tracing::error!(event = "disk_watermark", path = %path.display(), reason = %e);
             }
             Err(e) => {
-                self.metrics.instances_rejected.inc();
-                match quarantine_file(&self.quarantine, path, &e.to_string()) {
-                    Ok(q) => {
-                        tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason = %e)
-                    }
-                    Err(qe) => {
-                        tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
-                    }
-                }
+                self.reject(path, &e.to_string());
             }
         }
     }

@@ -341,12 +341,9 @@ fn baseline_manifest(
     }
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let io = |source| ExportError::Io {
-        path: path.to_owned(),
-        source,
-    };
+/// Writes `bytes` to `path` via a temporary file in the same directory, fsync and a rename (shared
+/// by every exporter of this crate).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -362,7 +359,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
         // Best effort: do not leave a half-written temporary behind.
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result
 }
 
 /// Writes `out/model.onnx` and `out/model.toml` for the Gaussian baseline, then re-opens the
@@ -393,8 +390,15 @@ pub fn export_baseline(out: &Path, sigma: Option<f64>) -> Result<BaselineExport,
         path: out.to_owned(),
         source,
     })?;
-    write_atomic(&out.join(ONNX_FILE), &bytes)?;
-    write_atomic(&manifest_path, toml_text.as_bytes())?;
+    let onnx_path = out.join(ONNX_FILE);
+    write_atomic(&onnx_path, &bytes).map_err(|source| ExportError::Io {
+        path: onnx_path.clone(),
+        source,
+    })?;
+    write_atomic(&manifest_path, toml_text.as_bytes()).map_err(|source| ExportError::Io {
+        path: manifest_path.clone(),
+        source,
+    })?;
     ModelDir::open(out)?;
 
     Ok(BaselineExport {

@@ -65,24 +65,9 @@ pub enum ExportModelError {
     Weights(String),
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same directory, fsync and a rename.
+/// Writes `bytes` to `path` atomically (see [`crate::export::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportModelError> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|source| ExportModelError::Io {
+    crate::export::write_atomic(path, bytes).map_err(|source| ExportModelError::Io {
         path: path.to_owned(),
         source,
     })
