@@ -27,7 +27,8 @@ ORT_LIB=$ORT_DIR/onnxruntime/capi/libonnxruntime.so.1.31.1
 if [[ ! -f $ORT_LIB ]]; then
   echo "setup: installing ONNX Runtime 1.31.1 (PyPI wheel, library only) into $ORT_DIR" >&2
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    python3 -m pip install -q --no-deps --target "$ORT_DIR" "onnxruntime-gpu==1.31.1"
+    # GPU machines: the CUDA build with its CUDA 13 and cuDNN runtime wheels (1.27+ are CUDA 13).
+    python3 -m pip install -q --target "$ORT_DIR" "onnxruntime-gpu[cuda,cudnn]==1.31.1"
   else
     python3 -m pip install -q --no-deps --target "$ORT_DIR" "onnxruntime==1.31.1"
   fi
