@@ -97,6 +97,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     let (ready_tx, ready_rx) = mpsc::channel(16);
     let (wake_tx, wake_rx) = mpsc::channel(16);
     let busy = Arc::new(AtomicBool::new(false));
+    let recent = Arc::new(crate::series::Recent::default());
 
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
     check_config(&settings)?;
@@ -124,6 +125,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     tasks.push(tokio::spawn(
         Tracker {
             spool: spool.clone(),
+            recent: recent.clone(),
             quiet: Duration::from_secs(settings.series.quiet_seconds),
             rx: arrival_rx,
             tx: ready_tx,
@@ -167,6 +169,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         Scp {
             settings: settings_rx.clone(),
             spool: spool.clone(),
+            recent: recent.clone(),
             tx: arrival_tx.clone(),
             metrics: metrics.clone(),
             beat: beats.register("scp"),

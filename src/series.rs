@@ -52,6 +52,7 @@ pub struct ReadySeries {
 }
 
 struct Pending {
+    sops: std::collections::HashSet<String>,
     calling_ae: String,
     called_ae: String,
     instances: usize,
@@ -64,6 +65,7 @@ struct Pending {
 /// (or as soon as the expected number of instances is in). Time comes from `tokio::time`.
 pub struct Tracker {
     pub spool: crate::spool::Spool,
+    pub recent: std::sync::Arc<Recent>,
     pub quiet: std::time::Duration,
     pub rx: tokio::sync::mpsc::Receiver<crate::ingest::scp::Arrival>,
     pub tx: tokio::sync::mpsc::Sender<ReadySeries>,
@@ -71,10 +73,58 @@ pub struct Tracker {
     pub beat: crate::metrics::Beat,
 }
 
+/// How many completed series are remembered to recognise retransmissions.
+const DONE_MEMORY: usize = 10_000;
+
+/// The instances of recently completed series, shared by the series stage (which fills it) and
+/// the receivers (which consult it): a modality re-sending an instance of a series that was
+/// already processed is a retransmission, not a late instance.
+#[derive(Default)]
+pub struct Recent {
+    inner: std::sync::Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    series: std::collections::HashMap<(String, String), std::collections::HashSet<String>>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl Recent {
+    /// Records the instances of a completed series (the most recent DONE_MEMORY series are kept).
+    pub fn insert(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        sops: std::collections::HashSet<String>,
+    ) {
+        if let Ok(mut g) = self.inner.lock() {
+            let key = (study_uid.to_string(), series_uid.to_string());
+            if g.series.insert(key.clone(), sops).is_none() {
+                g.order.push_back(key);
+                if g.order.len() > DONE_MEMORY {
+                    if let Some(old) = g.order.pop_front() {
+                        g.series.remove(&old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when the instance belongs to a series already completed.
+    pub fn contains(&self, study_uid: &str, series_uid: &str, sop_instance_uid: &str) -> bool {
+        self.inner.lock().is_ok_and(|g| {
+            g.series
+                .get(&(study_uid.to_string(), series_uid.to_string()))
+                .is_some_and(|s| s.contains(sop_instance_uid))
+        })
+    }
+}
+
 impl Tracker {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut pending: BTreeMap<(String, String), Pending> = BTreeMap::new();
-        // Completed series and how many versions were emitted (late instances make a new version).
+        // Versions emitted per completed series (late instances make a new version).
         let mut versions: std::collections::HashMap<(String, String), u32> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
@@ -83,8 +133,17 @@ impl Tracker {
                 a = self.rx.recv() => {
                     let Some(a) = a else { return };
                     let key = (a.study_uid.clone(), a.series_uid.clone());
+                    if !pending.contains_key(&key)
+                        && self.recent.contains(&a.study_uid, &a.series_uid, &a.sop_instance_uid)
+                    {
+                        // Stored again over its identical copy while the series is still being
+                        // processed or delivered: nothing more to do.
+                        tracing::info!(event = "retransmission", series_uid = %a.series_uid, sop_instance_uid = %a.sop_instance_uid, "instance of a processed series received again; not reprocessed");
+                        continue;
+                    }
                     let version = versions.get(&key).map_or(1, |v| v + 1);
                     let p = pending.entry(key).or_insert_with(|| Pending {
+                        sops: Default::default(),
                         calling_ae: a.calling_ae.clone(),
                         called_ae: a.called_ae.clone(),
                         instances: 0,
@@ -93,6 +152,9 @@ impl Tracker {
                         version,
                     });
                     p.instances += 1;
+                    if !a.sop_instance_uid.is_empty() {
+                        p.sops.insert(a.sop_instance_uid.clone());
+                    }
                     p.last = tokio::time::Instant::now();
                     p.expected = a.expected.or(p.expected);
                 }
@@ -111,6 +173,7 @@ impl Tracker {
                         crate::events::series_complete(&key.1, p.instances, why);
                         self.metrics.series_completed.inc();
                         versions.insert(key.clone(), p.version);
+                        self.recent.insert(&key.0, &key.1, p.sops);
                         let ready = ReadySeries {
                             study_uid: key.0,
                             series_uid: key.1,

@@ -1285,3 +1285,69 @@ fn check_config_reports_errors() {
         out_text(&o)
     );
 }
+
+/// A modality re-sends a series that was already processed and delivered (a retransmission): it is
+/// acknowledged again but not reprocessed, and nothing of it stays in the spool; a genuinely new
+/// instance of that series makes a new version of the derived series.
+#[test]
+fn retransmission_is_not_reprocessed_but_a_late_instance_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storescp_out = tmp.path().join("storescp");
+    let dest_port = free_port();
+    let _dest = start_storescp(
+        "DEST",
+        dest_port,
+        &storescp_out,
+        &tmp.path().join("storescp.log"),
+    );
+    let s = spec("daemon-retransmit", 24, 5);
+    let input = tmp.path().join("in");
+    write(&s, &input);
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[],
+        &(scp_dest("dest", "DEST", dest_port) + &rule("default", "harmonize", false, &["dest"])),
+    );
+    d.start();
+    let o = storescu("MODALITY", AE, d.port, &[&input]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        wait_until(secs(30), POLL, || count_files(&storescp_out) == 5
+            && d.idle()),
+        "{}",
+        d.context()
+    );
+    // The same five instances again.
+    let o = storescu("MODALITY", AE, d.port, &[&input]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        wait_until(secs(10), POLL, || d
+            .logs()
+            .matches("retransmission")
+            .count()
+            >= 5),
+        "{}",
+        d.context()
+    );
+    std::thread::sleep(secs(3));
+    assert_eq!(d.metric("series_completed"), 1.0, "{}", d.context());
+    assert_eq!(count_files(&storescp_out), 5);
+    assert!(files(&d.state.join("spool"))
+        .iter()
+        .all(|p| p.starts_with(d.state.join("spool/.tmp"))));
+    // A sixth slice that was never sent before: a late instance, so a new version (new UIDs).
+    let late = tmp.path().join("late");
+    std::fs::create_dir_all(&late).unwrap();
+    let mut more = s.clone();
+    more.slices = 6;
+    let z = 5;
+    write_part10(more.dataset(z, &vec![0.0; 24 * 24]), &late.join("late.dcm")).unwrap();
+    let o = storescu("MODALITY", AE, d.port, &[&late]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        wait_until(secs(20), POLL, || d.metric("series_completed") == 2.0
+            && d.idle()),
+        "{}",
+        d.context()
+    );
+}

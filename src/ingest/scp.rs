@@ -92,6 +92,8 @@ impl AccessControl for Gate {
 pub struct Scp {
     pub settings: watch::Receiver<Arc<Settings>>,
     pub spool: Spool,
+    /// Instances of recently completed series (retransmissions are recognised).
+    pub recent: Arc<crate::series::Recent>,
     pub tx: mpsc::Sender<Arrival>,
     pub metrics: Arc<Metrics>,
     pub beat: Beat,
@@ -381,6 +383,18 @@ impl Scp {
             sop_class_uid: cmd.sop_class.clone(),
             transfer_syntax: ts_uid,
         };
+        if self
+            .recent
+            .contains(&key.study_uid, &key.series_uid, &key.sop_instance_uid)
+            && self
+                .spool
+                .series_dir(&key.study_uid, &key.series_uid)
+                .is_ok_and(|d| !d.exists())
+        {
+            // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
+            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %key.series_uid, sop_instance_uid = %key.sop_instance_uid, "instance of a delivered series received again; acknowledged, not reprocessed");
+            return (dimse::SUCCESS, String::new());
+        }
         let spool = self.spool.clone();
         let calling_owned = calling.to_string();
         let key2 = key.clone();
