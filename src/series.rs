@@ -86,21 +86,24 @@ pub struct Recent {
 
 #[derive(Default)]
 struct RecentInner {
-    series: std::collections::HashMap<(String, String), std::collections::HashSet<String>>,
+    /// (versions emitted, instances of the last version) per completed series.
+    series: std::collections::HashMap<(String, String), (u32, std::collections::HashSet<String>)>,
     order: std::collections::VecDeque<(String, String)>,
 }
 
 impl Recent {
-    /// Records the instances of a completed series (the most recent DONE_MEMORY series are kept).
+    /// Records version `version` of a completed series and its instances (the most recent
+    /// DONE_MEMORY series are kept).
     pub fn insert(
         &self,
         study_uid: &str,
         series_uid: &str,
+        version: u32,
         sops: std::collections::HashSet<String>,
     ) {
         if let Ok(mut g) = self.inner.lock() {
             let key = (study_uid.to_string(), series_uid.to_string());
-            if g.series.insert(key.clone(), sops).is_none() {
+            if g.series.insert(key.clone(), (version, sops)).is_none() {
                 g.order.push_back(key);
                 if g.order.len() > DONE_MEMORY {
                     if let Some(old) = g.order.pop_front() {
@@ -116,16 +119,27 @@ impl Recent {
         self.inner.lock().is_ok_and(|g| {
             g.series
                 .get(&(study_uid.to_string(), series_uid.to_string()))
-                .is_some_and(|s| s.contains(sop_instance_uid))
+                .is_some_and(|(_, s)| s.contains(sop_instance_uid))
         })
+    }
+
+    /// The version the next completion of this series gets (1 for a series not seen before).
+    pub fn next_version(&self, study_uid: &str, series_uid: &str) -> u32 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|g| {
+                g.series
+                    .get(&(study_uid.to_string(), series_uid.to_string()))
+                    .map(|(v, _)| v + 1)
+            })
+            .unwrap_or(1)
     }
 }
 
 impl Tracker {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut pending: BTreeMap<(String, String), Pending> = BTreeMap::new();
-        // Versions emitted per completed series (late instances make a new version).
-        let mut versions: std::collections::HashMap<(String, String), u32> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
         loop {
             tokio::select! {
@@ -141,7 +155,7 @@ impl Tracker {
                         tracing::info!(event = "retransmission", series_uid = %a.series_uid, sop_instance_uid = %a.sop_instance_uid, "instance of a processed series received again; not reprocessed");
                         continue;
                     }
-                    let version = versions.get(&key).map_or(1, |v| v + 1);
+                    let version = self.recent.next_version(&a.study_uid, &a.series_uid);
                     let p = pending.entry(key).or_insert_with(|| Pending {
                         sops: Default::default(),
                         calling_ae: a.calling_ae.clone(),
@@ -172,8 +186,7 @@ impl Tracker {
                         let Ok(dir) = self.spool.series_dir(&key.0, &key.1) else { continue };
                         crate::events::series_complete(&key.1, p.instances, why);
                         self.metrics.series_completed.inc();
-                        versions.insert(key.clone(), p.version);
-                        self.recent.insert(&key.0, &key.1, p.sops);
+                        self.recent.insert(&key.0, &key.1, p.version, p.sops);
                         let ready = ReadySeries {
                             study_uid: key.0,
                             series_uid: key.1,
@@ -192,5 +205,31 @@ impl Tracker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_series_remember_versions_and_instances() {
+        let r = Recent::default();
+        assert_eq!(r.next_version("1.2", "1.2.3"), 1);
+        r.insert(
+            "1.2",
+            "1.2.3",
+            1,
+            ["1.2.3.1".to_string()].into_iter().collect(),
+        );
+        assert!(r.contains("1.2", "1.2.3", "1.2.3.1"));
+        assert!(!r.contains("1.2", "1.2.3", "1.2.3.2"));
+        assert_eq!(r.next_version("1.2", "1.2.3"), 2);
+        for i in 0..DONE_MEMORY {
+            r.insert("9", &format!("9.{i}"), 1, Default::default());
+        }
+        // The oldest series was forgotten: memory stays bounded.
+        assert!(!r.contains("1.2", "1.2.3", "1.2.3.1"));
+        assert_eq!(r.next_version("1.2", "1.2.3"), 1);
     }
 }
