@@ -7,18 +7,27 @@
 //! to the next over a bounded channel (see `../shared/DESIGN.md` §2).
 //!
 //! ```text
-//! ingest      files and folders (ingest::files)        -> SliceHeader (one per instance)
-//!   -> series     group by (StudyUID, SeriesUID)       -> Series
+//! ingest      C-STORE SCP (ingest::scp), watched folder (ingest::watch),
+//!             files and folders for `process` (ingest::files)            -> Arrival / SliceHeader
+//!   -> spool      durable instance store, fsync before the C-STORE success (spool)
+//!   -> series     group by (StudyUID, SeriesUID); complete on quiet time (series) -> ReadySeries
+//!   -> route      rules on tags and AE titles -> a plan (route)
 //!   -> volume     sort along the slice normal, check geometry (volume::geometry),
-//!                 decode to HU slab by slab (volume::slab, volume::decode) -> Slab
+//!                 decode to HU slab by slab (volume::slab, volume::decode)  -> Slab
 //!   -> translate  ONNX Runtime session, tiles with valid-core stitching (translate) -> OutSlab
 //!   -> derive     derived DICOM instances, deterministic UIDs, atomic publish (derive)
+//!   -> outbox     one durable job per (series, destination) (forward::outbox)  -> Job
+//!   -> forward    C-STORE SCU or folder, back-off, dead letter (forward::scu, forward::worker)
+//!   -> done       spool cleaned once every destination acknowledged
 //! ```
 //!
-//! `process` drives these stages for the one-shot command; `config` holds the settings, `events` the
-//! named log events, `preview` the input/output/difference PNG, and `samples` the sample series
-//! (the real head CT of Debian's `invesalius-examples`, synthetic phantoms) used by the demo and tests.
-//! The daemon's stages (C-STORE SCP, spool, routing, outbox and forwarding) come next.
+//! `process` drives volume → translate → derive for the one-shot command; `pipeline` drives route →
+//! derive → outbox for the daemon on its own thread (it owns the ONNX sessions); `daemon` wires the
+//! stages, recovers unfinished work at start-up and handles signals. Around them: `config` (settings),
+//! `events` (named log events), `metrics` (Prometheus counters and stage heartbeats), `http`
+//! (`/healthz`, `/metrics`), `systemd` (notify and watchdog), `preview` (input/output/difference PNG)
+//! and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
+//! demo, tests and benchmarks).
 
 pub mod config;
 pub mod daemon;
