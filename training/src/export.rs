@@ -183,13 +183,7 @@ pub fn baseline_model(sigma: f64, radius: usize) -> Result<onnx::ModelProto, Exp
         .collect();
     let k = taps.len() as i64;
     let r = radius as i64;
-    let dims = [
-        Dim::param("batch"),
-        Dim::Fixed(1),
-        Dim::param("depth"),
-        Dim::param("height"),
-        Dim::param("width"),
-    ];
+    let dims = Dim::ncdhw_dynamic();
     let mut g = GraphBuilder::new("gaussian_inplane_lowpass");
     g.doc(&format!(
         "In-plane Gaussian low-pass, sigma {sigma:.6} px, radius {radius}, edge padding; no z blur."

@@ -338,13 +338,7 @@ pub fn generator_onnx<B: Backend>(
     cfg: &RevGanConfig,
 ) -> Result<onnx::ModelProto, ExportModelError> {
     debug_assert_eq!(OUTER_KERNEL, 2 * OUTER_PAD + 1);
-    let dims = [
-        Dim::param("batch"),
-        Dim::Fixed(1),
-        Dim::param("depth"),
-        Dim::param("height"),
-        Dim::param("width"),
-    ];
+    let dims = Dim::ncdhw_dynamic();
     let mut w = Writer {
         g: GraphBuilder::new("revgan3d_a_to_b"),
         next: 0,

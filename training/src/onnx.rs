@@ -319,6 +319,17 @@ pub enum Dim {
 }
 
 impl Dim {
+    /// The contract's image tensor shape: NCDHW with one channel and dynamic batch and spatial axes.
+    pub fn ncdhw_dynamic() -> [Dim; 5] {
+        [
+            Dim::param("batch"),
+            Dim::Fixed(1),
+            Dim::param("depth"),
+            Dim::param("height"),
+            Dim::param("width"),
+        ]
+    }
+
     /// A dynamic axis named `name`.
     pub fn param(name: &str) -> Self {
         Dim::Param(name.to_owned())

@@ -292,29 +292,27 @@ pub fn load_pairs(dir: &Path, hu_window: [f32; 2]) -> Result<Vec<PairedVolume>, 
         .collect()
 }
 
-/// SplitMix64: a small, fully specified generator, so runs reproduce across crate versions.
+/// SplitMix64 (the library's [`ct_harmonizer::samples::Rng`]): a small, fully specified generator,
+/// so runs reproduce across crate versions.
 #[derive(Debug, Clone)]
-pub struct SplitMix(u64);
+pub struct SplitMix(ct_harmonizer::samples::Rng);
 
 impl SplitMix {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(ct_harmonizer::samples::Rng::new(seed))
     }
 
     /// The generator for `step` of a run seeded with `seed`.
     pub fn for_step(seed: u64, step: u64) -> Self {
-        let mut s = Self(seed ^ 0xD1B5_4A32_D192_ED03);
-        s.0 = s.0.wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let state =
+            (seed ^ 0xD1B5_4A32_D192_ED03).wrapping_add(step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut s = Self::new(state);
         s.next_u64();
         s
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).
@@ -324,7 +322,7 @@ impl SplitMix {
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
 }
 
