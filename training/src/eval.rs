@@ -71,13 +71,7 @@ pub struct Case {
 }
 
 fn find_member(dir: &Path, what: &str) -> Option<PathBuf> {
-    [
-        dir.join(what),
-        dir.join(format!("{what}.nii.gz")),
-        dir.join(format!("{what}.nii")),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
+    crate::train::find_member(dir, &[what])
 }
 
 /// Loads every case folder under `dir` (sorted by name); a folder without `soft` is skipped.

@@ -79,8 +79,10 @@ pub struct ExportMeta {
     pub name: String,
     pub version: String,
     pub task: Task,
-    /// Training patch edge (voxels).
+    /// Training patch edge (voxels, high-resolution grid).
     pub train_patch: usize,
+    /// Output grid / input grid per axis (z, y, x); `[1, 1, 1]` for kernel models.
+    pub scale: [usize; 3],
     pub hu_window: [f32; 2],
     pub accepts: Vec<String>,
     pub produces: String,
@@ -332,10 +334,15 @@ impl Writer {
     }
 }
 
-/// The A→B generator of `gen` as an ONNX model (input [`INPUT`], output [`OUTPUT`]).
+/// The A→B generator of `gen` as an ONNX model (input [`INPUT`], output [`OUTPUT`]). With a
+/// `scale` other than 1 (super-resolution) the input is the low-resolution volume and the graph
+/// first resamples it onto the high-resolution grid with `Resize` (linear, `half_pixel`, edges
+/// clamped): the same trilinear interpolation the training data went through
+/// ([`crate::eval::upsample`]).
 pub fn generator_onnx<B: Backend>(
     gen: &RevGan<B>,
     cfg: &RevGanConfig,
+    scale: [usize; 3],
 ) -> Result<onnx::ModelProto, ExportModelError> {
     debug_assert_eq!(OUTER_KERNEL, 2 * OUTER_PAD + 1);
     let dims = Dim::ncdhw_dynamic();
@@ -346,20 +353,37 @@ pub fn generator_onnx<B: Backend>(
         pads: Default::default(),
     };
     w.g.doc(&format!(
-        "3D RevGAN generator A->B (seed 000): ngf {}, {} reversible blocks.",
-        cfg.ngf, cfg.blocks
+        "3D RevGAN generator A->B (seed 000): ngf {}, {} reversible blocks{}, input resampled x{:?}.",
+        cfg.ngf,
+        cfg.blocks,
+        if cfg.residual { ", global residual" } else { "" },
+        scale
     ));
     w.g.input(INPUT, DataType::Float, &dims)?;
+    let source = if scale == [1, 1, 1] {
+        INPUT.to_owned()
+    } else {
+        let f = [1.0, 1.0, scale[0] as f32, scale[1] as f32, scale[2] as f32];
+        let scales = w.g.initializer_f32("const_resize_scales", &[5], &f)?;
+        w.node(
+            "Resize",
+            &[INPUT, "", &scales],
+            vec![
+                onnx::attr_string("mode", "linear"),
+                onnx::attr_string("coordinate_transformation_mode", "half_pixel"),
+            ],
+        )?
+    };
 
     // Odd axes: edge-pad by one voxel at their end (pads = [0 x 7, D%2, H%2, W%2]).
-    let spatial = w.node("Shape", &[INPUT], vec![onnx::attr_int("start", 2)])?;
+    let spatial = w.node("Shape", &[&source], vec![onnx::attr_int("start", 2)])?;
     let two = w.g.initializer_i64("const_two", &[1], &[2])?;
     let odd = w.node("Mod", &[&spatial, &two], vec![])?;
     let zeros = w.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
     let pads = w.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
     let x = w.node(
         "Pad",
-        &[INPUT, &pads],
+        &[&source, &pads],
         vec![onnx::attr_string("mode", "edge")],
     )?;
 
@@ -372,7 +396,10 @@ pub fn generator_onnx<B: Backend>(
             h = w.block(&h, b, ngf, &split, &format!("core.{i}"))?;
         }
     }
-    let y = w.decoder(&h, &gen.dec_b, ngf, "dec_b")?;
+    let mut y = w.decoder(&h, &gen.dec_b, ngf, "dec_b")?;
+    if gen.residual {
+        y = w.node("Add", &[&y, &x], vec![])?;
+    }
 
     // Cut back to the input's D, H, W.
     let starts =
@@ -394,13 +421,28 @@ pub fn generator_onnx<B: Backend>(
     ))
 }
 
+/// Valid margin in input voxels along an axis of super-resolution factor `scale`: the receptive
+/// radius on the high-resolution grid brought back to input voxels, plus the one input voxel the
+/// linear resampling reads beyond its cell (none for `scale` 1).
+pub fn input_margin(radius: usize, scale: usize) -> usize {
+    if scale <= 1 {
+        radius
+    } else {
+        radius.div_ceil(scale) + 1
+    }
+}
+
 /// The manifest of an exported generator.
 pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: String) -> Manifest {
-    let margin = cfg.receptive_radius();
-    let tile = tile_edge(meta.train_patch, margin);
+    let radius = cfg.receptive_radius();
+    let margin = meta.scale.map(|s| input_margin(radius, s));
+    // The tile on the high-resolution grid holds a training patch inside both margins.
+    let tile = [0, 1, 2].map(|a| {
+        tile_edge(meta.train_patch, margin[a] * meta.scale[a]).div_ceil(meta.scale[a].max(1))
+    });
     let what = match meta.task {
         Task::Kernel => "reconstruction-kernel translation (sharp to soft)",
-        Task::Superres => "super-resolution on the high-resolution grid",
+        Task::Superres => "super-resolution (trilinear resampling, then the generator)",
     };
     Manifest {
         name: meta.name.clone(),
@@ -408,8 +450,14 @@ pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: St
         kind: ModelKind::Trained,
         task: meta.task,
         description: format!(
-            "3D RevGAN (seed 000) A->B generator, ngf {}, {} reversible blocks: {what}.",
-            cfg.ngf, cfg.blocks
+            "3D RevGAN (seed 000) A->B generator, ngf {}, {} reversible blocks{}: {what}.",
+            cfg.ngf,
+            cfg.blocks,
+            if cfg.residual {
+                ", global residual"
+            } else {
+                ""
+            }
         ),
         onnx_file: ONNX_FILE.to_owned(),
         onnx_sha256,
@@ -419,10 +467,10 @@ pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: St
             output: OUTPUT.to_owned(),
             layout: "NCDHW".to_owned(),
             dtype: "float32".to_owned(),
-            patch: [tile; 3],
+            patch: tile,
             dynamic_spatial: true,
-            scale: [1.0, 1.0, 1.0],
-            valid_margin: [margin; 3],
+            scale: meta.scale.map(|s| s as f32),
+            valid_margin: margin,
         },
         intensity: Intensity {
             hu_window: meta.hu_window,
@@ -461,7 +509,7 @@ pub fn export_generator<B: Backend>(
             ));
         }
     }
-    let bytes = onnx::encode_model(&generator_onnx(gen, cfg)?);
+    let bytes = onnx::encode_model(&generator_onnx(gen, cfg, meta.scale)?);
     let sha = hex(&Sha256::digest(&bytes));
     let manifest = generator_manifest(cfg, meta, sha);
     let text = manifest.to_toml()?;
@@ -508,12 +556,15 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
     Provenance {
         program: format!("ct-train {}", env!("CARGO_PKG_VERSION")),
         data: format!(
-            "{}; {:?} training, {} reversible blocks{}, ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, \
-             Adam lr {} betas ({}, {}), lambda_l1 {}, lambda_cycle {}",
+            "{}; {:?} {:?} training, {} reversible blocks{}{}, source resampled x{:?}, ngf {}, ndf {}, patch {}^3, \
+             {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, lambda_cycle {}",
             if cfg.data.is_empty() { "(data not recorded)" } else { &cfg.data },
+            cfg.task,
             cfg.mode,
             model.blocks,
             if cfg.naive { " (naive autodiff)" } else { "" },
+            if model.residual { ", global residual" } else { "" },
+            cfg.scale,
             model.ngf,
             model.ndf,
             cfg.patch,
@@ -565,6 +616,7 @@ pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
         version: args.version.clone(),
         task,
         train_patch: cfg.patch,
+        scale: cfg.scale,
         hu_window: cfg.hu_window,
         accepts: args.accepts.clone(),
         produces,
@@ -583,7 +635,7 @@ mod tests {
     fn graph_has_the_expected_operators() {
         let cfg = RevGanConfig::new().with_ngf(2).with_blocks(1);
         let gen = RevGan::<Flex>::new(&cfg, &Default::default());
-        let m = generator_onnx(&gen, &cfg).unwrap();
+        let m = generator_onnx(&gen, &cfg, [1, 1, 1]).unwrap();
         let g = m.graph.unwrap();
         let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
         assert_eq!(count("Split"), 1);

@@ -60,6 +60,16 @@ pub struct RevGanConfig {
     /// the unpaired (CycleGAN) one, 1 channel (MODELS.md §1).
     #[config(default = true)]
     pub conditional: bool,
+    /// Global residual connection (a departure from seed 000, off by default): the generator's
+    /// output is `source + decoder(...)`, with the decoder's last Conv3d zero-initialised so that
+    /// every generator starts as the identity, as each coupling block does. The correction a
+    /// kernel or super-resolution model must learn is small next to the image itself (the sharp
+    /// input is already 32.7 dB from its soft target); without the skip, the tanh decoder has to
+    /// rebuild absolute HU through instance normalisations that discard each patch's mean. This is
+    /// the VDSR-style global skip (Kim et al., CVPR 2016). The ablation table in the README trains
+    /// both.
+    #[config(default = false)]
+    pub residual: bool,
 }
 
 /// Errors about a model configuration.
@@ -202,7 +212,8 @@ pub struct Decoder<B: Backend> {
 }
 
 impl<B: Backend> Decoder<B> {
-    pub fn new(ngf: usize, device: &B::Device) -> Self {
+    /// `zero_out` zero-initialises the last convolution (residual generators start as the identity).
+    pub fn new(ngf: usize, zero_out: bool, device: &B::Device) -> Self {
         let mut conv_up = ConvTranspose3dConfig::new([2 * ngf, ngf], [DOWN_KERNEL; 3])
             .with_stride([2; 3])
             .with_padding([1; 3])
@@ -213,7 +224,7 @@ impl<B: Backend> Decoder<B> {
         conv_up.bias = zero_bias(conv_up.bias);
         Self {
             conv_up,
-            conv_out: conv3d(ngf, 1, OUTER_KERNEL, 1, 0, false, device),
+            conv_out: conv3d(ngf, 1, OUTER_KERNEL, 1, 0, zero_out, device),
         }
     }
 
@@ -331,7 +342,7 @@ mod tests {
         let e = Encoder::<B>::new(4, &dev);
         let h = e.forward(x);
         assert_eq!(h.dims(), [1, 8, 4, 4, 4]);
-        let d = Decoder::<B>::new(4, &dev);
+        let d = Decoder::<B>::new(4, false, &dev);
         assert_eq!(d.forward(h).dims(), [1, 1, 8, 8, 8]);
         let disc = Discriminator::<B>::new(2, 2, &dev);
         let x = Tensor::<B, 5>::zeros([1, 2, 16, 16, 16], &dev);

@@ -97,6 +97,8 @@ pub struct RevGan<B: Backend> {
     pub enc_b: Encoder<B>,
     pub dec_b: Decoder<B>,
     pub core: Vec<RevBlock<B>>,
+    /// [`RevGanConfig::residual`]: the output is the source plus the decoder's output.
+    pub residual: bool,
 }
 
 impl<B: Backend> RevGan<B> {
@@ -105,12 +107,13 @@ impl<B: Backend> RevGan<B> {
     pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
         let m = Self {
             enc_a: Encoder::new(cfg.ngf, device),
-            dec_a: Decoder::new(cfg.ngf, device),
+            dec_a: Decoder::new(cfg.ngf, cfg.residual, device),
             enc_b: Encoder::new(cfg.ngf, device),
-            dec_b: Decoder::new(cfg.ngf, device),
+            dec_b: Decoder::new(cfg.ngf, cfg.residual, device),
             core: (0..cfg.blocks)
                 .map(|_| RevBlock::new(cfg.ngf, device))
                 .collect(),
+            residual: cfg.residual,
         };
         materialize(&m);
         m
@@ -124,11 +127,17 @@ impl<B: Backend> RevGan<B> {
         }
     }
 
-    /// The target domain's decoder: `[N, 2ngf, D/2, H/2, W/2] -> [N, 1, D, H, W]`
-    pub fn decode(&self, dir: Direction, h: Tensor<B, 5>) -> Tensor<B, 5> {
-        match dir {
+    /// The target domain's decoder, plus the source image `src` when the generator is residual:
+    /// `[N, 2ngf, D/2, H/2, W/2], [N, 1, D, H, W] -> [N, 1, D, H, W]`
+    pub fn decode(&self, dir: Direction, h: Tensor<B, 5>, src: Tensor<B, 5>) -> Tensor<B, 5> {
+        let y = match dir {
             Direction::AtoB => self.dec_b.forward(h),
             Direction::BtoA => self.dec_a.forward(h),
+        };
+        if self.residual {
+            y + src
+        } else {
+            y
         }
     }
 
@@ -152,7 +161,8 @@ impl<B: Backend> RevGan<B> {
     /// Encoder, core and decoder on even sizes:
     /// `[N, 1, D, H, W] -> [N, 1, D, H, W]` (D, H, W even)
     pub fn forward_even(&self, dir: Direction, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.decode(dir, self.core_forward(dir, self.encode(dir, x)))
+        let h = self.core_forward(dir, self.encode(dir, x.clone()));
+        self.decode(dir, h, x)
     }
 
     /// The whole generator for any size: axes of odd length are edge-padded by one voxel at their
@@ -317,6 +327,7 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::module::ParamId;
+    use burn::nn::conv::Conv3d;
     use burn::tensor::Distribution;
 
     type I = Flex;
@@ -338,18 +349,48 @@ mod tests {
 
     /// A model whose zero-initialised convs are randomised, so every block does something.
     fn model(blocks: usize) -> RevGan<A> {
+        model_with(blocks, false)
+    }
+
+    /// A generator pair whose zero-initialised convolutions are randomised (so that every
+    /// parameter gets a gradient).
+    fn model_with(blocks: usize, residual: bool) -> RevGan<A> {
         let dev = Default::default();
         A::seed(&dev, 7);
-        let cfg = RevGanConfig::new().with_ngf(4).with_blocks(blocks);
+        let cfg = RevGanConfig::new()
+            .with_ngf(4)
+            .with_blocks(blocks)
+            .with_residual(residual);
         let mut m = RevGan::<A>::new(&cfg, &dev);
+        let mut zeroed: Vec<&mut Conv3d<A>> = vec![&mut m.dec_a.conv_out, &mut m.dec_b.conv_out];
         for b in &mut m.core {
-            for c in [&mut b.f.conv2, &mut b.g.conv2] {
-                let dims = c.weight.dims();
-                c.weight =
-                    Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), &dev));
-            }
+            zeroed.push(&mut b.f.conv2);
+            zeroed.push(&mut b.g.conv2);
+        }
+        for c in zeroed {
+            let dims = c.weight.dims();
+            c.weight =
+                Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), &dev));
         }
         m
+    }
+
+    #[test]
+    fn residual_generator_starts_as_the_identity() {
+        let dev = Default::default();
+        let cfg = RevGanConfig::new()
+            .with_ngf(4)
+            .with_blocks(1)
+            .with_residual(true);
+        let m = RevGan::<I>::new(&cfg, &dev);
+        let x = Tensor::<I, 5>::random([1, 1, 6, 8, 8], Distribution::Normal(0.0, 0.5), &dev);
+        for dir in [Direction::AtoB, Direction::BtoA] {
+            let err = (m.forward(dir, x.clone()) - x.clone())
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(err < 1e-6, "{dir:?}: |G(x) - x| = {err}");
+        }
     }
 
     fn flat<B: AutodiffBackend>(m: &RevGan<B>, g: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {
@@ -385,7 +426,15 @@ mod tests {
     /// cycle (A→B→A), for every parameter.
     #[test]
     fn reversible_gradients_equal_autodiff() {
-        let m = model(2);
+        check_reversible_gradients(model(2));
+    }
+
+    #[test]
+    fn reversible_gradients_equal_autodiff_with_residual() {
+        check_reversible_gradients(model_with(2, true));
+    }
+
+    fn check_reversible_gradients(m: RevGan<A>) {
         let dev = Default::default();
         let x = Tensor::<A, 5>::random([1, 1, 8, 8, 8], Distribution::Normal(0.0, 0.5), &dev);
         let t = Tensor::<A, 5>::random([1, 1, 8, 8, 8], Distribution::Normal(0.0, 0.5), &dev);
@@ -400,16 +449,22 @@ mod tests {
         let mut acc = GradientsParams::new();
         let h1 = m.encode(Direction::AtoB, x.clone());
         let s1 = m.core_detached(Direction::AtoB, h1);
-        let fake = m.decode(Direction::AtoB, s1.leaf.clone());
+        let fake = m.decode(Direction::AtoB, s1.leaf.clone(), x.clone());
         let fake_leaf = Tensor::<A, 5>::from_inner(fake.clone().inner()).require_grad();
+        let skip_leaf = Tensor::<A, 5>::from_inner(fake.clone().inner()).require_grad();
         let h2 = m.encode(Direction::BtoA, fake_leaf.clone());
         let s2 = m.core_detached(Direction::BtoA, h2);
-        let rec = m.decode(Direction::BtoA, s2.leaf.clone());
+        let rec = m.decode(Direction::BtoA, s2.leaf.clone(), skip_leaf.clone());
         let mut g = (rec - x).abs().mean().backward();
+        let g_skip = skip_leaf.grad(&g);
+        assert_eq!(g_skip.is_some(), m.residual);
         m.absorb(&mut g, &mut acc);
         let sur2 = m.core_surrogate(s2, &g, &mut acc).unwrap();
         let mut g = sur2.backward();
-        let g_fake = fake_leaf.grad(&g).unwrap();
+        let mut g_fake = fake_leaf.grad(&g).unwrap();
+        if let Some(s) = g_skip {
+            g_fake = g_fake + s;
+        }
         m.absorb(&mut g, &mut acc);
         let stage1 = (fake.clone() - t).abs().mean() + (fake * Tensor::from_inner(g_fake)).sum();
         let mut g = stage1.backward();

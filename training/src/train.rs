@@ -14,9 +14,11 @@
 //! The reversible core is trained with the memory-efficient backward of [`crate::revgan`] unless
 //! `--naive` asks for plain autodiff (the reference in tests and in the memory benchmark).
 //!
-//! Data: until the data module lands, volumes come from DICOM series folders: `DIR/source` and
-//! `DIR/target` (aliases `sharp`/`soft` for the kernel task, `low`/`high` for super-resolution),
-//! either directly in `DIR` or in each sub-directory of `DIR` (one case each). The HU window
+//! Data: `DIR/source` and `DIR/target` (aliases `sharp`/`soft` for the kernel task, `thick`/`soft`
+//! or `low`/`high` for super-resolution, as `ct-train synth` writes them), each a DICOM series
+//! folder or a `.nii`/`.nii.gz` file, either directly in `DIR` or in each sub-directory of `DIR`
+//! (one case each). A super-resolution source is resampled trilinearly onto its target's grid
+//! (the factor is recorded as `scale` in `train.json`). The HU window
 //! [-1150, 350] maps to [-1, 1] (seed 000). Patches are cubes sampled uniformly, retried up to 10
 //! times while their mean is air (foreground bias), with random flips along each axis.
 //!
@@ -24,9 +26,10 @@
 //! ([`TrainConfig`]), `losses.csv`, and `checkpoint/` (weights, optimizer states, `state.json`),
 //! replaced atomically every `--checkpoint-every` steps and at the end. `--resume` continues from
 //! it; the same seed gives the same run (patch positions and pool choices are drawn from a
-//! generator seeded by (seed, step), so a resumed paired run continues exactly; an unpaired run's
-//! image pool starts empty again after a resume).
+//! generator seeded by (seed, step), and the unpaired image pool is saved with the checkpoint, so
+//! a resumed run continues exactly).
 
+use crate::data::{load_volume, HuWindow};
 use crate::model::{check_patch, param_shapes, Discriminator, ModelError, RevGanConfig};
 use crate::revgan::{CoreSegment, Direction, RevGan, RevGanError};
 use burn::config::Config;
@@ -35,8 +38,6 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use ct_harmonizer::volume::geometry::{sort_and_check, GeometryLimits};
-use ct_harmonizer::volume::SlabReader;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +54,8 @@ const GEN_FILE: &str = "generators";
 const DISC_FILE: &str = "discriminators";
 const OPT_G_FILE: &str = "optim_g";
 const OPT_D_FILE: &str = "optim_d";
+const POOL_A_FILE: &str = "pool_a.bin";
+const POOL_B_FILE: &str = "pool_b.bin";
 /// Patch retries while the patch's mean is below [`AIR_MEAN`] (foreground bias).
 const FOREGROUND_TRIES: usize = 10;
 /// Mean (model units) under which a patch is treated as mostly air: -1000 HU in the seed window.
@@ -155,6 +158,10 @@ pub struct TrainConfig {
     /// Description of the training data (for the manifest's provenance).
     #[config(default = "String::new()")]
     pub data: String,
+    /// Target grid / source grid per axis (z, y, x), measured from the data: `[1, 1, 1]` for the
+    /// kernel task, `[4, 2, 2]` for `ct-train synth`'s thick-slice source.
+    #[config(default = "[1, 1, 1]")]
+    pub scale: [usize; 3],
 }
 
 impl TrainConfig {
@@ -199,57 +206,59 @@ pub struct PairedVolume {
     pub b: Volume,
 }
 
-const A_NAMES: [&str; 3] = ["source", "sharp", "low"];
+/// Source-domain member names per task, and the target's (module docs).
+const KERNEL_A: [&str; 2] = ["source", "sharp"];
+const SUPERRES_A: [&str; 3] = ["source", "thick", "low"];
 const B_NAMES: [&str; 3] = ["target", "soft", "high"];
 
-fn find_sub(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_dir())
-}
-
-/// Reads one DICOM series (the only one under `dir`) into model units.
-pub fn read_dicom_volume(dir: &Path, hu_window: [f32; 2]) -> Result<Volume, TrainError> {
-    let data_err = |reason: String| TrainError::Data {
-        path: dir.to_owned(),
-        reason,
-    };
-    let scan = ct_harmonizer::ingest::files::scan(&[dir.to_owned()])
-        .map_err(|e| data_err(e.to_string()))?;
-    let mut series = ct_harmonizer::series::group(scan.images);
-    if series.len() != 1 {
-        return Err(data_err(format!(
-            "holds {} image series; one per folder is expected",
-            series.len()
-        )));
-    }
-    let mut s = series.remove(0);
-    let settings = ct_harmonizer::config::Settings::load_with_env(None, Vec::new())
-        .map_err(|e| TrainError::Settings(e.to_string()))?;
-    let limits = GeometryLimits {
-        spacing_tolerance: settings.volume.spacing_tolerance,
-        max_tilt_degrees: settings.volume.max_tilt_degrees,
-    };
-    let g = sort_and_check(&s.series_uid, &mut s.slices, limits)
-        .map_err(|e| data_err(e.to_string()))?;
-    let n = g.slices();
-    let mut reader = SlabReader::new(s.slices, g.rows, g.columns);
-    let slab = reader.read(0, n).map_err(|e| data_err(e.to_string()))?;
-    let [lo, hi] = hu_window;
-    let data = slab
-        .hu
-        .iter()
-        .map(|&v| (v.clamp(lo, hi) - lo) / (hi - lo) * 2.0 - 1.0)
-        .collect();
-    Ok(Volume {
-        name: dir.display().to_string(),
-        dims: [n, g.rows, g.columns],
-        data,
+/// The first of `names` present in `dir`: a DICOM series folder, `NAME.nii.gz` or `NAME.nii`.
+pub fn find_member(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().find_map(|n| {
+        [
+            dir.join(n),
+            dir.join(format!("{n}.nii.gz")),
+            dir.join(format!("{n}.nii")),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
     })
 }
 
-/// Loads `DIR/{source,target}` or `DIR/*/{source,target}` (aliases in the module docs).
-pub fn load_pairs(dir: &Path, hu_window: [f32; 2]) -> Result<Vec<PairedVolume>, TrainError> {
+fn to_model_units(v: &crate::data::Volume, window: HuWindow) -> Volume {
+    Volume {
+        name: v.name.clone(),
+        dims: v.shape,
+        data: v.hu.iter().map(|&h| window.to_unit(h)).collect(),
+    }
+}
+
+/// Training pairs and the super-resolution factor (z, y, x) between their source and target grids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingData {
+    pub pairs: Vec<PairedVolume>,
+    /// `[1, 1, 1]` for the kernel task.
+    pub scale: [usize; 3],
+}
+
+/// Loads `DIR/{source,target}` or `DIR/*/{source,target}` (aliases in the module docs), each a
+/// DICOM series folder or a NIfTI file. For super-resolution the source is resampled onto the
+/// target's grid by trilinear interpolation (MODELS.md §1; the exported model does the same with
+/// ONNX `Resize`), and every case must have the same whole-number factor per axis.
+pub fn load_pairs(
+    dir: &Path,
+    hu_window: [f32; 2],
+    task: TaskArg,
+) -> Result<TrainingData, TrainError> {
+    let a_names: &[&str] = match task {
+        TaskArg::Kernel => &KERNEL_A,
+        TaskArg::Superres => &SUPERRES_A,
+    };
+    let window = HuWindow::new(hu_window[0], hu_window[1]).map_err(|e| TrainError::Data {
+        path: dir.to_owned(),
+        reason: e.to_string(),
+    })?;
     let mut cases = Vec::new();
-    if let (Some(a), Some(b)) = (find_sub(dir, &A_NAMES), find_sub(dir, &B_NAMES)) {
+    if let (Some(a), Some(b)) = (find_member(dir, a_names), find_member(dir, &B_NAMES)) {
         cases.push((a, b));
     } else {
         let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -259,7 +268,7 @@ pub fn load_pairs(dir: &Path, hu_window: [f32; 2]) -> Result<Vec<PairedVolume>, 
             .collect();
         subs.sort();
         for s in subs {
-            if let (Some(a), Some(b)) = (find_sub(&s, &A_NAMES), find_sub(&s, &B_NAMES)) {
+            if let (Some(a), Some(b)) = (find_member(&s, a_names), find_member(&s, &B_NAMES)) {
                 cases.push((a, b));
             }
         }
@@ -268,28 +277,63 @@ pub fn load_pairs(dir: &Path, hu_window: [f32; 2]) -> Result<Vec<PairedVolume>, 
         return Err(TrainError::Data {
             path: dir.to_owned(),
             reason: format!(
-                "no case found: expected sub-folders {A_NAMES:?} and {B_NAMES:?} (one DICOM series each), \
-                 directly or in one folder per case"
+                "no case found: expected members {a_names:?} and {B_NAMES:?} (DICOM series folders or \
+                 .nii/.nii.gz files), directly or in one folder per case"
             ),
         });
     }
-    cases
-        .into_iter()
-        .map(|(a, b)| {
-            let a = read_dicom_volume(&a, hu_window)?;
-            let b = read_dicom_volume(&b, hu_window)?;
-            if a.dims != b.dims {
-                return Err(TrainError::Data {
-                    path: PathBuf::from(&b.name),
-                    reason: format!(
-                        "grid {:?} differs from its source {} {:?}",
-                        b.dims, a.name, a.dims
+    let mut scale: Option<[usize; 3]> = None;
+    let mut pairs = Vec::new();
+    for (pa, pb) in cases {
+        let data_err = |path: &Path, reason: String| TrainError::Data {
+            path: path.to_owned(),
+            reason,
+        };
+        let a = load_volume(&pa).map_err(|e| data_err(&pa, e.to_string()))?;
+        let b = load_volume(&pb).map_err(|e| data_err(&pb, e.to_string()))?;
+        let mut f = [1usize; 3];
+        for axis in 0..3 {
+            let (na, nb) = (a.shape[axis], b.shape[axis]);
+            if na == 0 || !nb.is_multiple_of(na) || (task == TaskArg::Kernel && na != nb) {
+                return Err(data_err(
+                    &pb,
+                    format!(
+                        "grid {:?} does not match its source {} {:?}{}",
+                        b.shape,
+                        pa.display(),
+                        a.shape,
+                        match task {
+                            TaskArg::Kernel => " (the kernel task needs equal grids)",
+                            TaskArg::Superres => " (each axis must be a whole multiple)",
+                        }
                     ),
-                });
+                ));
             }
-            Ok(PairedVolume { a, b })
-        })
-        .collect()
+            f[axis] = nb / na;
+        }
+        if *scale.get_or_insert(f) != f {
+            return Err(data_err(
+                &pb,
+                format!(
+                    "scale {f:?} differs from the other cases' {:?}",
+                    scale.unwrap_or(f)
+                ),
+            ));
+        }
+        let a = if f == [1, 1, 1] {
+            a
+        } else {
+            crate::eval::upsample(&a, b.shape, crate::eval::Interp::Linear)
+        };
+        pairs.push(PairedVolume {
+            a: to_model_units(&a, window),
+            b: to_model_units(&b, window),
+        });
+    }
+    Ok(TrainingData {
+        pairs,
+        scale: scale.unwrap_or([1; 3]),
+    })
 }
 
 /// SplitMix64 (the library's [`ct_harmonizer::samples::Rng`]): a small, fully specified generator,
@@ -541,7 +585,7 @@ pub fn paired_generator<B: AutodiffBackend>(
 ) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
     let h = gen.encode(dir, src.clone());
     let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
-    let fake = gen.decode(dir, core_out);
+    let fake = gen.decode(dir, core_out, src.clone());
     let gan = bce_logits(
         disc.target(dir)
             .forward(Tensor::cat(vec![src, fake.clone()], 1)),
@@ -576,25 +620,32 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     // Stage 1: src -> fake (its core detached); stage 2: fake (as a leaf) -> rec.
     let h1 = gen.encode(dir, src.clone());
     let (o1, seg1) = core_stage(gen, dir, h1, false);
-    let fake = gen.decode(dir, o1);
+    let fake = gen.decode(dir, o1, src.clone());
     let gan = mse_const(disc.target(dir).forward(fake.clone()), 1.0);
+    // The fake image enters stage 2 twice when the generator is residual (encoder input and skip);
+    // each path gets its own leaf, since each backward pass consumes the graph it walks.
     let fake_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
+    let skip_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
     let h2 = gen.encode(back, fake_leaf.clone());
     let (o2, seg2) = core_stage(gen, back, h2, false);
-    let rec = gen.decode(back, o2);
+    let rec = gen.decode(back, o2, skip_leaf.clone());
     let cyc = l1(rec, src) * cfg.lambda_cycle;
     let values = (scalar(&gan), scalar(&cyc));
     // Stage 2's backward (its core, then its encoder) gives the gradient at the fake image ...
     let mut grads = cyc.backward();
+    let g_skip = skip_leaf.grad(&grads);
     gen.absorb(&mut grads, acc);
     let sur2 = match seg2 {
         Some(seg) => gen.core_surrogate(seg, &grads, acc)?,
         None => return Err(RevGanError::MissingGradient("the cycle's core").into()),
     };
     let mut g2 = sur2.backward();
-    let g_fake = fake_leaf
+    let mut g_fake = fake_leaf
         .grad(&g2)
         .ok_or(RevGanError::MissingGradient("the translated image"))?;
+    if let Some(g) = g_skip {
+        g_fake = g_fake + g;
+    }
     gen.absorb(&mut g2, acc);
     // ... which stage 1 backpropagates together with the adversarial term.
     let stage1 = gan + (fake.clone() * Tensor::from_inner(g_fake)).sum();
@@ -632,6 +683,82 @@ impl<B: Backend> ImagePool<B> {
         } else {
             fake
         }
+    }
+
+    /// Stored images.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Writes the stored images to `path`: little-endian `u64` count, then per image its 5 dims
+    /// (`u64`) and its values (`f32`).
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(self.images.len() as u64).to_le_bytes());
+        for t in &self.images {
+            for d in t.dims() {
+                bytes.extend_from_slice(&(d as u64).to_le_bytes());
+            }
+            let v = t.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| {
+                TrainError::Checkpoint {
+                    path: path.to_owned(),
+                    reason: format!("image pool: {e:?}"),
+                }
+            })?;
+            for x in v {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        std::fs::write(path, bytes).map_err(io_err(path))
+    }
+
+    /// Reads images written by [`Self::save`] (replacing the stored ones).
+    pub fn load(&mut self, path: &Path, device: &B::Device) -> Result<(), TrainError> {
+        let bad = |reason: &str| TrainError::Checkpoint {
+            path: path.to_owned(),
+            reason: format!("image pool: {reason}"),
+        };
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let mut at = 0usize;
+        let u64_at = |at: &mut usize| -> Result<usize, TrainError> {
+            let b = bytes
+                .get(*at..*at + 8)
+                .ok_or_else(|| bad("truncated file"))?;
+            *at += 8;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            usize::try_from(u64::from_le_bytes(a)).map_err(|_| bad("size out of range"))
+        };
+        let n = u64_at(&mut at)?;
+        if n > self.size {
+            return Err(bad(&format!("{n} images for a pool of {}", self.size)));
+        }
+        let mut images = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut dims = [0usize; 5];
+            for d in &mut dims {
+                *d = u64_at(&mut at)?;
+            }
+            let len: usize = dims.iter().product();
+            let raw = bytes
+                .get(at..at + 4 * len)
+                .ok_or_else(|| bad("truncated file"))?;
+            at += 4 * len;
+            let v: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            images.push(Tensor::from_data(TensorData::new(v, dims), device));
+        }
+        if at != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        self.images = images;
+        Ok(())
     }
 }
 
@@ -797,6 +924,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map_err(|e| ck(e.to_string()))?;
         rec.record(self.opt_d.to_record(), dir.join(OPT_D_FILE))
             .map_err(|e| ck(e.to_string()))?;
+        self.pool_a.save(&dir.join(POOL_A_FILE))?;
+        self.pool_b.save(&dir.join(POOL_B_FILE))?;
         let json = serde_json::to_string_pretty(state).map_err(|e| ck(e.to_string()))?;
         let p = dir.join(STATE_FILE);
         std::fs::write(&p, json).map_err(io_err(&p))?;
@@ -835,6 +964,18 @@ impl<B: AutodiffBackend> Trainer<B> {
             .load(dir.join(OPT_D_FILE), &self.device)
             .map_err(|e| ck(e.to_string()))?;
         self.opt_d = self.opt_d.clone().load_record(od);
+        let inner = self.device.clone();
+        for (pool, file) in [
+            (&mut self.pool_a, POOL_A_FILE),
+            (&mut self.pool_b, POOL_B_FILE),
+        ] {
+            let p = dir.join(file);
+            if p.exists() {
+                pool.load(&p, &inner)?;
+            } else {
+                tracing::warn!(checkpoint = %dir.display(), "no {file} in the checkpoint: the image pool starts empty");
+            }
+        }
         self.step = state.step;
         Ok(state)
     }
@@ -906,6 +1047,9 @@ pub struct TrainArgs {
     /// Plain autodiff through the core (reference for tests and the memory benchmark).
     #[arg(long)]
     pub naive: bool,
+    /// Global residual generator: output = source + decoder (see `RevGanConfig::residual`).
+    #[arg(long)]
+    pub residual: bool,
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
     /// Cubic patch edge (multiple of 4, at least 16).
@@ -952,7 +1096,8 @@ impl TrainArgs {
             .with_ngf(self.ngf)
             .with_ndf(self.ndf)
             .with_blocks(self.blocks)
-            .with_conditional(self.mode == ModeArg::Paired);
+            .with_conditional(self.mode == ModeArg::Paired)
+            .with_residual(self.residual);
         let t = TrainConfig::new(self.task, self.mode)
             .with_naive(self.naive)
             .with_steps(self.steps)
@@ -1076,7 +1221,7 @@ pub fn train<B: AutodiffBackend>(
     device: B::Device,
     device_name: &str,
 ) -> Result<TrainState, TrainError> {
-    let (model_cfg, cfg) = args.configs();
+    let (model_cfg, mut cfg) = args.configs();
     model_cfg.validate()?;
     check_patch(cfg.patch)?;
     let run = &args.out;
@@ -1093,11 +1238,12 @@ pub fn train<B: AutodiffBackend>(
             run.display()
         )));
     }
+    let data = load_pairs(&args.data, cfg.hu_window, cfg.task)?;
+    cfg.scale = data.scale;
     if args.resume {
         check_resume_matches(run, &model_cfg, &cfg)?;
     }
-    let pairs = load_pairs(&args.data, cfg.hu_window)?;
-    let sampler = PatchSampler::new(pairs, cfg.patch)?;
+    let sampler = PatchSampler::new(data.pairs, cfg.patch)?;
     std::fs::create_dir_all(run).map_err(io_err(run))?;
     let mp = run.join(MODEL_CONFIG);
     let tp = run.join(TRAIN_CONFIG);
@@ -1300,39 +1446,45 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut t = tiny(ModeArg::Paired, false);
-        t.step(patch(1), patch(2)).unwrap();
-        let st = TrainState {
-            step: 1,
-            seconds: 0.5,
-            device: "cpu".into(),
-        };
-        t.save(dir.path(), &st).unwrap();
-        let mut u = tiny(ModeArg::Paired, false);
-        assert_eq!(u.load(dir.path()).unwrap(), st);
-        let a: Vec<f32> = t
-            .gen
-            .enc_a
-            .conv_in
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .unwrap();
-        let b: Vec<f32> = u
-            .gen
-            .enc_a
-            .conv_in
-            .weight
-            .val()
-            .into_data()
-            .to_vec()
-            .unwrap();
-        assert_eq!(a, b);
-        // Same next step from both.
-        let l1 = t.step(patch(3), patch(4)).unwrap();
-        let l2 = u.step(patch(3), patch(4)).unwrap();
-        assert!((l1.generator() - l2.generator()).abs() < 1e-6);
+        // Unpaired runs also need their image pool back to continue exactly.
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut t = tiny(mode, false);
+            t.step(patch(1), patch(2)).unwrap();
+            t.step(patch(5), patch(6)).unwrap();
+            let st = TrainState {
+                step: 2,
+                seconds: 0.5,
+                device: "cpu".into(),
+            };
+            t.save(dir.path(), &st).unwrap();
+            let mut u = tiny(mode, false);
+            assert_eq!(u.load(dir.path()).unwrap(), st);
+            assert_eq!(u.pool_a.len(), t.pool_a.len());
+            if mode == ModeArg::Unpaired {
+                assert_eq!(u.pool_a.len(), 2);
+            }
+            let w = |m: &Trainer<A>| -> Vec<f32> {
+                m.gen
+                    .enc_a
+                    .conv_in
+                    .weight
+                    .val()
+                    .into_data()
+                    .to_vec()
+                    .unwrap()
+            };
+            assert_eq!(w(&t), w(&u));
+            // Same next steps from both (the pool answers the same from the second on).
+            for k in [3, 7] {
+                let l1 = t.step(patch(k), patch(k + 1)).unwrap();
+                let l2 = u.step(patch(k), patch(k + 1)).unwrap();
+                assert!(
+                    (l1.generator() - l2.generator()).abs() < 1e-6
+                        && (l1.d_a + l1.d_b - l2.d_a - l2.d_b).abs() < 1e-6,
+                    "{mode:?}: {l1:?} vs {l2:?}"
+                );
+            }
+        }
     }
 }

@@ -11,6 +11,8 @@ use ct_harmonizer::config::Settings;
 use ct_harmonizer::translate::manifest::{Provenance, Task};
 use ct_harmonizer::translate::{ModelDir, Translator};
 use ct_harmonizer::volume::slab::Slab;
+use ct_training::data::Volume;
+use ct_training::eval::{upsample, Interp};
 use ct_training::export_model::{self, ExportArgs, ExportMeta};
 use ct_training::model::RevGanConfig;
 use ct_training::revgan::{Direction, RevGan};
@@ -37,38 +39,46 @@ fn settings() -> Settings {
     s
 }
 
-/// A tiny generator whose zero-initialised core convolutions are randomised, so the coupling
-/// blocks are exercised too.
-fn tiny_model(blocks: usize) -> (RevGanConfig, RevGan<Flex>) {
+/// A tiny generator whose zero-initialised convolutions (core, residual decoder) are randomised,
+/// so the coupling blocks and the residual path are exercised too.
+fn tiny_model(blocks: usize, residual: bool) -> (RevGanConfig, RevGan<Flex>) {
     let dev = Default::default();
     let cfg = RevGanConfig::new()
         .with_ngf(4)
         .with_ndf(2)
-        .with_blocks(blocks);
+        .with_blocks(blocks)
+        .with_residual(residual);
     <Flex as burn::tensor::backend::Backend>::seed(&dev, 11);
     let mut m = RevGan::<Flex>::new(&cfg, &dev);
+    let mut zeroed = vec![&mut m.dec_b.conv_out];
     for b in &mut m.core {
-        for c in [&mut b.f.conv2, &mut b.g.conv2] {
-            let dims = c.weight.dims();
-            c.weight =
-                Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.2), &dev));
-            let [n] = c.bias.as_ref().unwrap().dims();
-            c.bias = Some(Param::from_tensor(Tensor::random(
-                [n],
-                Distribution::Normal(0.0, 0.2),
-                &dev,
-            )));
-        }
+        zeroed.push(&mut b.f.conv2);
+        zeroed.push(&mut b.g.conv2);
+    }
+    for c in zeroed {
+        let dims = c.weight.dims();
+        c.weight = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.2), &dev));
+        let [n] = c.bias.as_ref().unwrap().dims();
+        c.bias = Some(Param::from_tensor(Tensor::random(
+            [n],
+            Distribution::Normal(0.0, 0.2),
+            &dev,
+        )));
     }
     (cfg, m)
 }
 
-fn meta(name: &str) -> ExportMeta {
+fn meta(name: &str, scale: [usize; 3]) -> ExportMeta {
     ExportMeta {
         name: name.into(),
         version: "0.0.1".into(),
-        task: Task::Kernel,
+        task: if scale == [1, 1, 1] {
+            Task::Kernel
+        } else {
+            Task::Superres
+        },
         train_patch: 16,
+        scale,
         hu_window: [-1150.0, 350.0],
         accepts: Vec::new(),
         produces: "SOFT".into(),
@@ -81,10 +91,11 @@ fn meta(name: &str) -> ExportMeta {
     }
 }
 
-/// Runs `[d, h, w]` random HU through the Translator and through Burn; returns max |diff| in model
-/// units.
+/// Runs `[d, h, w]` random HU through the Translator and through Burn (after the trilinear
+/// resampling of the training data when the model has a scale); returns max |diff| in model units.
 fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) -> f32 {
     let [d, h, w] = dims;
+    let [sz, sy, sx] = model.manifest.scale();
     let m = &model.manifest;
     let mut rng = SplitMix::new(seed);
     let hu: Vec<f32> = (0..d * h * w)
@@ -103,10 +114,14 @@ fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) ->
         hu,
     };
     let out = t.translate(&slab, zt[0]).unwrap();
-    assert_eq!((out.depth, out.rows, out.columns), (d, h, w));
+    let hr = [d * sz, h * sy, w * sx];
+    assert_eq!([out.depth, out.rows, out.columns], hr);
 
-    let x =
-        Tensor::<Flex, 5>::from_data(TensorData::new(units, [1, 1, d, h, w]), &Default::default());
+    let up = upsample(&Volume::new("x", dims, [1.0; 3], units), hr, Interp::Linear);
+    let x = Tensor::<Flex, 5>::from_data(
+        TensorData::new(up.hu, [1, 1, hr[0], hr[1], hr[2]]),
+        &Default::default(),
+    );
     let y: Vec<f32> = gen
         .forward(Direction::AtoB, x)
         .into_data()
@@ -129,10 +144,11 @@ fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) ->
 #[test]
 fn onnx_runtime_matches_burn_forward() {
     let dir = tempfile::tempdir().unwrap();
-    for blocks in [0, 2] {
-        let (cfg, gen) = tiny_model(blocks);
-        let out = dir.path().join(format!("revgan-{blocks}"));
-        let md = export_model::export_generator(&gen, &cfg, &meta("tiny"), &out, false).unwrap();
+    for (blocks, residual) in [(0, false), (2, false), (1, true)] {
+        let (cfg, gen) = tiny_model(blocks, residual);
+        let out = dir.path().join(format!("revgan-{blocks}-{residual}"));
+        let md = export_model::export_generator(&gen, &cfg, &meta("tiny", [1, 1, 1]), &out, false)
+            .unwrap();
         assert_eq!(
             md.manifest.tensors.valid_margin,
             [cfg.receptive_radius(); 3]
@@ -147,6 +163,31 @@ fn onnx_runtime_matches_burn_forward() {
                 "blocks {blocks}, {dims:?}: max |onnx - burn| = {diff}"
             );
         }
+    }
+}
+
+/// A super-resolution export takes the thick volume: ONNX `Resize` in the graph equals the
+/// trilinear resampling the training data went through, and the output grid is scale times the
+/// input's.
+#[test]
+fn superres_export_resamples_like_the_training_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, gen) = tiny_model(1, true);
+    let out = dir.path().join("revgan-sr");
+    let md = export_model::export_generator(&gen, &cfg, &meta("tiny-sr", [4, 2, 2]), &out, false)
+        .unwrap();
+    let t = &md.manifest.tensors;
+    assert_eq!(t.scale, [4.0, 2.0, 2.0]);
+    let r = cfg.receptive_radius();
+    assert_eq!(
+        t.valid_margin,
+        [r.div_ceil(4) + 1, r.div_ceil(2) + 1, r.div_ceil(2) + 1]
+    );
+    assert!((0..3).all(|a| t.patch[a] >= 2 * t.valid_margin[a]));
+    for (i, dims) in [[3, 5, 6], [4, 6, 6]].into_iter().enumerate() {
+        let diff = compare(&md, &gen, dims, 300 + i as u64);
+        eprintln!("superres {dims:?}: max |onnx - burn| = {diff:e}");
+        assert!(diff <= TOL, "superres {dims:?}: max |onnx - burn| = {diff}");
     }
 }
 
