@@ -26,7 +26,7 @@
 //! head CT).
 
 use ct_harmonizer::config::{ConfigError, Settings};
-use ct_harmonizer::translate::manifest::{ManifestError, Task};
+use ct_harmonizer::translate::manifest::{EvaluationRow, ManifestError, Task};
 use ct_harmonizer::translate::{ModelDir, TranslateError, Translator};
 use ct_harmonizer::volume::slab::Slab;
 use rayon::prelude::*;
@@ -858,6 +858,51 @@ pub struct EvalArgs {
     /// ct-harmonizer settings file (ONNX Runtime location, device, tile size).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Write the figures into each --model's manifest (`[[evaluation]]`: the model's mean row and
+    /// every baseline's of the same task), replacing the rows it held; the ONNX file is untouched.
+    #[arg(long)]
+    pub record: bool,
+}
+
+/// The rows of `r` that go into the manifest of a `task` model: means over cases (the only case
+/// when there is one), every method of that task, with `dataset` naming the pairs.
+pub fn manifest_rows(r: &EvalReport, task: Task, dataset: &str) -> Vec<EvaluationRow> {
+    let means = r.rows.iter().any(|row| row.case == "mean");
+    r.rows
+        .iter()
+        .filter(|row| row.task == task_name(task) && (!means || row.case == "mean"))
+        .map(|row| EvaluationRow {
+            dataset: dataset.to_owned(),
+            method: row.method.clone(),
+            mae: row.metrics.mae,
+            psnr: row.metrics.psnr,
+            ssim: row.metrics.ssim,
+        })
+        .collect()
+}
+
+/// Replaces the `[[evaluation]]` rows of the manifest in `model` (see [`EvalArgs::record`]).
+pub fn record_in_manifest(model: &Path, rows: Vec<EvaluationRow>) -> Result<(), EvalError> {
+    let md = ModelDir::open(model).map_err(|source| EvalError::Model {
+        dir: model.to_owned(),
+        source,
+    })?;
+    let mut m = md.manifest;
+    m.evaluation = rows;
+    let path = model.join(crate::export::MANIFEST_FILE);
+    let text = m.to_toml().map_err(|e| EvalError::Pairs {
+        path: path.clone(),
+        reason: format!("cannot serialize the manifest: {e}"),
+    })?;
+    crate::export::write_atomic(&path, text.as_bytes()).map_err(|source| EvalError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    ModelDir::open(model).map_err(|source| EvalError::Model {
+        dir: model.to_owned(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Runs `ct-train eval` from its arguments: prints the table and writes the CSV.
@@ -882,6 +927,36 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
     print!("{}", format_table(&r));
     write_csv(&o.csv, &r)?;
     println!("wrote {}", o.csv.display());
+    if a.record {
+        let n = r
+            .rows
+            .iter()
+            .map(|row| row.case.as_str())
+            .filter(|c| *c != "mean")
+            .collect::<std::collections::BTreeSet<_>>();
+        let dataset = format!(
+            "{} ({} held-out case{}: {}; Gaussian tuned on {})",
+            o.pairs.display(),
+            n.len(),
+            if n.len() == 1 { "" } else { "s, mean" },
+            n.into_iter().collect::<Vec<_>>().join(", "),
+            r.tuned_on
+        );
+        for dir in &o.models {
+            let task = ModelDir::open(dir)
+                .map_err(|source| EvalError::Model {
+                    dir: dir.clone(),
+                    source,
+                })?
+                .manifest
+                .task;
+            record_in_manifest(dir, manifest_rows(&r, task, &dataset))?;
+            println!(
+                "recorded the figures in {}",
+                dir.join(crate::export::MANIFEST_FILE).display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -1017,6 +1092,49 @@ mod tests {
         assert!(
             msg.contains("model.onnx") && msg.contains("corrupted"),
             "{msg}"
+        );
+    }
+    #[test]
+    fn figures_are_recorded_in_the_manifest_without_touching_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("gaussian-soft-baseline");
+        std::fs::create_dir_all(&m).unwrap();
+        let shipped =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/gaussian-soft-baseline");
+        for f in ["model.onnx", "model.toml"] {
+            std::fs::copy(shipped.join(f), m.join(f)).unwrap();
+        }
+        let row = |case: &str, task, method: &str, psnr| Row {
+            case: case.into(),
+            task,
+            method: method.into(),
+            metrics: Metrics {
+                mae: 0.01,
+                psnr,
+                ssim: 0.9,
+                ei_output: None,
+                ei_target: None,
+            },
+        };
+        let r = EvalReport {
+            rows: vec![
+                row("a", "kernel", "identity (sharp input)", 30.0),
+                row("mean", "kernel", "identity (sharp input)", 31.0),
+                row("mean", "kernel", "gaussian-soft-baseline 1.0.0", 50.0),
+                row("mean", "superres", "tricubic", 20.0),
+            ],
+            tuning: None,
+            tuned_on: "x".into(),
+        };
+        let rows = manifest_rows(&r, Task::Kernel, "held-out");
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|e| e.dataset == "held-out"));
+        record_in_manifest(&m, rows.clone()).unwrap();
+        let md = ModelDir::open(&m).unwrap();
+        assert_eq!(md.manifest.evaluation, rows);
+        assert_eq!(
+            std::fs::read(m.join("model.onnx")).unwrap(),
+            std::fs::read(shipped.join("model.onnx")).unwrap()
         );
     }
 }
