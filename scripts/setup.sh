@@ -2,7 +2,7 @@
 # Installs what ct-harmonizer's demo and tests need on a fresh Debian 12 machine. Safe to re-run:
 # every step checks first and does nothing when its result is already there.
 #   - Debian packages: DCMTK and Orthanc (real DICOM peers), dicom3tools (dciodvfy/dcentvfy),
-#     invesalius-examples (a real head CT), systemd (systemd-analyze checks the unit), curl
+#     invesalius-examples (a real head CT), systemd (systemd-analyze checks the unit), curl, fonts-dejavu-core (text in the training loss plots)
 #   - ONNX Runtime 1.31.1's shared library from the PyPI wheel, into .deps/ort (project-local)
 #   - pydicom's wheel (no dependencies), into .deps/pydicom: its tiny real CT series are test data
 set -euo pipefail
@@ -15,6 +15,7 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 [[ -x /usr/sbin/Orthanc ]] || need_apt+=(orthanc)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need_apt+=(fonts-dejavu-core)
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

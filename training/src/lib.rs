@@ -12,6 +12,7 @@ pub mod model;
 pub mod nifti;
 pub mod onnx;
 pub mod phantom;
+pub mod plots;
 pub mod revgan;
 pub mod synth;
 pub mod train;

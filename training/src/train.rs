@@ -23,8 +23,9 @@
 //! times while their mean is air (foreground bias), with random flips along each axis.
 //!
 //! Run directory (`--out`): `model.json` (architecture, [`RevGanConfig`]), `train.json`
-//! ([`TrainConfig`]), `losses.csv`, and `checkpoint/` (weights, optimizer states, `state.json`),
-//! replaced atomically every `--checkpoint-every` steps and at the end. `--resume` continues from
+//! ([`TrainConfig`]), `losses.csv`, and `checkpoint/` (weights, optimizer states, image pools,
+//! `state.json`), replaced atomically every `--checkpoint-every` steps and at the end, when
+//! `losses.png` and `val/step_NNNNNN.png` are redrawn too ([`crate::plots`]). `--resume` continues from
 //! it; the same seed gives the same run (patch positions and pool choices are drawn from a
 //! generator seeded by (seed, step), and the unpaired image pool is saved with the checkpoint, so
 //! a resumed run continues exactly).
@@ -33,7 +34,7 @@ use crate::data::{load_volume, HuWindow};
 use crate::model::{check_patch, param_shapes, Discriminator, ModelError, RevGanConfig};
 use crate::revgan::{CoreSegment, Direction, RevGan, RevGanError};
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -1196,6 +1197,65 @@ fn truncate_csv(path: &Path, step: u64) -> Result<(), TrainError> {
 }
 
 /// Replaces `run/checkpoint` atomically (write beside, then rename).
+/// Validation patches drawn once per run (fixed by the seed) for the checkpoint pictures.
+const VAL_PATCHES: usize = 3;
+/// Mixed into the run seed for the validation draw, so it differs from every step's draw.
+const VAL_SEED: u64 = 0x5EED_0F_7A11;
+/// Folder of the validation pictures in a run directory.
+pub const VAL_DIR: &str = "val";
+pub const LOSSES_PNG: &str = "losses.png";
+
+/// Writes `losses.png` and `val/step_NNNNNN.png` (input | A→B output | target, middle slice of
+/// each validation patch). A picture that cannot be drawn is a warning, never a stopped run.
+fn write_pictures<B: AutodiffBackend>(
+    t: &Trainer<B>,
+    run: &Path,
+    val: &[(Vec<f32>, Vec<f32>)],
+    patch: usize,
+) {
+    if let Err(e) = crate::plots::loss_png(&run.join(LOSSES_CSV), &run.join(LOSSES_PNG)) {
+        tracing::warn!(error = %e, "loss plot not written");
+    }
+    let gen = t.gen.valid();
+    let plane = patch * patch;
+    let mid = patch / 2;
+    let rows: Vec<crate::plots::SliceRow> = val
+        .iter()
+        .map(|(a, b)| {
+            let x = Tensor::<B::InnerBackend, 5>::from_data(
+                TensorData::new(a.clone(), [1, 1, patch, patch, patch]),
+                &t.device,
+            );
+            let y: Vec<f32> = gen
+                .forward(Direction::AtoB, x)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default();
+            let cut = |v: &[f32]| {
+                v.get(mid * plane..(mid + 1) * plane)
+                    .unwrap_or(&[])
+                    .to_vec()
+            };
+            crate::plots::SliceRow {
+                rows: patch,
+                columns: patch,
+                input: cut(a),
+                output: cut(&y),
+                target: cut(b),
+            }
+        })
+        .collect();
+    let dir = run.join(VAL_DIR);
+    let out = dir.join(format!("step_{:06}.png", t.step));
+    let r = std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| crate::plots::slices_png(&out, &rows, 4).map_err(|e| e.to_string()));
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "validation picture {} not written", out.display());
+    }
+}
+
 fn checkpoint<B: AutodiffBackend>(
     t: &Trainer<B>,
     run: &Path,
@@ -1275,6 +1335,12 @@ pub fn train<B: AutodiffBackend>(
         .open(&csv_path)
         .map_err(io_err(&csv_path))?;
 
+    let val: Vec<(Vec<f32>, Vec<f32>)> = {
+        let mut rng = SplitMix::new(cfg.seed ^ VAL_SEED);
+        (0..VAL_PATCHES)
+            .map(|_| sampler.sample(&mut rng, true))
+            .collect()
+    };
     let bar = indicatif::ProgressBar::new(cfg.steps);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -1323,6 +1389,8 @@ pub fn train<B: AutodiffBackend>(
             state.step = t.step;
             state.seconds = seconds0 + started.elapsed().as_secs_f64();
             checkpoint(&t, run, &state)?;
+            csv.flush().map_err(io_err(&csv_path))?;
+            write_pictures(&t, run, &val, cfg.patch);
         }
     }
     bar.finish();
