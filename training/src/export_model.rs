@@ -11,7 +11,11 @@
 //!   initializers and ε = 1e-5; ReLU → `Relu`; ConvTranspose3d → `ConvTranspose` (strides 2, pads
 //!   1, output_padding 1); Tanh → `Tanh`;
 //! - each coupling block → `Split` into channel halves, `Add` for `y1 = x1 + F(x2)` and
-//!   `y2 = x2 + G(y1)`, `Concat`.
+//!   `y2 = x2 + G(y1)`, `Concat`;
+//! - a residual generator → `Add` of the decoder's output and the (padded) source, or of the
+//!   learnable skip filter's output (`Pad` edge in-plane, `Conv` 1×k×k);
+//! - super-resolution → `Resize` (linear, half_pixel) of the input onto the high-resolution grid
+//!   first.
 //!
 //! Input and output are float32 `[N, 1, D, H, W]` with symbolic N, D, H and W.
 //!
@@ -398,7 +402,23 @@ pub fn generator_onnx<B: Backend>(
     }
     let mut y = w.decoder(&h, &gen.dec_b, ngf, "dec_b")?;
     if gen.residual {
-        y = w.node("Add", &[&y, &x], vec![])?;
+        let skip = match &gen.dec_b.skip {
+            Some(c) => {
+                // In-plane edge padding by the filter's radius, then the 1×k×k convolution.
+                let r = (c.kernel_size[2] / 2) as i64;
+                let pads =
+                    w.g.initializer_i64("pads_skip", &[10], &[0, 0, 0, r, r, 0, 0, 0, r, r])?;
+                let p = w.node("Pad", &[&x, &pads], vec![onnx::attr_string("mode", "edge")])?;
+                w.conv(&p, c, "dec_b.skip")?
+            }
+            None => x.clone(),
+        };
+        if gen.branch_scale != 1.0 {
+            let k =
+                w.g.initializer_f32("const_branch_scale", &[1], &[gen.branch_scale as f32])?;
+            y = w.node("Mul", &[&y, &k], vec![])?;
+        }
+        y = w.node("Add", &[&y, &skip], vec![])?;
     }
 
     // Cut back to the input's D, H, W.

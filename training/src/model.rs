@@ -32,6 +32,9 @@ pub const OUTER_PAD: usize = 2;
 pub const DOWN_KERNEL: usize = 3;
 /// Coupling-function convolutions: ReplicationPad(1) + Conv3d(k3) (MODELS.md §1).
 pub const CORE_KERNEL: usize = 3;
+/// Largest learnable skip filter: its radius (7) stays within the generator's smallest receptive
+/// radius (7 + 8·blocks), so the manifest's valid margin covers it.
+pub const MAX_SKIP_KERNEL: usize = 15;
 /// Discriminator convolutions: k4, padding 1 (MODELS.md §1, PatchGAN n_layers = 2).
 pub const DISC_KERNEL: usize = 4;
 
@@ -70,6 +73,25 @@ pub struct RevGanConfig {
     /// both.
     #[config(default = false)]
     pub residual: bool,
+    /// In-plane size k of a learnable linear skip filter (odd, 3..=15; 0 = the plain identity
+    /// skip), used with `residual`: the output is `skip(source) + decoder(...)`, the skip being
+    /// an edge-padded Conv3d(1→1, kernel 1×k×k). A kernel change is, to first order, a linear
+    /// in-plane filter, which the stride-2 encoder/decoder cannot represent voxel by voxel; the skip
+    /// can. The A→B skip starts as the classical baseline (Gaussian σ = `skip_sigma`), the B→A
+    /// skip as the identity (a delta), so the generators start as baseline and identity.
+    #[config(default = 0)]
+    pub skip_kernel: usize,
+    /// σ (px) of the A→B skip's starting Gaussian: the least-squares fit of a Gaussian MTF to the
+    /// Hann/ramp filter ratio (`ct-train export-baseline`, 0.7849 px).
+    #[config(default = 0.7849)]
+    pub skip_sigma: f64,
+    /// Factor on the decoder's output in a residual generator (1 = none): `skip(source) +
+    /// branch_scale · decoder(...)`, the residual scaling of EDSR (Lim et al., CVPRW 2017). With a
+    /// skip that already starts at the baseline, Adam's first steps move all of the zero-started
+    /// last convolution's weights at once and throw the output far off (measured here: L1 from
+    /// 0.002 to 0.08 in one step); a small factor keeps the branch a refinement.
+    #[config(default = 1.0)]
+    pub branch_scale: f64,
 }
 
 /// Errors about a model configuration.
@@ -79,6 +101,12 @@ pub enum ModelError {
     Ngf(usize),
     #[error("ndf = {0}: the discriminator needs at least 1 base channel")]
     Ndf(usize),
+    #[error(
+        "skip kernel {0}: expected 0 (identity skip) or an odd size from 3 to 15, with --residual"
+    )]
+    SkipKernel(usize),
+    #[error("branch scale {0}: expected a positive number")]
+    BranchScale(f64),
     #[error("patch {patch}: the discriminator needs at least 16 voxels per axis (two stride-2 and two k4 s1 p1 convolutions)")]
     PatchTooSmall { patch: usize },
 }
@@ -86,6 +114,14 @@ pub enum ModelError {
 impl RevGanConfig {
     /// Checks the sizes the layers need.
     pub fn validate(&self) -> Result<(), ModelError> {
+        let k = self.skip_kernel;
+        if k != 0 && (!self.residual || k.is_multiple_of(2) || !(3..=MAX_SKIP_KERNEL).contains(&k))
+        {
+            return Err(ModelError::SkipKernel(k));
+        }
+        if !(self.branch_scale.is_finite() && self.branch_scale > 0.0) {
+            return Err(ModelError::BranchScale(self.branch_scale));
+        }
         if self.ngf < 2 || !self.ngf.is_multiple_of(2) {
             return Err(ModelError::Ngf(self.ngf));
         }
@@ -209,11 +245,48 @@ impl<B: Backend> Encoder<B> {
 pub struct Decoder<B: Backend> {
     pub conv_up: ConvTranspose3d<B>,
     pub conv_out: Conv3d<B>,
+    /// The learnable linear skip of a residual generator ([`RevGanConfig::skip_kernel`]).
+    pub skip: Option<Conv3d<B>>,
+}
+
+/// A learnable in-plane skip filter Conv3d(1→1, 1×k×k, no padding, zero bias) whose weights are
+/// `taps` (row-major k×k).
+pub fn skip_conv<B: Backend>(k: usize, taps: Vec<f32>, device: &B::Device) -> Conv3d<B> {
+    let mut c = Conv3dConfig::new([1, 1], [1, k, k])
+        .with_padding(PaddingConfig3d::Explicit(0, 0, 0))
+        .with_bias(true)
+        .init(device);
+    c.weight = Param::from_tensor(Tensor::from_data(
+        burn::tensor::TensorData::new(taps, [1, 1, 1, k, k]),
+        device,
+    ));
+    c.bias = zero_bias(c.bias);
+    c
+}
+
+/// k×k taps of a separable sampled Gaussian normalised to sum 1 (σ in px), or a centred delta
+/// when `sigma` is `None`.
+pub fn skip_taps(k: usize, sigma: Option<f64>) -> Vec<f32> {
+    let r = (k / 2) as i64;
+    let g: Vec<f64> = match sigma {
+        Some(s) => {
+            let raw: Vec<f64> = (-r..=r)
+                .map(|i| (-((i * i) as f64) / (2.0 * s * s)).exp())
+                .collect();
+            let sum: f64 = raw.iter().sum();
+            raw.iter().map(|v| v / sum).collect()
+        }
+        None => (-r..=r).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
+    };
+    g.iter()
+        .flat_map(|a| g.iter().map(move |b| (a * b) as f32))
+        .collect()
 }
 
 impl<B: Backend> Decoder<B> {
-    /// `zero_out` zero-initialises the last convolution (residual generators start as the identity).
-    pub fn new(ngf: usize, zero_out: bool, device: &B::Device) -> Self {
+    /// `zero_out` zero-initialises the last convolution (residual generators start as their skip);
+    /// `skip` is the learnable skip filter, if any.
+    pub fn new(ngf: usize, zero_out: bool, skip: Option<Conv3d<B>>, device: &B::Device) -> Self {
         let mut conv_up = ConvTranspose3dConfig::new([2 * ngf, ngf], [DOWN_KERNEL; 3])
             .with_stride([2; 3])
             .with_padding([1; 3])
@@ -225,6 +298,19 @@ impl<B: Backend> Decoder<B> {
         Self {
             conv_up,
             conv_out: conv3d(ngf, 1, OUTER_KERNEL, 1, 0, zero_out, device),
+            skip,
+        }
+    }
+
+    /// The skip path of a residual generator: the learnable filter after in-plane edge padding,
+    /// or the source itself. `[N, 1, D, H, W] -> [N, 1, D, H, W]`
+    pub fn skip_forward(&self, src: Tensor<B, 5>) -> Tensor<B, 5> {
+        match &self.skip {
+            Some(c) => {
+                let r = c.kernel_size[2] / 2;
+                c.forward(src.pad([(0, 0), (r, r), (r, r)], PadMode::Edge))
+            }
+            None => src,
         }
     }
 
@@ -342,7 +428,7 @@ mod tests {
         let e = Encoder::<B>::new(4, &dev);
         let h = e.forward(x);
         assert_eq!(h.dims(), [1, 8, 4, 4, 4]);
-        let d = Decoder::<B>::new(4, false, &dev);
+        let d = Decoder::<B>::new(4, false, None, &dev);
         assert_eq!(d.forward(h).dims(), [1, 1, 8, 8, 8]);
         let disc = Discriminator::<B>::new(2, 2, &dev);
         let x = Tensor::<B, 5>::zeros([1, 2, 16, 16, 16], &dev);
@@ -393,5 +479,24 @@ mod tests {
         assert!(check_patch(8).is_err());
         assert!(check_patch(16).is_ok());
         assert_eq!(RevGanConfig::new().with_blocks(2).receptive_radius(), 23);
+        let r = RevGanConfig::new().with_residual(true);
+        assert!(r.clone().with_skip_kernel(9).validate().is_ok());
+        for k in [2, 1, 17] {
+            assert_eq!(
+                r.clone().with_skip_kernel(k).validate(),
+                Err(ModelError::SkipKernel(k))
+            );
+        }
+        assert_eq!(
+            RevGanConfig::new().with_skip_kernel(9).validate(),
+            Err(ModelError::SkipKernel(9))
+        );
+        assert_eq!(
+            r.with_branch_scale(0.0).validate(),
+            Err(ModelError::BranchScale(0.0))
+        );
+        let g = skip_taps(5, Some(0.8));
+        assert!((g.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(skip_taps(3, None), [0., 0., 0., 0., 1., 0., 0., 0., 0.]);
     }
 }

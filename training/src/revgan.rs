@@ -18,7 +18,7 @@
 //! encoder its gradients. Only one block's activations are alive at a time, so activation memory
 //! does not grow with depth (seed 000, Table 2).
 
-use crate::model::{materialize, Coupling, Decoder, Encoder, RevGanConfig};
+use crate::model::{materialize, skip_conv, skip_taps, Coupling, Decoder, Encoder, RevGanConfig};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -99,6 +99,8 @@ pub struct RevGan<B: Backend> {
     pub core: Vec<RevBlock<B>>,
     /// [`RevGanConfig::residual`]: the output is the source plus the decoder's output.
     pub residual: bool,
+    /// [`RevGanConfig::branch_scale`].
+    pub branch_scale: f64,
 }
 
 impl<B: Backend> RevGan<B> {
@@ -107,13 +109,31 @@ impl<B: Backend> RevGan<B> {
     pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
         let m = Self {
             enc_a: Encoder::new(cfg.ngf, device),
-            dec_a: Decoder::new(cfg.ngf, cfg.residual, device),
+            dec_a: Decoder::new(
+                cfg.ngf,
+                cfg.residual,
+                (cfg.skip_kernel > 0)
+                    .then(|| skip_conv(cfg.skip_kernel, skip_taps(cfg.skip_kernel, None), device)),
+                device,
+            ),
             enc_b: Encoder::new(cfg.ngf, device),
-            dec_b: Decoder::new(cfg.ngf, cfg.residual, device),
+            dec_b: Decoder::new(
+                cfg.ngf,
+                cfg.residual,
+                (cfg.skip_kernel > 0).then(|| {
+                    skip_conv(
+                        cfg.skip_kernel,
+                        skip_taps(cfg.skip_kernel, Some(cfg.skip_sigma)),
+                        device,
+                    )
+                }),
+                device,
+            ),
             core: (0..cfg.blocks)
                 .map(|_| RevBlock::new(cfg.ngf, device))
                 .collect(),
             residual: cfg.residual,
+            branch_scale: cfg.branch_scale,
         };
         materialize(&m);
         m
@@ -130,14 +150,17 @@ impl<B: Backend> RevGan<B> {
     /// The target domain's decoder, plus the source image `src` when the generator is residual:
     /// `[N, 2ngf, D/2, H/2, W/2], [N, 1, D, H, W] -> [N, 1, D, H, W]`
     pub fn decode(&self, dir: Direction, h: Tensor<B, 5>, src: Tensor<B, 5>) -> Tensor<B, 5> {
-        let y = match dir {
-            Direction::AtoB => self.dec_b.forward(h),
-            Direction::BtoA => self.dec_a.forward(h),
+        let dec = match dir {
+            Direction::AtoB => &self.dec_b,
+            Direction::BtoA => &self.dec_a,
         };
-        if self.residual {
-            y + src
-        } else {
+        let y = dec.forward(h);
+        if !self.residual {
             y
+        } else if self.branch_scale == 1.0 {
+            y + dec.skip_forward(src)
+        } else {
+            y * self.branch_scale + dec.skip_forward(src)
         }
     }
 
@@ -328,7 +351,7 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
     use burn::module::ParamId;
     use burn::nn::conv::Conv3d;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     type I = Flex;
     type A = Autodiff<Flex>;
@@ -391,6 +414,30 @@ mod tests {
                 .into_scalar();
             assert!(err < 1e-6, "{dir:?}: |G(x) - x| = {err}");
         }
+        // With a learnable skip: A→B starts as the baseline Gaussian (a constant stays constant,
+        // an impulse spreads in-plane only), B→A as the identity.
+        let m = RevGan::<I>::new(&cfg.with_skip_kernel(5).with_branch_scale(0.1), &dev);
+        let err = (m.forward(Direction::BtoA, x.clone()) - x.clone())
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(err < 1e-6, "B→A: |G(x) - x| = {err}");
+        let c = Tensor::<I, 5>::full([1, 1, 4, 8, 8], 0.3, &dev);
+        let err = (m.forward(Direction::AtoB, c.clone()) - c)
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(err < 1e-5, "A→B of a constant: {err}");
+        let mut imp = vec![0f32; 4 * 8 * 8];
+        imp[(2 * 8 + 4) * 8 + 4] = 1.0;
+        let imp = Tensor::<I, 5>::from_data(TensorData::new(imp, [1, 1, 4, 8, 8]), &dev);
+        let y: Vec<f32> = m
+            .forward(Direction::AtoB, imp)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let at = |z: usize, yy: usize, xx: usize| y[(z * 8 + yy) * 8 + xx];
+        assert!(at(2, 4, 4) < 0.5 && at(2, 4, 5) > 0.05 && at(1, 4, 4).abs() < 1e-6);
     }
 
     fn flat<B: AutodiffBackend>(m: &RevGan<B>, g: &GradientsParams) -> Vec<(ParamId, Vec<f32>)> {

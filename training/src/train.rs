@@ -1051,6 +1051,13 @@ pub struct TrainArgs {
     /// Global residual generator: output = source + decoder (see `RevGanConfig::residual`).
     #[arg(long)]
     pub residual: bool,
+    /// With --residual: a learnable in-plane k×k linear skip filter instead of the identity skip
+    /// (odd, 3..=15; the A→B one starts as the baseline Gaussian). 0 = identity skip.
+    #[arg(long, default_value_t = 0)]
+    pub skip_kernel: usize,
+    /// With --residual: factor on the decoder branch (residual scaling; 1 = none).
+    #[arg(long, default_value_t = 1.0)]
+    pub branch_scale: f64,
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
     /// Cubic patch edge (multiple of 4, at least 16).
@@ -1098,7 +1105,9 @@ impl TrainArgs {
             .with_ndf(self.ndf)
             .with_blocks(self.blocks)
             .with_conditional(self.mode == ModeArg::Paired)
-            .with_residual(self.residual);
+            .with_residual(self.residual)
+            .with_skip_kernel(self.skip_kernel)
+            .with_branch_scale(self.branch_scale);
         let t = TrainConfig::new(self.task, self.mode)
             .with_naive(self.naive)
             .with_steps(self.steps)

@@ -41,16 +41,21 @@ fn settings() -> Settings {
 
 /// A tiny generator whose zero-initialised convolutions (core, residual decoder) are randomised,
 /// so the coupling blocks and the residual path are exercised too.
-fn tiny_model(blocks: usize, residual: bool) -> (RevGanConfig, RevGan<Flex>) {
+fn tiny_model(blocks: usize, residual: bool, skip: usize) -> (RevGanConfig, RevGan<Flex>) {
     let dev = Default::default();
     let cfg = RevGanConfig::new()
         .with_ngf(4)
         .with_ndf(2)
         .with_blocks(blocks)
-        .with_residual(residual);
+        .with_residual(residual)
+        .with_skip_kernel(skip)
+        .with_branch_scale(if skip > 0 { 0.25 } else { 1.0 });
     <Flex as burn::tensor::backend::Backend>::seed(&dev, 11);
     let mut m = RevGan::<Flex>::new(&cfg, &dev);
     let mut zeroed = vec![&mut m.dec_b.conv_out];
+    if let Some(c) = m.dec_b.skip.as_mut() {
+        zeroed.push(c);
+    }
     for b in &mut m.core {
         zeroed.push(&mut b.f.conv2);
         zeroed.push(&mut b.g.conv2);
@@ -144,9 +149,11 @@ fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) ->
 #[test]
 fn onnx_runtime_matches_burn_forward() {
     let dir = tempfile::tempdir().unwrap();
-    for (blocks, residual) in [(0, false), (2, false), (1, true)] {
-        let (cfg, gen) = tiny_model(blocks, residual);
-        let out = dir.path().join(format!("revgan-{blocks}-{residual}"));
+    for (blocks, residual, skip) in [(0, false, 0), (2, false, 0), (1, true, 0), (1, true, 5)] {
+        let (cfg, gen) = tiny_model(blocks, residual, skip);
+        let out = dir
+            .path()
+            .join(format!("revgan-{blocks}-{residual}-{skip}"));
         let md = export_model::export_generator(&gen, &cfg, &meta("tiny", [1, 1, 1]), &out, false)
             .unwrap();
         assert_eq!(
@@ -157,10 +164,10 @@ fn onnx_runtime_matches_burn_forward() {
         // Even and odd sizes (odd axes are padded and cropped inside the graph).
         for (i, dims) in [[8, 8, 8], [9, 12, 7]].into_iter().enumerate() {
             let diff = compare(&md, &gen, dims, 100 + i as u64);
-            eprintln!("blocks {blocks}, {dims:?}: max |onnx - burn| = {diff:e}");
+            eprintln!("blocks {blocks} skip {skip}, {dims:?}: max |onnx - burn| = {diff:e}");
             assert!(
                 diff <= TOL,
-                "blocks {blocks}, {dims:?}: max |onnx - burn| = {diff}"
+                "blocks {blocks} skip {skip}, {dims:?}: max |onnx - burn| = {diff}"
             );
         }
     }
@@ -172,7 +179,7 @@ fn onnx_runtime_matches_burn_forward() {
 #[test]
 fn superres_export_resamples_like_the_training_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (cfg, gen) = tiny_model(1, true);
+    let (cfg, gen) = tiny_model(1, true, 0);
     let out = dir.path().join("revgan-sr");
     let md = export_model::export_generator(&gen, &cfg, &meta("tiny-sr", [4, 2, 2]), &out, false)
         .unwrap();
