@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod export_model;
+pub mod lsq;
 pub mod model;
 pub mod nifti;
 pub mod onnx;

@@ -85,6 +85,10 @@ pub struct RevGanConfig {
     /// Hann/ramp filter ratio (`ct-train export-baseline`, 0.7849 px).
     #[config(default = 0.7849)]
     pub skip_sigma: f64,
+    /// Depth (z taps, odd, 1..=15) of the learnable skip filter: 1 for kernel models (kernel
+    /// differences are in-plane), more for super-resolution, where the skip sharpens along z too.
+    #[config(default = 1)]
+    pub skip_depth: usize,
     /// Factor on the decoder's output in a residual generator (1 = none): `skip(source) +
     /// branch_scale · decoder(...)`, the residual scaling of EDSR (Lim et al., CVPRW 2017). With a
     /// skip that already starts at the baseline, Adam's first steps move all of the zero-started
@@ -105,6 +109,8 @@ pub enum ModelError {
         "skip kernel {0}: expected 0 (identity skip) or an odd size from 3 to 15, with --residual"
     )]
     SkipKernel(usize),
+    #[error("skip depth {0}: expected an odd number of z taps from 1 to 15, with --skip-kernel")]
+    SkipDepth(usize),
     #[error("branch scale {0}: expected a positive number")]
     BranchScale(f64),
     #[error("patch {patch}: the discriminator needs at least 16 voxels per axis (two stride-2 and two k4 s1 p1 convolutions)")]
@@ -118,6 +124,10 @@ impl RevGanConfig {
         if k != 0 && (!self.residual || k.is_multiple_of(2) || !(3..=MAX_SKIP_KERNEL).contains(&k))
         {
             return Err(ModelError::SkipKernel(k));
+        }
+        let d = self.skip_depth;
+        if d.is_multiple_of(2) || d > MAX_SKIP_KERNEL || (d > 1 && k == 0) {
+            return Err(ModelError::SkipDepth(d));
         }
         if !(self.branch_scale.is_finite() && self.branch_scale > 0.0) {
             return Err(ModelError::BranchScale(self.branch_scale));
@@ -249,24 +259,24 @@ pub struct Decoder<B: Backend> {
     pub skip: Option<Conv3d<B>>,
 }
 
-/// A learnable in-plane skip filter Conv3d(1→1, 1×k×k, no padding, zero bias) whose weights are
-/// `taps` (row-major k×k).
-pub fn skip_conv<B: Backend>(k: usize, taps: Vec<f32>, device: &B::Device) -> Conv3d<B> {
-    let mut c = Conv3dConfig::new([1, 1], [1, k, k])
+/// A learnable skip filter Conv3d(1→1, d×k×k, no padding, zero bias) whose weights are `taps`
+/// (row-major d×k×k).
+pub fn skip_conv<B: Backend>(d: usize, k: usize, taps: Vec<f32>, device: &B::Device) -> Conv3d<B> {
+    let mut c = Conv3dConfig::new([1, 1], [d, k, k])
         .with_padding(PaddingConfig3d::Explicit(0, 0, 0))
         .with_bias(true)
         .init(device);
     c.weight = Param::from_tensor(Tensor::from_data(
-        burn::tensor::TensorData::new(taps, [1, 1, 1, k, k]),
+        burn::tensor::TensorData::new(taps, [1, 1, d, k, k]),
         device,
     ));
     c.bias = zero_bias(c.bias);
     c
 }
 
-/// k×k taps of a separable sampled Gaussian normalised to sum 1 (σ in px), or a centred delta
-/// when `sigma` is `None`.
-pub fn skip_taps(k: usize, sigma: Option<f64>) -> Vec<f32> {
+/// d×k×k taps: in the middle z plane a separable sampled Gaussian normalised to sum 1 (σ in px),
+/// or a centred delta when `sigma` is `None`; zero elsewhere.
+pub fn skip_taps(d: usize, k: usize, sigma: Option<f64>) -> Vec<f32> {
     let r = (k / 2) as i64;
     let g: Vec<f64> = match sigma {
         Some(s) => {
@@ -278,9 +288,13 @@ pub fn skip_taps(k: usize, sigma: Option<f64>) -> Vec<f32> {
         }
         None => (-r..=r).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
     };
-    g.iter()
+    let plane: Vec<f32> = g
+        .iter()
         .flat_map(|a| g.iter().map(move |b| (a * b) as f32))
-        .collect()
+        .collect();
+    let mut out = vec![0f32; d * k * k];
+    out[(d / 2) * k * k..(d / 2 + 1) * k * k].copy_from_slice(&plane);
+    out
 }
 
 impl<B: Backend> Decoder<B> {
@@ -302,13 +316,13 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// The skip path of a residual generator: the learnable filter after in-plane edge padding,
+    /// The skip path of a residual generator: the learnable filter after edge padding,
     /// or the source itself. `[N, 1, D, H, W] -> [N, 1, D, H, W]`
     pub fn skip_forward(&self, src: Tensor<B, 5>) -> Tensor<B, 5> {
         match &self.skip {
             Some(c) => {
-                let r = c.kernel_size[2] / 2;
-                c.forward(src.pad([(0, 0), (r, r), (r, r)], PadMode::Edge))
+                let (rz, r) = (c.kernel_size[0] / 2, c.kernel_size[2] / 2);
+                c.forward(src.pad([(rz, rz), (r, r), (r, r)], PadMode::Edge))
             }
             None => src,
         }
@@ -495,8 +509,20 @@ mod tests {
             r.with_branch_scale(0.0).validate(),
             Err(ModelError::BranchScale(0.0))
         );
-        let g = skip_taps(5, Some(0.8));
+        let g = skip_taps(1, 5, Some(0.8));
         assert!((g.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(skip_taps(3, None), [0., 0., 0., 0., 1., 0., 0., 0., 0.]);
+        assert_eq!(skip_taps(1, 3, None), [0., 0., 0., 0., 1., 0., 0., 0., 0.]);
+        let d = skip_taps(3, 3, None);
+        assert_eq!(d.len(), 27);
+        assert_eq!(d[13], 1.0);
+        assert_eq!(d.iter().sum::<f32>(), 1.0);
+        assert_eq!(
+            RevGanConfig::new()
+                .with_residual(true)
+                .with_skip_kernel(5)
+                .with_skip_depth(2)
+                .validate(),
+            Err(ModelError::SkipDepth(2))
+        );
     }
 }

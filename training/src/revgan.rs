@@ -112,8 +112,14 @@ impl<B: Backend> RevGan<B> {
             dec_a: Decoder::new(
                 cfg.ngf,
                 cfg.residual,
-                (cfg.skip_kernel > 0)
-                    .then(|| skip_conv(cfg.skip_kernel, skip_taps(cfg.skip_kernel, None), device)),
+                (cfg.skip_kernel > 0).then(|| {
+                    skip_conv(
+                        cfg.skip_depth,
+                        cfg.skip_kernel,
+                        skip_taps(cfg.skip_depth, cfg.skip_kernel, None),
+                        device,
+                    )
+                }),
                 device,
             ),
             enc_b: Encoder::new(cfg.ngf, device),
@@ -122,8 +128,9 @@ impl<B: Backend> RevGan<B> {
                 cfg.residual,
                 (cfg.skip_kernel > 0).then(|| {
                     skip_conv(
+                        cfg.skip_depth,
                         cfg.skip_kernel,
-                        skip_taps(cfg.skip_kernel, Some(cfg.skip_sigma)),
+                        skip_taps(cfg.skip_depth, cfg.skip_kernel, Some(cfg.skip_sigma)),
                         device,
                     )
                 }),

@@ -106,6 +106,18 @@ pub enum TaskArg {
     Superres,
 }
 
+/// How a learnable skip filter starts (`--skip-init`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipInit {
+    /// A→B: the baseline Gaussian (`RevGanConfig::skip_sigma`); B→A: the identity.
+    Baseline,
+    /// Both directions: the least-squares linear filter on the training pairs ([`crate::lsq`]).
+    Lsq,
+}
+
 /// Paired (pix2pix loss) or unpaired (CycleGAN loss) training.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
@@ -163,6 +175,9 @@ pub struct TrainConfig {
     /// kernel task, `[4, 2, 2]` for `ct-train synth`'s thick-slice source.
     #[config(default = "[1, 1, 1]")]
     pub scale: [usize; 3],
+    /// Start of the learnable skip filters (only with `RevGanConfig::skip_kernel` > 0).
+    #[config(default = "SkipInit::Baseline")]
+    pub skip_init: SkipInit,
 }
 
 impl TrainConfig {
@@ -407,6 +422,8 @@ fn patch_mean(v: &Volume, p: usize, spec: &PatchSpec) -> f32 {
 pub struct PatchSampler {
     pairs: Vec<PairedVolume>,
     patch: usize,
+    /// Patch mean (model units) under which a draw is retried: -1000 HU in the run's window.
+    air: f32,
 }
 
 impl PatchSampler {
@@ -428,7 +445,11 @@ impl PatchSampler {
         if pairs.is_empty() {
             return Err(TrainError::Options("no training volumes".into()));
         }
-        Ok(Self { pairs, patch })
+        Ok(Self {
+            pairs,
+            patch,
+            air: AIR_MEAN,
+        })
     }
 
     fn draw(&self, rng: &mut SplitMix, domain_b: bool) -> PatchSpec {
@@ -450,7 +471,7 @@ impl PatchSampler {
                 origin: v.dims.map(|d| rng.below(d - p + 1)),
                 flip: [rng.below(2) == 1, rng.below(2) == 1, rng.below(2) == 1],
             };
-            if patch_mean(v, p, &spec) > AIR_MEAN {
+            if patch_mean(v, p, &spec) > self.air {
                 break;
             }
         }
@@ -470,6 +491,12 @@ impl PatchSampler {
 
     pub fn patch(&self) -> usize {
         self.patch
+    }
+
+    /// Sets the air threshold to `hu` in the HU `window` (the default is -1000 HU in the seed's).
+    pub fn with_air_hu(mut self, hu: f32, window: [f32; 2]) -> Self {
+        self.air = (hu - window[0]) / (window[1] - window[0]) * 2.0 - 1.0;
+        self
     }
 }
 
@@ -905,6 +932,25 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(l)
     }
 
+    /// Replaces the skip filter of the generator `dir` (its taps and bias) by `fit`.
+    pub fn set_skip(&mut self, dir: Direction, fit: &crate::lsq::FilterFit) {
+        let dec = match dir {
+            Direction::AtoB => &mut self.gen.dec_b,
+            Direction::BtoA => &mut self.gen.dec_a,
+        };
+        if let Some(c) = dec.skip.as_mut() {
+            let shape = c.weight.dims();
+            c.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(fit.taps.clone(), shape),
+                &self.device,
+            ));
+            c.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![fit.bias], [1]),
+                &self.device,
+            )));
+        }
+    }
+
     /// Writes `dir/{generators,discriminators,optim_g,optim_d}.mpk` and `dir/state.json`.
     pub fn save(&self, dir: &Path, state: &TrainState) -> Result<(), TrainError> {
         let ck = |reason: String| TrainError::Checkpoint {
@@ -1058,6 +1104,17 @@ pub struct TrainArgs {
     /// With --residual: factor on the decoder branch (residual scaling; 1 = none).
     #[arg(long, default_value_t = 1.0)]
     pub branch_scale: f64,
+    /// With --skip-kernel: z taps of the skip filter (odd; 1 = in-plane only).
+    #[arg(long, default_value_t = 1)]
+    pub skip_depth: usize,
+    /// With --skip-kernel: start the skip filters as the baseline Gaussian / identity, or as the
+    /// least-squares linear filters fitted on the training pairs.
+    #[arg(long, value_enum, default_value = "baseline")]
+    pub skip_init: SkipInit,
+    /// HU window mapped onto [-1, 1] as "LO,HI" (seed 000: -1150,350). Input outside it is clipped,
+    /// so a model meant to keep bone and metal faithful needs a wider one.
+    #[arg(long, default_value = "-1150,350", value_parser = parse_window)]
+    pub hu_window: [f32; 2],
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
     /// Cubic patch edge (multiple of 4, at least 16).
@@ -1098,6 +1155,19 @@ pub struct TrainArgs {
     pub force: bool,
 }
 
+/// Parses "LO,HI" into an HU window (LO < HI, both finite).
+pub fn parse_window(s: &str) -> Result<[f32; 2], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match v[..] {
+        [lo, hi] if lo.is_finite() && hi.is_finite() && lo < hi => Ok([lo, hi]),
+        _ => Err(format!("{s:?}: expected LO,HI with LO < HI")),
+    }
+}
+
 impl TrainArgs {
     pub fn configs(&self) -> (RevGanConfig, TrainConfig) {
         let m = RevGanConfig::new()
@@ -1107,7 +1177,8 @@ impl TrainArgs {
             .with_conditional(self.mode == ModeArg::Paired)
             .with_residual(self.residual)
             .with_skip_kernel(self.skip_kernel)
-            .with_branch_scale(self.branch_scale);
+            .with_branch_scale(self.branch_scale)
+            .with_skip_depth(self.skip_depth);
         let t = TrainConfig::new(self.task, self.mode)
             .with_naive(self.naive)
             .with_steps(self.steps)
@@ -1121,7 +1192,9 @@ impl TrainArgs {
             .with_pool_size(self.pool_size)
             .with_decay_steps(self.decay_steps)
             .with_checkpoint_every(self.checkpoint_every.max(1))
-            .with_data(self.data.display().to_string());
+            .with_data(self.data.display().to_string())
+            .with_skip_init(self.skip_init)
+            .with_hu_window(self.hu_window);
         (m, t)
     }
 }
@@ -1312,7 +1385,31 @@ pub fn train<B: AutodiffBackend>(
     if args.resume {
         check_resume_matches(run, &model_cfg, &cfg)?;
     }
-    let sampler = PatchSampler::new(data.pairs, cfg.patch)?;
+    // Least-squares starting filters (fitted before the sampler takes the volumes).
+    let fits = if model_cfg.skip_kernel > 0 && cfg.skip_init == SkipInit::Lsq && !args.resume {
+        let (d, k) = (model_cfg.skip_depth, model_cfg.skip_kernel);
+        let fit = |reverse| {
+            crate::lsq::fit_filter(&data.pairs, reverse, d, k, crate::lsq::SAMPLES, cfg.seed)
+                .map_err(|e| TrainError::Data {
+                    path: args.data.clone(),
+                    reason: e.to_string(),
+                })
+        };
+        let (ab, ba) = (fit(false)?, fit(true)?);
+        for (dir, f) in [("A->B", &ab), ("B->A", &ba)] {
+            tracing::info!(
+                direction = dir,
+                mae = f.mae,
+                identity_mae = f.identity_mae,
+                samples = f.samples,
+                "least-squares {d}x{k}x{k} skip filter fitted"
+            );
+        }
+        Some((ab, ba))
+    } else {
+        None
+    };
+    let sampler = PatchSampler::new(data.pairs, cfg.patch)?.with_air_hu(-1000.0, cfg.hu_window);
     std::fs::create_dir_all(run).map_err(io_err(run))?;
     let mp = run.join(MODEL_CONFIG);
     let tp = run.join(TRAIN_CONFIG);
@@ -1320,6 +1417,10 @@ pub fn train<B: AutodiffBackend>(
     cfg.save(&tp).map_err(io_err(&tp))?;
 
     let mut t = Trainer::<B>::new(model_cfg, cfg.clone(), device)?;
+    if let Some((ab, ba)) = fits {
+        t.set_skip(Direction::AtoB, &ab);
+        t.set_skip(Direction::BtoA, &ba);
+    }
     let mut state = TrainState {
         step: 0,
         seconds: 0.0,
