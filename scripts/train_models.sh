@@ -12,10 +12,11 @@
 #             Gaussian baseline (1000-1001), 3 held-out phantoms (2000-2002) and the held-out
 #             InVesalius head CT, 32 x 256 x 256 each, 3e4 photons, ramp vs Hann
 #   defaults  the shipped models: residual RevGAN, paired, 2 reversible blocks, patch 32, ngf 16,
-#             ndf 32: kernel with a learnable 9x9 skip starting at the baseline Gaussian and
-#             branch scale 0.05; super-resolution with the identity skip (on the trilinear grid)
-#   ablation  seed 000 Table 1 rows with the architecture exactly as specified (no residual):
-#             paired / unpaired x 0 / 2 blocks, kernel (250 steps) and super-resolution (200)
+#             ndf 32, HU window [-1150, 3000] (bone is not clipped), learnable skip filters
+#             started at the least-squares linear filters of the training pairs: kernel 1x9x9 with
+#             branch scale 0.01, super-resolution 9x7x7 (on the trilinear grid) with 0.03
+#   ablation  seed 000 Table 1 rows with the architecture exactly as specified (no residual, seed
+#             window): paired / unpaired x 0 / 2 blocks, kernel (250 steps), super-resolution (150)
 #   eval      ct-train eval of every run against identity, the tuned Gaussian and tri-linear /
 #             -cubic upsampling, CSV in out/train/eval.csv; with RECORD=1 the figures go into
 #             models/revgan-*/model.toml (and the models are re-exported from the default runs)
@@ -52,7 +53,8 @@ train() {
   fi
 }
 
-COMMON=(--mode paired --blocks 2 --residual --patch 32 --ngf 16 --ndf 32 --seed 11 --checkpoint-every 100)
+COMMON=(--mode paired --blocks 2 --residual --skip-init lsq --hu-window=-1150,3000 --patch 32 --ngf 16
+  --ndf 32 --seed 11 --checkpoint-every 100)
 
 if has data; then
   synth "$D/train" --source phantom --cases 4 --seed 3000
@@ -65,13 +67,15 @@ if has data; then
 fi
 
 if has defaults; then
-  train "$R/kernel" --task kernel "${COMMON[@]}" --skip-kernel 9 --branch-scale 0.05 --steps "$KERNEL_STEPS"
-  train "$R/superres" --task superres "${COMMON[@]}" --steps "$SR_STEPS"
+  train "$R/kernel" --task kernel "${COMMON[@]}" --skip-kernel 9 --branch-scale 0.01 \
+    --steps "$KERNEL_STEPS"
+  train "$R/superres" --task superres "${COMMON[@]}" --skip-kernel 7 --skip-depth 9 \
+    --branch-scale 0.03 --steps "$SR_STEPS"
 fi
 
 if has ablation; then
   for task in kernel superres; do
-    steps=$([[ $task == kernel ]] && echo 250 || echo 200)
+    steps=$([[ $task == kernel ]] && echo 250 || echo 150)
     for mode in paired unpaired; do
       for b in 0 2; do
         train "$R/$task-$mode-$b" --task "$task" --mode "$mode" --blocks "$b" --steps "$steps" \

@@ -375,7 +375,7 @@ mod tests {
     #[test]
     fn defaults_load() {
         let s = Settings::load_with_env(None, env(&[])).unwrap();
-        assert_eq!(s.models.default, "gaussian-soft-baseline");
+        assert_eq!(s.models.default, "revgan-kernel");
         assert_eq!(s.runtime.device, Device::Auto);
         assert_eq!(s.translate.tile, [0, 0, 0]);
     }

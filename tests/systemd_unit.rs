@@ -50,7 +50,8 @@ fn example_site_config_loads() {
         Vec::new(),
     )
     .unwrap();
-    assert_eq!(s.rules.len(), 2);
-    assert_eq!(s.rules[0].name, "sharp-chest");
+    assert_eq!(s.rules.len(), 3);
+    assert_eq!(s.rules[0].name, "thick-sharp-chest");
+    assert_eq!(s.rules[0].models, ["revgan-kernel", "revgan-superres"]);
     assert_eq!(s.destinations.len(), 2);
 }

@@ -14,7 +14,8 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ct-harmonizer"))
 }
 
-/// `ct-harmonizer process` with the repository's models; extra env pairs override settings.
+/// `ct-harmonizer process` with the repository's models and the baseline as the default model;
+/// extra env pairs override settings.
 pub fn process(inputs: &[&Path], out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Output {
     let mut c = Command::new(bin());
     c.arg("process");
@@ -23,6 +24,9 @@ pub fn process(inputs: &[&Path], out: &Path, env: &[(&str, &str)], extra: &[&str
     }
     c.arg("--out").arg(out).args(extra);
     c.env("CT_HARMONIZER__MODELS__DIR", repo().join("models"));
+    // The DICOM and pipeline tests pin the classical baseline (fast, exactly linear); the shipped
+    // trained default is exercised by its own tests.
+    c.env("CT_HARMONIZER__MODELS__DEFAULT", "gaussian-soft-baseline");
     c.env("RUST_LOG", "info");
     for (k, v) in env {
         c.env(k, v);
