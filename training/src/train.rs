@@ -308,8 +308,7 @@ pub fn load_pairs(
         let a = load_volume(&pa).map_err(|e| data_err(&pa, e.to_string()))?;
         let b = load_volume(&pb).map_err(|e| data_err(&pb, e.to_string()))?;
         let mut f = [1usize; 3];
-        for axis in 0..3 {
-            let (na, nb) = (a.shape[axis], b.shape[axis]);
+        for (fa, (&na, &nb)) in f.iter_mut().zip(a.shape.iter().zip(&b.shape)) {
             if na == 0 || !nb.is_multiple_of(na) || (task == TaskArg::Kernel && na != nb) {
                 return Err(data_err(
                     &pb,
@@ -325,7 +324,7 @@ pub fn load_pairs(
                     ),
                 ));
             }
-            f[axis] = nb / na;
+            *fa = nb / na;
         }
         if *scale.get_or_insert(f) != f {
             return Err(data_err(
@@ -1282,7 +1281,7 @@ fn truncate_csv(path: &Path, step: u64) -> Result<(), TrainError> {
 /// Validation patches drawn once per run (fixed by the seed) for the checkpoint pictures.
 const VAL_PATCHES: usize = 3;
 /// Mixed into the run seed for the validation draw, so it differs from every step's draw.
-const VAL_SEED: u64 = 0x5EED_0F_7A11;
+const VAL_SEED: u64 = 0x0005_EED0_F7A1;
 /// Folder of the validation pictures in a run directory.
 pub const VAL_DIR: &str = "val";
 pub const LOSSES_PNG: &str = "losses.png";
