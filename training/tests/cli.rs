@@ -77,6 +77,29 @@ fn train_watch_resume_and_refuse() {
         .starts_with(b"\x89PNG"));
     assert!(run.join("val/step_000002.png").is_file());
 
+    // The same seed gives the same run: a second run into another folder logs the same losses.
+    let again = tmp.path().join("again");
+    let a2: Vec<String> = with(&["--steps", "2", "--ngf", "2"])
+        .into_iter()
+        .map(|x| {
+            if x == r {
+                again.display().to_string()
+            } else {
+                x
+            }
+        })
+        .collect();
+    let o = ct_train(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    let losses = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("losses.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string()) // drop the seconds column
+            .collect()
+    };
+    assert_eq!(losses(&run), losses(&again));
+
     // The run is not replaced without --force.
     let o = run_with(&["--steps", "2", "--ngf", "2"]);
     assert!(!o.status.success());
