@@ -581,20 +581,67 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
+/// One line describing a `ct-train synth` data set from its `synth.toml` (None when the folder
+/// has none, e.g. on another machine).
+pub fn synth_summary(data: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data.join("synth.toml")).ok()?;
+    let v: toml::Value = toml::from_str(&text).ok()?;
+    let cases = v.get("case")?.as_array()?;
+    let sources: Vec<String> = cases
+        .iter()
+        .filter_map(|c| c.get("source").and_then(|s| s.as_str()).map(str::to_owned))
+        .collect();
+    let shape = cases
+        .first()
+        .and_then(|c| c.get("shape"))
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    Some(format!(
+        "ct-train synth: {} case(s) of {} voxels ({}), {} photons, {} vs {} filtered back-projection",
+        cases.len(),
+        shape,
+        sources.join(", "),
+        v.get("photons").map(|p| p.to_string()).unwrap_or_default(),
+        v.get("sharp_filter").and_then(|f| f.as_str()).unwrap_or("?"),
+        v.get("soft_filter").and_then(|f| f.as_str()).unwrap_or("?"),
+    ))
+}
+
 /// Provenance text of a training run.
 pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -> Provenance {
+    let data = if cfg.data.is_empty() {
+        "(data not recorded)".to_owned()
+    } else {
+        match synth_summary(Path::new(&cfg.data)) {
+            Some(s) => format!("{} ({s})", cfg.data),
+            None => cfg.data.clone(),
+        }
+    };
+    let skip = if model.skip_kernel > 0 {
+        format!(
+            ", learnable {}x{}x{} skip filter started as {:?}, branch scale {}",
+            model.skip_depth,
+            model.skip_kernel,
+            model.skip_kernel,
+            cfg.skip_init,
+            model.branch_scale
+        )
+    } else {
+        String::new()
+    };
     Provenance {
         program: format!("ct-train {}", env!("CARGO_PKG_VERSION")),
         data: format!(
-            "{}; {:?} {:?} training, {} reversible blocks{}{}, source resampled x{:?}, ngf {}, ndf {}, patch {}^3, \
-             {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, lambda_cycle {}",
-            if cfg.data.is_empty() { "(data not recorded)" } else { &cfg.data },
+            "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
+             ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
+             lambda_cycle {}",
             cfg.task,
             cfg.mode,
             model.blocks,
             if cfg.naive { " (naive autodiff)" } else { "" },
             if model.residual { ", global residual" } else { "" },
             cfg.scale,
+            cfg.hu_window,
             model.ngf,
             model.ndf,
             cfg.patch,
