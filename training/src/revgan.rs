@@ -107,35 +107,18 @@ impl<B: Backend> RevGan<B> {
     /// A freshly initialised generator pair (N(0, 0.02) weights, zero-initialised last convs of F
     /// and G). Call `B::seed` first for reproducible weights.
     pub fn new(cfg: &RevGanConfig, device: &B::Device) -> Self {
+        // The skip filters: B→A starts as the identity, A→B as the baseline Gaussian.
+        let skip = |sigma: Option<f64>| {
+            (cfg.skip_kernel > 0).then(|| {
+                let (d, k) = (cfg.skip_depth, cfg.skip_kernel);
+                skip_conv(d, k, skip_taps(d, k, sigma), device)
+            })
+        };
         let m = Self {
             enc_a: Encoder::new(cfg.ngf, device),
-            dec_a: Decoder::new(
-                cfg.ngf,
-                cfg.residual,
-                (cfg.skip_kernel > 0).then(|| {
-                    skip_conv(
-                        cfg.skip_depth,
-                        cfg.skip_kernel,
-                        skip_taps(cfg.skip_depth, cfg.skip_kernel, None),
-                        device,
-                    )
-                }),
-                device,
-            ),
+            dec_a: Decoder::new(cfg.ngf, cfg.residual, skip(None), device),
             enc_b: Encoder::new(cfg.ngf, device),
-            dec_b: Decoder::new(
-                cfg.ngf,
-                cfg.residual,
-                (cfg.skip_kernel > 0).then(|| {
-                    skip_conv(
-                        cfg.skip_depth,
-                        cfg.skip_kernel,
-                        skip_taps(cfg.skip_depth, cfg.skip_kernel, Some(cfg.skip_sigma)),
-                        device,
-                    )
-                }),
-                device,
-            ),
+            dec_b: Decoder::new(cfg.ngf, cfg.residual, skip(Some(cfg.skip_sigma)), device),
             core: (0..cfg.blocks)
                 .map(|_| RevBlock::new(cfg.ngf, device))
                 .collect(),
