@@ -1069,9 +1069,29 @@ pub fn read_configs(run: &Path) -> Result<(RevGanConfig, TrainConfig), TrainErro
     let load_err = |p: PathBuf, e: String| TrainError::Checkpoint { path: p, reason: e };
     let mp = run.join(MODEL_CONFIG);
     let tp = run.join(TRAIN_CONFIG);
-    let m = RevGanConfig::load(&mp).map_err(|e| load_err(mp.clone(), e.to_string()))?;
-    let t = TrainConfig::load(&tp).map_err(|e| load_err(tp.clone(), e.to_string()))?;
+    let m: RevGanConfig =
+        load_with_defaults(&mp, &RevGanConfig::new()).map_err(|e| load_err(mp.clone(), e))?;
+    // `task` and `mode` have no defaults: the saved file's own values fill them first.
+    let t: TrainConfig =
+        load_with_defaults(&tp, &TrainConfig::new(TaskArg::Kernel, ModeArg::Paired))
+            .map_err(|e| load_err(tp.clone(), e))?;
     Ok((m, t))
+}
+
+/// Reads a saved config, taking fields the file lacks (written by an older `ct-train`, before the
+/// option existed) from `defaults`, which are that option's neutral values.
+fn load_with_defaults<C: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    defaults: &C,
+) -> Result<C, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let mut merged = serde_json::to_value(defaults).map_err(|e| e.to_string())?;
+    match (&mut merged, saved) {
+        (serde_json::Value::Object(m), serde_json::Value::Object(s)) => m.extend(s),
+        _ => return Err("not a JSON object".into()),
+    }
+    serde_json::from_value(merged).map_err(|e| e.to_string())
 }
 
 /// `ct-train train` options.
@@ -1578,6 +1598,35 @@ mod tests {
                 .fold(0.0, f32::max);
             assert!(d < 1e-5, "{mode:?}: weights differ by {d}");
         }
+    }
+
+    #[test]
+    fn configs_of_older_runs_load_with_neutral_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        // model.json / train.json as ct-train wrote them before the residual options existed.
+        std::fs::write(
+            dir.path().join(MODEL_CONFIG),
+            r#"{"ngf": 16, "ndf": 32, "blocks": 2, "conditional": true}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(TRAIN_CONFIG),
+            r#"{"task": "superres", "mode": "unpaired", "steps": 250, "patch": 32}"#,
+        )
+        .unwrap();
+        let (m, t) = read_configs(dir.path()).unwrap();
+        assert_eq!(
+            (m.ngf, m.blocks, m.residual, m.skip_kernel),
+            (16, 2, false, 0)
+        );
+        assert_eq!(
+            (t.task, t.mode, t.steps),
+            (TaskArg::Superres, ModeArg::Unpaired, 250)
+        );
+        assert_eq!(t.scale, [1, 1, 1]);
+        std::fs::write(dir.path().join(MODEL_CONFIG), "[1, 2]").unwrap();
+        let e = read_configs(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("model.json") && e.contains("JSON object"), "{e}");
     }
 
     #[test]
