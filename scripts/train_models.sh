@@ -14,8 +14,8 @@
 #   defaults  the shipped models: residual RevGAN, paired, 2 reversible blocks, patch 32, ngf 16,
 #             ndf 32, HU window [-1150, 3000] (bone is not clipped), learnable skip filters
 #             started at the least-squares linear filters of the training pairs, fine-tuned at
-#             lr 2e-5: kernel 1x9x9 with branch scale 0.01 (500 steps), super-resolution 9x7x7 (on
-#             the trilinear grid) with 0.03 (400 steps)
+#             lr 2e-5: kernel 1x9x9 with branch scale 0.01 (350 steps), super-resolution 9x7x7 (on
+#             the trilinear grid) with 0.03 (300 steps)
 #   ablation  seed 000 Table 1 rows with the architecture exactly as specified (no residual, seed
 #             window): paired / unpaired x 0 / 2 blocks, kernel (250 steps), super-resolution (100)
 #   eval      ct-train eval of every run against identity, the tuned Gaussian and tri-linear /
@@ -29,8 +29,8 @@ W=out/train
 D=$W/data
 R=$W/runs
 BIN=target/release/ct-train
-KERNEL_STEPS=${KERNEL_STEPS:-500}
-SR_STEPS=${SR_STEPS:-400}
+KERNEL_STEPS=${KERNEL_STEPS:-350}
+SR_STEPS=${SR_STEPS:-300}
 
 bash scripts/setup.sh
 cargo build --release -p ct-training
