@@ -866,11 +866,19 @@ pub struct EvalArgs {
 
 /// The rows of `r` that go into the manifest of a `task` model: means over cases (the only case
 /// when there is one), every method of that task, with `dataset` naming the pairs.
-pub fn manifest_rows(r: &EvalReport, task: Task, dataset: &str) -> Vec<EvaluationRow> {
+/// Rows of other trained models evaluated in the same run (`others`, their labels) are left out:
+/// a manifest lists its model against the baselines.
+pub fn manifest_rows(
+    r: &EvalReport,
+    task: Task,
+    dataset: &str,
+    others: &[String],
+) -> Vec<EvaluationRow> {
     let means = r.rows.iter().any(|row| row.case == "mean");
     r.rows
         .iter()
         .filter(|row| row.task == task_name(task) && (!means || row.case == "mean"))
+        .filter(|row| !others.contains(&row.method))
         .map(|row| EvaluationRow {
             dataset: dataset.to_owned(),
             method: row.method.clone(),
@@ -942,15 +950,30 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             n.into_iter().collect::<Vec<_>>().join(", "),
             r.tuned_on
         );
-        for dir in &o.models {
-            let task = ModelDir::open(dir)
-                .map_err(|source| EvalError::Model {
-                    dir: dir.clone(),
-                    source,
-                })?
-                .manifest
-                .task;
-            record_in_manifest(dir, manifest_rows(&r, task, &dataset))?;
+        let manifests = o
+            .models
+            .iter()
+            .map(|dir| {
+                ModelDir::open(dir)
+                    .map(|md| md.manifest)
+                    .map_err(|source| EvalError::Model {
+                        dir: dir.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let label =
+            |m: &ct_harmonizer::translate::manifest::Manifest| format!("{} {}", m.name, m.version);
+        for (dir, m) in o.models.iter().zip(&manifests) {
+            let others: Vec<String> = manifests
+                .iter()
+                .filter(|x| {
+                    x.kind == ct_harmonizer::translate::manifest::ModelKind::Trained
+                        && label(x) != label(m)
+                })
+                .map(label)
+                .collect();
+            record_in_manifest(dir, manifest_rows(&r, m.task, &dataset, &others))?;
             println!(
                 "recorded the figures in {}",
                 dir.join(crate::export::MANIFEST_FILE).display()
@@ -1126,8 +1149,13 @@ mod tests {
             tuning: None,
             tuned_on: "x".into(),
         };
-        let rows = manifest_rows(&r, Task::Kernel, "held-out");
+        let rows = manifest_rows(&r, Task::Kernel, "held-out", &[]);
         assert_eq!(rows.len(), 2);
+        let others = ["gaussian-soft-baseline 1.0.0".to_string()];
+        assert_eq!(
+            manifest_rows(&r, Task::Kernel, "held-out", &others).len(),
+            1
+        );
         assert!(rows.iter().all(|e| e.dataset == "held-out"));
         record_in_manifest(&m, rows.clone()).unwrap();
         let md = ModelDir::open(&m).unwrap();
