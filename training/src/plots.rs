@@ -337,13 +337,13 @@ mod tests {
         loss_png(&csv, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
-        // Not a blank picture: the curves and axes put dark pixels on the white background.
+        // Not a blank picture: the curves (and, with a font, the labels) mark the white background.
         let d = png::Decoder::new(std::io::Cursor::new(bytes));
         let mut r = d.read_info().unwrap();
         let mut px = vec![0; r.output_buffer_size().unwrap()];
         r.next_frame(&mut px).unwrap();
-        let dark = px.chunks(3).filter(|p| p.iter().all(|&c| c < 128)).count();
-        assert!(dark > 500, "{dark} dark pixels");
+        let drawn = px.chunks(3).filter(|p| p.iter().any(|&c| c < 200)).count();
+        assert!(drawn > 500, "{drawn} drawn pixels");
     }
 
     #[test]
