@@ -619,7 +619,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
     };
     let skip = if model.skip_kernel > 0 {
         format!(
-            ", learnable {}x{}x{} skip filter started as {:?}, branch scale {}",
+            ", {} {}x{}x{} skip filter started as {:?}, branch scale {}",
+            if cfg.freeze_skip {
+                "fixed"
+            } else {
+                "learnable"
+            },
             model.skip_depth,
             model.skip_kernel,
             model.skip_kernel,
@@ -634,7 +639,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
         data: format!(
             "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
              ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
-             lambda_cycle {}",
+             lambda_cycle {}, lambda_gan {}",
             cfg.task,
             cfg.mode,
             model.blocks,
@@ -653,6 +658,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
             cfg.beta2,
             cfg.lambda_l1,
             cfg.lambda_cycle,
+            cfg.lambda_gan,
         ),
         steps: state.step,
         seed: cfg.seed,

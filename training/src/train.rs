@@ -158,6 +158,16 @@ pub struct TrainConfig {
     /// Unpaired cycle weight (MODELS.md §1: λ = 10 per direction).
     #[config(default = 10.0)]
     pub lambda_cycle: f64,
+    /// Weight of the adversarial term in the generator loss (MODELS.md §1: 1). 0 trains the
+    /// generators on the L1 / cycle term alone and skips the discriminators (a departure, used
+    /// where the figure of merit is PSNR, which an adversarial term trades away).
+    #[config(default = 1.0)]
+    pub lambda_gan: f64,
+    /// Keep the learnable skip filters fixed at their starting taps (with `--skip-init lsq`: the
+    /// least-squares filter, which is already the best linear map in the squared-error sense; Adam
+    /// moves each of its hundreds of taps by about the learning rate per step, which undoes it).
+    #[config(default = false)]
+    pub freeze_skip: bool,
     /// Unpaired image pool size (MODELS.md §1: 50).
     #[config(default = 50)]
     pub pool_size: usize,
@@ -613,14 +623,18 @@ pub fn paired_generator<B: AutodiffBackend>(
     let h = gen.encode(dir, src.clone());
     let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
     let fake = gen.decode(dir, core_out, src.clone());
-    let gan = bce_logits(
-        disc.target(dir)
-            .forward(Tensor::cat(vec![src, fake.clone()], 1)),
-        1.0,
-    );
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
-    let values = (scalar(&gan), scalar(&rec));
-    backward_stage(gen, gan + rec, seg, acc)?;
+    let (values, loss) = if cfg.lambda_gan > 0.0 {
+        let gan = bce_logits(
+            disc.target(dir)
+                .forward(Tensor::cat(vec![src, fake.clone()], 1)),
+            1.0,
+        );
+        ((scalar(&gan), scalar(&rec)), gan * cfg.lambda_gan + rec)
+    } else {
+        ((0.0, scalar(&rec)), rec)
+    };
+    backward_stage(gen, loss, seg, acc)?;
     Ok((values.0, values.1, fake.inner()))
 }
 
@@ -638,17 +652,21 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     if cfg.naive {
         let fake = gen.forward_even(dir, src.clone());
         let rec = gen.forward_even(back, fake.clone());
-        let gan = mse_const(disc.target(dir).forward(fake.clone()), 1.0);
+        let gan = adversarial(disc.target(dir), fake.clone(), cfg);
         let cyc = l1(rec, src) * cfg.lambda_cycle;
-        let values = (scalar(&gan), scalar(&cyc));
-        backward_stage(gen, gan + cyc, None, acc)?;
+        let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
+        let loss = match gan {
+            Some(g) => g * cfg.lambda_gan + cyc,
+            None => cyc,
+        };
+        backward_stage(gen, loss, None, acc)?;
         return Ok((values.0, values.1, fake.inner()));
     }
     // Stage 1: src -> fake (its core detached); stage 2: fake (as a leaf) -> rec.
     let h1 = gen.encode(dir, src.clone());
     let (o1, seg1) = core_stage(gen, dir, h1, false);
     let fake = gen.decode(dir, o1, src.clone());
-    let gan = mse_const(disc.target(dir).forward(fake.clone()), 1.0);
+    let gan = adversarial(disc.target(dir), fake.clone(), cfg);
     // The fake image enters stage 2 twice when the generator is residual (encoder input and skip);
     // each path gets its own leaf, since each backward pass consumes the graph it walks.
     let fake_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
@@ -657,7 +675,7 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     let (o2, seg2) = core_stage(gen, back, h2, false);
     let rec = gen.decode(back, o2, skip_leaf.clone());
     let cyc = l1(rec, src) * cfg.lambda_cycle;
-    let values = (scalar(&gan), scalar(&cyc));
+    let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
     // Stage 2's backward (its core, then its encoder) gives the gradient at the fake image ...
     let mut grads = cyc.backward();
     let g_skip = skip_leaf.grad(&grads);
@@ -675,9 +693,23 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     }
     gen.absorb(&mut g2, acc);
     // ... which stage 1 backpropagates together with the adversarial term.
-    let stage1 = gan + (fake.clone() * Tensor::from_inner(g_fake)).sum();
+    let through = (fake.clone() * Tensor::from_inner(g_fake)).sum();
+    let stage1 = match gan {
+        Some(g) => g * cfg.lambda_gan + through,
+        None => through,
+    };
     backward_stage(gen, stage1, seg1, acc)?;
     Ok((values.0, values.1, fake.inner()))
+}
+
+/// The unpaired generator's adversarial term `MSE(D(fake), 1)` (LSGAN), or `None` when
+/// `lambda_gan` is 0.
+fn adversarial<B: AutodiffBackend>(
+    disc: &Discriminator<B>,
+    fake: Tensor<B, 5>,
+    cfg: &TrainConfig,
+) -> Option<Tensor<B, 1>> {
+    (cfg.lambda_gan > 0.0).then(|| mse_const(disc.forward(fake), 1.0))
 }
 
 /// The unpaired image pool (CycleGAN): until full, every fake is stored and returned; then each
@@ -900,6 +932,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         self.gen = self.opt_g.step(lr, self.gen.clone(), acc);
 
+        if self.cfg.lambda_gan <= 0.0 {
+            // No adversarial term: the discriminators are neither used nor trained.
+            self.step += 1;
+            return Ok(l);
+        }
         // D step on detached fakes.
         let (fake_a, fake_b) = (
             Tensor::<B, 5>::from_inner(fake_a),
@@ -929,6 +966,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.disc = self.opt_d.step(lr, self.disc.clone(), grads);
         self.step += 1;
         Ok(l)
+    }
+
+    /// Takes the skip filters out of training (`freeze_skip`); the other parameters are untouched.
+    pub fn freeze_skips(&mut self) {
+        if self.cfg.freeze_skip {
+            for dec in [&mut self.gen.dec_a, &mut self.gen.dec_b] {
+                dec.skip = dec.skip.take().map(|c| c.no_grad());
+            }
+        }
     }
 
     /// Replaces the skip filter of the generator `dir` (its taps and bias) by `fit`.
@@ -1159,6 +1205,12 @@ pub struct TrainArgs {
     /// Unpaired cycle weight.
     #[arg(long, default_value_t = 10.0)]
     pub lambda_cycle: f64,
+    /// Adversarial weight in the generator loss; 0 = L1 / cycle only, discriminators untrained.
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda_gan: f64,
+    /// With --skip-kernel: keep the skip filters at their starting taps (train the branch only).
+    #[arg(long)]
+    pub freeze_skip: bool,
     #[arg(long, default_value_t = 50)]
     pub pool_size: usize,
     /// Steps of linear learning-rate decay at the end (default: steps / 6).
@@ -1208,6 +1260,8 @@ impl TrainArgs {
             .with_beta2(self.beta2)
             .with_lambda_l1(self.lambda_l1)
             .with_lambda_cycle(self.lambda_cycle)
+            .with_lambda_gan(self.lambda_gan)
+            .with_freeze_skip(self.freeze_skip)
             .with_pool_size(self.pool_size)
             .with_decay_steps(self.decay_steps)
             .with_checkpoint_every(self.checkpoint_every.max(1))
@@ -1385,6 +1439,12 @@ pub fn train<B: AutodiffBackend>(
     let (model_cfg, mut cfg) = args.configs();
     model_cfg.validate()?;
     check_patch(cfg.patch)?;
+    if !(cfg.lambda_gan >= 0.0 && cfg.lambda_gan.is_finite()) {
+        return Err(TrainError::Options(format!(
+            "--lambda-gan {}: expected a finite weight >= 0",
+            cfg.lambda_gan
+        )));
+    }
     let run = &args.out;
     let has_run = run.join(CHECKPOINT_DIR).join(STATE_FILE).exists();
     if args.resume && !has_run {
@@ -1440,6 +1500,7 @@ pub fn train<B: AutodiffBackend>(
         t.set_skip(Direction::AtoB, &ab);
         t.set_skip(Direction::BtoA, &ba);
     }
+    t.freeze_skips();
     let mut state = TrainState {
         step: 0,
         seconds: 0.0,
@@ -1448,6 +1509,7 @@ pub fn train<B: AutodiffBackend>(
     let csv_path = run.join(LOSSES_CSV);
     if args.resume {
         state = t.load(&run.join(CHECKPOINT_DIR))?;
+        t.freeze_skips();
         state.device = device_name.to_owned();
         truncate_csv(&csv_path, state.step)?;
         tracing::info!(step = state.step, "resumed {}", run.display());
@@ -1597,6 +1659,95 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max);
             assert!(d < 1e-5, "{mode:?}: weights differ by {d}");
+        }
+    }
+
+    /// `freeze_skip`: the skip filters keep their taps through steps, a checkpoint and a resume,
+    /// while the rest of the generator learns.
+    #[test]
+    fn frozen_skip_filters_do_not_move() {
+        let m = RevGanConfig::new()
+            .with_ngf(2)
+            .with_ndf(2)
+            .with_blocks(1)
+            .with_residual(true)
+            .with_skip_kernel(3)
+            .with_skip_depth(3);
+        let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+            .with_patch(16)
+            .with_steps(4)
+            .with_freeze_skip(true);
+        let mut tr = Trainer::<A>::new(m.clone(), t.clone(), Default::default()).unwrap();
+        tr.freeze_skips();
+        let taps = |tr: &Trainer<A>| -> Vec<f32> {
+            let c = tr.gen.dec_b.skip.as_ref().unwrap();
+            c.weight.val().into_data().to_vec().unwrap()
+        };
+        // The decoder's last conv: zero at the start, so the first gradients reach only it.
+        let branch = |tr: &Trainer<A>| -> Vec<f32> {
+            tr.gen
+                .dec_b
+                .conv_out
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        let (s0, b0) = (taps(&tr), branch(&tr));
+        tr.step(patch(1), patch(2)).unwrap();
+        assert_eq!(taps(&tr), s0);
+        assert_ne!(branch(&tr), b0);
+        let dir = tempfile::tempdir().unwrap();
+        let state = TrainState {
+            step: tr.step,
+            seconds: 0.0,
+            device: "cpu".into(),
+        };
+        tr.save(dir.path(), &state).unwrap();
+        let mut back = Trainer::<A>::new(m, t, Default::default()).unwrap();
+        back.load(dir.path()).unwrap();
+        back.freeze_skips();
+        back.step(patch(3), patch(4)).unwrap();
+        assert_eq!(taps(&back), s0);
+    }
+
+    /// `lambda_gan = 0`: no adversarial loss, the discriminators stay as they were, the
+    /// generators still learn; reversible and naive steps still agree.
+    #[test]
+    fn without_the_adversarial_term_only_the_generators_learn() {
+        let weights = |t: &Trainer<A>| -> (Vec<f32>, Vec<f32>) {
+            let d = t.disc.a.conv1.weight.val().into_data().to_vec().unwrap();
+            let g = t
+                .gen
+                .enc_a
+                .conv_in
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            (d, g)
+        };
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let mut runs = Vec::new();
+            for naive in [false, true] {
+                let mut t = tiny(mode, naive);
+                t.cfg.lambda_gan = 0.0;
+                let (d0, g0) = weights(&t);
+                let l = t.step(patch(1), patch(2)).unwrap();
+                let (d1, g1) = weights(&t);
+                assert_eq!(d0, d1, "{mode:?}: a discriminator changed");
+                assert_ne!(g0, g1, "{mode:?}: the generator did not learn");
+                assert_eq!((l.gan_ab, l.gan_ba, l.d_a, l.d_b), (0.0, 0.0, 0.0, 0.0));
+                assert!(l.rec_ab > 0.0 && l.rec_ba > 0.0, "{l:?}");
+                runs.push((l, g1));
+            }
+            let (r, n) = (&runs[0], &runs[1]);
+            assert!(
+                (r.0.generator() - n.0.generator()).abs() < 1e-4,
+                "{r:?} {n:?}"
+            );
         }
     }
 
