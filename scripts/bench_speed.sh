@@ -2,8 +2,8 @@
 # Training speed against the reference (issue 4, "Benchmarks"): seconds per training step of the
 # same 3D RevGAN (paired mode, same patch, ngf, ndf and blocks) in Burn (`ct-train train`, flex CPU
 # backend) and in PyTorch on the CPU (scripts/bench_speed_torch.py, plain autograd), side by side
-# in one run. Burn's flex backend runs a step on one thread, so PyTorch is timed with 1 thread (the
-# like-for-like figure) and with all cores (context).
+# in one run. Both sides are timed on 1 thread (RAYON_NUM_THREADS=1 for Burn's flex backend,
+# torch.set_num_threads(1)) and on all cores: the ratios compare like with like.
 #
 # Each repetition runs every side once, interleaved, for BENCH_SPEED_STEPS steps and takes the
 # median of the per-step times after the first BENCH_SPEED_WARMUP; the figures are the medians
@@ -58,10 +58,11 @@ trap 'rm -rf "$TMP"' EXIT
 # median of the numbers on stdin
 median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) {print "nan"} else if (NR % 2) {print v[(NR+1)/2]} else {print (v[NR/2]+v[NR/2+1])/2}}'; }
 
-# burn_step [--naive]: median seconds per step after the warm-up (losses.csv column 9).
+# burn_step THREADS [--naive]: median seconds per step after the warm-up (losses.csv column 9).
 burn_step() {
+  local threads=$1; shift
   rm -rf "$TMP/run"
-  RUST_LOG=warn "$BIN" train --data "$DATA" --out "$TMP/run" --task kernel --mode paired \
+  RAYON_NUM_THREADS=$threads RUST_LOG=warn "$BIN" train --data "$DATA" --out "$TMP/run" --task kernel --mode paired \
     --blocks "$BLOCKS" --steps "$STEPS" --patch "$PATCH" --ngf "$NGF" --ndf "$NDF" --seed 1 \
     --checkpoint-every 1000000 "$@" >/dev/null 2>&1
   tail -n +2 "$TMP/run/losses.csv" | awk -F, -v w="$WARMUP" '$1 > w {print $9}' | median
@@ -75,17 +76,18 @@ torch_step() {
 }
 
 CORES=$(nproc)
-declare -a R_NAIVE R_REV R_T1 R_TN Q1 QN QREV
+declare -a R_N1 R_NN R_REV R_T1 R_TN Q1 QN QREV
 for ((r = 1; r <= REPS; r++)); do
-  bn=$(burn_step --naive)
-  br=$(burn_step)
+  b1=$(burn_step 1 --naive)
+  bn=$(burn_step "$CORES" --naive)
+  br=$(burn_step "$CORES")
   t1=$(torch_step 1)
   tn=$(torch_step "$CORES")
-  echo "bench-speed: rep $r: burn naive $bn s, burn reversible $br s, torch 1 thread $t1 s, torch $CORES threads $tn s" >&2
-  R_NAIVE+=("$bn"); R_REV+=("$br"); R_T1+=("$t1"); R_TN+=("$tn")
-  Q1+=("$(awk -v a="$bn" -v b="$t1" 'BEGIN {print a / b}')")
+  echo "bench-speed: rep $r: burn naive $b1 s (1 thread) $bn s ($CORES), burn reversible $br s ($CORES), torch $t1 s (1 thread) $tn s ($CORES)" >&2
+  R_N1+=("$b1"); R_NN+=("$bn"); R_REV+=("$br"); R_T1+=("$t1"); R_TN+=("$tn")
+  Q1+=("$(awk -v a="$b1" -v b="$t1" 'BEGIN {print a / b}')")
   QN+=("$(awk -v a="$bn" -v b="$tn" 'BEGIN {print a / b}')")
-  QREV+=("$(awk -v a="$br" -v b="$t1" 'BEGIN {print a / b}')")
+  QREV+=("$(awk -v a="$br" -v b="$tn" 'BEGIN {print a / b}')")
 done
 med() { printf '%s\n' "$@" | median; }
 
@@ -95,12 +97,13 @@ med() { printf '%s\n' "$@" | median; }
   echo
   printf '| %-44s | %10s |\n' "side" "s / step"
   printf '|%s|%s|\n' "----------------------------------------------" "------------"
-  printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, plain autodiff (--naive)" "$(med "${R_NAIVE[@]}")"
-  printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, reversible backward" "$(med "${R_REV[@]}")"
+  printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, --naive, 1 thread" "$(med "${R_N1[@]}")"
+  printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, --naive, $CORES threads" "$(med "${R_NN[@]}")"
+  printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, reversible, $CORES threads" "$(med "${R_REV[@]}")"
   printf '| %-44s | %10.3f |\n' "PyTorch $TORCH_VERSION CPU, 1 thread" "$(med "${R_T1[@]}")"
   printf '| %-44s | %10.3f |\n' "PyTorch $TORCH_VERSION CPU, $CORES threads" "$(med "${R_TN[@]}")"
   echo
-  printf 'ratio Burn naive / PyTorch 1 thread:       %.2f (goal <= 2)\n' "$(med "${Q1[@]}")"
-  printf 'ratio Burn naive / PyTorch %s threads:      %.2f\n' "$CORES" "$(med "${QN[@]}")"
-  printf 'ratio Burn reversible / PyTorch 1 thread:  %.2f\n' "$(med "${QREV[@]}")"
+  printf 'ratio Burn naive / PyTorch, 1 thread:          %.2f (goal <= 2)\n' "$(med "${Q1[@]}")"
+  printf 'ratio Burn naive / PyTorch, %s threads:         %.2f (goal <= 2)\n' "$CORES" "$(med "${QN[@]}")"
+  printf 'ratio Burn reversible / PyTorch, %s threads:    %.2f\n' "$CORES" "$(med "${QREV[@]}")"
 } | tee "$WORK/results.txt"

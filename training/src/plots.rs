@@ -5,7 +5,8 @@
 //!   generators and both discriminators; thin lines are the raw values, thick ones a moving
 //!   average over ~2% of the steps.
 //! - `val/step_NNNNNN.png` ([`slices_png`]): for a few fixed validation patches, the middle axial
-//!   slice of input | output | target, grey levels on the model's [-1, 1] window.
+//!   slice of input | output | target, grey levels on [-1, 1] (the trainer maps the seed window
+//!   [-1150, 350] HU there, whatever the model's own window).
 //!
 //! Text needs a TrueType font: the first of [`FONT_PATHS`] that exists (Debian's
 //! `fonts-dejavu-core`, installed by `scripts/setup.sh`). Without one the curves are still drawn,

@@ -173,6 +173,11 @@ pub struct TrainConfig {
     pub pool_size: usize,
     /// Steps of linear learning-rate decay at the end; `None` = steps / 6.
     pub decay_steps: Option<u64>,
+    /// Steps of linear learning-rate warm-up at the start (0 = none, as the reference). Adam's
+    /// first steps move every weight by about the learning rate whatever its gradient, which
+    /// throws a zero-started residual branch far off at once; a warm-up avoids that.
+    #[config(default = 0)]
+    pub warmup_steps: u64,
     #[config(default = 100)]
     pub checkpoint_every: u64,
     /// HU window mapped onto [-1, 1].
@@ -191,8 +196,18 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Learning rate at `step` (0-based): constant, then linear to 0 over the last decay steps.
+    /// Learning rate at `step` (0-based): linear from lr / warm-up steps up to lr over the warm-up,
+    /// constant, then linear to 0 over the last decay steps.
     pub fn lr_at(&self, step: u64) -> f64 {
+        let warm = if step < self.warmup_steps {
+            (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        warm * self.decayed_lr(step)
+    }
+
+    fn decayed_lr(&self, step: u64) -> f64 {
         let decay = self
             .decay_steps
             .unwrap_or(self.steps / 6)
@@ -1216,6 +1231,9 @@ pub struct TrainArgs {
     /// Steps of linear learning-rate decay at the end (default: steps / 6).
     #[arg(long)]
     pub decay_steps: Option<u64>,
+    /// Steps of linear learning-rate warm-up at the start (default: none).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
     /// Continue the run in --out from its checkpoint.
@@ -1264,6 +1282,7 @@ impl TrainArgs {
             .with_freeze_skip(self.freeze_skip)
             .with_pool_size(self.pool_size)
             .with_decay_steps(self.decay_steps)
+            .with_warmup_steps(self.warmup_steps)
             .with_checkpoint_every(self.checkpoint_every.max(1))
             .with_data(self.data.display().to_string())
             .with_skip_init(self.skip_init)
@@ -1360,14 +1379,45 @@ const VAL_SEED: u64 = 0x0005_EED0_F7A1;
 pub const VAL_DIR: &str = "val";
 pub const LOSSES_PNG: &str = "losses.png";
 
+/// Grey levels of the validation pictures: the seed window [-1150, 350] HU, whatever the model's
+/// own window (in a wide window such as [-1150, 3000] soft tissue and lung are nearly black).
+const DISPLAY_WINDOW: HuWindow = HuWindow {
+    lo: -1150.0,
+    hi: 350.0,
+};
+
+/// PSNR (data range 2) of `a` against `b`, both in [-1, 1] units of `DISPLAY_WINDOW`.
+fn psnr_unit(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()).max(1) as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x - y).powi(2))
+        .sum::<f64>()
+        / n;
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
+
 /// Writes `losses.png` and `val/step_NNNNNN.png` (input | A→B output | target, middle slice of
-/// each validation patch). A picture that cannot be drawn is a warning, never a stopped run.
+/// each validation patch, in `DISPLAY_WINDOW`), and logs the PSNR of the output and of the input
+/// against the target over the whole validation patches (same window). A picture that cannot be
+/// drawn is a warning, never a stopped run.
 fn write_pictures<B: AutodiffBackend>(
     t: &Trainer<B>,
     run: &Path,
     val: &[(Vec<f32>, Vec<f32>)],
     patch: usize,
 ) {
+    let model_window = HuWindow {
+        lo: t.cfg.hu_window[0],
+        hi: t.cfg.hu_window[1],
+    };
+    let display = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|&x| DISPLAY_WINDOW.to_unit(model_window.to_hu(x)))
+            .collect()
+    };
+    let (mut outs, mut ins, mut tgts) = (Vec::new(), Vec::new(), Vec::new());
     if let Err(e) = crate::plots::loss_png(&run.join(LOSSES_CSV), &run.join(LOSSES_PNG)) {
         tracing::warn!(error = %e, "loss plot not written");
     }
@@ -1387,20 +1437,31 @@ fn write_pictures<B: AutodiffBackend>(
                 .convert::<f32>()
                 .to_vec()
                 .unwrap_or_default();
+            let (a, y, b) = (display(a), display(&y), display(b));
             let cut = |v: &[f32]| {
                 v.get(mid * plane..(mid + 1) * plane)
                     .unwrap_or(&[])
                     .to_vec()
             };
-            crate::plots::SliceRow {
+            let row = crate::plots::SliceRow {
                 rows: patch,
                 columns: patch,
-                input: cut(a),
+                input: cut(&a),
                 output: cut(&y),
-                target: cut(b),
-            }
+                target: cut(&b),
+            };
+            outs.extend(y);
+            ins.extend(a);
+            tgts.extend(b);
+            row
         })
         .collect();
+    tracing::info!(
+        step = t.step,
+        output_psnr = psnr_unit(&outs, &tgts),
+        input_psnr = psnr_unit(&ins, &tgts),
+        "validation patches, PSNR in [-1150, 350] HU"
+    );
     let dir = run.join(VAL_DIR);
     let out = dir.join(format!("step_{:06}.png", t.step));
     let r = std::fs::create_dir_all(&dir)
@@ -1789,6 +1850,17 @@ mod tests {
         assert_eq!(c.lr_at(8), 2e-4);
         assert!((c.lr_at(9) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
         assert!((c.lr_at(11) - 2e-4 / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lr_warms_up_linearly() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+            .with_steps(100)
+            .with_warmup_steps(4);
+        assert!((c.lr_at(0) - 2e-4 / 4.0).abs() < 1e-12);
+        assert!((c.lr_at(2) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
+        assert_eq!(c.lr_at(3), 2e-4);
+        assert_eq!(c.lr_at(50), 2e-4);
     }
 
     #[test]
