@@ -109,6 +109,12 @@ fn train_watch_resume_and_refuse() {
         "{t}"
     );
 
+    // A negative adversarial weight is refused before any work, naming the option.
+    let o = run_with(&["--steps", "3", "--force", "--lambda-gan=-1"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("--lambda-gan -1"), "{t}");
+
     // Resuming with another architecture is refused, naming the run's model.json.
     let o = run_with(&["--steps", "3", "--resume", "--ngf", "4"]);
     assert!(!o.status.success());
