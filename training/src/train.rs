@@ -639,17 +639,15 @@ pub fn paired_generator<B: AutodiffBackend>(
     let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
     let fake = gen.decode(dir, core_out, src.clone());
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
-    let (values, loss) = if cfg.lambda_gan > 0.0 {
-        let gan = bce_logits(
+    let gan = (cfg.lambda_gan > 0.0).then(|| {
+        bce_logits(
             disc.target(dir)
                 .forward(Tensor::cat(vec![src, fake.clone()], 1)),
             1.0,
-        );
-        ((scalar(&gan), scalar(&rec)), gan * cfg.lambda_gan + rec)
-    } else {
-        ((0.0, scalar(&rec)), rec)
-    };
-    backward_stage(gen, loss, seg, acc)?;
+        )
+    });
+    let values = (gan.as_ref().map_or(0.0, scalar), scalar(&rec));
+    backward_stage(gen, with_adversarial(rec, gan, cfg), seg, acc)?;
     Ok((values.0, values.1, fake.inner()))
 }
 
@@ -670,11 +668,7 @@ pub fn unpaired_generator<B: AutodiffBackend>(
         let gan = adversarial(disc.target(dir), fake.clone(), cfg);
         let cyc = l1(rec, src) * cfg.lambda_cycle;
         let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
-        let loss = match gan {
-            Some(g) => g * cfg.lambda_gan + cyc,
-            None => cyc,
-        };
-        backward_stage(gen, loss, None, acc)?;
+        backward_stage(gen, with_adversarial(cyc, gan, cfg), None, acc)?;
         return Ok((values.0, values.1, fake.inner()));
     }
     // Stage 1: src -> fake (its core detached); stage 2: fake (as a leaf) -> rec.
@@ -709,10 +703,7 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     gen.absorb(&mut g2, acc);
     // ... which stage 1 backpropagates together with the adversarial term.
     let through = (fake.clone() * Tensor::from_inner(g_fake)).sum();
-    let stage1 = match gan {
-        Some(g) => g * cfg.lambda_gan + through,
-        None => through,
-    };
+    let stage1 = with_adversarial(through, gan, cfg);
     backward_stage(gen, stage1, seg1, acc)?;
     Ok((values.0, values.1, fake.inner()))
 }
@@ -725,6 +716,18 @@ fn adversarial<B: AutodiffBackend>(
     cfg: &TrainConfig,
 ) -> Option<Tensor<B, 1>> {
     (cfg.lambda_gan > 0.0).then(|| mse_const(disc.forward(fake), 1.0))
+}
+
+/// `rest + lambda_gan · gan` (just `rest` without an adversarial term).
+fn with_adversarial<B: Backend>(
+    rest: Tensor<B, 1>,
+    gan: Option<Tensor<B, 1>>,
+    cfg: &TrainConfig,
+) -> Tensor<B, 1> {
+    match gan {
+        Some(g) => g * cfg.lambda_gan + rest,
+        None => rest,
+    }
 }
 
 /// The unpaired image pool (CycleGAN): until full, every fake is stored and returned; then each
