@@ -7,6 +7,7 @@
 //!     --jobs in the outbox (durable) + wake--> forward::worker::Forwarder --> destinations
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::metrics::{Heartbeats, Metrics};
 use crate::pipeline::Processor;
 use crate::series::Tracker;
 use crate::spool::Spool;
+use crate::translate::Translator;
 use crate::{events, systemd};
 
 /// Errors that stop the daemon from starting.
@@ -47,7 +49,16 @@ pub enum DaemonError {
 /// Runs the real start-up checks without serving: configuration, models (hash and ONNX Runtime),
 /// state folders, listen addresses.
 pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
+    start_up(settings).map(|(notes, _)| notes)
+}
+
+/// The start-up checks of [`check_config`], keeping the loaded models (by name) for the processing
+/// stage, so that `serve` loads each model in ONNX Runtime once.
+fn start_up(
+    settings: &Settings,
+) -> Result<(Vec<String>, HashMap<String, Translator>), DaemonError> {
     let mut notes = Vec::new();
+    let mut translators = HashMap::new();
     let mut models: Vec<&str> = settings
         .rules
         .iter()
@@ -63,6 +74,7 @@ pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
             t.manifest().kind,
             t.device()
         ));
+        translators.insert(m.to_string(), t);
     }
     Spool::open(&settings.state.dir, settings.state.min_free_mib)?;
     Outbox::open(&settings.state.dir)?;
@@ -81,7 +93,7 @@ pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
         settings.rules.len(),
         settings.destinations.len()
     ));
-    Ok(notes)
+    Ok((notes, translators))
 }
 
 /// Serves until SIGTERM/SIGINT. `config` is re-read on SIGHUP.
@@ -100,7 +112,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     let recent = Arc::new(crate::series::Recent::default());
 
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
-    check_config(&settings)?;
+    let (_, translators) = start_up(&settings)?;
 
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
@@ -144,6 +156,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         metrics: metrics.clone(),
         beat: beats.register("processor"),
         busy: busy.clone(),
+        translators,
     };
     let rt = tokio::runtime::Handle::current();
     let proc_shutdown = shutdown_rx.clone();

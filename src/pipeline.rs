@@ -34,6 +34,9 @@ pub struct Processor {
     pub beat: Beat,
     /// True while a series is being processed (the watchdog treats a busy stage as alive).
     pub busy: Arc<AtomicBool>,
+    /// Models already loaded in ONNX Runtime, by name (those of the start-up check); a model named
+    /// later, by a rule added on SIGHUP, is loaded on its first series.
+    pub translators: HashMap<String, Translator>,
 }
 
 /// Why a series could not be processed.
@@ -46,7 +49,7 @@ pub enum PipelineError {
 impl Processor {
     /// Runs on the calling (dedicated) thread until shutdown; `rt` drives the channel waits.
     pub fn run(mut self, rt: tokio::runtime::Handle, shutdown: watch::Receiver<bool>) {
-        let mut translators: HashMap<String, Translator> = HashMap::new();
+        let mut translators = std::mem::take(&mut self.translators);
         loop {
             self.beat.beat();
             if *shutdown.borrow() {

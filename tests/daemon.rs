@@ -578,6 +578,9 @@ fn happy_path_to_orthanc() {
     assert!(d.idle(), "{}", d.context());
     let logs = d.logs();
     assert!(logs.contains("series_routed"), "{logs}");
+    // The start-up check hands its loaded model to the processing stage: loaded once, not again
+    // for the first series.
+    assert_eq!(logs.matches("model_loaded").count(), 1, "{logs}");
     for s in [&a, &b] {
         assert!(
             !logs.contains(&s.patient_name),
@@ -938,11 +941,11 @@ fn destination_failure_status_dead_letter_and_retry() {
     d.start();
     let o = storescu("MODALITY", AE, d.port, &[&input]);
     assert!(o.status.success(), "{}", out_text(&o));
-    // The job file and then its reason file are written.
+    // The reason file and then the job file are written (`Outbox::bury`): wait for the job file.
     let dead = wait_until(secs(60), POLL, || {
         d.dead_files()
             .iter()
-            .any(|p| p.to_string_lossy().ends_with(".reason.txt"))
+            .any(|p| p.extension().is_some_and(|x| x == "toml"))
     });
     assert!(dead, "{}", d.context());
     let job_file = d
