@@ -1679,6 +1679,23 @@ mod tests {
         Trainer::new(m, t, Default::default()).unwrap()
     }
 
+    /// Runs `f` on a one-thread rayon pool: burn-flex's threaded reductions split work as threads
+    /// steal it, so their float sums can differ in the last bits from run to run, and Adam's first
+    /// step (about ±lr on every weight whatever the gradient's size) turns that into visible
+    /// differences on these tiny networks. Tests comparing two computations pin the order.
+    fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    /// A tensor's values (for comparing weights before and after a step).
+    fn vals<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
     fn patch(seed: u64) -> Vec<f32> {
         let mut r = SplitMix::new(seed);
         (0..16 * 16 * 16)
@@ -1689,6 +1706,10 @@ mod tests {
     /// The reversible and the naive training steps give the same losses and the same weights.
     #[test]
     fn reversible_step_equals_naive_step() {
+        one_thread(reversible_equals_naive)
+    }
+
+    fn reversible_equals_naive() {
         for mode in [ModeArg::Paired, ModeArg::Unpaired] {
             let mut r = tiny(mode, false);
             let mut n = tiny(mode, true);
@@ -1701,22 +1722,8 @@ mod tests {
                 );
             }
             // Compare the core's weights after two optimizer steps.
-            let wr: Vec<f32> = r.gen.core[0]
-                .f
-                .conv2
-                .weight
-                .val()
-                .into_data()
-                .to_vec()
-                .unwrap();
-            let wn: Vec<f32> = n.gen.core[0]
-                .f
-                .conv2
-                .weight
-                .val()
-                .into_data()
-                .to_vec()
-                .unwrap();
+            let wr: Vec<f32> = vals(r.gen.core[0].f.conv2.weight.val());
+            let wn: Vec<f32> = vals(n.gen.core[0].f.conv2.weight.val());
             let d = wr
                 .iter()
                 .zip(&wn)
@@ -1745,19 +1752,10 @@ mod tests {
         tr.freeze_skips();
         let taps = |tr: &Trainer<A>| -> Vec<f32> {
             let c = tr.gen.dec_b.skip.as_ref().unwrap();
-            c.weight.val().into_data().to_vec().unwrap()
+            vals(c.weight.val())
         };
         // The decoder's last conv: zero at the start, so the first gradients reach only it.
-        let branch = |tr: &Trainer<A>| -> Vec<f32> {
-            tr.gen
-                .dec_b
-                .conv_out
-                .weight
-                .val()
-                .into_data()
-                .to_vec()
-                .unwrap()
-        };
+        let branch = |tr: &Trainer<A>| -> Vec<f32> { vals(tr.gen.dec_b.conv_out.weight.val()) };
         let (s0, b0) = (taps(&tr), branch(&tr));
         tr.step(patch(1), patch(2)).unwrap();
         assert_eq!(taps(&tr), s0);
@@ -1780,17 +1778,13 @@ mod tests {
     /// generators still learn; reversible and naive steps still agree.
     #[test]
     fn without_the_adversarial_term_only_the_generators_learn() {
+        one_thread(adversarial_off)
+    }
+
+    fn adversarial_off() {
         let weights = |t: &Trainer<A>| -> (Vec<f32>, Vec<f32>) {
-            let d = t.disc.a.conv1.weight.val().into_data().to_vec().unwrap();
-            let g = t
-                .gen
-                .enc_a
-                .conv_in
-                .weight
-                .val()
-                .into_data()
-                .to_vec()
-                .unwrap();
+            let d = vals(t.disc.a.conv1.weight.val());
+            let g = vals(t.gen.enc_a.conv_in.weight.val());
             (d, g)
         };
         for mode in [ModeArg::Paired, ModeArg::Unpaired] {
@@ -1916,16 +1910,7 @@ mod tests {
             if mode == ModeArg::Unpaired {
                 assert_eq!(u.pool_a.len(), 2);
             }
-            let w = |m: &Trainer<A>| -> Vec<f32> {
-                m.gen
-                    .enc_a
-                    .conv_in
-                    .weight
-                    .val()
-                    .into_data()
-                    .to_vec()
-                    .unwrap()
-            };
+            let w = |m: &Trainer<A>| -> Vec<f32> { vals(m.gen.enc_a.conv_in.weight.val()) };
             assert_eq!(w(&t), w(&u));
             // Same next steps from both (the pool answers the same from the second on).
             for k in [3, 7] {
