@@ -2,6 +2,8 @@
 //! own writer, read outputs back, and check them with dicom3tools.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod daemon;
+
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

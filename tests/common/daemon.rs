@@ -1,0 +1,505 @@
+//! Fixtures of the daemon tests: `serve` with a generated configuration ([`Daemon`]), phantom series
+//! and datasets, a minimal raw DICOM client on dicom-ul's blocking API, and a scriptable fake SCP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use ct_harmonizer::derive::write_part10;
+use ct_harmonizer::forward::dimse;
+use ct_harmonizer::samples::{phantom_slice, write_phantom_series, SeriesSpec};
+use ct_harmonizer::volume::header::CT_IMAGE_STORAGE;
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_ul::pdu::{PDataValue, PDataValueType};
+use dicom_ul::Pdu;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Our AE title in every generated configuration.
+pub const AE: &str = "CTHARMONIZER";
+pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+pub const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+pub const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
+pub const POLL: Duration = Duration::from_millis(100);
+
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A small axial phantom series (24×24 by default in these tests).
+pub fn spec(seed: &str, size: usize, slices: usize) -> SeriesSpec {
+    SeriesSpec::axial(seed, size, size, slices, [2.0, 0.8, 0.8])
+}
+
+/// Writes `spec` into `dir`; returns the files in slice order (z = 0, 1, ...).
+pub fn write(spec: &SeriesSpec, dir: &Path) -> Vec<PathBuf> {
+    write_phantom_series(spec, dir, 20.0).unwrap()
+}
+
+/// Slice `z`'s dataset.
+pub fn dataset(spec: &SeriesSpec, z: usize) -> InMemDicomObject {
+    spec.dataset(z, &phantom_slice(z, spec.rows, spec.columns, 20.0, 5))
+}
+
+/// Writes one slice with `edit` applied to its dataset.
+pub fn write_edited(
+    spec: &SeriesSpec,
+    z: usize,
+    path: &Path,
+    edit: impl FnOnce(&mut InMemDicomObject),
+) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut o = dataset(spec, z);
+    edit(&mut o);
+    write_part10(o, path).unwrap();
+}
+
+pub fn put_ui(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: &str) {
+    o.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
+}
+
+pub fn scp_dest(name: &str, ae: &str, port: u16) -> String {
+    format!(
+        "[[destinations]]\nname = \"{name}\"\nkind = \"scp\"\nae_title = \"{ae}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
+    )
+}
+
+pub fn rule(name: &str, plan: &str, forward_original: bool, destinations: &[&str]) -> String {
+    let d: Vec<String> = destinations.iter().map(|d| format!("\"{d}\"")).collect();
+    format!(
+        "[[rules]]\nname = \"{name}\"\nplan = \"{plan}\"\nmodels = [\"gaussian-soft-baseline\"]\nforward_original = {forward_original}\ndestinations = [{}]\n\n",
+        d.join(", ")
+    )
+}
+
+/// `ct-harmonizer serve` with a generated configuration, its state in `<dir>/state`.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    pub http: u16,
+    pub proc: Option<Peer>,
+    pub starts: usize,
+}
+
+impl Daemon {
+    /// `overrides`: ("section.key", "TOML value") on top of the test defaults; `tail`: destinations
+    /// and rules.
+    pub fn new(dir: &Path, overrides: &[(&str, &str)], tail: &str) -> Daemon {
+        let d = Daemon {
+            dir: dir.to_owned(),
+            state: dir.join("state"),
+            config: dir.join("ct-harmonizer.toml"),
+            port: free_port(),
+            http: free_port(),
+            proc: None,
+            starts: 0,
+        };
+        d.write_config(overrides, tail);
+        d
+    }
+
+    pub fn write_config(&self, overrides: &[(&str, &str)], tail: &str) {
+        let q = |s: String| format!("{s:?}");
+        let mut sections: Vec<(String, Vec<(String, String)>)> = vec![
+            (
+                "runtime".into(),
+                vec![
+                    ("device".into(), q("cpu".into())),
+                    ("intra_threads".into(), "1".into()),
+                ],
+            ),
+            (
+                "state".into(),
+                vec![
+                    ("dir".into(), q(self.state.display().to_string())),
+                    ("min_free_mib".into(), "0".into()),
+                ],
+            ),
+            (
+                "server".into(),
+                vec![
+                    ("ae_title".into(), q(AE.into())),
+                    ("listen".into(), q(format!("127.0.0.1:{}", self.port))),
+                    ("read_timeout_seconds".into(), "10".into()),
+                    ("write_timeout_seconds".into(), "10".into()),
+                ],
+            ),
+            ("series".into(), vec![("quiet_seconds".into(), "1".into())]),
+            (
+                "forward".into(),
+                vec![
+                    ("max_attempts".into(), "30".into()),
+                    ("initial_backoff_seconds".into(), "1".into()),
+                    ("max_backoff_seconds".into(), "2".into()),
+                    ("timeout_seconds".into(), "5".into()),
+                ],
+            ),
+            (
+                "http".into(),
+                vec![("listen".into(), q(format!("127.0.0.1:{}", self.http)))],
+            ),
+        ];
+        for (k, v) in overrides {
+            let (section, key) = k.split_once('.').unwrap();
+            let i = match sections.iter().position(|(s, _)| s == section) {
+                Some(i) => i,
+                None => {
+                    sections.push((section.to_string(), Vec::new()));
+                    sections.len() - 1
+                }
+            };
+            let keys = &mut sections[i].1;
+            match keys.iter_mut().find(|(k2, _)| k2 == key) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => keys.push((key.to_string(), v.to_string())),
+            }
+        }
+        let mut text = String::new();
+        for (s, keys) in &sections {
+            text.push_str(&format!("[{s}]\n"));
+            for (k, v) in keys {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            text.push('\n');
+        }
+        text.push_str(tail);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--config")
+            .arg(&self.config)
+            .env("CT_HARMONIZER__MODELS__DIR", repo().join("models"))
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID");
+        c
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("serve-{}.log", self.starts))
+    }
+
+    /// Starts `serve` and waits until it is listening (its ready log line and `/healthz`). The SCP
+    /// port is not probed: a bare TCP connect would count as a rejected association.
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none());
+        self.starts += 1;
+        let mut c = self.command();
+        c.arg("serve");
+        let mut p = Peer::spawn("ct-harmonizer serve", c, &self.log_path());
+        let up = wait_until(secs(60), Duration::from_millis(25), || {
+            p.log_text().contains("daemon_ready")
+                && http_get(self.http, "/healthz").is_ok_and(|(s, _)| s == 200)
+                || !p.alive()
+        });
+        assert!(up && p.alive(), "serve did not start:\n{}", p.log_text());
+        self.proc = Some(p);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn peer(&mut self) -> &mut Peer {
+        self.proc.as_mut().unwrap()
+    }
+
+    /// Every log line of every start so far.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("serve-{i}.log"))).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// `/metrics` as name -> value (counters carry their `_total` suffix).
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let (status, body) = http_get(self.http, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// One metric by its short name (`instances_received`, `outbox_jobs`, ...).
+    pub fn metric(&self, name: &str) -> f64 {
+        let m = self.metrics();
+        let full = format!("ct_harmonizer_{name}");
+        m.get(&format!("{full}_total"))
+            .or_else(|| m.get(&full))
+            .copied()
+            .unwrap_or_else(|| panic!("no metric {full} in {m:?}"))
+    }
+
+    pub fn spool_files(&self) -> Vec<PathBuf> {
+        files(&self.state.join("spool"))
+    }
+
+    pub fn outbox_files(&self) -> Vec<PathBuf> {
+        files(&self.state.join("outbox"))
+    }
+
+    pub fn dead_files(&self) -> Vec<PathBuf> {
+        files(&self.state.join("dead-letter"))
+    }
+
+    /// Nothing left to do: spool, outbox and derived folders empty.
+    pub fn idle(&self) -> bool {
+        self.spool_files().is_empty()
+            && self.outbox_files().is_empty()
+            && files(&self.state.join("derived")).is_empty()
+    }
+
+    pub fn context(&self) -> String {
+        format!(
+            "state: {:#?}\n--- serve log\n{}",
+            files(&self.state),
+            self.logs()
+        )
+    }
+}
+
+pub fn out_text(o: &std::process::Output) -> String {
+    text(o)
+}
+
+/// Files DCMTK's storescp wrote into `dir`, as (SeriesInstanceUID, SOPInstanceUID, description).
+pub fn received(dir: &Path) -> Vec<(String, String, String)> {
+    files(dir)
+        .iter()
+        .filter_map(|p| dicom_object::open_file(p).ok())
+        .map(|o| {
+            (
+                tag_str(&o, tags::SERIES_INSTANCE_UID),
+                tag_str(&o, tags::SOP_INSTANCE_UID),
+                tag_str(&o, tags::SERIES_DESCRIPTION),
+            )
+        })
+        .collect()
+}
+
+pub fn count_files(dir: &Path) -> usize {
+    files(dir).len()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal DICOM client and a fake SCP on dicom-ul's blocking API (std TcpStream, no runtime).
+
+/// Opens an association proposing CT Image Storage in Explicit VR Little Endian.
+pub fn raw_associate(
+    port: u16,
+) -> dicom_ul::association::client::ClientAssociation<std::net::TcpStream> {
+    let mut a = dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title("RAWCLIENT")
+        .called_ae_title(AE)
+        .with_presentation_context(CT_IMAGE_STORAGE, vec![EXPLICIT_LE])
+        .read_timeout(secs(10))
+        .establish(("127.0.0.1", port))
+        .unwrap();
+    a.inner_stream().set_nodelay(true).unwrap();
+    a
+}
+
+/// Sends one C-STORE-RQ with `data` as the dataset; returns the response status.
+pub fn raw_store(
+    a: &mut dicom_ul::association::client::ClientAssociation<std::net::TcpStream>,
+    message_id: u16,
+    sop_instance: &str,
+    data: Vec<u8>,
+) -> u16 {
+    let pc = a.presentation_contexts()[0].id;
+    let cmd = dimse::store_rq(message_id, CT_IMAGE_STORAGE, sop_instance).unwrap();
+    a.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd,
+        }],
+    })
+    .unwrap();
+    a.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: pc,
+            value_type: PDataValueType::Data,
+            is_last: true,
+            data,
+        }],
+    })
+    .unwrap();
+    let mut buf = Vec::new();
+    loop {
+        match a.receive().unwrap() {
+            Pdu::PData { data } => {
+                for v in data {
+                    if v.value_type == PDataValueType::Command {
+                        buf.extend_from_slice(&v.data);
+                        if v.is_last {
+                            let c = dimse::decode(&buf).unwrap();
+                            assert_eq!(c.field, dimse::C_STORE_RSP);
+                            assert_eq!(c.responded_id, message_id);
+                            return c.status;
+                        }
+                    }
+                }
+            }
+            other => panic!("unexpected PDU {other:?}"),
+        }
+    }
+}
+
+/// Slice `z` as dataset bytes in Explicit VR Little Endian (what goes into the P-DATA).
+pub fn dataset_bytes(spec: &SeriesSpec, z: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    dataset(spec, z)
+        .write_dataset_with_ts(
+            &mut buf,
+            &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
+        )
+        .unwrap();
+    buf
+}
+
+/// A C-STORE SCP in the test that answers `0xA700` while `fail` is set, success otherwise.
+pub struct FakeScp {
+    pub port: u16,
+    pub fail: Arc<AtomicBool>,
+    pub stored: Arc<Mutex<BTreeSet<String>>>,
+    pub refused: Arc<AtomicUsize>,
+}
+
+impl FakeScp {
+    pub fn start(fail: bool) -> FakeScp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let s = FakeScp {
+            port,
+            fail: Arc::new(AtomicBool::new(fail)),
+            stored: Arc::default(),
+            refused: Arc::default(),
+        };
+        let (fail, stored, refused) = (s.fail.clone(), s.stored.clone(), s.refused.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                let (fail, stored, refused) = (fail.clone(), stored.clone(), refused.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::association(stream, &fail, &stored, &refused);
+                });
+            }
+        });
+        s
+    }
+
+    pub fn association(
+        stream: std::net::TcpStream,
+        fail: &AtomicBool,
+        stored: &Mutex<BTreeSet<String>>,
+        refused: &AtomicUsize,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let mut a = dicom_ul::ServerAssociationOptions::new()
+            .accept_any()
+            .ae_title("FAKE")
+            .with_abstract_syntax(CT_IMAGE_STORAGE)
+            .with_transfer_syntax(EXPLICIT_LE)
+            .with_transfer_syntax(IMPLICIT_LE)
+            .read_timeout(secs(10))
+            .establish(stream)?;
+        let mut command = Vec::new();
+        let mut pending: Option<(dimse::Command, u8)> = None;
+        loop {
+            let values = match a.receive()? {
+                Pdu::PData { data } => data,
+                Pdu::ReleaseRQ => {
+                    a.send(&Pdu::ReleaseRP)?;
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            };
+            for v in values {
+                match v.value_type {
+                    PDataValueType::Command => {
+                        command.extend_from_slice(&v.data);
+                        if v.is_last {
+                            let c = dimse::decode(&command)?;
+                            command.clear();
+                            pending = Some((c, v.presentation_context_id));
+                        }
+                    }
+                    PDataValueType::Data => {
+                        if !v.is_last {
+                            continue;
+                        }
+                        let Some((c, pc)) = pending.take() else {
+                            return Ok(());
+                        };
+                        let status = if fail.load(Ordering::SeqCst) {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            dimse::OUT_OF_RESOURCES
+                        } else {
+                            stored.lock().unwrap().insert(c.sop_instance.clone());
+                            dimse::SUCCESS
+                        };
+                        let rsp = dimse::response(
+                            dimse::C_STORE_RSP,
+                            c.message_id,
+                            &c.sop_class,
+                            &c.sop_instance,
+                            status,
+                            if status == dimse::SUCCESS {
+                                ""
+                            } else {
+                                "test refuses"
+                            },
+                        )?;
+                        a.send(&Pdu::PData {
+                            data: vec![PDataValue {
+                                presentation_context_id: pc,
+                                value_type: PDataValueType::Command,
+                                is_last: true,
+                                data: rsp,
+                            }],
+                        })?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Orthanc instances of one series as SOPInstanceUIDs.
+pub fn orthanc_sop_uids(orthanc: &Orthanc, series_id: &str) -> BTreeSet<String> {
+    orthanc
+        .get_json(&format!("/series/{series_id}/instances"))
+        .arr()
+        .iter()
+        .map(|i| {
+            i.get("MainDicomTags")
+                .get("SOPInstanceUID")
+                .str()
+                .to_string()
+        })
+        .collect()
+}
+
