@@ -12,19 +12,13 @@ use common::daemon::*;
 use common::*;
 use ct_harmonizer::derive::write_part10;
 use ct_harmonizer::forward::dimse;
-use ct_harmonizer::samples::{phantom_slice, write_phantom_series, Rng, SeriesSpec};
+use ct_harmonizer::samples::{Rng, SeriesSpec};
 use ct_harmonizer::volume::header::CT_IMAGE_STORAGE;
-use dicom_core::value::PrimitiveValue;
-use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::InMemDicomObject;
-use dicom_ul::pdu::{PDataValue, PDataValueType};
-use dicom_ul::Pdu;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
