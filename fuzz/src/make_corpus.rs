@@ -1,0 +1,95 @@
+//! Writes the seed corpus of every fuzz target into `fuzz/corpus/<target>/`, made with the project's own
+//! writers and files: an association request, a C-STORE command and its P-DATA, the documented
+//! configuration, the shipped model manifests, and phantom CT datasets in both little-endian syntaxes.
+//! Run from the repository root: `cargo run --manifest-path fuzz/Cargo.toml --bin make_corpus`.
+
+use ct_harmonizer::forward::dimse;
+use ct_harmonizer::samples::{phantom_slice, SeriesSpec};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::pdu::{
+    write_pdu, AssociationRQ, PDataValue, PDataValueType, PresentationContextProposed, Pdu,
+    UserVariableItem,
+};
+use std::path::Path;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn put(target: &str, name: &str, bytes: &[u8]) -> Res<()> {
+    let dir = Path::new("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(name), bytes)?;
+    Ok(())
+}
+
+fn pdu(p: &Pdu) -> Res<Vec<u8>> {
+    let mut out = Vec::new();
+    write_pdu(&mut out, p)?;
+    Ok(out)
+}
+
+fn main() -> Res<()> {
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const EXPLICIT: &str = "1.2.840.10008.1.2.1";
+    const IMPLICIT: &str = "1.2.840.10008.1.2";
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: "FUZZ".into(),
+        called_ae_title: "CTHARMONIZER".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: CT.into(),
+            transfer_syntaxes: vec![EXPLICIT.into(), IMPLICIT.into()],
+        }],
+        user_variables: vec![
+            UserVariableItem::MaxLength(16_384),
+            UserVariableItem::ImplementationClassUID("1.2.3.4".into()),
+            UserVariableItem::ImplementationVersionName("FUZZ".into()),
+        ],
+    });
+    put("pdu_read", "associate_rq", &pdu(&rq)?)?;
+    let cmd = dimse::store_rq(1, CT, "1.2.3.4.5")?;
+    put("dimse_command", "c_store_rq", &cmd)?;
+    let rsp = dimse::response(dimse::C_STORE_RSP, 1, CT, "1.2.3.4.5", 0xA700, "no room")?;
+    put("dimse_command", "c_store_rsp", &rsp)?;
+    let pdata = Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: 1,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: cmd,
+        }],
+    };
+    put("pdu_read", "p_data_command", &pdu(&pdata)?)?;
+    put("pdu_read", "release_rq", &pdu(&Pdu::ReleaseRQ)?)?;
+
+    put(
+        "config_toml",
+        "documented_defaults",
+        &std::fs::read("config/ct-harmonizer.toml")?,
+    )?;
+    for e in std::fs::read_dir("models")? {
+        let e = e?;
+        let m = e.path().join("model.toml");
+        if m.is_file() {
+            put(
+                "manifest_toml",
+                &e.file_name().to_string_lossy(),
+                &std::fs::read(m)?,
+            )?;
+        }
+    }
+
+    let spec = SeriesSpec::axial("fuzz-corpus", 8, 8, 2, [2.0, 0.8, 0.8]);
+    let obj = spec.dataset(0, &phantom_slice(0, 8, 8, 20.0, 5));
+    for (name, uid) in [("explicit_le", EXPLICIT), ("implicit_le", IMPLICIT)] {
+        let ts = TransferSyntaxRegistry
+            .get(uid)
+            .ok_or("transfer syntax missing")?;
+        let mut bytes = Vec::new();
+        obj.write_dataset_with_ts(&mut bytes, ts)?;
+        put("dataset", name, &bytes)?;
+    }
+    Ok(())
+}
