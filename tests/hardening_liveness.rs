@@ -65,6 +65,64 @@ impl HealthWatch {
     }
 }
 
+/// A simulated systemd watchdog: the daemon's notify socket, recording when each `WATCHDOG=1`
+/// ping arrives.
+struct Watchdog {
+    pings: Arc<Mutex<Vec<Instant>>>,
+    usec: u64,
+}
+
+impl Watchdog {
+    /// Longest gap between consecutive pings (and from the last ping to now).
+    fn longest_gap(&self) -> Duration {
+        let pings = self.pings.lock().unwrap().clone();
+        let mut gap = Duration::ZERO;
+        for w in pings.windows(2) {
+            gap = gap.max(w[1] - w[0]);
+        }
+        if let Some(last) = pings.last() {
+            gap = gap.max(last.elapsed());
+        }
+        gap
+    }
+
+    fn count(&self) -> usize {
+        self.pings.lock().unwrap().len()
+    }
+}
+
+/// Starts `serve` as systemd would with `WatchdogSec` = `usec` µs (NOTIFY_SOCKET, WATCHDOG_USEC).
+fn start_under_watchdog(d: &mut Daemon, usec: u64) -> Watchdog {
+    let sock = d.dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    let pings: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let p = pings.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = listener.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                p.lock().unwrap().push(Instant::now());
+            }
+        }
+    });
+    assert!(d.proc.is_none());
+    d.starts += 1;
+    let mut c = d.command();
+    c.arg("serve")
+        .env("NOTIFY_SOCKET", &sock)
+        .env("WATCHDOG_USEC", usec.to_string());
+    let mut p = Peer::spawn("ct-harmonizer serve", c, &d.log_path());
+    let up = wait_until(secs(60), Duration::from_millis(25), || {
+        p.log_text().contains("daemon_ready")
+            && http_get(d.http, "/healthz").is_ok_and(|(s, _)| s == 200)
+            || !p.alive()
+    });
+    assert!(up && p.alive(), "serve did not start:\n{}", p.log_text());
+    d.proc = Some(p);
+    Watchdog { pings, usec }
+}
+
 /// A rule for series sent by `calling_ae`, passing the original through to `destination`.
 fn pass_rule_for(name: &str, calling_ae: &str, destination: &str) -> String {
     format!(
@@ -106,7 +164,8 @@ fn slow_destination_neither_stalls_nor_blocks_another() {
             + &pass_rule_for("to-slow", "SLOWMOD", "slow")
             + &catch_all_pass("fast")),
     );
-    d.start();
+    // WatchdogSec=4: the slow job below takes about 14 s.
+    let watchdog = start_under_watchdog(&mut d, 4_000_000);
     let health = HealthWatch::start(d.http);
 
     let o = storescu("SLOWMOD", AE, d.port, &[&input.join("a")]);
@@ -142,6 +201,13 @@ fn slow_destination_neither_stalls_nor_blocks_another() {
     assert!(
         bad.is_empty(),
         "/healthz failed while a slow destination was being served: {bad:?}\n{}",
+        d.context()
+    );
+    let gap = watchdog.longest_gap();
+    assert!(
+        watchdog.count() > 3 && gap < Duration::from_micros(watchdog.usec),
+        "watchdog pings: {}, longest gap {gap:?} (WatchdogSec 4 s)\n{}",
+        watchdog.count(),
         d.context()
     );
     // Each instance once: the slow job was one attempt, never restarted.
@@ -201,7 +267,7 @@ fn long_translation_keeps_health() {
         &SLOW_TRANSLATION,
         &(scp_dest("fake", "FAKE", dest.port) + &rule("default", "harmonize", false, &["fake"])),
     );
-    d.start();
+    let watchdog = start_under_watchdog(&mut d, 4_000_000);
     let health = HealthWatch::start(d.http);
     let sent = storescu("MODALITY", AE, d.port, &[&input]);
     assert!(sent.status.success(), "{}", out_text(&sent));
@@ -220,6 +286,13 @@ fn long_translation_keeps_health() {
     assert!(
         bad.is_empty(),
         "/healthz failed during a {seconds} s translation: {bad:?}\n{}",
+        d.context()
+    );
+    let gap = watchdog.longest_gap();
+    assert!(
+        watchdog.count() > 3 && gap < Duration::from_micros(watchdog.usec),
+        "watchdog pings: {}, longest gap {gap:?} (WatchdogSec 4 s)\n{}",
+        watchdog.count(),
         d.context()
     );
     assert_eq!(d.metric("series_translated"), 1.0);

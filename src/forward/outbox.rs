@@ -290,6 +290,34 @@ mod tests {
     }
 
     #[test]
+    fn index_follows_the_disk_and_keeps_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let mut j = job("pacs-derived-2");
+        o.put(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![j.clone()]);
+        // Progress is durable in the job file and seen by the next listing (a rewrite by rename).
+        j.acknowledged = vec!["1.2.3.1".into(), "1.2.3.2".into()];
+        o.put(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![j.clone()]);
+        assert_eq!(o.get(&j.id).unwrap(), Some(j.clone()));
+        // Another process (retry) adding a job, and one removed behind the index's back.
+        let other = Outbox::open(dir.path()).unwrap();
+        let k = job("pacs-derived-3");
+        other.put(&k).unwrap();
+        assert_eq!(o.queued().unwrap().len(), 2);
+        other.done(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![k]);
+        assert_eq!(o.get(&j.id).unwrap(), None);
+        assert!(o.get("../x").is_err());
+        // A job file of an older version (no progress field) still reads.
+        let old = "id = \"pacs-original-4\"\nstudy_uid = \"1.2\"\nsource_series_uid = \"1.2.3\"\nspool_dir = \"/s\"\nwork_dir = \"\"\npayload = \"/s\"\nkind = \"original\"\ndestination = \"pacs\"\nattempts = 1\nnext_attempt_ms = 0\nlast_error = \"\"\n";
+        fs::write(dir.path().join("outbox/pacs-original-4.toml"), old).unwrap();
+        let read = o.get("pacs-original-4").unwrap().unwrap();
+        assert!(read.acknowledged.is_empty());
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff_ms(1, 5, 300), 5_000);
         assert_eq!(backoff_ms(2, 5, 300), 10_000);

@@ -350,3 +350,44 @@ async fn receive_command(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_wide_statuses_stop_the_association() {
+        assert!(stops_association(dimse::OUT_OF_RESOURCES));
+        assert!(stops_association(0xA701));
+        assert!(stops_association(dimse::SOP_CLASS_NOT_SUPPORTED));
+        assert!(!stops_association(dimse::CANNOT_UNDERSTAND));
+        assert!(!stops_association(dimse::DATASET_MISMATCH));
+    }
+
+    #[test]
+    fn refusals_name_their_instances() {
+        let r: Vec<Refusal> = (0..7)
+            .map(|i| Refusal {
+                sop_instance: format!("1.2.{i}"),
+                status: 0xC000,
+                comment: " (bad)".into(),
+            })
+            .collect();
+        let text = describe_refusals(&r);
+        assert!(
+            text.starts_with("SOP instance 1.2.0 (status 0xC000 (bad))"),
+            "{text}"
+        );
+        assert!(text.ends_with("and 2 more"), "{text}");
+        let e = ForwardError::Instances {
+            destination: "pacs".into(),
+            total: 9,
+            list: describe_refusals(&r[..1]),
+            refused: r[..1].to_vec(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "destination pacs refused 1 of 9 instance(s): SOP instance 1.2.0 (status 0xC000 (bad))"
+        );
+    }
+}
