@@ -85,7 +85,16 @@ pub async fn send_folder(
     on_ack: &mut (dyn FnMut(&str) + Send),
 ) -> Result<usize, ForwardError> {
     match dest.kind {
-        DestinationKind::Folder => copy_folder(dest, dir),
+        DestinationKind::Folder => {
+            // Blocking file I/O, off the async runtime.
+            let (d, from) = (dest.clone(), dir.to_owned());
+            tokio::task::spawn_blocking(move || copy_folder(&d, &from))
+                .await
+                .map_err(|e| ForwardError::File {
+                    path: dir.to_owned(),
+                    reason: format!("copy task failed: {e}"),
+                })?
+        }
         DestinationKind::Scp => {
             let seconds = settings.timeout_seconds.max(1);
             // A whole association gets a generous bound; each instance has the configured timeout.
@@ -145,11 +154,19 @@ async fn store_scu(
         destination: name.clone(),
         reason,
     };
-    let outgoing = files
-        .iter()
-        .map(|p| describe(p))
-        .filter(|o| o.as_ref().map_or(true, |o| !skip.contains(&o.sop_instance)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Reading every file's meta group is blocking I/O: off the async runtime.
+    let described = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .map(|p| describe(p))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| proto(format!("reading the instances to send failed: {e}")))??;
+    let outgoing: Vec<Outgoing> = described
+        .into_iter()
+        .filter(|o| !skip.contains(&o.sop_instance))
+        .collect();
     if outgoing.is_empty() {
         return Ok(0);
     }
