@@ -428,3 +428,64 @@ fn one_refused_instance_does_not_hold_back_the_others() {
         5
     );
 }
+
+/// Per-instance progress is durable: SIGTERM in the middle of a slow job writes the instances
+/// acknowledged so far into the job file, and the next start sends only the others (at most the one
+/// instance in flight at the stop is received twice).
+#[test]
+fn progress_survives_a_stop_mid_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slow = ScriptedScp::start(Duration::from_millis(300), None);
+    let s = spec("liveness-stop-mid-job", 24, 20);
+    let input = tmp.path().join("in");
+    write(&s, &input);
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[],
+        &(scp_dest("slow", "SCRIPTED", slow.port) + &catch_all_pass("slow")),
+    );
+    d.start();
+    let o = storescu("MODALITY", AE, d.port, &[&input]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    let some = wait_until(secs(30), POLL, || slow.stored.lock().unwrap().len() >= 5);
+    assert!(some, "{}", d.context());
+    d.peer().signal("TERM");
+    let status = d.peer().wait_exit(secs(25));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        d.context()
+    );
+    d.proc = None;
+    let stored_before = slow.stored.lock().unwrap().clone();
+    assert!(stored_before.len() < 20, "the job finished before the stop");
+    let jobs = d.outbox_files();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = std::fs::read_to_string(&jobs[0]).unwrap();
+    let acked: Vec<usize> = (0..20)
+        .filter(|&z| job.contains(&format!("\"{}\"", s.sop_instance_uid(z))))
+        .collect();
+    assert!(
+        acked.len() + 1 >= stored_before.len(),
+        "acknowledged in the job file: {acked:?}; stored by the destination: {}\n{job}",
+        stored_before.len()
+    );
+    for &z in &acked {
+        assert!(stored_before.contains(&s.sop_instance_uid(z)));
+    }
+
+    d.start();
+    let all = wait_until(secs(60), POLL, || {
+        slow.stored.lock().unwrap().len() == 20 && d.idle()
+    });
+    assert!(all, "{}", d.context());
+    let received = slow.received.lock().unwrap().clone();
+    let total: usize = received.values().sum();
+    assert!(
+        total <= 21,
+        "instances re-sent after the restart: {received:?}"
+    );
+    for &z in &acked {
+        assert_eq!(received[&s.sop_instance_uid(z)], 1, "{received:?}");
+    }
+}

@@ -49,7 +49,7 @@ struct Shared {
 
 impl Forwarder {
     /// Runs until `shutdown` turns true; an attempt in flight is abandoned (the job stays queued,
-    /// with the instances acknowledged so far, and is retried after a restart).
+    /// with the instances acknowledged so far written to it, and is retried after a restart).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let shared = Arc::new(Shared {
             outbox: self.outbox.clone(),
@@ -156,9 +156,8 @@ async fn lane(
                 continue;
             }
             let settings = shared.settings.borrow().clone();
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = shared.attempt(job, &settings, &beat) => {}
+            if !shared.attempt(job, &settings, &beat, &mut shutdown).await {
+                return;
             }
             beat.beat();
         }
@@ -174,7 +173,15 @@ async fn lane(
 }
 
 impl Shared {
-    async fn attempt(&self, mut job: Job, settings: &Settings, beat: &Beat) {
+    /// One delivery attempt. Returns false when the daemon is stopping: the attempt was abandoned
+    /// and the instances acknowledged so far are written to the job file first.
+    async fn attempt(
+        &self,
+        mut job: Job,
+        settings: &Settings,
+        beat: &Beat,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let started = Instant::now();
         let skip: HashSet<String> = job.acknowledged.iter().cloned().collect();
         let before = job.acknowledged.len();
@@ -198,15 +205,33 @@ impl Shared {
                         }
                     }
                 };
-                let send = scu::send_folder(dest, &settings.forward, &payload, &skip, &mut on_ack);
+                let mut send = Box::pin(scu::send_folder(
+                    dest,
+                    &settings.forward,
+                    &payload,
+                    &skip,
+                    &mut on_ack,
+                ));
                 // The lane beats while the attempt waits on the destination: a slow destination
                 // is not a stalled daemon (each wait is bounded by forward.timeout_seconds).
-                tokio::pin!(send);
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
+                let outcome = loop {
                     tokio::select! {
-                        r = &mut send => break r,
+                        r = &mut send => break Some(r),
                         _ = tick.tick() => beat.beat(),
+                        _ = shutdown.changed() => break None,
+                    }
+                };
+                drop(send);
+                match outcome {
+                    Some(r) => r,
+                    None => {
+                        if job.acknowledged.len() > before {
+                            if let Err(e) = self.outbox.put(&job) {
+                                tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                            }
+                        }
+                        return false;
                     }
                 }
             }
@@ -225,7 +250,7 @@ impl Shared {
                 self.metrics.jobs_forwarded.inc();
                 if let Err(e) = self.outbox.done(&job) {
                     tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
-                    return;
+                    return true;
                 }
                 self.cleanup(&job);
             }
@@ -264,6 +289,7 @@ impl Shared {
                 }
             }
         }
+        true
     }
 
     /// Deletes the series' spool folder and derived files once no job needs them.
