@@ -93,6 +93,8 @@ pub struct ForwardSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+    /// A stage silent for longer than this is stalled (`/healthz` 503 and no systemd watchdog ping).
+    pub stall_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -26,6 +26,9 @@ use crate::spool::Spool;
 use crate::translate::Translator;
 use crate::{events, systemd};
 
+/// How long a stop waits for the processing thread (cancelled at its next tile).
+const PROCESSOR_STOP_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -102,13 +105,19 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     let spool = Spool::open(&state, settings.state.min_free_mib)?;
     let outbox = Outbox::open(&state)?;
     let metrics = Metrics::new();
-    let beats = Arc::new(Heartbeats::default());
+    let watchdog = systemd::watchdog_interval();
+    let beats = Arc::new(Heartbeats::new(crate::metrics::stall_threshold_ms(
+        settings.http.stall_seconds,
+        watchdog,
+    )));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
     let (arrival_tx, arrival_rx) = mpsc::channel::<Arrival>(256);
     let (ready_tx, ready_rx) = mpsc::channel(16);
     let (wake_tx, wake_rx) = mpsc::channel(16);
     let busy = Arc::new(AtomicBool::new(false));
+    // Set on SIGTERM/SIGINT: inference stops at its next tile (the series stays in the spool).
+    let cancel = Arc::new(AtomicBool::new(false));
     let recent = Arc::new(crate::series::Recent::default());
 
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
@@ -156,6 +165,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         metrics: metrics.clone(),
         beat: beats.register("processor"),
         busy: busy.clone(),
+        cancel: cancel.clone(),
         translators,
     };
     let rt = tokio::runtime::Handle::current();
@@ -172,6 +182,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             metrics: metrics.clone(),
             wake: wake_rx,
             beat: beats.register("forward"),
+            beats: beats.clone(),
         }
         .run(shutdown_rx.clone()),
     ));
@@ -217,7 +228,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     tasks.push(tokio::spawn(systemd::run(
         metrics.clone(),
         beats.clone(),
-        busy.clone(),
+        watchdog,
         shutdown_rx.clone(),
     )));
     drop(arrival_tx);
@@ -231,11 +242,26 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         event = "daemon_stopping",
         "stopping: no new associations; unfinished work stays in the spool"
     );
+    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let all = futures_join(tasks);
     let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
-    // The processing thread finishes its current series (bounded by the unit's stop timeout).
-    let _ = tokio::task::spawn_blocking(move || processor_thread.join()).await;
+    // The processing thread gives up its current series at the next tile (the series stays in the
+    // spool); a single tile that outlasts the deadline is abandoned with the process.
+    // Polled, not joined on a blocking task: the runtime must not wait for it on exit.
+    let deadline = tokio::time::Instant::now() + PROCESSOR_STOP_DEADLINE;
+    while !processor_thread.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if processor_thread.is_finished() {
+        let _ = processor_thread.join();
+    } else {
+        tracing::warn!(
+            event = "processor_stop_timeout",
+            seconds = PROCESSOR_STOP_DEADLINE.as_secs(),
+            "the processing stage did not stop in time; its series stays in the spool for recovery"
+        );
+    }
     Ok(())
 }
 

@@ -10,9 +10,6 @@ use tokio::sync::watch;
 
 use crate::metrics::{Heartbeats, Metrics};
 
-/// Stages silent for longer than this make `/healthz` fail.
-pub const STALE_MS: u64 = 30_000;
-
 /// Serves until shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -27,14 +24,13 @@ pub async fn serve(
             get(move || {
                 let beats = beats.clone();
                 async move {
-                    let stale = beats.stale(STALE_MS);
-                    if stale.is_empty() {
-                        (StatusCode::OK, "ok\n".to_string())
-                    } else {
-                        (
+                    // The same rule as the systemd watchdog (`Heartbeats::health`).
+                    match beats.health() {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(stale) => (
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("stalled: {}\n", stale.join(", ")),
-                        )
+                        ),
                     }
                 }
             }),

@@ -128,34 +128,85 @@ impl Metrics {
     }
 }
 
-/// Last sign of life of each stage (Unix ms), for the watchdog and `/healthz`.
-#[derive(Default)]
+/// Last sign of life of each stage (Unix ms), and the one rule that decides whether the daemon is
+/// healthy: `/healthz` and the systemd watchdog both ask [`Heartbeats::health`].
+///
+/// Every stage beats while it makes progress: the SCP, series and watch stages on their ticks, the
+/// processing stage per slab and per tile of inference (and per slab read and written), each
+/// forwarding lane per instance sent and every second while an attempt is in flight (each network
+/// wait there is bounded by `forward.timeout_seconds`). A stage silent for longer than the stall
+/// threshold is stalled; there are no exemptions (a busy stage beats like any other).
 pub struct Heartbeats {
-    stages: std::sync::Mutex<Vec<(&'static str, Arc<AtomicU64>)>>,
+    stall_ms: u64,
+    stages: std::sync::Mutex<Vec<(String, Arc<AtomicU64>)>>,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Self::new(DEFAULT_STALL_MS)
+    }
+}
+
+/// Stall threshold when none is configured (`http.stall_seconds` in the defaults).
+pub const DEFAULT_STALL_MS: u64 = 30_000;
+
+/// The stall threshold in use: `http.stall_seconds`, but never longer than the systemd watchdog
+/// interval (a stall must show on `/healthz` no later than systemd acts on it), at least one second.
+pub fn stall_threshold_ms(stall_seconds: u64, watchdog: Option<std::time::Duration>) -> u64 {
+    let configured = stall_seconds.saturating_mul(1000);
+    let bounded = match watchdog {
+        Some(w) => configured.min(w.as_millis() as u64),
+        None => configured,
+    };
+    bounded.max(1000)
 }
 
 impl Heartbeats {
+    /// Heartbeats whose stages stall after `stall_ms` without a beat.
+    pub fn new(stall_ms: u64) -> Self {
+        Self {
+            stall_ms,
+            stages: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The stall threshold in milliseconds.
+    pub fn stall_ms(&self) -> u64 {
+        self.stall_ms
+    }
+
     /// Registers a stage and returns its beat handle.
-    pub fn register(&self, stage: &'static str) -> Beat {
+    pub fn register(&self, stage: impl Into<String>) -> Beat {
         let cell = Arc::new(AtomicU64::new(crate::forward::outbox::now_ms()));
         if let Ok(mut v) = self.stages.lock() {
-            v.push((stage, cell.clone()));
+            v.push((stage.into(), cell.clone()));
         }
         Beat(cell)
     }
 
     /// Stages whose last beat is older than `max_age_ms`.
-    pub fn stale(&self, max_age_ms: u64) -> Vec<&'static str> {
+    pub fn stale(&self, max_age_ms: u64) -> Vec<String> {
         let now = crate::forward::outbox::now_ms();
         self.stages
             .lock()
             .map(|v| {
                 v.iter()
                     .filter(|(_, c)| now.saturating_sub(c.load(Ordering::Relaxed)) > max_age_ms)
-                    .map(|(n, _)| *n)
+                    .map(|(n, _)| n.clone())
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The health rule: `Ok` when every stage beat within the stall threshold, else the stalled
+    /// stages by name.
+    pub fn health(&self) -> Result<(), Vec<String>> {
+        let stale = self.stale(self.stall_ms);
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(stale)
+        }
     }
 }
 
@@ -167,5 +218,32 @@ impl Beat {
     pub fn beat(&self) {
         self.0
             .store(crate::forward::outbox::now_ms(), Ordering::Relaxed);
+    }
+
+    /// A handle registered nowhere (for callers outside the daemon).
+    pub fn detached() -> Self {
+        Beat(Arc::new(AtomicU64::new(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_rule() {
+        let h = Heartbeats::new(50);
+        let a = h.register("a");
+        let _b = h.register(String::from("forward:pacs"));
+        assert!(h.health().is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        a.beat();
+        assert_eq!(h.health(), Err(vec!["forward:pacs".to_string()]));
+        assert_eq!(stall_threshold_ms(30, None), 30_000);
+        assert_eq!(
+            stall_threshold_ms(30, Some(std::time::Duration::from_secs(20))),
+            20_000
+        );
+        assert_eq!(stall_threshold_ms(0, None), 1000);
     }
 }

@@ -16,11 +16,11 @@ use crate::events;
 use crate::forward::{Job, Outbox};
 use crate::ingest::files;
 use crate::metrics::{Beat, Metrics};
-use crate::process::{open_translator, process_series};
+use crate::process::{open_translator, process_series, SeriesError};
 use crate::route::{self, SeriesInfo};
 use crate::series::{self, ReadySeries, Series};
 use crate::spool::Spool;
-use crate::translate::Translator;
+use crate::translate::{Control, Translator};
 
 /// The processing stage.
 pub struct Processor {
@@ -32,8 +32,11 @@ pub struct Processor {
     pub wake: mpsc::Sender<()>,
     pub metrics: Arc<Metrics>,
     pub beat: Beat,
-    /// True while a series is being processed (the watchdog treats a busy stage as alive).
+    /// True while a series is being processed.
     pub busy: Arc<AtomicBool>,
+    /// Set when the daemon stops: inference gives up at the next tile and the series stays in the
+    /// spool for recovery.
+    pub cancel: Arc<AtomicBool>,
     /// Models already loaded in ONNX Runtime, by name (those of the start-up check); a model named
     /// later, by a rule added on SIGHUP, is loaded on its first series.
     pub translators: HashMap<String, Translator>,
@@ -44,6 +47,9 @@ pub struct Processor {
 pub enum PipelineError {
     #[error("series {series_uid}: {reason}")]
     Series { series_uid: String, reason: String },
+    /// The daemon is stopping: not a failure (the series stays in the spool for recovery).
+    #[error("series {series_uid}: processing cancelled (the daemon is stopping)")]
+    Cancelled { series_uid: String },
 }
 
 impl Processor {
@@ -52,7 +58,7 @@ impl Processor {
         let mut translators = std::mem::take(&mut self.translators);
         loop {
             self.beat.beat();
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || self.cancel.load(Ordering::Relaxed) {
                 return;
             }
             let next = rt.block_on(async {
@@ -71,6 +77,11 @@ impl Processor {
                     if jobs > 0 {
                         let _ = self.wake.try_send(());
                     }
+                }
+                Err(PipelineError::Cancelled { .. }) => {
+                    // Left in the spool, unprocessed: recovery resumes it after the restart.
+                    let _ = std::fs::remove_dir_all(self.work_dir(&ready));
+                    tracing::info!(event = "series_cancelled", series_uid = %uid, "processing cancelled by shutdown; the series stays in the spool for recovery");
                 }
                 Err(e) => {
                     self.metrics.series_failed.inc();
@@ -155,8 +166,16 @@ impl Processor {
                     let Some(this) = input.take() else {
                         return Err(fail("no input for the next model".into()));
                     };
-                    let (published, _) = process_series(settings, t, this, &out, false, &salt)
-                        .map_err(|e| fail(e.to_string()))?;
+                    let control = Control::new(self.beat.clone(), self.cancel.clone());
+                    let (published, _) = process_series(
+                        settings, t, this, &out, false, &salt, &control,
+                    )
+                    .map_err(|e| match e {
+                        SeriesError::Cancelled { series_uid } => {
+                            PipelineError::Cancelled { series_uid }
+                        }
+                        e => fail(e.to_string()),
+                    })?;
                     self.metrics
                         .inference_seconds
                         .inc_by(t.run_stats().0 - before);
@@ -196,6 +215,7 @@ impl Processor {
                     attempts: 0,
                     next_attempt_ms: 0,
                     last_error: String::new(),
+                    acknowledged: Vec::new(),
                 };
                 self.outbox.put(&job).map_err(|e| fail(e.to_string()))?;
                 ids.push(job.id);

@@ -16,7 +16,7 @@ use crate::ingest::files::{self, IngestError};
 use crate::preview::{self, PreviewSlice};
 use crate::series::{self, Series};
 use crate::translate::manifest::{ManifestError, ModelDir};
-use crate::translate::{AxisTile, TranslateError, Translator};
+use crate::translate::{AxisTile, Control, TranslateError, Translator};
 use crate::volume::geometry::{sort_and_check, GeometryLimits};
 use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 use crate::volume::slab::Slab;
@@ -50,6 +50,9 @@ pub enum SeriesError {
     Derive(#[from] DeriveError),
     #[error("series {series_uid}: a pipeline worker stopped unexpectedly")]
     Worker { series_uid: String },
+    /// The daemon is stopping: the series was left as it was (not a failure; recovery resumes it).
+    #[error("series {series_uid}: processing cancelled (the daemon is stopping)")]
+    Cancelled { series_uid: String },
 }
 
 /// Errors that stop the whole run.
@@ -139,7 +142,15 @@ pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, Process
     for s in series::group(scan.images) {
         let uid = s.series_uid.clone();
         let want_preview = opts.preview.is_some() && report.preview.is_none();
-        match process_series(settings, &mut translator, s, &opts.out, want_preview, "") {
+        match process_series(
+            settings,
+            &mut translator,
+            s,
+            &opts.out,
+            want_preview,
+            "",
+            &Control::none(),
+        ) {
             Ok((p, shots)) => {
                 if let (Some(path), false) = (&opts.preview, shots.is_empty()) {
                     match preview::write_png(path, &shots) {
@@ -217,6 +228,10 @@ pub fn check_series(
 }
 
 /// Harmonizes one series and publishes it into `out`. Returns the preview captures when asked.
+///
+/// `control` is beaten per slab read, per tile of inference and per slab written, and checked for
+/// cancellation between slabs and tiles: once cancelled, the partial output is removed and
+/// [`SeriesError::Cancelled`] returned (nothing is published).
 pub fn process_series(
     settings: &Settings,
     translator: &mut Translator,
@@ -224,9 +239,16 @@ pub fn process_series(
     out: &Path,
     want_preview: bool,
     salt: &str,
+    control: &Control,
 ) -> Result<(Published, Vec<PreviewSlice>), SeriesError> {
     let started = Instant::now();
     let uid = s.series_uid.clone();
+    let cancelled = || SeriesError::Cancelled {
+        series_uid: uid.clone(),
+    };
+    if control.cancelled() {
+        return Err(cancelled());
+    }
     let geometry = check_series(settings, translator, &mut s)?;
     let manifest = translator.manifest().clone();
     events::series_started(&uid, s.slices.len(), &manifest.name);
@@ -253,15 +275,22 @@ pub fn process_series(
     let (slab_tx, slab_rx) = sync_channel::<(AxisTile, Slab)>(depth);
     let (out_tx, out_rx) = sync_channel::<crate::translate::OutSlab>(depth);
     let result = std::thread::scope(|scope| {
+        let read_control = control.clone();
+        let read_cancelled = cancelled();
         let read = scope.spawn(move || -> Result<(), SeriesError> {
             for zt in z_tiles {
+                if read_control.cancelled() {
+                    return Err(read_cancelled);
+                }
                 let slab = reader.read(zt.start, zt.len)?;
+                read_control.beat();
                 if slab_tx.send((zt, slab)).is_err() {
                     break; // the inference worker stopped; its error is reported
                 }
             }
             Ok(())
         });
+        let write_control = control.clone();
         let write = scope.spawn(
             move || -> Result<SeriesWriter, Box<(SeriesWriter, SeriesError)>> {
                 let mut writer = writer;
@@ -269,6 +298,7 @@ pub fn process_series(
                     if let Err(e) = writer.write_slab(&slab) {
                         return Err(Box::new((writer, e.into())));
                     }
+                    write_control.beat();
                 }
                 Ok(writer)
             },
@@ -276,7 +306,7 @@ pub fn process_series(
         let mut shots = Vec::new();
         let mut infer_result: Result<(), SeriesError> = Ok(());
         for (zt, slab) in slab_rx {
-            match translator.translate(&slab, zt) {
+            match translator.translate_with(&slab, zt, control) {
                 Ok(o) => {
                     for &k in picks.iter().filter(|&&k| k >= o.z0 && k < o.z0 + o.depth) {
                         shots.push(capture(&slab, &o, k, [sz, sy, sx]));
@@ -284,6 +314,10 @@ pub fn process_series(
                     if out_tx.send(o).is_err() {
                         break;
                     }
+                }
+                Err(TranslateError::Cancelled { .. }) => {
+                    infer_result = Err(cancelled());
+                    break;
                 }
                 Err(e) => {
                     infer_result = Err(e.into());
@@ -309,7 +343,8 @@ pub fn process_series(
         }
         Err(e) => return Err(e),
     };
-    if let Err(e) = read_result.and(infer_result) {
+    // A cancellation wins over the other worker's view of it (e.g. the reader seeing it first).
+    if let Err(e) = infer_result.and(read_result) {
         writer.abandon();
         return Err(e);
     }

@@ -30,6 +30,14 @@ pub enum ForwardError {
         sop_instance: String,
         comment: String,
     },
+    #[error("destination {destination} refused {} of {total} instance(s): {list}", .refused.len())]
+    Instances {
+        destination: String,
+        total: usize,
+        refused: Vec<scu::Refusal>,
+        /// The refusals as text (SOP Instance UIDs and statuses), for the message.
+        list: String,
+    },
     #[error("destination {destination}: {reason}")]
     Protocol { destination: String, reason: String },
     #[error("destination {destination}: no answer within {seconds} s")]

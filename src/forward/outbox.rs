@@ -1,9 +1,17 @@
 //! The durable outbox: one TOML file per job under `<state>/outbox/`, written atomically; failed jobs
 //! move to `<state>/dead-letter/` with their reason, from where `ct-harmonizer retry` requeues them.
+//!
+//! Listing jobs does not re-parse every file each time: an in-memory index per folder keeps each
+//! parsed job with the identity of its file (inode, size, modification time; a job is rewritten by
+//! rename, so a change always shows). A listing reads the folder and parses only new or changed
+//! files, so it always reflects the disk (another process, `retry`, may add jobs) at the cost of a
+//! `stat` per job.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::ForwardError;
 use crate::spool::sync_dir;
@@ -29,6 +37,10 @@ pub struct Job {
     /// Unix time in milliseconds before which the job is not tried again.
     pub next_attempt_ms: u64,
     pub last_error: String,
+    /// SOP Instance UIDs the destination already acknowledged (progress across attempts: a later
+    /// attempt sends only the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acknowledged: Vec<String>,
 }
 
 impl Job {
@@ -52,6 +64,23 @@ pub fn now_ms() -> u64 {
 pub struct Outbox {
     queue: PathBuf,
     dead: PathBuf,
+    queue_index: Arc<Mutex<Index>>,
+    dead_index: Arc<Mutex<Index>>,
+}
+
+/// Identity of a job file: a rewrite (by rename) changes the inode; an edit in place the size or
+/// modification time.
+type FileId = (u64, u64, Option<std::time::SystemTime>);
+
+/// Parsed jobs of one folder, by file path.
+#[derive(Debug, Default)]
+struct Index {
+    jobs: HashMap<PathBuf, (FileId, Job)>,
+}
+
+fn file_id(meta: &fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.ino(), meta.len(), meta.modified().ok())
 }
 
 fn err(path: &Path, reason: impl ToString) -> ForwardError {
@@ -76,7 +105,12 @@ impl Outbox {
         for d in [&queue, &dead] {
             fs::create_dir_all(d).map_err(|e| err(d, e))?;
         }
-        Ok(Self { queue, dead })
+        Ok(Self {
+            queue,
+            dead,
+            queue_index: Arc::default(),
+            dead_index: Arc::default(),
+        })
     }
 
     fn write(dir: &Path, job: &Job) -> Result<(), ForwardError> {
@@ -96,32 +130,65 @@ impl Outbox {
         Self::write(&self.queue, job)
     }
 
-    fn read_dir(dir: &Path) -> Result<Vec<Job>, ForwardError> {
-        let mut out = Vec::new();
+    /// The jobs of `dir`, parsing only files that are new or changed since the last listing.
+    fn read_dir(dir: &Path, index: &Mutex<Index>) -> Result<Vec<Job>, ForwardError> {
+        let mut index = index.lock().map_err(|_| err(dir, "job index poisoned"))?;
+        let mut seen = HashSet::new();
         for e in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                let text = fs::read_to_string(&p).map_err(|e| err(&p, e))?;
-                match toml::from_str::<Job>(&text) {
-                    Ok(j) => out.push(j),
-                    Err(e) => {
-                        tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e)
-                    }
+            if p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let id = file_id(&meta);
+            if index.jobs.get(&p).is_some_and(|(known, _)| *known == id) {
+                seen.insert(p);
+                continue;
+            }
+            let text = match fs::read_to_string(&p) {
+                Ok(t) => t,
+                // Removed between the listing and the read (delivered meanwhile).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(&p, e)),
+            };
+            match toml::from_str::<Job>(&text) {
+                Ok(j) => {
+                    index.jobs.insert(p.clone(), (id, j));
+                    seen.insert(p);
+                }
+                Err(e) => {
+                    index.jobs.remove(&p);
+                    tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e)
                 }
             }
         }
+        index.jobs.retain(|p, _| seen.contains(p));
+        let mut out: Vec<Job> = index.jobs.values().map(|(_, j)| j.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
     /// Every queued job.
     pub fn queued(&self) -> Result<Vec<Job>, ForwardError> {
-        Self::read_dir(&self.queue)
+        Self::read_dir(&self.queue, &self.queue_index)
     }
 
     /// Every dead-lettered job.
     pub fn dead(&self) -> Result<Vec<Job>, ForwardError> {
-        Self::read_dir(&self.dead)
+        Self::read_dir(&self.dead, &self.dead_index)
+    }
+
+    /// One queued job as it is on disk now (`None` once delivered or dead-lettered).
+    pub fn get(&self, id: &str) -> Result<Option<Job>, ForwardError> {
+        if !is_job_id(id) {
+            return Err(err(&self.queue, format!("{id:?} is not a job id")));
+        }
+        let p = self.queue.join(format!("{id}.toml"));
+        match fs::read_to_string(&p) {
+            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| err(&p, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(&p, e)),
+        }
     }
 
     /// Removes a delivered job.
@@ -196,6 +263,7 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
             last_error: String::new(),
+            acknowledged: Vec::new(),
         }
     }
 
@@ -219,6 +287,34 @@ mod tests {
         assert!(o.retry("../../etc/passwd").is_err());
         o.done(&r).unwrap();
         assert!(!o.needs(Path::new("/s/1.2/1.2.3")).unwrap());
+    }
+
+    #[test]
+    fn index_follows_the_disk_and_keeps_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let mut j = job("pacs-derived-2");
+        o.put(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![j.clone()]);
+        // Progress is durable in the job file and seen by the next listing (a rewrite by rename).
+        j.acknowledged = vec!["1.2.3.1".into(), "1.2.3.2".into()];
+        o.put(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![j.clone()]);
+        assert_eq!(o.get(&j.id).unwrap(), Some(j.clone()));
+        // Another process (retry) adding a job, and one removed behind the index's back.
+        let other = Outbox::open(dir.path()).unwrap();
+        let k = job("pacs-derived-3");
+        other.put(&k).unwrap();
+        assert_eq!(o.queued().unwrap().len(), 2);
+        other.done(&j).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![k]);
+        assert_eq!(o.get(&j.id).unwrap(), None);
+        assert!(o.get("../x").is_err());
+        // A job file of an older version (no progress field) still reads.
+        let old = "id = \"pacs-original-4\"\nstudy_uid = \"1.2\"\nsource_series_uid = \"1.2.3\"\nspool_dir = \"/s\"\nwork_dir = \"\"\npayload = \"/s\"\nkind = \"original\"\ndestination = \"pacs\"\nattempts = 1\nnext_attempt_ms = 0\nlast_error = \"\"\n";
+        fs::write(dir.path().join("outbox/pacs-original-4.toml"), old).unwrap();
+        let read = o.get("pacs-original-4").unwrap().unwrap();
+        assert!(read.acknowledged.is_empty());
     }
 
     #[test]

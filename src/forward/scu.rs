@@ -1,10 +1,18 @@
 //! Sending a folder of instances: C-STORE SCU (one association per job, TCP_NODELAY on) or a copy
 //! into a destination folder (temporary name, fsync, rename).
+//!
+//! Progress is per instance: instances the destination already acknowledged (in an earlier attempt)
+//! are skipped, each acknowledgement is reported to the caller as it comes (its heartbeat and the
+//! job's durable progress), and a failure status for one instance does not stop the others: the
+//! attempt goes on and fails at the end naming every refused SOP Instance UID. Only statuses that
+//! say the destination as a whole cannot take more (Refused: out of resources 0xA7xx, SOP class not
+//! supported 0x0122) end the association at once.
 
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -58,20 +66,42 @@ fn describe(path: &Path) -> Result<Outgoing, ForwardError> {
     })
 }
 
-/// Sends every `.dcm` file of `dir` to `dest`. Returns how many were delivered.
+/// A refused instance: its SOP Instance UID, the status and the destination's comment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub sop_instance: String,
+    pub status: u16,
+    pub comment: String,
+}
+
+/// Sends every `.dcm` file of `dir` to `dest`, except the SOP instances in `skip` (acknowledged
+/// before). `on_ack` is called with each SOP Instance UID the destination acknowledges. Returns how
+/// many were delivered in this attempt.
 pub async fn send_folder(
     dest: &Destination,
     settings: &ForwardSettings,
     dir: &Path,
+    skip: &HashSet<String>,
+    on_ack: &mut (dyn FnMut(&str) + Send),
 ) -> Result<usize, ForwardError> {
     match dest.kind {
-        DestinationKind::Folder => copy_folder(dest, dir),
+        DestinationKind::Folder => {
+            // Blocking file I/O, off the async runtime.
+            let (d, from) = (dest.clone(), dir.to_owned());
+            tokio::task::spawn_blocking(move || copy_folder(&d, &from))
+                .await
+                .map_err(|e| ForwardError::File {
+                    path: dir.to_owned(),
+                    reason: format!("copy task failed: {e}"),
+                })?
+        }
         DestinationKind::Scp => {
             let seconds = settings.timeout_seconds.max(1);
-            // A whole association gets a generous bound; each read has the configured timeout.
+            // A whole association gets a generous bound; each instance has the configured timeout.
             let files = dcm_files(dir)?;
             let budget = Duration::from_secs(seconds * (2 + files.len() as u64));
-            match tokio::time::timeout(budget, store_scu(dest, settings, files)).await {
+            match tokio::time::timeout(budget, store_scu(dest, settings, files, skip, on_ack)).await
+            {
                 Ok(r) => r,
                 Err(_) => Err(ForwardError::Timeout {
                     destination: dest.name.clone(),
@@ -107,20 +137,36 @@ fn copy_folder(dest: &Destination, dir: &Path) -> Result<usize, ForwardError> {
     Ok(files.len())
 }
 
+/// True for a failure status that concerns the destination as a whole, not this one instance.
+fn stops_association(status: u16) -> bool {
+    status & 0xFF00 == 0xA700 || status == dimse::SOP_CLASS_NOT_SUPPORTED
+}
+
 async fn store_scu(
     dest: &Destination,
     settings: &ForwardSettings,
     files: Vec<PathBuf>,
+    skip: &HashSet<String>,
+    on_ack: &mut (dyn FnMut(&str) + Send),
 ) -> Result<usize, ForwardError> {
     let name = dest.name.clone();
     let proto = |reason: String| ForwardError::Protocol {
         destination: name.clone(),
         reason,
     };
-    let outgoing = files
-        .iter()
-        .map(|p| describe(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Reading every file's meta group is blocking I/O: off the async runtime.
+    let described = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .map(|p| describe(p))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| proto(format!("reading the instances to send failed: {e}")))??;
+    let outgoing: Vec<Outgoing> = described
+        .into_iter()
+        .filter(|o| !skip.contains(&o.sop_instance))
+        .collect();
     if outgoing.is_empty() {
         return Ok(0);
     }
@@ -165,6 +211,7 @@ async fn store_scu(
         })
         .collect();
     let mut sent = 0;
+    let mut refused: Vec<Refusal> = Vec::new();
     for (i, o) in outgoing.iter().enumerate() {
         let Some((pc_id, _, _)) = accepted
             .iter()
@@ -177,59 +224,123 @@ async fn store_scu(
                 transfer_syntax: o.transfer_syntax.clone(),
             });
         };
-        let bytes = tokio::fs::read(&o.path)
-            .await
-            .map_err(|e| ForwardError::File {
-                path: o.path.clone(),
-                reason: e.to_string(),
-            })?;
-        let dataset = bytes
-            .get(o.dataset_offset..)
-            .ok_or_else(|| ForwardError::File {
-                path: o.path.clone(),
-                reason: "file shorter than its meta group".into(),
-            })?;
         let message_id = (i % 0xFFFF) as u16 + 1;
-        let cmd = dimse::store_rq(message_id, &o.sop_class, &o.sop_instance)
-            .map_err(|e| proto(e.to_string()))?;
-        assoc
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: *pc_id,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: cmd,
-                }],
-            })
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        {
-            let mut w = assoc.send_pdata(*pc_id);
-            w.write_all(dataset)
-                .await
-                .map_err(|e| proto(e.to_string()))?;
-            w.finish().await.map_err(|e| proto(e.to_string()))?;
-        }
-        let rsp = receive_command(&mut assoc).await.map_err(proto)?;
-        match rsp.status {
-            dimse::SUCCESS | 0xB000 | 0xB006 | 0xB007 => sent += 1,
-            status => {
+        let one = store_one(&mut assoc, *pc_id, message_id, o, &proto);
+        let rsp = match tokio::time::timeout(timeout, one).await {
+            Ok(Ok(rsp)) => rsp,
+            Ok(Err(e)) => {
                 let _ = assoc.abort().await;
-                return Err(ForwardError::Status {
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = assoc.abort().await;
+                return Err(ForwardError::Timeout {
                     destination: name,
-                    status,
+                    seconds: timeout.as_secs(),
+                });
+            }
+        };
+        match rsp.status {
+            dimse::SUCCESS | 0xB000 | 0xB006 | 0xB007 => {
+                sent += 1;
+                on_ack(&o.sop_instance);
+            }
+            status => {
+                let comment = if rsp.error_comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", rsp.error_comment)
+                };
+                if stops_association(status) {
+                    let _ = assoc.abort().await;
+                    return Err(ForwardError::Status {
+                        destination: name,
+                        status,
+                        sop_instance: o.sop_instance.clone(),
+                        comment,
+                    });
+                }
+                tracing::warn!(event = "instance_refused", destination = %name, sop_instance = %o.sop_instance, status = format!("0x{status:04X}"), comment = %rsp.error_comment, "destination refused one instance; sending the others");
+                refused.push(Refusal {
                     sop_instance: o.sop_instance.clone(),
-                    comment: if rsp.error_comment.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", rsp.error_comment)
-                    },
+                    status,
+                    comment,
                 });
             }
         }
     }
     let _ = assoc.release().await;
-    Ok(sent)
+    if refused.is_empty() {
+        Ok(sent)
+    } else {
+        Err(ForwardError::Instances {
+            destination: name,
+            total: outgoing.len(),
+            list: describe_refusals(&refused),
+            refused,
+        })
+    }
+}
+
+/// "1.2.3 (status 0xC000 (comment)), ..." for at most five refusals.
+fn describe_refusals(refused: &[Refusal]) -> String {
+    let mut parts: Vec<String> = refused
+        .iter()
+        .take(5)
+        .map(|r| {
+            format!(
+                "SOP instance {} (status 0x{:04X}{})",
+                r.sop_instance, r.status, r.comment
+            )
+        })
+        .collect();
+    if refused.len() > 5 {
+        parts.push(format!("and {} more", refused.len() - 5));
+    }
+    parts.join(", ")
+}
+
+/// Sends one instance (command and dataset) and waits for its response.
+async fn store_one(
+    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+    pc_id: u8,
+    message_id: u16,
+    o: &Outgoing,
+    proto: &impl Fn(String) -> ForwardError,
+) -> Result<dimse::Command, ForwardError> {
+    let bytes = tokio::fs::read(&o.path)
+        .await
+        .map_err(|e| ForwardError::File {
+            path: o.path.clone(),
+            reason: e.to_string(),
+        })?;
+    let dataset = bytes
+        .get(o.dataset_offset..)
+        .ok_or_else(|| ForwardError::File {
+            path: o.path.clone(),
+            reason: "file shorter than its meta group".into(),
+        })?;
+    let cmd = dimse::store_rq(message_id, &o.sop_class, &o.sop_instance)
+        .map_err(|e| proto(e.to_string()))?;
+    assoc
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: cmd,
+            }],
+        })
+        .await
+        .map_err(|e| proto(e.to_string()))?;
+    {
+        let mut w = assoc.send_pdata(pc_id);
+        w.write_all(dataset)
+            .await
+            .map_err(|e| proto(e.to_string()))?;
+        w.finish().await.map_err(|e| proto(e.to_string()))?;
+    }
+    receive_command(assoc).await.map_err(proto)
 }
 
 async fn receive_command(
@@ -254,5 +365,46 @@ async fn receive_command(
             Pdu::ReleaseRQ => return Err("peer released the association mid-transfer".into()),
             other => return Err(format!("unexpected PDU {other:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_wide_statuses_stop_the_association() {
+        assert!(stops_association(dimse::OUT_OF_RESOURCES));
+        assert!(stops_association(0xA701));
+        assert!(stops_association(dimse::SOP_CLASS_NOT_SUPPORTED));
+        assert!(!stops_association(dimse::CANNOT_UNDERSTAND));
+        assert!(!stops_association(dimse::DATASET_MISMATCH));
+    }
+
+    #[test]
+    fn refusals_name_their_instances() {
+        let r: Vec<Refusal> = (0..7)
+            .map(|i| Refusal {
+                sop_instance: format!("1.2.{i}"),
+                status: 0xC000,
+                comment: " (bad)".into(),
+            })
+            .collect();
+        let text = describe_refusals(&r);
+        assert!(
+            text.starts_with("SOP instance 1.2.0 (status 0xC000 (bad))"),
+            "{text}"
+        );
+        assert!(text.ends_with("and 2 more"), "{text}");
+        let e = ForwardError::Instances {
+            destination: "pacs".into(),
+            total: 9,
+            list: describe_refusals(&r[..1]),
+            refused: r[..1].to_vec(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "destination pacs refused 1 of 9 instance(s): SOP instance 1.2.0 (status 0xC000 (bad))"
+        );
     }
 }

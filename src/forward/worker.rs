@@ -1,16 +1,30 @@
-//! The forwarding worker: sends due jobs, backs off on failure, dead-letters after the last attempt,
-//! and cleans the spool and derived files of a series once no job needs them.
+//! The forwarding stage: one lane (task) per destination, so a slow or failing destination never
+//! delays another's jobs. Each lane sends its due jobs, backs off on failure, dead-letters after the
+//! last attempt, and cleans the spool and derived files of a series once no job needs them.
+//!
+//! The dispatcher lists the outbox (an index that re-parses only new or changed job files) when
+//! woken by the processing stage and every second (`retry` adds jobs from another process), and
+//! hands each lane the ids of its jobs; a lane reads each job from disk right before its attempt,
+//! so a job delivered meanwhile is never sent twice. Each lane beats its own heartbeat
+//! (`forward:<destination>`) per instance acknowledged and every second while an attempt waits on
+//! the destination (every such wait is bounded by `forward.timeout_seconds`), and records the SOP
+//! instances acknowledged in the job file, so a later attempt sends only the others.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::outbox::{backoff_ms, now_ms};
 use super::{scu, ForwardError, Job, Outbox};
 use crate::config::Settings;
 use crate::events;
-use crate::metrics::{Beat, Metrics};
+use crate::metrics::{Beat, Heartbeats, Metrics};
 use crate::spool::Spool;
+
+/// How often a lane writes the acknowledged instances of a job in progress to its job file (and
+/// always at the end of an attempt).
+const PROGRESS_PERSIST: Duration = Duration::from_secs(2);
 
 /// The forwarding stage.
 pub struct Forwarder {
@@ -19,63 +33,208 @@ pub struct Forwarder {
     pub settings: watch::Receiver<Arc<Settings>>,
     pub metrics: Arc<Metrics>,
     pub wake: mpsc::Receiver<()>,
+    /// The dispatcher's heartbeat.
     pub beat: Beat,
+    /// Where each destination's lane registers its heartbeat.
+    pub beats: Arc<Heartbeats>,
+}
+
+/// What the lanes share.
+struct Shared {
+    outbox: Outbox,
+    spool: Spool,
+    settings: watch::Receiver<Arc<Settings>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    /// Runs until `shutdown` turns true; an attempt in flight is finished or abandoned (the job
-    /// stays queued and is retried after a restart).
+    /// Runs until `shutdown` turns true; an attempt in flight is abandoned (the job stays queued,
+    /// with the instances acknowledged so far written to it, and is retried after a restart).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let shared = Arc::new(Shared {
+            outbox: self.outbox.clone(),
+            spool: self.spool.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let mut lanes: HashMap<String, watch::Sender<Vec<String>>> = HashMap::new();
+        let mut handles = Vec::new();
         loop {
             self.beat.beat();
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let due = match self.outbox.queued() {
+            let queued = match self.outbox.queued() {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::error!(event = "outbox_unreadable", reason = %e);
                     Vec::new()
                 }
             };
-            self.metrics.outbox_jobs.set(due.len() as i64);
-            let now = now_ms();
-            let mut next_due: Option<u64> = None;
-            for job in due {
-                if job.next_attempt_ms > now {
-                    next_due =
-                        Some(next_due.map_or(job.next_attempt_ms, |n| n.min(job.next_attempt_ms)));
-                    continue;
+            self.metrics.outbox_jobs.set(queued.len() as i64);
+            let mut by_dest: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for j in queued {
+                by_dest.entry(j.destination).or_default().push(j.id);
+            }
+            for (dest, ids) in &by_dest {
+                let lane = lanes.entry(dest.clone()).or_insert_with(|| {
+                    let (tx, rx) = watch::channel(Vec::new());
+                    let beat = self.beats.register(format!("forward:{dest}"));
+                    handles.push(tokio::spawn(lane(
+                        shared.clone(),
+                        dest.clone(),
+                        rx,
+                        beat,
+                        shutdown.clone(),
+                    )));
+                    tx
+                });
+                lane.send_if_modified(|cur| replace_if_changed(cur, ids));
+            }
+            for (dest, lane) in &lanes {
+                if !by_dest.contains_key(dest) {
+                    lane.send_if_modified(|cur| replace_if_changed(cur, &[]));
                 }
-                let settings = self.settings.borrow().clone();
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = self.attempt(job, &settings) => {}
-                }
-                self.beat.beat();
             }
             if let Ok(d) = self.outbox.dead() {
                 self.metrics.dead_jobs.set(d.len() as i64);
             }
-            let wait = next_due
-                .map(|t| t.saturating_sub(now_ms()).clamp(50, 1000))
-                .unwrap_or(1000);
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {}
                 _ = self.wake.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+        for h in handles {
+            let _ = h.await;
+        }
     }
+}
 
-    async fn attempt(&self, mut job: Job, settings: &Settings) {
-        let started = std::time::Instant::now();
+fn replace_if_changed(cur: &mut Vec<String>, ids: &[String]) -> bool {
+    if cur.as_slice() == ids {
+        false
+    } else {
+        *cur = ids.to_vec();
+        true
+    }
+}
+
+/// One destination's lane: its jobs one after the other, never waiting for another destination.
+async fn lane(
+    shared: Arc<Shared>,
+    destination: String,
+    mut ids: watch::Receiver<Vec<String>>,
+    beat: Beat,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tracing::debug!(event = "forward_lane_started", destination = %destination);
+    loop {
+        beat.beat();
+        if *shutdown.borrow() {
+            return;
+        }
+        let list = ids.borrow_and_update().clone();
+        let mut next_due: Option<u64> = None;
+        for id in list {
+            if *shutdown.borrow() {
+                return;
+            }
+            // The job as it is on disk now: delivered or dead-lettered meanwhile means gone.
+            let job = match shared.outbox.get(&id) {
+                Ok(Some(j)) => j,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(event = "outbox_unreadable", job = %id, reason = %e);
+                    continue;
+                }
+            };
+            let now = now_ms();
+            if job.next_attempt_ms > now {
+                next_due =
+                    Some(next_due.map_or(job.next_attempt_ms, |n| n.min(job.next_attempt_ms)));
+                continue;
+            }
+            let settings = shared.settings.borrow().clone();
+            if !shared.attempt(job, &settings, &beat, &mut shutdown).await {
+                return;
+            }
+            beat.beat();
+        }
+        let wait = next_due
+            .map(|t| t.saturating_sub(now_ms()).clamp(50, 1000))
+            .unwrap_or(1000);
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ids.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
+}
+
+impl Shared {
+    /// One delivery attempt. Returns false when the daemon is stopping: the attempt was abandoned
+    /// and the instances acknowledged so far are written to the job file first.
+    async fn attempt(
+        &self,
+        mut job: Job,
+        settings: &Settings,
+        beat: &Beat,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let started = Instant::now();
+        let skip: HashSet<String> = job.acknowledged.iter().cloned().collect();
+        let before = job.acknowledged.len();
         let result = match settings
             .destinations
             .iter()
             .find(|d| d.name == job.destination)
         {
-            Some(dest) => scu::send_folder(dest, &settings.forward, &job.payload).await,
+            Some(dest) => {
+                let payload = job.payload.clone();
+                let outbox = &self.outbox;
+                let mut persisted = Instant::now();
+                let progress = &mut job;
+                let mut on_ack = |sop: &str| {
+                    beat.beat();
+                    progress.acknowledged.push(sop.to_string());
+                    if persisted.elapsed() >= PROGRESS_PERSIST {
+                        persisted = Instant::now();
+                        if let Err(e) = outbox.put(progress) {
+                            tracing::error!(event = "outbox_write_failed", job = %progress.id, reason = %e);
+                        }
+                    }
+                };
+                let mut send = Box::pin(scu::send_folder(
+                    dest,
+                    &settings.forward,
+                    &payload,
+                    &skip,
+                    &mut on_ack,
+                ));
+                // The lane beats while the attempt waits on the destination: a slow destination
+                // is not a stalled daemon (each wait is bounded by forward.timeout_seconds).
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let outcome = loop {
+                    tokio::select! {
+                        r = &mut send => break Some(r),
+                        _ = tick.tick() => beat.beat(),
+                        _ = shutdown.changed() => break None,
+                    }
+                };
+                drop(send);
+                match outcome {
+                    Some(r) => r,
+                    None => {
+                        if job.acknowledged.len() > before {
+                            if let Err(e) = self.outbox.put(&job) {
+                                tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                            }
+                        }
+                        return false;
+                    }
+                }
+            }
             None => Err(ForwardError::UnknownDestination(job.destination.clone())),
         };
         match result {
@@ -84,14 +243,14 @@ impl Forwarder {
                     &job.id,
                     &job.source_series_uid,
                     &job.destination,
-                    n,
+                    n + before,
                     job.attempts + 1,
                     started.elapsed().as_secs_f64(),
                 );
                 self.metrics.jobs_forwarded.inc();
                 if let Err(e) = self.outbox.done(&job) {
                     tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
-                    return;
+                    return true;
                 }
                 self.cleanup(&job);
             }
@@ -130,6 +289,7 @@ impl Forwarder {
                 }
             }
         }
+        true
     }
 
     /// Deletes the series' spool folder and derived files once no job needs them.

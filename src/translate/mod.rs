@@ -12,9 +12,12 @@ pub mod tiling;
 use ndarray::Array5;
 use ort::session::Session;
 use ort::value::TensorRef;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Settings;
+use crate::metrics::Beat;
 use crate::volume::slab::Slab;
 pub use manifest::{Manifest, ModelDir};
 pub use tiling::AxisTile;
@@ -39,6 +42,46 @@ pub enum TranslateError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// Cancellation was asked (the daemon is stopping): not a failure of the series.
+    #[error("model {model}: cancelled (the daemon is stopping)")]
+    Cancelled { model: String },
+}
+
+/// What long work checks between its steps (slabs, tiles): a heartbeat to show it is making
+/// progress, and a cancellation flag (set when the daemon stops) to give up at the next step.
+#[derive(Clone, Default)]
+pub struct Control {
+    beat: Option<Beat>,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Control {
+    /// Beats `beat` at every step and stops once `cancel` is set.
+    pub fn new(beat: Beat, cancel: Arc<AtomicBool>) -> Self {
+        Self {
+            beat: Some(beat),
+            cancel: Some(cancel),
+        }
+    }
+
+    /// No heartbeat, never cancelled (the one-shot `process` command).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A sign of progress.
+    pub fn beat(&self) {
+        if let Some(b) = &self.beat {
+            b.beat();
+        }
+    }
+
+    /// True once cancellation was asked.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 /// A slab of translated output in HU, on the output grid.
@@ -127,6 +170,17 @@ impl Translator {
 
     /// Translates the input slab read for z-tile `zt` and returns the output for its core.
     pub fn translate(&mut self, slab: &Slab, zt: AxisTile) -> Result<OutSlab, TranslateError> {
+        self.translate_with(slab, zt, &Control::none())
+    }
+
+    /// [`Translator::translate`] checking `control` before each tile (cancelled:
+    /// [`TranslateError::Cancelled`]) and beating it after each.
+    pub fn translate_with(
+        &mut self,
+        slab: &Slab,
+        zt: AxisTile,
+        control: &Control,
+    ) -> Result<OutSlab, TranslateError> {
         let m = self.model.manifest.clone();
         let [sz, sy, sx] = m.scale();
         let (rows, cols) = (slab.rows, slab.columns);
@@ -139,6 +193,11 @@ impl Translator {
         let lz = slab.depth;
         for ty in &y_tiles {
             for tx in &x_tiles {
+                if control.cancelled() {
+                    return Err(TranslateError::Cancelled {
+                        model: m.name.clone(),
+                    });
+                }
                 let mut buf = Vec::with_capacity(lz * ty.len * tx.len);
                 for z in 0..lz {
                     for y in 0..ty.len {
@@ -166,6 +225,7 @@ impl Translator {
                     .map_err(|e| fail(e.to_string()))?;
                 self.run_seconds += started.elapsed().as_secs_f64();
                 self.runs += 1;
+                control.beat();
                 let value = outputs
                     .get(m.tensors.output.as_str())
                     .ok_or_else(|| fail(format!("no output named {}", m.tensors.output)))?;

@@ -502,3 +502,110 @@ pub fn orthanc_sop_uids(orthanc: &Orthanc, series_id: &str) -> BTreeSet<String> 
         })
         .collect()
 }
+
+/// A scriptable C-STORE SCP (liveness tests): waits `delay` before each response (a slow but
+/// healthy destination), answers 0xC000 to the one SOP Instance UID in `refuse`, and counts every
+/// instance it receives by SOP Instance UID (`received`, refused ones included).
+pub struct ScriptedScp {
+    pub port: u16,
+    pub received: Arc<Mutex<HashMap<String, usize>>>,
+    pub stored: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl ScriptedScp {
+    pub fn start(delay: Duration, refuse: Option<String>) -> ScriptedScp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = ScriptedScp {
+            port: listener.local_addr().unwrap().port(),
+            received: Arc::default(),
+            stored: Arc::default(),
+        };
+        let (received, stored) = (s.received.clone(), s.stored.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
+                let (received, stored, refuse) = (received.clone(), stored.clone(), refuse.clone());
+                std::thread::spawn(move || {
+                    let answer = |c: &dimse::Command| {
+                        std::thread::sleep(delay);
+                        *received
+                            .lock()
+                            .unwrap()
+                            .entry(c.sop_instance.clone())
+                            .or_insert(0) += 1;
+                        if refuse.as_deref() == Some(c.sop_instance.as_str()) {
+                            dimse::CANNOT_UNDERSTAND
+                        } else {
+                            stored.lock().unwrap().insert(c.sop_instance.clone());
+                            dimse::SUCCESS
+                        }
+                    };
+                    let _ = scripted_association(stream, answer);
+                });
+            }
+        });
+        s
+    }
+}
+
+/// One association of [`ScriptedScp`]: `answer` gives each C-STORE's status.
+fn scripted_association(
+    stream: std::net::TcpStream,
+    answer: impl Fn(&dimse::Command) -> u16,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut a = dicom_ul::ServerAssociationOptions::new()
+        .accept_any()
+        .ae_title("SCRIPTED")
+        .with_abstract_syntax(CT_IMAGE_STORAGE)
+        .with_transfer_syntax(EXPLICIT_LE)
+        .with_transfer_syntax(IMPLICIT_LE)
+        .read_timeout(secs(30))
+        .establish(stream)?;
+    let (mut command, mut pending) = (Vec::new(), None);
+    loop {
+        let values = match a.receive()? {
+            Pdu::PData { data } => data,
+            Pdu::ReleaseRQ => return Ok(a.send(&Pdu::ReleaseRP)?),
+            _ => return Ok(()),
+        };
+        for v in values {
+            if v.value_type == PDataValueType::Command {
+                command.extend_from_slice(&v.data);
+                if v.is_last {
+                    pending = Some((dimse::decode(&command)?, v.presentation_context_id));
+                    command.clear();
+                }
+                continue;
+            }
+            if !v.is_last {
+                continue;
+            }
+            let Some((c, pc)) = pending.take() else {
+                continue;
+            };
+            let status = answer(&c);
+            let comment = if status == dimse::SUCCESS {
+                ""
+            } else {
+                "scripted refusal"
+            };
+            let rsp = dimse::response(
+                dimse::C_STORE_RSP,
+                c.message_id,
+                &c.sop_class,
+                &c.sop_instance,
+                status,
+                comment,
+            )?;
+            a.send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: rsp,
+                }],
+            })?;
+        }
+    }
+}
