@@ -884,17 +884,29 @@ fn sanitize_level(obj: &mut InMemDicomObject, path: &str, top: bool, notes: &mut
                 let items = seq.items();
                 let had = items.len();
                 let mut kept = Vec::with_capacity(had);
+                let mut bad = Vec::new();
                 for (i, item) in items.iter().enumerate() {
                     if let Some(reason) = item_problem(t, item) {
-                        notes.push(format!("{name} item {}: {reason}; item dropped", i + 1));
+                        bad.push(format!("item {}: {reason}", i + 1));
                         continue;
                     }
                     let mut item = item.clone();
                     sanitize_level(&mut item, &format!("{name}[{}].", i + 1), false, notes);
                     kept.push(item);
                 }
-                if had > 0 && kept.is_empty() && !(top && TYPE_2.contains(&t)) {
-                    notes.push(format!("{name}: no valid item left; dropped"));
+                let gone = had > 0 && kept.is_empty() && !(top && TYPE_2.contains(&t));
+                if !bad.is_empty() {
+                    notes.push(format!(
+                        "{name}: {}; {}",
+                        bad.join(", "),
+                        if gone {
+                            "sequence dropped".to_string()
+                        } else {
+                            format!("{} of {had} item(s) dropped", bad.len())
+                        }
+                    ));
+                }
+                if gone {
                     continue;
                 }
                 put_seq(obj, t, kept);
