@@ -771,7 +771,16 @@ fn item_problem(seq: Tag, item: &InMemDicomObject) -> Option<String> {
             }
         }
     }
-    if name.ends_with("CodeSequence") {
+    let code_attribute = [
+        tags::CODE_VALUE,
+        tags::LONG_CODE_VALUE,
+        tags::URN_CODE_VALUE,
+        tags::CODING_SCHEME_DESIGNATOR,
+        tags::CODE_MEANING,
+    ]
+    .iter()
+    .any(|&t| item.element_opt(t).ok().flatten().is_some());
+    if name.ends_with("CodeSequence") || code_attribute {
         let urn = !item_text(item, tags::URN_CODE_VALUE).is_empty();
         let value = !item_text(item, tags::CODE_VALUE).is_empty()
             || !item_text(item, tags::LONG_CODE_VALUE).is_empty()
@@ -983,5 +992,81 @@ mod tests {
         assert_eq!(d.len(), 64);
         assert!(d.ends_with("NOT FOR DIAGNOSTIC USE"));
         assert_eq!(series_description("", " SUFFIX"), "SUFFIX");
+    }
+
+    #[test]
+    fn sanitize_drops_invalid_and_keeps_valid() {
+        let mut o = InMemDicomObject::new_empty();
+        let mut bad_ref = InMemDicomObject::new_empty();
+        put(
+            &mut bad_ref,
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            "1.2.3",
+        );
+        let mut good_ref = bad_ref.clone();
+        put(
+            &mut good_ref,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.3.1.2.3.1",
+        );
+        put_seq(
+            &mut o,
+            tags::REFERENCED_STUDY_SEQUENCE,
+            vec![bad_ref.clone()],
+        );
+        put_seq(
+            &mut o,
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            vec![bad_ref, good_ref],
+        );
+        put_seq(
+            &mut o,
+            tags::ANATOMIC_REGION_SEQUENCE,
+            vec![code_item("T-D1100", "SRT", "")],
+        );
+        put(&mut o, tags::PATIENT_SEX, VR::CS, "male");
+        put(&mut o, tags::SLICE_THICKNESS, VR::DS, "1.25");
+        put(&mut o, tags::DATA_COLLECTION_DIAMETER, VR::DS, "abc");
+        put(&mut o, tags::STUDY_DATE, VR::DA, "2012-09-14");
+        put(&mut o, tags::STUDY_TIME, VR::TM, "101010.123456");
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, "1.02.3");
+        let notes = sanitize(&mut o);
+        assert_eq!(notes.len(), 6, "{notes:#?}");
+        let has = |t| o.element_opt(t).ok().flatten().is_some();
+        assert!(!has(tags::REFERENCED_STUDY_SEQUENCE));
+        assert!(!has(tags::ANATOMIC_REGION_SEQUENCE));
+        assert!(!has(tags::DATA_COLLECTION_DIAMETER));
+        assert_eq!(
+            o.element(tags::REFERENCED_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(o
+            .element(tags::PATIENT_SEX)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .is_empty());
+        assert!(o
+            .element(tags::STUDY_DATE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            o.element(tags::STUDY_TIME).unwrap().to_str().unwrap(),
+            "101010.123456"
+        );
+        assert_eq!(
+            o.element(tags::SLICE_THICKNESS).unwrap().to_str().unwrap(),
+            "1.25"
+        );
+        // Type 1 and needed: kept even when it looks wrong.
+        assert!(has(tags::STUDY_INSTANCE_UID));
     }
 }

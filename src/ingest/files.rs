@@ -96,3 +96,23 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
     }
     Ok(scan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_is_skipped_not_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("pipe.dcm");
+        let o = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let s = scan(&[tmp.path().to_owned()]).unwrap();
+        assert!(s.images.is_empty() && s.rejected.is_empty());
+        assert_eq!(s.skipped.len(), 1);
+        assert!(s.skipped[0].1.contains("not a regular file"));
+    }
+}

@@ -535,3 +535,93 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::{write_phantom_series, SeriesSpec};
+
+    fn one_file(dir: &Path) -> PathBuf {
+        let spec = SeriesSpec::axial("watch-unit", 32, 32, 1, [1.0, 0.5, 0.5]);
+        write_phantom_series(&spec, &dir.join("src"), 10.0).unwrap()[0].clone()
+    }
+
+    #[test]
+    fn only_complete_regular_files_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = one_file(tmp.path());
+        let parsed = examine(&f, 1 << 20).unwrap();
+        assert_eq!(parsed.header.rows, Some(32));
+        // Too large for the limit.
+        assert!(
+            matches!(examine(&f, 100), Err(Refusal::Bad(r)) if r.contains("watch.max_file_mib"))
+        );
+        // Truncated in the pixel data, and cut at the start.
+        let bytes = std::fs::read(&f).unwrap();
+        for cut in [bytes.len() - 10, bytes.len() / 2, 100] {
+            let half = tmp.path().join(format!("half{cut}"));
+            std::fs::write(&half, &bytes[..cut]).unwrap();
+            assert!(
+                matches!(examine(&half, 1 << 20), Err(Refusal::Incomplete(_))),
+                "cut at {cut}"
+            );
+        }
+        // A symbolic link is refused, never followed.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(
+            matches!(examine(&link, 1 << 20), Err(Refusal::Bad(r)) if r.contains("symbolic link"))
+        );
+        // A second hard link.
+        let hard = tmp.path().join("hard");
+        std::fs::hard_link(&f, &hard).unwrap();
+        assert!(
+            matches!(examine(&hard, 1 << 20), Err(Refusal::Bad(r)) if r.contains("hard links"))
+        );
+        // A FIFO is opened without blocking and refused.
+        let fifo = tmp.path().join("fifo");
+        let o = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        assert!(matches!(examine(&fifo, 1 << 20), Err(Refusal::Bad(r)) if r.contains("FIFO")));
+        assert!(matches!(
+            examine(&tmp.path().join("gone"), 1 << 20),
+            Err(Refusal::Skip)
+        ));
+    }
+
+    #[test]
+    fn scan_reports_links_and_specials_without_entering_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        let watch = tmp.path().join("watch");
+        std::fs::create_dir_all(outside.join("deep")).unwrap();
+        std::fs::write(outside.join("deep/x.dcm"), b"x").unwrap();
+        std::fs::create_dir_all(watch.join("sub")).unwrap();
+        std::fs::write(watch.join("sub/a.dcm"), b"a").unwrap();
+        std::fs::write(watch.join(".hidden"), b"h").unwrap();
+        std::os::unix::fs::symlink(&outside, watch.join("sub/link")).unwrap();
+        let mut out = Vec::new();
+        scan(&watch, 0, &mut out);
+        let mut files = Vec::new();
+        let mut specials = Vec::new();
+        for e in out {
+            match e {
+                Entry::File { path, .. } => files.push(path),
+                Entry::Special { path, kind } => specials.push((path, kind)),
+            }
+        }
+        assert_eq!(files, [watch.join("sub/a.dcm")]);
+        assert_eq!(specials, [(watch.join("sub/link"), "symbolic link")]);
+        // Quarantining the link moves the link; the target folder is untouched.
+        let q = tmp.path().join("q");
+        let moved = quarantine_file(&q, &watch.join("sub/link"), "test").unwrap();
+        assert!(std::fs::symlink_metadata(&moved)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(outside.join("deep/x.dcm").exists());
+    }
+}
