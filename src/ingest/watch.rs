@@ -303,18 +303,23 @@ struct Scanner {
     beat: Beat,
     seen: HashMap<PathBuf, Seen>,
     renamed: HashSet<PathBuf>,
+    /// Entries whose quarantine failed: left alone (and logged once) while they stay.
+    stuck: HashSet<PathBuf>,
 }
 
 impl Scanner {
     /// Counts a rejected entry and moves it into quarantine with its reason.
-    fn reject(&self, path: &Path, reason: &str) {
-        self.metrics.instances_rejected.inc();
+    fn reject(&mut self, path: &Path, reason: &str) {
         match quarantine_file(&self.quarantine, path, reason) {
             Ok(q) => {
+                self.metrics.instances_rejected.inc();
                 tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason)
             }
             Err(qe) => {
-                tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe)
+                if self.stuck.insert(path.to_owned()) {
+                    self.metrics.instances_rejected.inc();
+                    tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe, "left in place and ignored while it stays");
+                }
             }
         }
     }
@@ -331,10 +336,16 @@ impl Scanner {
             .collect();
         self.seen.retain(|p, _| present.contains(p));
         self.renamed.retain(|p| present.contains(p));
+        self.stuck.retain(|p| present.contains(p));
         let give_up = self.stable * UNPARSEABLE_FACTOR;
         let mut arrivals = Vec::new();
         for entry in entries {
             self.beat.beat();
+            if let Entry::File { path, .. } | Entry::Special { path, .. } = &entry {
+                if self.stuck.contains(path) {
+                    continue;
+                }
+            }
             let (path, size, mtime) = match entry {
                 Entry::Special { path, kind } => {
                     self.reject(
@@ -411,7 +422,7 @@ impl Scanner {
     }
 
     /// Moves a parsed file into the spool and makes sure what landed there is the file we parsed.
-    fn take(&self, path: &Path, p: Parsed) -> Option<Arrival> {
+    fn take(&mut self, path: &Path, p: Parsed) -> Option<Arrival> {
         let h = p.header;
         let key = InstanceKey {
             study_uid: h.study_uid.clone(),
@@ -471,6 +482,7 @@ impl Watch {
             beat: self.beat.clone(),
             seen: HashMap::new(),
             renamed: HashSet::new(),
+            stuck: HashSet::new(),
         }
     }
 
