@@ -341,10 +341,9 @@ impl Scanner {
         let mut arrivals = Vec::new();
         for entry in entries {
             self.beat.beat();
-            if let Entry::File { path, .. } | Entry::Special { path, .. } = &entry {
-                if self.stuck.contains(path) {
-                    continue;
-                }
+            let (Entry::File { path, .. } | Entry::Special { path, .. }) = &entry;
+            if self.stuck.contains(path) {
+                continue;
             }
             let (path, size, mtime) = match entry {
                 Entry::Special { path, kind } => {
