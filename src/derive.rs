@@ -412,7 +412,14 @@ impl SeriesWriter {
         let drop: Vec<Tag> = obj
             .iter()
             .map(|e| e.header().tag)
-            .filter(|t| t.group() % 2 == 1 || t.group() == 0x0002)
+            // Private, file meta, overlays (60xx) and curves (50xx, retired): overlays describe the
+            // source's pixel grid, which a resampled output no longer has.
+            .filter(|t| {
+                t.group() % 2 == 1
+                    || t.group() == 0x0002
+                    || (0x5000..=0x50FF).contains(&t.group())
+                    || (0x6000..=0x60FF).contains(&t.group())
+            })
             .collect();
         for t in drop {
             obj.remove_element(t);
@@ -424,6 +431,7 @@ impl SeriesWriter {
             tags::PIXEL_PADDING_RANGE_LIMIT,
             tags::RESCALE_TYPE,
             tags::ICON_IMAGE_SEQUENCE,
+            tags::MODALITY_LUT_SEQUENCE,
             tags::INSTANCE_CREATION_DATE,
             tags::INSTANCE_CREATION_TIME,
             tags::NUMBER_OF_FRAMES,
