@@ -78,6 +78,7 @@ fn watch_symlinks_are_quarantined_never_followed() {
     let (mut d, watch, export) = watch_daemon(tmp.path(), &[]);
     let outside = tmp.path().join("outside");
     let outside_files = write(&spec("hard-watch-outside", 16, 3), &outside);
+
     let before = digest_tree(&outside);
     std::os::unix::fs::symlink(&outside, watch.join("linkdir")).unwrap();
     std::os::unix::fs::symlink(&outside_files[0], watch.join("linkfile.dcm")).unwrap();
@@ -90,6 +91,7 @@ fn watch_symlinks_are_quarantined_never_followed() {
     for (_, text) in reasons(&d) {
         assert!(text.contains("symbolic link"), "{text}");
     }
+
     let links: Vec<PathBuf> = quarantined(&d)
         .into_iter()
         .filter(|p| !p.to_string_lossy().ends_with(".reason.txt"))

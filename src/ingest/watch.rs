@@ -487,31 +487,42 @@ impl Watch {
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<PathBuf>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if matches!(
-                    ev.kind,
-                    EventKind::Modify(notify::event::ModifyKind::Name(_))
-                ) {
-                    for p in ev.paths {
-                        let _ = ev_tx.send(p);
+        // notify follows symbolic links into sub-folders by default: a link to `/` in the folder
+        // would make it walk (and watch) the whole file system.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let watcher = notify::RecommendedWatcher::new(
+            move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if matches!(
+                        ev.kind,
+                        EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    ) {
+                        for p in ev.paths {
+                            let _ = ev_tx.send(p);
+                        }
                     }
                 }
-            }
-        });
-        let _watcher = match watcher {
-            Ok(mut w) => match w.watch(&self.dir, RecursiveMode::Recursive) {
+            },
+            config,
+        );
+        // Adding a recursive watch walks the folder: blocking work, off the async workers.
+        let dir = self.dir.clone();
+        let _watcher = tokio::task::spawn_blocking(move || match watcher {
+            Ok(mut w) => match w.watch(&dir, RecursiveMode::Recursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
-                    tracing::warn!(event = "watch_unavailable", dir = %self.dir.display(), reason = %e, "falling back to polling");
+                    tracing::warn!(event = "watch_unavailable", dir = %dir.display(), reason = %e, "falling back to polling");
                     None
                 }
             },
             Err(e) => {
-                tracing::warn!(event = "watch_unavailable", dir = %self.dir.display(), reason = %e, "falling back to polling");
+                tracing::warn!(event = "watch_unavailable", dir = %dir.display(), reason = %e, "falling back to polling");
                 None
             }
-        };
+        })
+        .await
+        .ok()
+        .flatten();
         let mut renamed: HashSet<PathBuf> = HashSet::new();
         let mut scanner = Some(self.scanner());
         let mut tick = tokio::time::interval(Duration::from_millis(500));
