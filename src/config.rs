@@ -63,6 +63,8 @@ pub struct ServerSettings {
 pub struct WatchSettings {
     pub dir: String,
     pub stable_seconds: u64,
+    /// Largest file taken from the watched folder, in MiB (larger ones are quarantined unread).
+    pub max_file_mib: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -304,6 +306,12 @@ impl Settings {
                 ));
             }
         }
+        if self.watch.stable_seconds == 0 {
+            return bad("watch.stable_seconds = 0 must be at least 1".into());
+        }
+        if self.watch.max_file_mib == 0 {
+            return bad("watch.max_file_mib = 0 must be at least 1".into());
+        }
         if self.forward.max_attempts == 0 {
             return bad("forward.max_attempts must be at least 1".into());
         }
@@ -363,6 +371,65 @@ impl Settings {
     }
 }
 
+/// Settings a running daemon only reads at start-up: a SIGHUP that changes one of them keeps the
+/// running value (with a warning naming the key) while the rest of the new configuration applies.
+pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    let mut cmp = |key: &'static str, a: String, b: String| {
+        if a != b {
+            out.push((key, a, b));
+        }
+    };
+    cmp(
+        "state.dir",
+        old.state.dir.display().to_string(),
+        new.state.dir.display().to_string(),
+    );
+    cmp(
+        "state.min_free_mib",
+        old.state.min_free_mib.to_string(),
+        new.state.min_free_mib.to_string(),
+    );
+    cmp(
+        "server.listen",
+        old.server.listen.clone(),
+        new.server.listen.clone(),
+    );
+    cmp(
+        "http.listen",
+        old.http.listen.clone(),
+        new.http.listen.clone(),
+    );
+    cmp("watch.dir", old.watch.dir.clone(), new.watch.dir.clone());
+    cmp(
+        "watch.stable_seconds",
+        old.watch.stable_seconds.to_string(),
+        new.watch.stable_seconds.to_string(),
+    );
+    cmp(
+        "watch.max_file_mib",
+        old.watch.max_file_mib.to_string(),
+        new.watch.max_file_mib.to_string(),
+    );
+    cmp(
+        "series.quiet_seconds",
+        old.series.quiet_seconds.to_string(),
+        new.series.quiet_seconds.to_string(),
+    );
+    out
+}
+
+/// `new` with the start-up-only settings of `old` (see [`restart_only_changes`]).
+pub fn keep_restart_only(old: &Settings, mut new: Settings) -> Settings {
+    new.state.dir = old.state.dir.clone();
+    new.state.min_free_mib = old.state.min_free_mib;
+    new.server.listen = old.server.listen.clone();
+    new.http.listen = old.http.listen.clone();
+    new.watch = old.watch.clone();
+    new.series.quiet_seconds = old.series.quiet_seconds;
+    new
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +482,43 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("spacing_tolerance"), "{e}");
+        for (k, v, name) in [
+            (
+                "CT_HARMONIZER__WATCH__STABLE_SECONDS",
+                "0",
+                "watch.stable_seconds",
+            ),
+            (
+                "CT_HARMONIZER__WATCH__MAX_FILE_MIB",
+                "0",
+                "watch.max_file_mib",
+            ),
+        ] {
+            let e = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_and_kept() {
+        let old = Settings::load_with_env(None, env(&[])).unwrap();
+        let new = Settings::load_with_env(
+            None,
+            env(&[
+                ("CT_HARMONIZER__STATE__DIR", "/elsewhere"),
+                ("CT_HARMONIZER__SERVER__LISTEN", "127.0.0.1:1"),
+                ("CT_HARMONIZER__FORWARD__MAX_ATTEMPTS", "3"),
+            ]),
+        )
+        .unwrap();
+        let keys: Vec<&str> = restart_only_changes(&old, &new)
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(keys, ["state.dir", "server.listen"]);
+        let kept = keep_restart_only(&old, new);
+        assert_eq!(kept.state.dir, old.state.dir);
+        assert_eq!(kept.server.listen, old.server.listen);
+        assert_eq!(kept.forward.max_attempts, 3);
     }
 }

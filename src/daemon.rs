@@ -47,6 +47,12 @@ pub enum DaemonError {
     Process(#[from] crate::process::ProcessError),
     #[error("cannot start the processing thread: {0}")]
     Thread(std::io::Error),
+    #[error("invalid configuration: {key} = {value:?}: {reason}")]
+    Setting {
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Runs the real start-up checks without serving: configuration, models (hash and ONNX Runtime),
@@ -58,6 +64,23 @@ pub fn check_config(settings: &Settings) -> Result<Vec<String>, DaemonError> {
 /// The start-up checks of [`check_config`], keeping the loaded models (by name) for the processing
 /// stage, so that `serve` loads each model in ONNX Runtime once.
 fn start_up(
+    settings: &Settings,
+) -> Result<(Vec<String>, HashMap<String, Translator>), DaemonError> {
+    check_settings(settings)?;
+    let (mut notes, translators) = check_models(settings)?;
+    Spool::open(&settings.state.dir, settings.state.min_free_mib)?;
+    Outbox::open(&settings.state.dir)?;
+    notes.push(format!("state folder {}", settings.state.dir.display()));
+    notes.push(format!(
+        "{} rule(s), {} destination(s)",
+        settings.rules.len(),
+        settings.destinations.len()
+    ));
+    Ok((notes, translators))
+}
+
+/// Loads every model the rules name (manifest, hash, ONNX Runtime session).
+fn check_models(
     settings: &Settings,
 ) -> Result<(Vec<String>, HashMap<String, Translator>), DaemonError> {
     let mut notes = Vec::new();
@@ -79,24 +102,128 @@ fn start_up(
         ));
         translators.insert(m.to_string(), t);
     }
-    Spool::open(&settings.state.dir, settings.state.min_free_mib)?;
-    Outbox::open(&settings.state.dir)?;
-    for addr in [&settings.server.listen, &settings.http.listen] {
+    Ok((notes, translators))
+}
+
+/// An absolute, symlink-resolved form of `p` (lexical when it does not exist yet).
+fn resolved(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_owned())
+}
+
+/// Checks of the daemon's addresses and folders that need the file system or several keys at once
+/// (single values are checked when the settings load).
+pub fn check_settings(settings: &Settings) -> Result<(), DaemonError> {
+    let setting = |key: &str, value: &str, reason: String| DaemonError::Setting {
+        key: key.into(),
+        value: value.into(),
+        reason,
+    };
+    let mut addrs = Vec::new();
+    for (key, addr) in [
+        ("server.listen", &settings.server.listen),
+        ("http.listen", &settings.http.listen),
+    ] {
         if !addr.is_empty() {
-            addr.parse::<std::net::SocketAddr>()
+            let a = addr
+                .parse::<std::net::SocketAddr>()
                 .map_err(|e| DaemonError::Listen {
                     addr: addr.clone(),
                     source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
                 })?;
+            addrs.push((key, addr, a));
         }
     }
-    notes.push(format!("state folder {}", settings.state.dir.display()));
-    notes.push(format!(
-        "{} rule(s), {} destination(s)",
-        settings.rules.len(),
-        settings.destinations.len()
-    ));
-    Ok((notes, translators))
+    if let [(_, _, scp), (key, value, http)] = addrs.as_slice() {
+        let clash = scp.port() == http.port()
+            && (scp.ip() == http.ip() || scp.ip().is_unspecified() || http.ip().is_unspecified());
+        if clash {
+            return Err(setting(
+                key,
+                value,
+                format!(
+                    "the same address and port as server.listen = {:?}",
+                    settings.server.listen
+                ),
+            ));
+        }
+    }
+    let watch = settings.watch.dir.trim();
+    if !watch.is_empty() {
+        let w = Path::new(watch);
+        if let Ok(m) = std::fs::metadata(w) {
+            if !m.is_dir() {
+                return Err(setting(
+                    "watch.dir",
+                    watch,
+                    "exists and is not a folder".into(),
+                ));
+            }
+        }
+        let w = resolved(w);
+        let state = resolved(&settings.state.dir);
+        if state.starts_with(&w) {
+            return Err(setting(
+                "watch.dir",
+                watch,
+                format!(
+                    "contains the state folder state.dir = {:?}",
+                    settings.state.dir.display().to_string()
+                ),
+            ));
+        }
+        for sub in ["spool", "derived", "outbox", "dead-letter", "quarantine"] {
+            if w.starts_with(state.join(sub)) {
+                return Err(setting(
+                    "watch.dir",
+                    watch,
+                    format!("is inside the daemon's own {sub} folder"),
+                ));
+            }
+        }
+        for d in &settings.destinations {
+            if d.kind == crate::config::DestinationKind::Folder
+                && resolved(Path::new(&d.path)).starts_with(&w)
+            {
+                return Err(setting(
+                    "watch.dir",
+                    watch,
+                    format!(
+                        "contains folder destination {:?} (path {:?}): exports would be taken in again",
+                        d.name, d.path
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a SIGHUP applies: the new configuration, with the same checks as `check-config` (models
+/// load, destinations exist, addresses and folders). Start-up-only settings keep their running
+/// values, each change logged as a warning naming its key.
+async fn reload(config: Option<&Path>, current: &Settings) -> Result<Settings, String> {
+    let loaded = Settings::load(config).map_err(|e| e.to_string())?;
+    for (key, running, configured) in crate::config::restart_only_changes(current, &loaded) {
+        tracing::warn!(
+            event = "config_restart_required",
+            key,
+            running = %running,
+            configured = %configured,
+            "{key} changed from {running:?} to {configured:?}: requires a restart; the running value stays"
+        );
+    }
+    let merged = crate::config::keep_restart_only(current, loaded);
+    let check = merged.clone();
+    tokio::task::spawn_blocking(move || {
+        check_settings(&check)?;
+        check_models(&check).map(|_| ())
+    })
+    .await
+    .map_err(|e| format!("configuration check stopped: {e}"))?
+    .map_err(|e| e.to_string())?;
+    Ok(merged)
 }
 
 /// Serves until SIGTERM/SIGINT. `config` is re-read on SIGHUP.
@@ -207,6 +334,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             Watch {
                 dir,
                 stable: Duration::from_secs(settings.watch.stable_seconds),
+                max_file_bytes: settings.watch.max_file_mib.saturating_mul(1024 * 1024),
                 quarantine: state.join("quarantine"),
                 spool: spool.clone(),
                 called_ae: settings.server.ae_title.clone(),
@@ -290,7 +418,8 @@ async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Se
             _ = int.recv() => return,
             _ = hup.recv() => {
                 systemd::reloading();
-                match Settings::load(config) {
+                let current = settings_tx.borrow().clone();
+                match reload(config, &current).await {
                     Ok(new) => {
                         tracing::info!(event = "config_reloaded", rules = new.rules.len(), destinations = new.destinations.len(), "rules and destinations reloaded; listeners and spool unchanged");
                         let _ = settings_tx.send(Arc::new(new));

@@ -269,8 +269,10 @@ impl DerivedPlan {
                     }
                 }
                 OutputSlice {
+                    // The source series is part of the identity: two source series that share SOP
+                    // Instance UIDs (a broken archive, a re-import) still get distinct instances.
                     sop_instance_uid: derived_uid(&[
-                        "instance", src_uid, &k_text, name, version, sha, salt,
+                        "instance", src_series, src_uid, &k_text, name, version, sha, salt,
                     ]),
                     position,
                     template: src,
@@ -311,6 +313,8 @@ pub struct SeriesWriter {
     out_dir: PathBuf,
     partial: PathBuf,
     written: usize,
+    /// Source repairs already logged (one line per attribute and series).
+    repaired: std::collections::HashSet<String>,
 }
 
 impl SeriesWriter {
@@ -336,6 +340,7 @@ impl SeriesWriter {
             out_dir: out_dir.to_owned(),
             partial,
             written: 0,
+            repaired: Default::default(),
         })
     }
 
@@ -376,7 +381,7 @@ impl SeriesWriter {
         Ok(())
     }
 
-    fn template(&self, index: usize) -> Result<InMemDicomObject, DeriveError> {
+    fn template(&mut self, index: usize) -> Result<InMemDicomObject, DeriveError> {
         let h = self.sources.get(index).ok_or_else(|| DeriveError::Build {
             uid: self.plan.series_uid.clone(),
             reason: format!("no source slice {index}"),
@@ -385,7 +390,13 @@ impl SeriesWriter {
             path: h.path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(obj.into_inner())
+        let mut obj = obj.into_inner();
+        for note in sanitize(&mut obj) {
+            if self.repaired.insert(note.clone()) {
+                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %h.series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
+            }
+        }
+        Ok(obj)
     }
 
     fn derive_instance(
@@ -401,7 +412,14 @@ impl SeriesWriter {
         let drop: Vec<Tag> = obj
             .iter()
             .map(|e| e.header().tag)
-            .filter(|t| t.group() % 2 == 1 || t.group() == 0x0002)
+            // Private, file meta, overlays (60xx) and curves (50xx, retired): overlays describe the
+            // source's pixel grid, which a resampled output no longer has.
+            .filter(|t| {
+                t.group() % 2 == 1
+                    || t.group() == 0x0002
+                    || (0x5000..=0x50FF).contains(&t.group())
+                    || (0x6000..=0x60FF).contains(&t.group())
+            })
             .collect();
         for t in drop {
             obj.remove_element(t);
@@ -413,6 +431,7 @@ impl SeriesWriter {
             tags::PIXEL_PADDING_RANGE_LIMIT,
             tags::RESCALE_TYPE,
             tags::ICON_IMAGE_SEQUENCE,
+            tags::MODALITY_LUT_SEQUENCE,
             tags::INSTANCE_CREATION_DATE,
             tags::INSTANCE_CREATION_TIME,
             tags::NUMBER_OF_FRAMES,
@@ -657,6 +676,278 @@ impl SeriesWriter {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Source attributes carried into a derived instance: only what is valid. Real archives are full of
+// small defects (a ReferencedStudySequence item without ReferencedSOPClassUID, a DS of 17
+// characters, a lower-case CS); copied as they are, every derived instance would fail validation.
+
+/// Type 1 attributes a derived instance cannot do without: kept even when their value looks wrong.
+const KEEP_AS_IS: [Tag; 5] = [
+    tags::STUDY_INSTANCE_UID,
+    tags::FRAME_OF_REFERENCE_UID,
+    tags::MODALITY,
+    tags::IMAGE_ORIENTATION_PATIENT,
+    tags::IMAGE_POSITION_PATIENT,
+];
+
+/// Type 2 attributes of the CT Image IOD's modules: an invalid value is emptied, not dropped.
+const TYPE_2: [Tag; 17] = [
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_SEX,
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::STUDY_ID,
+    tags::ACCESSION_NUMBER,
+    tags::SERIES_NUMBER,
+    tags::LATERALITY,
+    tags::MANUFACTURER,
+    tags::INSTANCE_NUMBER,
+    tags::PATIENT_ORIENTATION,
+    tags::KVP,
+    tags::ACQUISITION_NUMBER,
+    tags::POSITION_REFERENCE_INDICATOR,
+];
+
+/// Sequences whose items are SOP Instance references (ReferencedSOPClassUID and
+/// ReferencedSOPInstanceUID both Type 1).
+const SOP_REFERENCES: [Tag; 6] = [
+    tags::REFERENCED_STUDY_SEQUENCE,
+    tags::REFERENCED_PATIENT_SEQUENCE,
+    tags::REFERENCED_IMAGE_SEQUENCE,
+    tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+    tags::REFERENCED_INSTANCE_SEQUENCE,
+    tags::SOURCE_IMAGE_SEQUENCE,
+];
+
+fn tag_name(t: Tag) -> String {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(t)
+        .map(|e| e.alias().to_string())
+        .unwrap_or_else(|| format!("({:04X},{:04X})", t.group(), t.element()))
+}
+
+fn is_known(t: Tag) -> bool {
+    use dicom_core::dictionary::DataDictionary;
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(t)
+        .is_some()
+}
+
+fn is_uid(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.split('.').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && (c == "0" || !c.starts_with('0'))
+        })
+}
+
+fn item_text(item: &InMemDicomObject, tag: Tag) -> String {
+    item.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Why an item of sequence `seq` is invalid, if it is.
+fn item_problem(seq: Tag, item: &InMemDicomObject) -> Option<String> {
+    let name = tag_name(seq);
+    if SOP_REFERENCES.contains(&seq)
+        || item
+            .element_opt(tags::REFERENCED_SOP_INSTANCE_UID)
+            .ok()
+            .flatten()
+            .is_some()
+    {
+        for t in [
+            tags::REFERENCED_SOP_CLASS_UID,
+            tags::REFERENCED_SOP_INSTANCE_UID,
+        ] {
+            let v = item_text(item, t);
+            if v.is_empty() {
+                return Some(format!("no {}", tag_name(t)));
+            }
+            if !is_uid(&v) {
+                return Some(format!("invalid {} {v:?}", tag_name(t)));
+            }
+        }
+    }
+    let code_attribute = [
+        tags::CODE_VALUE,
+        tags::LONG_CODE_VALUE,
+        tags::URN_CODE_VALUE,
+        tags::CODING_SCHEME_DESIGNATOR,
+        tags::CODE_MEANING,
+    ]
+    .iter()
+    .any(|&t| item.element_opt(t).ok().flatten().is_some());
+    if name.ends_with("CodeSequence") || code_attribute {
+        let urn = !item_text(item, tags::URN_CODE_VALUE).is_empty();
+        let value = !item_text(item, tags::CODE_VALUE).is_empty()
+            || !item_text(item, tags::LONG_CODE_VALUE).is_empty()
+            || urn;
+        if !value {
+            return Some("no CodeValue".into());
+        }
+        if !urn && item_text(item, tags::CODING_SCHEME_DESIGNATOR).is_empty() {
+            return Some("no CodingSchemeDesignator".into());
+        }
+        if item_text(item, tags::CODE_MEANING).is_empty() {
+            return Some("no CodeMeaning".into());
+        }
+    }
+    None
+}
+
+/// Why a primitive value of representation `vr` is invalid, if it is.
+fn value_problem(vr: VR, value: &PrimitiveValue) -> Option<String> {
+    let max = match vr {
+        VR::AE | VR::CS | VR::SH => 16,
+        VR::AS => 4,
+        VR::DA => 8,
+        VR::DS => 16,
+        VR::IS => 12,
+        VR::LO => 64,
+        VR::UI => 64,
+        VR::TM => 14,
+        VR::ST => 1024,
+        VR::LT => 10240,
+        _ => return None,
+    };
+    let values = value.to_multi_str();
+    for raw in values.iter() {
+        let v = raw.trim_end_matches(['\0', ' ']);
+        let t = v.trim();
+        if v.len() > max {
+            return Some(format!(
+                "value {:?} longer than {max} characters",
+                truncate(v, 80)
+            ));
+        }
+        if t.is_empty() {
+            continue;
+        }
+        let ok = match vr {
+            VR::UI => is_uid(t),
+            VR::DS => {
+                t.parse::<f64>().is_ok_and(f64::is_finite) && !t.contains(['i', 'n', 'I', 'N'])
+            }
+            VR::IS => t
+                .parse::<i64>()
+                .is_ok_and(|n| (-(1i64 << 31)..(1i64 << 31)).contains(&n)),
+            VR::DA => t.len() == 8 && t.bytes().all(|b| b.is_ascii_digit()),
+            VR::TM => {
+                let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
+                matches!(hms.len(), 2 | 4 | 6)
+                    && hms.bytes().all(|b| b.is_ascii_digit())
+                    && frac.len() <= 6
+                    && frac.bytes().all(|b| b.is_ascii_digit())
+                    && (frac.is_empty() || hms.len() == 6)
+            }
+            VR::CS => v
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_'),
+            VR::AS => {
+                t.len() == 4
+                    && t[..3].bytes().all(|b| b.is_ascii_digit())
+                    && matches!(t.as_bytes()[3], b'D' | b'W' | b'M' | b'Y')
+            }
+            _ => true,
+        };
+        if !ok {
+            return Some(format!("invalid {vr:?} value {:?}", truncate(v, 80)));
+        }
+    }
+    None
+}
+
+/// Drops (or, for Type 2 attributes, empties) what is not valid in a source header before it becomes
+/// a derived instance's template: unknown public attributes, invalid values, sequence items missing
+/// their Type 1 attributes (a sequence left without items is dropped). Returns one note per repair,
+/// naming the attribute.
+pub fn sanitize(obj: &mut InMemDicomObject) -> Vec<String> {
+    let mut notes = Vec::new();
+    sanitize_level(obj, "", true, &mut notes);
+    notes
+}
+
+fn sanitize_level(obj: &mut InMemDicomObject, path: &str, top: bool, notes: &mut Vec<String>) {
+    use dicom_core::DicomValue;
+    let all: Vec<Tag> = obj.iter().map(|e| e.header().tag).collect();
+    for t in all {
+        // Private attributes are dropped elsewhere (top level) or kept inside items untouched.
+        if t.group() % 2 == 1 || t.group() == 0x0002 || t == tags::PIXEL_DATA {
+            continue;
+        }
+        let name = format!("{path}{}", tag_name(t));
+        if !is_known(t) {
+            obj.remove_element(t);
+            notes.push(format!("{name}: not a standard attribute; dropped"));
+            continue;
+        }
+        let Ok(elem) = obj.take_element(t) else {
+            continue;
+        };
+        let vr = elem.header().vr;
+        match elem.value() {
+            DicomValue::Sequence(seq) => {
+                let items = seq.items();
+                let had = items.len();
+                let mut kept = Vec::with_capacity(had);
+                let mut bad = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(reason) = item_problem(t, item) {
+                        bad.push(format!("item {}: {reason}", i + 1));
+                        continue;
+                    }
+                    let mut item = item.clone();
+                    sanitize_level(&mut item, &format!("{name}[{}].", i + 1), false, notes);
+                    kept.push(item);
+                }
+                let gone = had > 0 && kept.is_empty() && !(top && TYPE_2.contains(&t));
+                if !bad.is_empty() {
+                    notes.push(format!(
+                        "{name}: {}; {}",
+                        bad.join(", "),
+                        if gone {
+                            "sequence dropped".to_string()
+                        } else {
+                            format!("{} of {had} item(s) dropped", bad.len())
+                        }
+                    ));
+                }
+                if gone {
+                    continue;
+                }
+                put_seq(obj, t, kept);
+            }
+            DicomValue::Primitive(v) => match value_problem(vr, v) {
+                Some(reason) if !(top && KEEP_AS_IS.contains(&t)) => {
+                    if top && TYPE_2.contains(&t) {
+                        notes.push(format!("{name}: {reason}; emptied"));
+                        obj.put(DataElement::new(t, vr, PrimitiveValue::Empty));
+                    } else {
+                        notes.push(format!("{name}: {reason}; dropped"));
+                    }
+                }
+                _ => {
+                    obj.put(elem);
+                }
+            },
+            DicomValue::PixelSequence(_) => {
+                obj.put(elem);
+            }
+        }
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     let mut out = String::new();
     for c in s.chars() {
@@ -709,5 +1000,81 @@ mod tests {
         assert_eq!(d.len(), 64);
         assert!(d.ends_with("NOT FOR DIAGNOSTIC USE"));
         assert_eq!(series_description("", " SUFFIX"), "SUFFIX");
+    }
+
+    #[test]
+    fn sanitize_drops_invalid_and_keeps_valid() {
+        let mut o = InMemDicomObject::new_empty();
+        let mut bad_ref = InMemDicomObject::new_empty();
+        put(
+            &mut bad_ref,
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            "1.2.3",
+        );
+        let mut good_ref = bad_ref.clone();
+        put(
+            &mut good_ref,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.3.1.2.3.1",
+        );
+        put_seq(
+            &mut o,
+            tags::REFERENCED_STUDY_SEQUENCE,
+            vec![bad_ref.clone()],
+        );
+        put_seq(
+            &mut o,
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            vec![bad_ref, good_ref],
+        );
+        put_seq(
+            &mut o,
+            tags::ANATOMIC_REGION_SEQUENCE,
+            vec![code_item("T-D1100", "SRT", "")],
+        );
+        put(&mut o, tags::PATIENT_SEX, VR::CS, "male");
+        put(&mut o, tags::SLICE_THICKNESS, VR::DS, "1.25");
+        put(&mut o, tags::DATA_COLLECTION_DIAMETER, VR::DS, "abc");
+        put(&mut o, tags::STUDY_DATE, VR::DA, "2012-09-14");
+        put(&mut o, tags::STUDY_TIME, VR::TM, "101010.123456");
+        put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, "1.02.3");
+        let notes = sanitize(&mut o);
+        assert_eq!(notes.len(), 6, "{notes:#?}");
+        let has = |t| o.element_opt(t).ok().flatten().is_some();
+        assert!(!has(tags::REFERENCED_STUDY_SEQUENCE));
+        assert!(!has(tags::ANATOMIC_REGION_SEQUENCE));
+        assert!(!has(tags::DATA_COLLECTION_DIAMETER));
+        assert_eq!(
+            o.element(tags::REFERENCED_IMAGE_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(o
+            .element(tags::PATIENT_SEX)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .is_empty());
+        assert!(o
+            .element(tags::STUDY_DATE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            o.element(tags::STUDY_TIME).unwrap().to_str().unwrap(),
+            "101010.123456"
+        );
+        assert_eq!(
+            o.element(tags::SLICE_THICKNESS).unwrap().to_str().unwrap(),
+            "1.25"
+        );
+        // Type 1 and needed: kept even when it looks wrong.
+        assert!(has(tags::STUDY_INSTANCE_UID));
     }
 }

@@ -1,5 +1,5 @@
 //! Sending a folder of instances: C-STORE SCU (one association per job, TCP_NODELAY on) or a copy
-//! into a destination folder (temporary name, fsync, rename).
+//! into a destination folder (temporary name, preamble zeroed, fsync, rename).
 //!
 //! Progress is per instance: instances the destination already acknowledged (in an earlier attempt)
 //! are skipped, each acknowledgement is reported to the caller as it comes (its heartbeat and the
@@ -128,9 +128,7 @@ fn copy_folder(dest: &Destination, dir: &Path) -> Result<usize, ForwardError> {
         let Some(fname) = f.file_name() else { continue };
         let tmp = target.join(format!(".{}.tmp", fname.to_string_lossy()));
         std::fs::copy(f, &tmp).map_err(|e| ferr(&tmp, e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|h| h.sync_all())
-            .map_err(|e| ferr(&tmp, e))?;
+        zero_preamble_and_sync(&tmp).map_err(|e| ferr(&tmp, e))?;
         std::fs::rename(&tmp, target.join(fname)).map_err(|e| ferr(&target, e))?;
     }
     sync_dir(&target).map_err(|e| ferr(&target, e))?;
@@ -140,6 +138,25 @@ fn copy_folder(dest: &Destination, dir: &Path) -> Result<usize, ForwardError> {
 /// True for a failure status that concerns the destination as a whole, not this one instance.
 fn stops_association(status: u16) -> bool {
     status & 0xFF00 == 0xA700 || status == dimse::SOP_CLASS_NOT_SUPPORTED
+}
+
+/// Zeroes the 128-byte preamble of a Part 10 file (a received file's preamble may hold anything,
+/// e.g. a polyglot executable header, PS3.10 7.5), then fsyncs the file.
+fn zero_preamble_and_sync(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut head = [0u8; 132];
+    if f.read_exact(&mut head).is_ok()
+        && &head[128..] == b"DICM"
+        && head[..128].iter().any(|&b| b != 0)
+    {
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&[0u8; 128])?;
+    }
+    f.sync_all()
 }
 
 async fn store_scu(

@@ -1,5 +1,6 @@
 //! Reads the headers of every file under the given paths (folders recursively, in name order).
-//! Non-image DICOM objects are skipped with a note; unreadable files are reported with the reason.
+//! Non-image DICOM objects and non-regular files (FIFOs, sockets, devices: never opened) are skipped
+//! with a note; unreadable files are reported with the reason.
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,11 @@ pub struct Scan {
     pub rejected: Vec<VolumeError>,
 }
 
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
+fn collect(
+    path: &Path,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<(), IngestError> {
     let io = |source| IngestError::Io {
         path: path.to_owned(),
         source,
@@ -47,10 +52,15 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
         });
         for e in entries {
-            collect(&e, out)?;
+            collect(&e, out, skipped)?;
         }
-    } else {
+    } else if meta.is_file() {
         out.push(path.to_owned());
+    } else {
+        // A FIFO would block the reader forever; sockets and devices are not input either.
+        let note = "not a regular file (FIFO, socket or device)".to_string();
+        events::file_skipped(&path.display().to_string(), &note);
+        skipped.push((path.to_owned(), note));
     }
     Ok(())
 }
@@ -58,10 +68,10 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), IngestError> {
 /// Reads every file's header under `paths`.
 pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
     let mut files = Vec::new();
-    for p in paths {
-        collect(p, &mut files)?;
-    }
     let mut scan = Scan::default();
+    for p in paths {
+        collect(p, &mut files, &mut scan.skipped)?;
+    }
     for f in files {
         match read_header(&f) {
             Ok(h) if h.is_image() => scan.images.push(h),
@@ -85,4 +95,24 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
         }
     }
     Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_is_skipped_not_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("pipe.dcm");
+        let o = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let s = scan(&[tmp.path().to_owned()]).unwrap();
+        assert!(s.images.is_empty() && s.rejected.is_empty());
+        assert_eq!(s.skipped.len(), 1);
+        assert!(s.skipped[0].1.contains("not a regular file"));
+    }
 }
