@@ -289,6 +289,93 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::scp::Arrival;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::{mpsc, watch};
+
+    fn arrival(series: &str, sop: &str) -> Arrival {
+        Arrival {
+            study_uid: "1.2".into(),
+            series_uid: series.into(),
+            sop_instance_uid: sop.into(),
+            calling_ae: "MOD".into(),
+            called_ae: "US".into(),
+            expected: None,
+        }
+    }
+
+    /// Item 7 of issue 9: a processor that takes nothing must not stop the series stage: it keeps
+    /// draining arrivals (far more than its channel holds), completing series and beating.
+    #[tokio::test]
+    async fn a_stalled_processor_never_stalls_arrivals() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::spool::Spool::open(dir.path(), 0).unwrap();
+        let settings =
+            crate::config::Settings::load_with_env(None, Vec::<(String, String)>::new()).unwrap();
+        let (_settings_tx, settings_rx) = watch::channel(Arc::new(settings));
+        let (arrival_tx, arrival_rx) = mpsc::channel(16);
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let beats = crate::metrics::Heartbeats::default();
+        let metrics = crate::metrics::Metrics::new();
+        let tracker = Tracker {
+            spool: spool.clone(),
+            recent: Arc::default(),
+            quiet: Duration::from_secs(1),
+            rx: arrival_rx,
+            tx: ready_tx,
+            metrics: metrics.clone(),
+            beat: beats.register("series"),
+            settings: settings_rx,
+            queued: Vec::new(),
+        };
+        tokio::spawn(tracker.run(shutdown_rx));
+        for i in 0..20 {
+            let series = format!("1.2.{}", i + 10);
+            let sop = format!("{series}.1");
+            let key = crate::spool::InstanceKey {
+                study_uid: "1.2".into(),
+                series_uid: series.clone(),
+                sop_instance_uid: sop.clone(),
+                sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            };
+            spool.store(&key, "MOD", b"").unwrap();
+            arrival_tx.send(arrival(&series, &sop)).await.unwrap();
+        }
+        // Every series completes although nobody takes them (one waits in the channel).
+        for _ in 0..100 {
+            if metrics.series_completed.get() == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(metrics.series_completed.get(), 20);
+        // Arrivals keep flowing: 300 more than the 16 the channel holds.
+        for i in 0..300 {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                arrival_tx.send(arrival("1.2.99", &format!("1.2.99.{i}"))),
+            )
+            .await
+            .expect("the series stage stopped taking arrivals")
+            .unwrap();
+        }
+        // When the processor comes back it gets every version, in order.
+        for i in 0..20 {
+            let r = tokio::time::timeout(Duration::from_secs(5), ready_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.series_uid, format!("1.2.{}", i + 10));
+            assert_eq!(r.version, 1);
+            assert!(r
+                .instances_dir()
+                .join(format!("1.2.{}.1.dcm", i + 10))
+                .exists());
+        }
+    }
 
     #[test]
     fn recent_series_remember_versions_and_instances() {
