@@ -118,14 +118,14 @@ pub struct Recent {
 
 #[derive(Default)]
 struct RecentInner {
-    /// (versions emitted, instances of the last version) per completed series.
+    /// (highest version handed over, instances of every version) per series.
     series: std::collections::HashMap<(String, String), (u32, std::collections::HashSet<String>)>,
     order: std::collections::VecDeque<(String, String)>,
 }
 
 impl Recent {
-    /// Records version `version` of a completed series and its instances (the most recent
-    /// DONE_MEMORY series are kept).
+    /// Records version `version` of a series handed over and its instances, added to those of its
+    /// earlier versions (the most recent DONE_MEMORY series are kept).
     pub fn insert(
         &self,
         study_uid: &str,
