@@ -192,13 +192,15 @@ impl Processor {
                 Err((reason, errno))
             }
             Err(e) => {
-                self.metrics.series_failed.inc();
                 events::series_failed(&ready.series_uid, &e.to_string());
-                self.quarantine(settings, ready, &e.to_string())
-                    .map_err(|qe| {
-                        let errno = qe.io_error().map(errno_label).unwrap_or_default();
-                        (format!("quarantine failed: {qe}"), errno)
-                    })
+                let quarantined = self.quarantine(settings, ready, &e.to_string());
+                if quarantined.is_ok() {
+                    self.metrics.series_failed.inc();
+                }
+                quarantined.map_err(|qe| {
+                    let errno = qe.io_error().map(errno_label).unwrap_or_default();
+                    (format!("quarantine failed: {qe}"), errno)
+                })
             }
         }
     }
