@@ -79,6 +79,9 @@ fn late_instance_while_version_one_is_forwarded_is_delivered() {
         "{}",
         d.context()
     );
+    // The modality sends the series again meanwhile: copies of what version 1 has, dropped from
+    // the incoming folder (no new version, nothing left behind).
+    send_raw(&d, &s, &[0, 1, 2, 3, 4]);
     let mut more = s.clone();
     more.slices = 6;
     send_raw(&d, &more, &[5]);
