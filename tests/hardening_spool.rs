@@ -392,3 +392,81 @@ fn failed_quarantine_keeps_the_series_in_the_spool() {
     );
     assert!(stored(&fake).is_empty());
 }
+
+/// Item 3 with a real ENOSPC: serve runs in its own mount namespace where `<state>/derived` is a
+/// small tmpfs filled to the last byte. Writing the derived series fails with ENOSPC: the series
+/// stays in the spool and is retried with back-off (the log names the series and "ENOSPC (28)"),
+/// never quarantined; once room is made (through /proc/<pid>/root) it is delivered. Needs the right
+/// to make a mount namespace (root): skipped otherwise.
+#[test]
+fn enospc_writing_the_derived_series_is_retried() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs \"$d\" && umount \"$d\" && rmdir \"$d\"")
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot make a mount namespace with a tmpfs here (needs root)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeScp::start(false);
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[
+            ("series.retry_initial_seconds", "1"),
+            ("series.retry_max_seconds", "2"),
+        ],
+        &tail(&fake, false),
+    );
+    let derived = d.state.join("derived");
+    std::fs::create_dir_all(&derived).unwrap();
+    let serve = d.command();
+    let mut c = std::process::Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=256k tmpfs \"$1\" || exit 97; dd if=/dev/zero of=\"$1/fill\" bs=4k 2>/dev/null; shift; exec \"$@\"")
+        .arg("sh")
+        .arg(&derived)
+        .arg(serve.get_program())
+        .args(serve.get_args())
+        .arg("serve");
+    for (k, v) in serve.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    d.starts += 1;
+    let mut p = Peer::spawn("serve (derived on a full tmpfs)", c, &d.log_path());
+    let up = wait_until(secs(60), POLL, || {
+        p.log_text().contains("daemon_ready")
+            && http_get(d.http, "/healthz").is_ok_and(|(s, _)| s == 200)
+            || !p.alive()
+    });
+    assert!(up && p.alive(), "serve did not start:\n{}", p.log_text());
+    let pid = p.pid();
+    d.proc = Some(p);
+    let s = spec("spool-real-enospc", 24, 4);
+    send_raw(&d, &s, &[0, 1, 2, 3]);
+    let uid = s.series_uid();
+    assert!(
+        wait_until(secs(60), POLL, || d
+            .logs()
+            .lines()
+            .filter(|l| l.contains("series_retry") && l.contains(&uid) && l.contains("ENOSPC (28)"))
+            .count()
+            >= 2),
+        "{}",
+        d.context()
+    );
+    assert_eq!(d.metric("series_failed"), 0.0);
+    assert!(quarantined(&d.state.join("quarantine")).is_empty());
+    assert!(stored(&fake).is_empty());
+    // Room again: the filler goes (seen through the daemon's own mount namespace).
+    std::fs::remove_file(format!("/proc/{pid}/root{}/fill", derived.display())).unwrap();
+    assert!(
+        wait_until(secs(60), POLL, || stored(&fake).len() == 4 && d.idle()),
+        "{}",
+        d.context()
+    );
+    assert!(quarantined(&d.state.join("quarantine")).is_empty());
+}
