@@ -134,7 +134,7 @@ impl Processor {
             }
             self.busy.store(true, Ordering::Relaxed);
             let settings = self.settings.borrow().clone();
-            let outcome = self.process_one(&settings, &mut translators, &ready);
+            let outcome = self.process_one(&settings, &mut translators, &ready, &shutdown);
             self.busy.store(false, Ordering::Relaxed);
             if let Err((reason, errno)) = outcome {
                 let attempts = attempts + 1;
@@ -160,6 +160,7 @@ impl Processor {
         settings: &Settings,
         translators: &mut HashMap<String, Translator>,
         ready: &ReadySeries,
+        shutdown: &watch::Receiver<bool>,
     ) -> Result<(), (String, String)> {
         if let Err(e) = self.spool.mark_processing(&ready.dir) {
             let errno = e.io_error().map(errno_label).unwrap_or_default();
@@ -180,6 +181,13 @@ impl Processor {
             }
         };
         self.spool.clear_processing(&ready.dir);
+        if let (Err(e), true) = (&result, *shutdown.borrow()) {
+            // Stopping (work cancelled by SIGTERM, say): not the series' fault. It stays in the
+            // spool, unprocessed, for start-up recovery.
+            tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+            let _ = std::fs::remove_dir_all(self.work_dir(ready));
+            return Ok(());
+        }
         match result {
             Ok(jobs) => {
                 if jobs > 0 {
