@@ -43,6 +43,21 @@ pub struct Settings {
 pub struct StateSettings {
     pub dir: PathBuf,
     pub min_free_mib: u64,
+    /// Where failed series go; empty: `<dir>/quarantine`. May be on another file system.
+    pub quarantine_dir: String,
+    /// Processing waits (and retries) while the state file system has less free space than this.
+    pub processing_min_free_mib: u64,
+}
+
+impl StateSettings {
+    /// The quarantine folder (`quarantine_dir`, or `<dir>/quarantine` when it is empty).
+    pub fn quarantine(&self) -> PathBuf {
+        if self.quarantine_dir.trim().is_empty() {
+            self.dir.join("quarantine")
+        } else {
+            PathBuf::from(self.quarantine_dir.trim())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +94,13 @@ pub enum LateInstance {
 pub struct SeriesSettings {
     pub quiet_seconds: u64,
     pub late_instance: LateInstance,
+    /// The last delivered version of a series is kept this long for late instances.
+    pub keep_delivered_seconds: u64,
+    /// A series whose processing the daemon died in this many times is quarantined at start-up.
+    pub max_crashes: u32,
+    /// Back-off of a series whose processing failed for a transient reason (disk full, I/O).
+    pub retry_initial_seconds: u64,
+    pub retry_max_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,7 +21,7 @@ use crate::ingest::scp::{Arrival, Scp};
 use crate::ingest::watch::Watch;
 use crate::metrics::{Heartbeats, Metrics};
 use crate::pipeline::Processor;
-use crate::series::Tracker;
+use crate::series::{ReadySeries, Tracker};
 use crate::spool::Spool;
 use crate::translate::Translator;
 use crate::{events, systemd};
@@ -229,7 +229,8 @@ async fn reload(config: Option<&Path>, current: &Settings) -> Result<Settings, S
 /// Serves until SIGTERM/SIGINT. `config` is re-read on SIGHUP.
 pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), DaemonError> {
     let state = settings.state.dir.clone();
-    let spool = Spool::open(&state, settings.state.min_free_mib)?;
+    let spool = Spool::open(&state, settings.state.min_free_mib)?
+        .with_keep(Duration::from_secs(settings.series.keep_delivered_seconds));
     let outbox = Outbox::open(&state)?;
     let metrics = Metrics::new();
     let watchdog = systemd::watchdog_interval();
@@ -269,6 +270,9 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         )
     };
 
+    // Start-up recovery: what the spool holds continues from where it stopped.
+    let recovered = recover(&spool, &outbox, &state, &settings, &recent);
+
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(
         Tracker {
@@ -279,6 +283,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             tx: ready_tx,
             metrics: metrics.clone(),
             beat: beats.register("series"),
+            settings: settings_rx.clone(),
+            queued: recovered.queued,
         }
         .run(shutdown_rx.clone()),
     ));
@@ -314,7 +320,11 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         .run(shutdown_rx.clone()),
     ));
 
-    recover(&spool, &outbox, &state, &settings, &arrival_tx).await;
+    for a in recovered.arrivals {
+        if arrival_tx.send(a).await.is_err() {
+            break;
+        }
+    }
 
     tasks.push(tokio::spawn(
         Scp {
@@ -335,7 +345,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
                 dir,
                 stable: Duration::from_secs(settings.watch.stable_seconds),
                 max_file_bytes: settings.watch.max_file_mib.saturating_mul(1024 * 1024),
-                quarantine: state.join("quarantine"),
+                quarantine: settings.state.quarantine(),
                 spool: spool.clone(),
                 called_ae: settings.server.ae_title.clone(),
                 tx: arrival_tx.clone(),
@@ -432,51 +442,121 @@ async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Se
     }
 }
 
-/// Start-up recovery: every series still in the spool continues from where it stopped.
-async fn recover(
+/// What start-up recovery hands to the stages.
+struct Recovered {
+    /// Versions handed over before the stop and not processed: straight to processing.
+    queued: Vec<ReadySeries>,
+    /// Incoming instances not yet handed over: through the series stage (quiet time) again.
+    arrivals: Vec<Arrival>,
+}
+
+/// Start-up recovery: every series still in the spool continues from where it stopped. Delivered
+/// versions leave the spool; versions whose jobs are queued or dead-lettered stay; unprocessed
+/// versions are processed again, except one the daemon died in `series.max_crashes` times (its crash
+/// marker counts them): that one is quarantined instead of replayed into the same crash. Nothing
+/// here parses a dataset.
+fn recover(
     spool: &Spool,
     outbox: &Outbox,
     state: &Path,
     settings: &Settings,
-    tx: &mpsc::Sender<Arrival>,
-) {
+    recent: &crate::series::Recent,
+) -> Recovered {
+    let mut out = Recovered {
+        queued: Vec::new(),
+        arrivals: Vec::new(),
+    };
+    // Instances of kept (delivered) versions are known: a re-sent copy is a retransmission.
+    for v in spool.kept() {
+        recent.insert(
+            &v.info.study_uid,
+            &v.info.series_uid,
+            v.info.version,
+            v.sops.iter().cloned().collect(),
+        );
+    }
     let series = match spool.recover() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(event = "recovery_failed", reason = %e);
-            return;
+            return out;
         }
     };
-    let mut resumed = 0;
+    let max_crashes = settings.series.max_crashes;
     for s in series {
-        if s.processed {
-            match outbox.needs(&s.dir) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let _ = spool.remove_series(&s.dir);
-                    events::series_delivered(&s.series_uid);
+        for v in &s.versions {
+            recent.insert(
+                &s.study_uid,
+                &s.series_uid,
+                v.info.version,
+                v.sops.iter().cloned().collect(),
+            );
+            if v.processed {
+                match outbox.needs(&v.dir) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = spool.remove_series(&v.dir);
+                        events::series_delivered(&s.series_uid);
+                    }
+                    Err(e) => tracing::error!(event = "recovery_failed", reason = %e),
                 }
-                Err(e) => tracing::error!(event = "recovery_failed", reason = %e),
+            } else if v.sops.is_empty() {
+                tracing::warn!(event = "empty_version", series_uid = %s.series_uid, version = v.info.version, "version folder without instances removed");
+                let _ = spool.discard(&v.dir);
+            } else if max_crashes > 0 && v.crashes >= max_crashes {
+                let reason = format!(
+                    "daemon died while processing this series ({} times); quarantined instead of replayed",
+                    v.crashes
+                );
+                let name = format!(
+                    "{}-v{}-{}",
+                    s.series_uid,
+                    v.info.version,
+                    crate::forward::outbox::now_ms()
+                );
+                match spool.quarantine(&v.dir, &settings.state.quarantine(), &name, &reason) {
+                    Ok(q) => {
+                        tracing::error!(event = "crash_loop_quarantined", series_uid = %s.series_uid, version = v.info.version, crashes = v.crashes, path = %q.display(), "daemon died while processing this series; quarantined instead of replayed");
+                        events::series_quarantined(
+                            &s.series_uid,
+                            &q.display().to_string(),
+                            &reason,
+                        );
+                    }
+                    Err(e) => {
+                        // Not replayed either: it stays in the spool until the next start.
+                        tracing::error!(event = "quarantine_failed", series_uid = %s.series_uid, version = v.info.version, reason = %e, "crash-loop series left in the spool, not processed");
+                    }
+                }
+            } else {
+                if v.crashes > 0 {
+                    tracing::warn!(event = "series_replayed_after_crash", series_uid = %s.series_uid, version = v.info.version, crashes = v.crashes, max_crashes, "the daemon died while processing this series; processing it again");
+                }
+                out.queued.push(ReadySeries::from_version(v));
             }
-            continue;
         }
-        // Not yet processed: it goes through the series stage again (derived files, if any, are
-        // rewritten with the same UIDs).
-        let calling = first_calling_ae(&s.dir).unwrap_or_default();
-        for _ in 0..s.instances.max(1) {
-            let a = Arrival {
-                study_uid: s.study_uid.clone(),
-                series_uid: s.series_uid.clone(),
-                sop_instance_uid: String::new(),
-                calling_ae: calling.clone(),
-                called_ae: settings.server.ae_title.clone(),
-                expected: None,
-            };
-            if tx.send(a).await.is_err() {
-                return;
+        if s.instances > 0 {
+            // Not yet handed over: it goes through the series stage again.
+            let calling = std::fs::read_dir(&s.dir)
+                .ok()
+                .and_then(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .find(|p| p.extension().is_some_and(|x| x == "dcm"))
+                })
+                .and_then(|p| crate::spool::source_ae_title(&p))
+                .unwrap_or_default();
+            for _ in 0..s.instances {
+                out.arrivals.push(Arrival {
+                    study_uid: s.study_uid.clone(),
+                    series_uid: s.series_uid.clone(),
+                    sop_instance_uid: String::new(),
+                    calling_ae: calling.clone(),
+                    called_ae: settings.server.ae_title.clone(),
+                    expected: None,
+                });
             }
         }
-        resumed += 1;
     }
     // Derived folders of series no longer in the spool or the outbox are leftovers of a crash.
     if let (Ok(rd), Ok(jobs)) = (std::fs::read_dir(state.join("derived")), outbox.queued()) {
@@ -488,24 +568,13 @@ async fn recover(
             }
         }
     }
-    if resumed > 0 {
+    if !out.queued.is_empty() || !out.arrivals.is_empty() {
         tracing::info!(
             event = "recovered",
-            series = resumed,
+            versions = out.queued.len(),
+            incoming_instances = out.arrivals.len(),
             "unfinished series resumed from the spool"
         );
     }
-}
-
-fn first_calling_ae(dir: &Path) -> Option<String> {
-    let f = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "dcm"))?;
-    let o = crate::volume::header::open_header(&f).ok()?;
-    o.meta()
-        .source_application_entity_title
-        .clone()
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+    out
 }

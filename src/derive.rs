@@ -174,13 +174,15 @@ fn write_file(obj: InMemDicomObject, path: &Path, sync: bool) -> Result<(), Deri
         })?;
     let file = obj.with_exact_meta(meta);
     let tmp = path.with_extension("tmp");
-    let f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    file.write_all(&mut w).map_err(|e| DeriveError::Build {
+    // Encoded in memory first (one instance), so that a file system error (ENOSPC...) keeps its
+    // errno instead of becoming an encoding error: the daemon retries those.
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).map_err(|e| DeriveError::Build {
         uid: sop_instance.clone(),
         reason: e.to_string(),
     })?;
-    let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
     if sync {
         f.sync_all().map_err(io_err(&tmp))?;
     }

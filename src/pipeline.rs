@@ -1,14 +1,21 @@
 //! The daemon's processing stage: takes complete series from the series stage, routes them, runs
 //! volume → translate → derive through the same code as `process`, writes the outbound jobs durably,
-//! marks the spool series processed and wakes the forwarder. It runs on its own thread because it
-//! owns the ONNX Runtime sessions (`Session::run` needs `&mut self`). A failure on one series is
-//! logged, counted and quarantined; it never stops the stage.
+//! marks the spool version processed and wakes the forwarder. It runs on its own thread because it
+//! owns the ONNX Runtime sessions (`Session::run` needs `&mut self`).
+//!
+//! Each version is processed between a crash marker written before (fsynced) and removed after, so
+//! that start-up recovery recognises a series the daemon died in. A failure never stops the stage:
+//! a transient one (disk full, I/O error, the state file system under
+//! `state.processing_min_free_mib`) leaves the series in the spool, retried with back-off; a series
+//! that cannot be harmonized is forwarded as its originals when its rule forwards originals (a
+//! warning names the reason), else quarantined; a quarantine that fails leaves the series in the
+//! spool, retried later.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{PlanKind, Settings};
@@ -19,7 +26,7 @@ use crate::metrics::{Beat, Metrics};
 use crate::process::{open_translator, process_series, SeriesError};
 use crate::route::{self, SeriesInfo};
 use crate::series::{self, ReadySeries, Series};
-use crate::spool::Spool;
+use crate::spool::{errno_label, transient_io, Spool};
 use crate::translate::{Control, Translator};
 
 /// The processing stage.
@@ -45,51 +52,173 @@ pub struct Processor {
 /// Why a series could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// Permanent: the series goes to quarantine.
     #[error("series {series_uid}: {reason}")]
     Series { series_uid: String, reason: String },
+    /// It may work later (disk full, I/O error): the series stays in the spool and is retried.
+    #[error("series {series_uid}: {reason} ({errno}; retried later)")]
+    Transient {
+        series_uid: String,
+        reason: String,
+        errno: String,
+    },
     /// The daemon is stopping: not a failure (the series stays in the spool for recovery).
     #[error("series {series_uid}: processing cancelled (the daemon is stopping)")]
     Cancelled { series_uid: String },
+}
+
+/// The transient I/O error somewhere in `e`'s chain of causes, as its errno label.
+pub fn transient_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if transient_io(io) {
+                return Some(errno_label(io));
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// A series waiting for its next attempt after a transient failure.
+struct Retry {
+    due: Instant,
+    ready: ReadySeries,
+    attempts: u32,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Processor {
     /// Runs on the calling (dedicated) thread until shutdown; `rt` drives the channel waits.
     pub fn run(mut self, rt: tokio::runtime::Handle, shutdown: watch::Receiver<bool>) {
         let mut translators = std::mem::take(&mut self.translators);
+        let mut retries: Vec<Retry> = Vec::new();
+        let mut last_prune = Instant::now();
         loop {
             self.beat.beat();
             if *shutdown.borrow() || self.cancel.load(Ordering::Relaxed) {
                 return;
             }
-            let next = rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(1), self.rx.recv()).await
-            });
-            let ready = match next {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(_) => continue,
-            };
-            self.busy.store(true, Ordering::Relaxed);
-            let settings = self.settings.borrow().clone();
-            let uid = ready.series_uid.clone();
-            match self.handle(&settings, &mut translators, &ready) {
-                Ok(jobs) => {
-                    if jobs > 0 {
-                        let _ = self.wake.try_send(());
+            let now = Instant::now();
+            let (ready, attempts) = match retries.iter().position(|r| r.due <= now) {
+                Some(i) => {
+                    let r = retries.remove(i);
+                    (r.ready, r.attempts)
+                }
+                None => {
+                    let wait = retries
+                        .iter()
+                        .map(|r| r.due.saturating_duration_since(now))
+                        .min()
+                        .unwrap_or(Duration::from_secs(1))
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    let next =
+                        rt.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await });
+                    match next {
+                        Ok(Some(r)) => (r, 0),
+                        Ok(None) => return,
+                        Err(_) => {
+                            if last_prune.elapsed() > Duration::from_secs(30) {
+                                last_prune = Instant::now();
+                                self.spool.prune_kept(false);
+                            }
+                            continue;
+                        }
                     }
                 }
-                Err(PipelineError::Cancelled { .. }) => {
-                    // Left in the spool, unprocessed: recovery resumes it after the restart.
-                    let _ = std::fs::remove_dir_all(self.work_dir(&ready));
-                    tracing::info!(event = "series_cancelled", series_uid = %uid, "processing cancelled by shutdown; the series stays in the spool for recovery");
-                }
-                Err(e) => {
-                    self.metrics.series_failed.inc();
-                    self.quarantine(&ready, &e.to_string());
-                    events::series_failed(&uid, &e.to_string());
-                }
+            };
+            if !ready.dir.exists() {
+                tracing::warn!(event = "series_gone", series_uid = %ready.series_uid, version = ready.version, path = %ready.dir.display(), "version folder no longer in the spool; skipped");
+                continue;
             }
+            self.busy.store(true, Ordering::Relaxed);
+            let settings = self.settings.borrow().clone();
+            let outcome = self.process_one(&settings, &mut translators, &ready, &shutdown);
             self.busy.store(false, Ordering::Relaxed);
+            if let Err((reason, errno)) = outcome {
+                let attempts = attempts + 1;
+                let wait = crate::forward::outbox::backoff_ms(
+                    attempts,
+                    settings.series.retry_initial_seconds.max(1),
+                    settings.series.retry_max_seconds.max(1),
+                );
+                tracing::error!(event = "series_retry", series_uid = %ready.series_uid, version = ready.version, attempts, wait_ms = wait, errno = %errno, reason = %reason, "series stays in the spool; retried after back-off");
+                retries.push(Retry {
+                    due: Instant::now() + Duration::from_millis(wait),
+                    ready,
+                    attempts,
+                });
+            }
+        }
+    }
+
+    /// Processes one version between its crash marker's writing and removal. `Err((reason, errno))`
+    /// when it is to be tried again later.
+    fn process_one(
+        &self,
+        settings: &Settings,
+        translators: &mut HashMap<String, Translator>,
+        ready: &ReadySeries,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), (String, String)> {
+        if let Err(e) = self.spool.mark_processing(&ready.dir) {
+            let errno = e.io_error().map(errno_label).unwrap_or_default();
+            return Err((format!("cannot write the crash marker: {e}"), errno));
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle(settings, translators, ready)
+        }));
+        let result = match result {
+            Ok(r) => r,
+            Err(p) => {
+                // A session a panic went through is not trusted again: models reload on demand.
+                translators.clear();
+                Err(PipelineError::Series {
+                    series_uid: ready.series_uid.clone(),
+                    reason: format!("processing panicked: {}", panic_message(p.as_ref())),
+                })
+            }
+        };
+        self.spool.clear_processing(&ready.dir);
+        let stopping = *shutdown.borrow()
+            || self.cancel.load(Ordering::Relaxed)
+            || matches!(result, Err(PipelineError::Cancelled { .. }));
+        if let (Err(e), true) = (&result, stopping) {
+            // Stopping (work cancelled by SIGTERM, say): not the series' fault. It stays in the
+            // spool, unprocessed, for start-up recovery.
+            tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+            let _ = std::fs::remove_dir_all(self.work_dir(ready));
+            return Ok(());
+        }
+        match result {
+            Ok(jobs) => {
+                if jobs > 0 {
+                    let _ = self.wake.try_send(());
+                }
+                Ok(())
+            }
+            Err(PipelineError::Transient { reason, errno, .. }) => {
+                let _ = std::fs::remove_dir_all(self.work_dir(ready));
+                Err((reason, errno))
+            }
+            Err(e) => {
+                events::series_failed(&ready.series_uid, &e.to_string());
+                let quarantined = self.quarantine(settings, ready, &e.to_string());
+                if quarantined.is_ok() {
+                    self.metrics.series_failed.inc();
+                }
+                quarantined.map_err(|qe| {
+                    let errno = qe.io_error().map(errno_label).unwrap_or_default();
+                    (format!("quarantine failed: {qe}"), errno)
+                })
+            }
         }
     }
 
@@ -109,7 +238,16 @@ impl Processor {
             series_uid: ready.series_uid.clone(),
             reason,
         };
-        let series = read_series(&ready.dir).map_err(&fail)?;
+        // Writing to the state folder (outbox, markers) fails only for reasons of the machine,
+        // never of the series: always retried.
+        let transient =
+            |e: &dyn std::fmt::Display, errno: Option<String>| PipelineError::Transient {
+                series_uid: ready.series_uid.clone(),
+                reason: e.to_string(),
+                errno: errno.unwrap_or_else(|| "state write failed".into()),
+            };
+        let originals = ready.instances_dir();
+        let series = read_series(&originals).map_err(&fail)?;
         let first = series
             .slices
             .first()
@@ -119,9 +257,12 @@ impl Processor {
         let rule = route::route(&settings.rules, &info)
             .ok_or_else(|| fail("no routing rule matched".into()))?
             .clone();
-        let late_ignored = ready.version > 1
-            && settings.series.late_instance == crate::config::LateInstance::Ignore;
-        let plan = if late_ignored {
+        let late = ready.version > 1;
+        let reprocess = settings.series.late_instance == crate::config::LateInstance::Reprocess;
+        if late && reprocess && ready.previous.is_none() {
+            tracing::warn!(event = "late_instance_original_only", series_uid = %ready.series_uid, version = ready.version, instances = ready.instances, "late instance(s) after the earlier instances of the series were released (series.keep_delivered_seconds): forwarded as originals only, not harmonized");
+        }
+        let plan = if late && (!reprocess || ready.previous.is_none()) {
             PlanKind::Pass
         } else {
             rule.plan
@@ -133,69 +274,55 @@ impl Processor {
             PlanKind::Drop => {
                 self.metrics.series_dropped.inc();
                 self.spool
-                    .remove_series(&ready.dir)
-                    .map_err(|e| fail(e.to_string()))?;
+                    .discard(&ready.dir)
+                    .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
                 return Ok(0);
             }
             PlanKind::Pass => {
                 self.metrics.series_passed.inc();
-                payloads.push((ready.dir.clone(), "original"));
+                payloads.push((originals.clone(), "original"));
             }
             PlanKind::Harmonize => {
-                let salt = if ready.version > 1 {
-                    format!("v{}", ready.version)
-                } else {
-                    String::new()
-                };
-                if work.exists() {
-                    let _ = std::fs::remove_dir_all(&work);
+                if let Err(e) = self
+                    .spool
+                    .check_space_for(settings.state.processing_min_free_mib)
+                {
+                    return Err(PipelineError::Transient {
+                        series_uid: ready.series_uid.clone(),
+                        reason: format!("not harmonized now: {e} (state.processing_min_free_mib)"),
+                        errno: e
+                            .io_error()
+                            .map(errno_label)
+                            .unwrap_or_else(|| "ENOSPC (28)".into()),
+                    });
                 }
-                let mut input = Some(series);
-                let mut last_dir = PathBuf::new();
-                for (step, model) in rule.models.iter().enumerate() {
-                    if !translators.contains_key(model) {
-                        let t = open_translator(settings, Some(model))
-                            .map_err(|e| fail(e.to_string()))?;
-                        translators.insert(model.clone(), t);
-                    }
-                    let Some(t) = translators.get_mut(model) else {
-                        return Err(fail(format!("model {model} not loaded")));
-                    };
-                    let before = t.run_stats().0;
-                    let out = work.join(format!("step{}", step + 1));
-                    let Some(this) = input.take() else {
-                        return Err(fail("no input for the next model".into()));
-                    };
-                    let control = Control::new(self.beat.clone(), self.cancel.clone());
-                    let (published, _) = process_series(
-                        settings, t, this, &out, false, &salt, &control,
-                    )
-                    .map_err(|e| match e {
-                        SeriesError::Cancelled { series_uid } => {
-                            PipelineError::Cancelled { series_uid }
+                match self.harmonize(settings, translators, ready, &rule, series, &work) {
+                    Ok(last_dir) => {
+                        self.metrics.series_translated.inc();
+                        payloads.push((last_dir, "derived"));
+                        if rule.forward_original {
+                            payloads.push((originals.clone(), "original"));
                         }
-                        e => fail(e.to_string()),
-                    })?;
-                    self.metrics
-                        .inference_seconds
-                        .inc_by(t.run_stats().0 - before);
-                    last_dir = published.dir.clone();
-                    if step + 1 < rule.models.len() {
-                        input = Some(read_series(&last_dir).map_err(&fail)?);
                     }
-                }
-                self.metrics.series_translated.inc();
-                payloads.push((last_dir, "derived"));
-                if rule.forward_original {
-                    payloads.push((ready.dir.clone(), "original"));
+                    Err(
+                        e @ (PipelineError::Transient { .. } | PipelineError::Cancelled { .. }),
+                    ) => return Err(e),
+                    Err(e) if rule.forward_original && !rule.destinations.is_empty() => {
+                        // A reason not to harmonize is no reason to drop what we acknowledged.
+                        self.metrics.series_failed.inc();
+                        let _ = std::fs::remove_dir_all(&work);
+                        tracing::warn!(event = "series_not_harmonized", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series not harmonized; its originals are forwarded");
+                        payloads.push((originals.clone(), "original"));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
         if rule.destinations.is_empty() {
             tracing::warn!(event = "no_destinations", series_uid = %ready.series_uid, rule = %rule.name, "rule has no destinations; nothing is forwarded");
             self.spool
-                .remove_series(&ready.dir)
-                .map_err(|e| fail(e.to_string()))?;
+                .discard(&ready.dir)
+                .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
             let _ = std::fs::remove_dir_all(&work);
             return Ok(0);
         }
@@ -217,40 +344,108 @@ impl Processor {
                     last_error: String::new(),
                     acknowledged: Vec::new(),
                 };
-                self.outbox.put(&job).map_err(|e| fail(e.to_string()))?;
+                self.outbox.put(&job).map_err(|e| transient(&e, None))?;
                 ids.push(job.id);
             }
         }
         self.spool
             .mark_processed(&ready.dir, &ids)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
         Ok(ids.len())
     }
 
-    /// Moves a failed series out of the spool into `<state>/quarantine/` with its reason.
-    fn quarantine(&self, ready: &ReadySeries, reason: &str) {
-        let q = self.state_dir.join("quarantine").join(format!(
+    /// Runs the rule's models in order; returns the folder of the last derived series.
+    fn harmonize(
+        &self,
+        settings: &Settings,
+        translators: &mut HashMap<String, Translator>,
+        ready: &ReadySeries,
+        rule: &crate::config::Rule,
+        series: Series,
+        work: &Path,
+    ) -> Result<PathBuf, PipelineError> {
+        let fail = |reason: String| PipelineError::Series {
+            series_uid: ready.series_uid.clone(),
+            reason,
+        };
+        let salt = if ready.version > 1 {
+            format!("v{}", ready.version)
+        } else {
+            String::new()
+        };
+        if work.exists() {
+            let _ = std::fs::remove_dir_all(work);
+        }
+        let mut input = Some(series);
+        let mut last_dir = PathBuf::new();
+        for (step, model) in rule.models.iter().enumerate() {
+            if !translators.contains_key(model) {
+                let t = open_translator(settings, Some(model)).map_err(|e| fail(e.to_string()))?;
+                translators.insert(model.clone(), t);
+            }
+            let Some(t) = translators.get_mut(model) else {
+                return Err(fail(format!("model {model} not loaded")));
+            };
+            let before = t.run_stats().0;
+            let out = work.join(format!("step{}", step + 1));
+            let Some(this) = input.take() else {
+                return Err(fail("no input for the next model".into()));
+            };
+            let control = Control::new(self.beat.clone(), self.cancel.clone());
+            let (published, _) = process_series(settings, t, this, &out, false, &salt, &control)
+                .map_err(|e| {
+                    if let SeriesError::Cancelled { series_uid } = e {
+                        return PipelineError::Cancelled { series_uid };
+                    }
+                    match transient_cause(&e) {
+                        Some(errno) => PipelineError::Transient {
+                            series_uid: ready.series_uid.clone(),
+                            reason: e.to_string(),
+                            errno,
+                        },
+                        None => fail(e.to_string()),
+                    }
+                })?;
+            self.metrics
+                .inference_seconds
+                .inc_by(t.run_stats().0 - before);
+            last_dir = published.dir.clone();
+            if step + 1 < rule.models.len() {
+                input = Some(read_series(&last_dir).map_err(&fail)?);
+            }
+        }
+        Ok(last_dir)
+    }
+
+    /// Moves a failed version out of the spool into the quarantine folder with its reason. On
+    /// failure the version stays in the spool (an ERROR event) and the caller retries later.
+    fn quarantine(
+        &self,
+        settings: &Settings,
+        ready: &ReadySeries,
+        reason: &str,
+    ) -> Result<(), crate::spool::SpoolError> {
+        let name = format!(
             "{}-v{}-{}",
             ready.series_uid,
             ready.version,
             crate::forward::outbox::now_ms()
-        ));
-        let result = std::fs::create_dir_all(self.state_dir.join("quarantine"))
-            .and_then(|_| std::fs::rename(&ready.dir, &q))
-            .and_then(|_| std::fs::write(q.join("reason.txt"), format!("{reason}\n")));
+        );
         let work = self.work_dir(ready);
         if work.exists() {
             let _ = std::fs::remove_dir_all(&work);
         }
-        if let Some(study) = ready.dir.parent() {
-            let _ = std::fs::remove_dir(study);
-        }
-        match result {
-            Ok(()) => {
-                events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason)
+        match self
+            .spool
+            .quarantine(&ready.dir, &settings.state.quarantine(), &name, reason)
+        {
+            Ok(q) => {
+                events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason);
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, reason = %e)
+                tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series stays in the spool; tried again later");
+                Err(e)
             }
         }
     }

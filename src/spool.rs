@@ -1,13 +1,62 @@
-//! Spool stage: every received instance is durably on disk before its C-STORE success is sent
-//! (write to a temporary file, fsync, rename, fsync the folder). Layout under `<state>/spool/`:
-//! `<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`, plus `.processed` in a series folder
-//! once its outbound jobs are durably written. UIDs are validated before they become path names, so a
-//! crafted UID cannot escape the spool. At start-up [`Spool::recover`] lists every series still there.
+//! Spool stage: the durable store of every acknowledged instance, from its C-STORE success until
+//! every destination has acknowledged what was made of it. UIDs are validated before they become
+//! path names, so a crafted UID cannot escape the spool.
+//!
+//! # Layout
+//!
+//! ```text
+//! <state>/spool/.tmp/                              writes in progress (emptied at start-up)
+//! <state>/spool/<study>/<series>/<sop>.dcm         incoming: acknowledged, not yet handed over
+//! <state>/spool/<study>/<series>/.v<N>.tmp/        a hand-over in progress (undone at start-up)
+//! <state>/spool/<study>/<series>/v<N>/             version N of the series, handed to processing:
+//!     .version       what it is (VersionInfo, TOML)
+//!     .processing    crash counter: processing started N times without finishing
+//!     .processed     its outbound jobs are durably in the outbox
+//!     <series>/<sop>.dcm   its instances (the payload of its "original" jobs)
+//! <state>/kept/<study>/<series>/v<N>-<ms>/         the last delivered version, kept for
+//!                                                  `series.keep_delivered_seconds` (late instances)
+//! ```
+//!
+//! A series is handed to processing by [`Spool::freeze`]: its incoming instances move into a new
+//! version folder; instances arriving later go to the incoming folder again and become a later
+//! version. Jobs name their version folder, so the clean-up after a delivery removes exactly what
+//! that delivery covered.
+//!
+//! # Durability argument: why a Success status means the instance survives
+//!
+//! 1. The C-STORE success is sent only after [`Spool::store`] returned: the bytes were written to a
+//!    temporary file, fsynced, renamed into the incoming folder, and that folder fsynced. From then
+//!    on the instance survives a power loss.
+//! 2. An instance leaves the incoming folder only (a) by a rename into `.v<N>.tmp/` during a
+//!    hand-over (same file system: at every instant the file is in exactly one of the two folders;
+//!    both folders are fsynced before `.v<N>.tmp` is renamed to `v<N>`, and start-up recovery moves
+//!    the content of any `.v<N>.tmp` back to the incoming folder), or (b) when the series stage
+//!    deletes a re-sent copy of an instance whose SOP Instance UID is already in a version (or was
+//!    delivered): the instance itself stays where it was.
+//! 3. A version folder receives no new instance after its hand-over (only markers). A version
+//!    folder leaves the spool only (a) through [`Spool::remove_series`], called once no queued or
+//!    dead-lettered job names it (`Outbox::needs`), i.e. after every destination acknowledged every
+//!    job of that version; jobs are written and fsynced before `.processed`, and a version without
+//!    `.processed` is processed again at start-up; (b) through [`Spool::quarantine`], a rename (or,
+//!    across file systems, a copy fsynced before the source is removed); when that fails the folder
+//!    stays in the spool and the series is tried again later; (c) through [`Spool::discard`], for a
+//!    rule whose plan is "drop" or that names no destination (nothing is to be delivered, by
+//!    configuration).
+//! 4. Derived files are never needed for durability: they are made again from the version folder,
+//!    with the same UIDs.
+//!
+//! Hence between the Success status and the last destination's acknowledgement, at every instant
+//! and across any crash or power loss, each acknowledged instance is in the incoming folder, a
+//! hand-over folder, a version folder or the quarantine.
 
 use dicom_object::FileMetaTableBuilder;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::derive::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
@@ -29,6 +78,66 @@ pub enum SpoolError {
         free_mib: u64,
         min_mib: u64,
     },
+    #[error("spool {path}: {reason}")]
+    Version { path: PathBuf, reason: String },
+}
+
+impl SpoolError {
+    /// The I/O error underneath, if any.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            SpoolError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// True for an I/O error that may go away by itself (full or over-quota file system, too many open
+/// files, out of memory, interrupted, busy, I/O error, read-only remount): the work is retried
+/// later, never quarantined.
+pub fn transient_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull
+            | K::QuotaExceeded
+            | K::OutOfMemory
+            | K::Interrupted
+            | K::WouldBlock
+            | K::TimedOut
+            | K::ResourceBusy
+            | K::ReadOnlyFilesystem
+    ) || matches!(
+        e.raw_os_error(),
+        // ENOSPC, EDQUOT, EIO, ENOMEM, ENFILE, EMFILE, EAGAIN, EINTR, EBUSY, ETIMEDOUT, EROFS
+        Some(28 | 122 | 5 | 12 | 23 | 24 | 11 | 4 | 16 | 110 | 30)
+    )
+}
+
+/// The errno of an I/O error by name ("ENOSPC (28)"), or its kind when it has none.
+pub fn errno_label(e: &std::io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(28) => "ENOSPC",
+        Some(122) => "EDQUOT",
+        Some(5) => "EIO",
+        Some(12) => "ENOMEM",
+        Some(23) => "ENFILE",
+        Some(24) => "EMFILE",
+        Some(11) => "EAGAIN",
+        Some(4) => "EINTR",
+        Some(16) => "EBUSY",
+        Some(110) => "ETIMEDOUT",
+        Some(30) => "EROFS",
+        Some(13) => "EACCES",
+        Some(2) => "ENOENT",
+        Some(18) => "EXDEV",
+        Some(_) => "errno",
+        None => return format!("{:?}", e.kind()),
+    };
+    match e.raw_os_error() {
+        Some(n) => format!("{name} ({n})"),
+        None => name.to_string(),
+    }
 }
 
 /// True for a syntactically valid UID (PS3.5 9.1): 1 to 64 characters, digits and dots, no empty
@@ -61,15 +170,53 @@ pub struct InstanceKey {
     pub transfer_syntax: String,
 }
 
+/// What a version folder holds (its `.version` file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    pub study_uid: String,
+    pub series_uid: String,
+    /// 1 for the first hand-over of the series; higher for late instances.
+    pub version: u32,
+    pub calling_ae: String,
+    pub called_ae: String,
+    /// The earlier version whose instances were carried over into this one (late instances).
+    #[serde(default)]
+    pub previous: Option<u32>,
+}
+
+/// One version folder (in the spool, or kept after delivery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledVersion {
+    pub info: VersionInfo,
+    /// The version folder (markers; the jobs' `spool_dir`).
+    pub dir: PathBuf,
+    /// SOP Instance UIDs of its instances.
+    pub sops: BTreeSet<String>,
+    /// Its outbound jobs were written.
+    pub processed: bool,
+    /// Times its processing started and never finished (the daemon died meanwhile).
+    pub crashes: u32,
+}
+
+impl SpooledVersion {
+    /// Folder of the version's instances.
+    pub fn instances_dir(&self) -> PathBuf {
+        self.dir.join(&self.info.series_uid)
+    }
+}
+
 /// A series folder found in the spool at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpooledSeries {
     pub study_uid: String,
     pub series_uid: String,
+    /// The incoming folder.
     pub dir: PathBuf,
+    /// Instances in the incoming folder (not yet handed over).
     pub instances: usize,
-    /// Its outbound jobs were written before the stop.
-    pub processed: bool,
+    /// Versions handed over, by version number.
+    pub versions: Vec<SpooledVersion>,
 }
 
 /// Makes temporary file names unique within the process (two associations may store the same
@@ -81,8 +228,13 @@ fn tmp_name(sop_instance_uid: &str) -> String {
     format!("{sop_instance_uid}.{}.{n}", std::process::id())
 }
 
-/// Name of the marker written once a series' outbound jobs are durable.
+/// Name of the marker written once a version's outbound jobs are durable.
 pub const PROCESSED_MARKER: &str = ".processed";
+/// Name of the crash marker: present while a version is being processed, holding how many times
+/// its processing started without finishing.
+pub const PROCESSING_MARKER: &str = ".processing";
+/// Name of a version's description.
+pub const VERSION_FILE: &str = ".version";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
@@ -96,12 +248,99 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+fn now_ms() -> u64 {
+    crate::forward::outbox::now_ms()
+}
+
+/// `.dcm` files directly in `dir` (none when it does not exist).
+fn dcm_files(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn sop_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+/// `v<N>` → N.
+fn version_of(name: &str) -> Option<u32> {
+    name.strip_prefix('v')?.parse().ok()
+}
+
+/// `v<N>-<ms>` → (N, ms).
+fn kept_name(name: &str) -> Option<(u32, u64)> {
+    let (v, ms) = name.split_once('-')?;
+    Some((version_of(v)?, ms.parse().ok()?))
+}
+
+/// Writes `text` to `path` durably (temporary file, fsync, rename, fsync of the folder).
+fn write_durably(path: &Path, text: &str) -> Result<(), SpoolError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(dir).map_err(io(dir))
+}
+
+/// Hard link, or copy + fsync where links are not possible.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    fs::copy(from, to).map_err(io(to))?;
+    fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(io(to))
+}
+
+/// Copies a folder tree, every file and folder fsynced.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), SpoolError> {
+    fs::create_dir_all(to).map_err(io(to))?;
+    for e in fs::read_dir(from).map_err(io(from))?.flatten() {
+        let p = e.path();
+        let t = to.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_tree(&p, &t)?;
+        } else {
+            fs::copy(&p, &t).map_err(io(&t))?;
+            fs::File::open(&t)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&t))?;
+        }
+    }
+    sync_dir(to).map_err(io(to))
+}
+
 /// The durable instance store.
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
     tmp: PathBuf,
+    kept: PathBuf,
     min_free_mib: u64,
+    keep: Duration,
+    /// Serialises hand-overs, retirements and quarantines (they move version folders).
+    lock: Arc<Mutex<()>>,
 }
 
 impl Spool {
@@ -116,12 +355,25 @@ impl Spool {
         Ok(Self {
             root,
             tmp,
+            kept: state_dir.join("kept"),
             min_free_mib,
+            keep: Duration::ZERO,
+            lock: Arc::default(),
         })
+    }
+
+    /// Keeps each series' last delivered version for `keep` (late instances are added to it).
+    pub fn with_keep(mut self, keep: Duration) -> Self {
+        self.keep = keep;
+        self
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Free space of the spool's file system in MiB.
@@ -131,24 +383,49 @@ impl Spool {
             .map_err(io(&self.root))
     }
 
-    /// Fails with [`SpoolError::DiskFull`] when free space is under the watermark.
-    pub fn check_space(&self) -> Result<(), SpoolError> {
-        let free_mib = self.free_mib()?;
-        if free_mib < self.min_free_mib {
+    /// Fails with [`SpoolError::DiskFull`] when free space is under `min_mib`, after releasing the
+    /// delivered versions kept for late instances.
+    pub fn check_space_for(&self, min_mib: u64) -> Result<(), SpoolError> {
+        if min_mib == 0 {
+            return Ok(());
+        }
+        let mut free_mib = self.free_mib()?;
+        if free_mib < min_mib && self.prune_kept(true) > 0 {
+            free_mib = self.free_mib()?;
+        }
+        if free_mib < min_mib {
             return Err(SpoolError::DiskFull {
                 path: self.root.clone(),
                 free_mib,
-                min_mib: self.min_free_mib,
+                min_mib,
             });
         }
         Ok(())
     }
 
-    /// Folder of one series (UIDs validated).
+    /// Fails with [`SpoolError::DiskFull`] when free space is under the watermark.
+    pub fn check_space(&self) -> Result<(), SpoolError> {
+        self.check_space_for(self.min_free_mib)
+    }
+
+    /// The incoming folder of one series (UIDs validated).
     pub fn series_dir(&self, study_uid: &str, series_uid: &str) -> Result<PathBuf, SpoolError> {
         check_uid("StudyInstanceUID", study_uid)?;
         check_uid("SeriesInstanceUID", series_uid)?;
         Ok(self.root.join(study_uid).join(series_uid))
+    }
+
+    /// Renames `from` into `dir/name`, creating `dir` again when a clean-up removed it meanwhile.
+    fn rename_into(&self, from: &Path, dir: &Path, path: &Path) -> Result<(), SpoolError> {
+        for _ in 0..3 {
+            fs::create_dir_all(dir).map_err(io(dir))?;
+            match fs::rename(from, path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => continue,
+                Err(e) => return Err(io(path)(e)),
+            }
+        }
+        fs::rename(from, path).map_err(io(path))
     }
 
     /// Stores one instance received over the network: a Part 10 file made of our file meta and the
@@ -184,7 +461,6 @@ impl Spool {
             uid: key.sop_instance_uid.clone(),
             reason: e.to_string(),
         })?;
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(&head).map_err(io(&tmp))?;
@@ -192,7 +468,10 @@ impl Spool {
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
         let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        if let Err(e) = self.rename_into(&tmp, &dir, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         sync_dir(&dir).map_err(io(&dir))?;
         Ok(path)
     }
@@ -210,7 +489,10 @@ impl Spool {
             fs::File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .map_err(io(&tmp))?;
-            fs::rename(&tmp, &path).map_err(io(&path))?;
+            if let Err(e) = self.rename_into(&tmp, &dir, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
             sync_dir(&dir).map_err(io(&dir))?;
             fs::remove_file(from).map_err(io(from))?;
         } else {
@@ -219,34 +501,337 @@ impl Spool {
         Ok(path)
     }
 
-    /// Marks a series whose jobs are durably in the outbox.
-    pub fn mark_processed(&self, dir: &Path, jobs: &[String]) -> Result<(), SpoolError> {
-        let p = dir.join(PROCESSED_MARKER);
-        let tmp = dir.join(".processed.tmp");
-        fs::write(&tmp, jobs.join("\n")).map_err(io(&tmp))?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &p).map_err(io(&p))?;
-        sync_dir(dir).map_err(io(dir))
+    /// Removes the incoming copy of an instance the series stage recognised as re-sent (its SOP
+    /// Instance UID is already in a version, or was delivered).
+    pub fn drop_copy(&self, study_uid: &str, series_uid: &str, sop_instance_uid: &str) {
+        if !is_valid_uid(sop_instance_uid) {
+            return;
+        }
+        if let Ok(dir) = self.series_dir(study_uid, series_uid) {
+            let _ = fs::remove_file(dir.join(format!("{sop_instance_uid}.dcm")));
+        }
     }
 
-    /// Deletes a delivered series and prunes its study folder when empty.
+    /// Version folders of a series in the spool, by version.
+    fn spool_versions(incoming: &Path) -> Vec<(u32, PathBuf)> {
+        let mut v: Vec<(u32, PathBuf)> = fs::read_dir(incoming)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| Some((version_of(&e.file_name().to_string_lossy())?, e.path())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Kept (delivered) version folders of a series, by version.
+    fn kept_versions(&self, study_uid: &str, series_uid: &str) -> Vec<(u32, PathBuf)> {
+        let dir = self.kept.join(study_uid).join(series_uid);
+        let mut v: Vec<(u32, PathBuf)> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some((kept_name(&e.file_name().to_string_lossy())?.0, e.path())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Hands a series over to processing: its incoming instances move into a new version folder
+    /// (numbered at least `min_version`, above every version of the series still on disk). With
+    /// `carry_over`, the instances of the latest earlier version (still in the spool, or kept after
+    /// delivery) are linked in too, so that a version made for late instances is the whole series.
+    /// `None` when the incoming folder holds no instance.
+    pub fn freeze(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        min_version: u32,
+        calling_ae: &str,
+        called_ae: &str,
+        carry_over: bool,
+    ) -> Result<Option<SpooledVersion>, SpoolError> {
+        let incoming = self.series_dir(study_uid, series_uid)?;
+        let _g = self.guard();
+        let files = dcm_files(&incoming)?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let in_spool = Self::spool_versions(&incoming);
+        let kept = self.kept_versions(study_uid, series_uid);
+        let on_disk = in_spool
+            .iter()
+            .chain(kept.iter())
+            .map(|(v, _)| v + 1)
+            .max()
+            .unwrap_or(1);
+        let version = min_version.max(on_disk).max(1);
+        let tmp = incoming.join(format!(".v{version}.tmp"));
+        if tmp.exists() {
+            self.undo_handover(&incoming, &tmp)?;
+        }
+        let inst = tmp.join(series_uid);
+        fs::create_dir_all(&inst).map_err(io(&inst))?;
+        for f in &files {
+            let Some(name) = f.file_name() else { continue };
+            let to = inst.join(name);
+            match fs::rename(f, &to) {
+                Ok(()) => {}
+                // Removed meanwhile (a re-sent copy dropped by the series stage).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&to)(e)),
+            }
+        }
+        let mut previous = None;
+        if carry_over {
+            let earlier = in_spool
+                .iter()
+                .chain(kept.iter())
+                .filter(|(v, _)| *v < version)
+                .max_by_key(|(v, _)| *v);
+            if let Some((v, dir)) = earlier {
+                for f in dcm_files(&dir.join(series_uid))? {
+                    let Some(name) = f.file_name() else { continue };
+                    let to = inst.join(name);
+                    if !to.exists() {
+                        link_or_copy(&f, &to)?;
+                    }
+                }
+                previous = Some(*v);
+            }
+        }
+        let info = VersionInfo {
+            study_uid: study_uid.to_string(),
+            series_uid: series_uid.to_string(),
+            version,
+            calling_ae: calling_ae.to_string(),
+            called_ae: called_ae.to_string(),
+            previous,
+        };
+        let text = toml::to_string(&info).map_err(|e| SpoolError::Version {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+        write_durably(&tmp.join(VERSION_FILE), &text)?;
+        sync_dir(&inst).map_err(io(&inst))?;
+        sync_dir(&incoming).map_err(io(&incoming))?;
+        let dir = incoming.join(format!("v{version}"));
+        fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        sync_dir(&incoming).map_err(io(&incoming))?;
+        let sops = dcm_files(&dir.join(series_uid))?
+            .iter()
+            .map(|p| sop_of(p))
+            .collect();
+        Ok(Some(SpooledVersion {
+            info,
+            dir,
+            sops,
+            processed: false,
+            crashes: 0,
+        }))
+    }
+
+    /// Moves the instances of an interrupted hand-over back to the incoming folder.
+    fn undo_handover(&self, incoming: &Path, tmp: &Path) -> Result<(), SpoolError> {
+        for sub in fs::read_dir(tmp).map_err(io(tmp))?.flatten() {
+            if !sub.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for f in dcm_files(&sub.path())? {
+                let Some(name) = f.file_name() else { continue };
+                let to = incoming.join(name);
+                if to.exists() {
+                    fs::remove_file(&f).map_err(io(&f))?;
+                } else {
+                    fs::rename(&f, &to).map_err(io(&to))?;
+                }
+            }
+        }
+        sync_dir(incoming).map_err(io(incoming))?;
+        fs::remove_dir_all(tmp).map_err(io(tmp))
+    }
+
+    /// Reads a version folder (`.version`, instances, markers).
+    fn read_version(dir: &Path, study_uid: &str, series_uid: &str, version: u32) -> SpooledVersion {
+        let info = fs::read_to_string(dir.join(VERSION_FILE))
+            .ok()
+            .and_then(|t| toml::from_str::<VersionInfo>(&t).ok())
+            .filter(|i| i.study_uid == study_uid && i.series_uid == series_uid)
+            .unwrap_or_else(|| VersionInfo {
+                study_uid: study_uid.to_string(),
+                series_uid: series_uid.to_string(),
+                version,
+                calling_ae: String::new(),
+                called_ae: String::new(),
+                previous: None,
+            });
+        let sops = dcm_files(&dir.join(series_uid))
+            .unwrap_or_default()
+            .iter()
+            .map(|p| sop_of(p))
+            .collect();
+        SpooledVersion {
+            info,
+            dir: dir.to_owned(),
+            sops,
+            processed: dir.join(PROCESSED_MARKER).exists(),
+            crashes: crash_count(dir),
+        }
+    }
+
+    /// Writes the crash marker before a version is processed: returns how many times its
+    /// processing has now started without finishing (1 on a first attempt).
+    pub fn mark_processing(&self, dir: &Path) -> Result<u32, SpoolError> {
+        let n = crash_count(dir) + 1;
+        write_durably(&dir.join(PROCESSING_MARKER), &format!("{n}\n"))?;
+        Ok(n)
+    }
+
+    /// Removes the crash marker once processing finished (whatever its outcome).
+    pub fn clear_processing(&self, dir: &Path) {
+        if fs::remove_file(dir.join(PROCESSING_MARKER)).is_ok() {
+            let _ = sync_dir(dir);
+        }
+    }
+
+    /// Marks a version whose jobs are durably in the outbox.
+    pub fn mark_processed(&self, dir: &Path, jobs: &[String]) -> Result<(), SpoolError> {
+        write_durably(&dir.join(PROCESSED_MARKER), &jobs.join("\n"))
+    }
+
+    /// `dir` as (study, series, version) when it is a version folder of this spool.
+    fn parse_version_dir(&self, dir: &Path) -> Option<(String, String, u32)> {
+        let rel = dir.strip_prefix(&self.root).ok()?;
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().to_string())
+            .collect();
+        match parts.as_slice() {
+            [study, series, v] if is_valid_uid(study) && is_valid_uid(series) => {
+                Some((study.clone(), series.clone(), version_of(v)?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Removes the series and study folders of a version folder when they are empty.
+    fn prune_parents(dir: &Path) {
+        if let Some(series) = dir.parent() {
+            if fs::remove_dir(series).is_ok() {
+                if let Some(study) = series.parent() {
+                    let _ = fs::remove_dir(study); // only succeeds when empty
+                }
+            }
+        }
+    }
+
+    /// Retires a delivered version: it leaves the spool (kept for `series.keep_delivered_seconds`
+    /// so that late instances can make a whole new version, then deleted). Only version folders are
+    /// ever removed: an incoming folder never is.
     pub fn remove_series(&self, dir: &Path) -> Result<(), SpoolError> {
-        if !dir.starts_with(&self.root) {
+        self.retire(dir, !self.keep.is_zero())
+    }
+
+    /// Deletes a version nothing is to be delivered from (plan "drop", no destination).
+    pub fn discard(&self, dir: &Path) -> Result<(), SpoolError> {
+        self.retire(dir, false)
+    }
+
+    fn retire(&self, dir: &Path, keep: bool) -> Result<(), SpoolError> {
+        let Some((study, series, version)) = self.parse_version_dir(dir) else {
+            tracing::warn!(event = "spool_cleanup_skipped", path = %dir.display(), "not a version folder of the spool; left in place");
             return Ok(());
+        };
+        {
+            let _g = self.guard();
+            if dir.exists() {
+                let mut kept = false;
+                if keep {
+                    let kdir = self.kept.join(&study).join(&series);
+                    if fs::create_dir_all(&kdir).is_ok() {
+                        for (_, old) in self.kept_versions(&study, &series) {
+                            let _ = fs::remove_dir_all(old);
+                        }
+                        let _ = fs::remove_file(dir.join(PROCESSING_MARKER));
+                        kept =
+                            fs::rename(dir, kdir.join(format!("v{version}-{}", now_ms()))).is_ok();
+                    }
+                }
+                if !kept {
+                    fs::remove_dir_all(dir).map_err(io(dir))?;
+                }
+            }
+            Self::prune_parents(dir);
         }
-        if dir.exists() {
-            fs::remove_dir_all(dir).map_err(io(dir))?;
-        }
-        if let Some(study) = dir.parent() {
-            let _ = fs::remove_dir(study); // only succeeds when empty
-        }
+        self.prune_kept(false);
         Ok(())
     }
 
-    /// Every series folder in the spool.
+    /// Deletes kept versions older than the keep time (all of them with `all`); returns how many.
+    pub fn prune_kept(&self, all: bool) -> usize {
+        let _g = self.guard();
+        let now = now_ms();
+        let keep_ms = self.keep.as_millis() as u64;
+        let mut n = 0;
+        for study in fs::read_dir(&self.kept).into_iter().flatten().flatten() {
+            for series in fs::read_dir(study.path()).into_iter().flatten().flatten() {
+                for v in fs::read_dir(series.path()).into_iter().flatten().flatten() {
+                    let old = kept_name(&v.file_name().to_string_lossy())
+                        .is_none_or(|(_, ms)| now.saturating_sub(ms) >= keep_ms);
+                    if (all || old) && fs::remove_dir_all(v.path()).is_ok() {
+                        n += 1;
+                    }
+                }
+                let _ = fs::remove_dir(series.path());
+            }
+            let _ = fs::remove_dir(study.path());
+        }
+        n
+    }
+
+    /// Moves a version folder into `quarantine_root/name` with its reason (`reason.txt`): a rename,
+    /// or across file systems a copy, fsynced, before the source is removed. On failure the folder
+    /// stays in the spool.
+    pub fn quarantine(
+        &self,
+        dir: &Path,
+        quarantine_root: &Path,
+        name: &str,
+        reason: &str,
+    ) -> Result<PathBuf, SpoolError> {
+        let _g = self.guard();
+        write_durably(&dir.join("reason.txt"), &format!("{reason}\n"))?;
+        fs::create_dir_all(quarantine_root).map_err(io(quarantine_root))?;
+        let target = quarantine_root.join(name);
+        match fs::rename(dir, &target) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(18)
+                    || e.kind() == std::io::ErrorKind::CrossesDevices =>
+            {
+                let part = quarantine_root.join(format!(".{name}.partial"));
+                if part.exists() {
+                    fs::remove_dir_all(&part).map_err(io(&part))?;
+                }
+                copy_tree(dir, &part)?;
+                fs::rename(&part, &target).map_err(io(&target))?;
+                sync_dir(quarantine_root).map_err(io(quarantine_root))?;
+                fs::remove_dir_all(dir).map_err(io(dir))?;
+            }
+            Err(e) => return Err(io(&target)(e)),
+        }
+        let _ = sync_dir(quarantine_root);
+        if let Some(parent) = dir.parent() {
+            let _ = sync_dir(parent);
+        }
+        Self::prune_parents(dir);
+        Ok(target)
+    }
+
+    /// Every series folder in the spool, with its versions; interrupted hand-overs are undone first.
     pub fn recover(&self) -> Result<Vec<SpooledSeries>, SpoolError> {
+        let _g = self.guard();
         let mut out = Vec::new();
         for study in fs::read_dir(&self.root).map_err(io(&self.root))?.flatten() {
             let study_uid = study.file_name().to_string_lossy().to_string();
@@ -262,23 +847,74 @@ impl Spool {
                 if !is_valid_uid(&series_uid) || !dir.is_dir() {
                     continue;
                 }
-                let instances = fs::read_dir(&dir)
-                    .map_err(io(&dir))?
-                    .flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "dcm"))
-                    .count();
+                let mut versions = Vec::new();
+                for e in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
+                    if name.starts_with(".v") && name.ends_with(".tmp") {
+                        self.undo_handover(&dir, &e.path())?;
+                    } else if let Some(v) = version_of(&name) {
+                        versions.push(Self::read_version(&e.path(), &study_uid, &series_uid, v));
+                    }
+                }
+                versions.sort_by_key(|v| v.info.version);
+                // A marker of the layout before version folders: its instances are incoming again.
+                let _ = fs::remove_file(dir.join(PROCESSED_MARKER));
                 out.push(SpooledSeries {
                     study_uid: study_uid.clone(),
                     series_uid,
-                    processed: dir.join(PROCESSED_MARKER).exists(),
+                    instances: dcm_files(&dir)?.len(),
                     dir,
-                    instances,
+                    versions,
                 });
             }
         }
         out.sort_by(|a, b| a.dir.cmp(&b.dir));
         Ok(out)
     }
+
+    /// The delivered versions still kept (the last one of each series).
+    pub fn kept(&self) -> Vec<SpooledVersion> {
+        let _g = self.guard();
+        let mut out = Vec::new();
+        for study in fs::read_dir(&self.kept).into_iter().flatten().flatten() {
+            let study_uid = study.file_name().to_string_lossy().to_string();
+            for series in fs::read_dir(study.path()).into_iter().flatten().flatten() {
+                let series_uid = series.file_name().to_string_lossy().to_string();
+                if !is_valid_uid(&study_uid) || !is_valid_uid(&series_uid) {
+                    continue;
+                }
+                for v in fs::read_dir(series.path()).into_iter().flatten().flatten() {
+                    if let Some((n, _)) = kept_name(&v.file_name().to_string_lossy()) {
+                        out.push(Self::read_version(&v.path(), &study_uid, &series_uid, n));
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|v| v.info.version);
+        out
+    }
+}
+
+/// The crash counter of a version folder (0 without marker).
+pub fn crash_count(dir: &Path) -> u32 {
+    fs::read_to_string(dir.join(PROCESSING_MARKER))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The calling AE title recorded in a spooled file's meta group, read without parsing the dataset
+/// (recovery must not parse what may have crashed the daemon).
+pub fn source_ae_title(path: &Path) -> Option<String> {
+    let mut f = std::io::BufReader::new(fs::File::open(path).ok()?);
+    let mut preamble = [0u8; 128];
+    std::io::Read::read_exact(&mut f, &mut preamble).ok()?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(f).ok()?;
+    meta.source_application_entity_title
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
 }
 
 #[cfg(test)]
@@ -318,28 +954,168 @@ mod tests {
         ));
     }
 
+    fn key(series: &str, sop: &str) -> InstanceKey {
+        InstanceKey {
+            study_uid: "1.2".into(),
+            series_uid: series.into(),
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+        }
+    }
+
     #[test]
     fn store_then_recover() {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path(), 0).unwrap();
-        let key = InstanceKey {
-            study_uid: "1.2".into(),
-            series_uid: "1.2.3".into(),
-            sop_instance_uid: "1.2.3.4".into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-        };
-        let p = s.store(&key, "MOD", b"").unwrap();
+        let p = s.store(&key("1.2.3", "1.2.3.4"), "MOD", b"").unwrap();
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(&bytes[128..132], b"DICM");
+        assert_eq!(source_ae_title(&p).as_deref(), Some("MOD"));
         let r = s.recover().unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].instances, 1);
-        assert!(!r[0].processed);
-        s.mark_processed(&r[0].dir, &["a".into()]).unwrap();
-        assert!(s.recover().unwrap()[0].processed);
-        s.remove_series(&r[0].dir).unwrap();
+        assert!(r[0].versions.is_empty());
+        let v = s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.info.version, 1);
+        let r = s.recover().unwrap();
+        assert_eq!(r[0].instances, 0);
+        assert_eq!(r[0].versions, vec![v.clone()]);
+        s.mark_processed(&v.dir, &["a".into()]).unwrap();
+        assert!(s.recover().unwrap()[0].versions[0].processed);
+        s.remove_series(&v.dir).unwrap();
         assert!(s.recover().unwrap().is_empty());
+        assert!(!dir.path().join("spool/1.2").exists());
+    }
+
+    /// Item 1 of issue 9: a late instance arriving while version 1 is being forwarded goes to a
+    /// new version; version 1's clean-up removes only version 1's folder.
+    #[test]
+    fn a_late_instance_survives_the_clean_up_of_the_version_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0)
+            .unwrap()
+            .with_keep(Duration::from_secs(600));
+        for i in 1..=3 {
+            s.store(&key("1.2.3", &format!("1.2.3.{i}")), "MOD", b"")
+                .unwrap();
+        }
+        let v1 = s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v1.sops.len(), 3);
+        // Acknowledged after version 1 was handed over.
+        s.store(&key("1.2.3", "1.2.3.4"), "MOD", b"").unwrap();
+        // Version 1 delivered: its clean-up.
+        s.remove_series(&v1.dir).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(r[0].instances, 1, "the late instance is still in the spool");
+        let v2 = s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v2.info.version, 2);
+        assert_eq!(v2.info.previous, Some(1));
+        // Version 2 is the whole series: version 1's instances (kept) and the late one.
+        assert_eq!(v2.sops.len(), 4);
+        assert!(v2.instances_dir().join("1.2.3.4.dcm").exists());
+        // Without carry-over, only the late instances.
+        s.store(&key("1.2.3", "1.2.3.5"), "MOD", b"").unwrap();
+        let v3 = s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v3.info.version, 3);
+        assert_eq!(v3.sops.len(), 1);
+        assert_eq!(v3.info.previous, None);
+        // Nothing to hand over: no version.
+        assert!(s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", true)
+            .unwrap()
+            .is_none());
+        // Kept versions go when the disk needs the room.
+        s.remove_series(&v2.dir).unwrap();
+        assert_eq!(s.kept().len(), 1);
+        assert_eq!(s.prune_kept(true), 1);
+        assert!(s.kept().is_empty());
+    }
+
+    /// A hand-over interrupted by a crash is undone at start-up: its instances are incoming again.
+    #[test]
+    fn interrupted_hand_over_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0).unwrap();
+        s.store(&key("1.2.3", "1.2.3.1"), "MOD", b"").unwrap();
+        s.store(&key("1.2.3", "1.2.3.2"), "MOD", b"").unwrap();
+        let incoming = s.series_dir("1.2", "1.2.3").unwrap();
+        let tmp = incoming.join(".v1.tmp").join("1.2.3");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::rename(incoming.join("1.2.3.1.dcm"), tmp.join("1.2.3.1.dcm")).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(r[0].instances, 2);
+        assert!(r[0].versions.is_empty());
+        assert!(!incoming.join(".v1.tmp").exists());
+    }
+
+    #[test]
+    fn crash_marker_counts_and_quarantine_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0).unwrap();
+        s.store(&key("1.2.3", "1.2.3.1"), "MOD", b"").unwrap();
+        let v = s
+            .freeze("1.2", "1.2.3", 1, "MOD", "US", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.mark_processing(&v.dir).unwrap(), 1);
+        assert_eq!(s.mark_processing(&v.dir).unwrap(), 2);
+        assert_eq!(s.recover().unwrap()[0].versions[0].crashes, 2);
+        s.clear_processing(&v.dir);
+        assert_eq!(crash_count(&v.dir), 0);
+        // A quarantine folder that cannot be created: the version stays in the spool.
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(s.quarantine(&v.dir, &file.join("q"), "x", "why").is_err());
+        assert!(v.instances_dir().join("1.2.3.1.dcm").exists());
+        // Across file systems when /dev/shm is one (a copy, then the source removed).
+        let other = if std::path::Path::new("/dev/shm").is_dir() {
+            tempfile::tempdir_in("/dev/shm").unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        let q = s.quarantine(&v.dir, other.path(), "x", "why").unwrap();
+        assert!(q.join("1.2.3").join("1.2.3.1.dcm").exists());
+        assert_eq!(
+            std::fs::read_to_string(q.join("reason.txt")).unwrap(),
+            "why\n"
+        );
+        assert!(!v.dir.exists());
+    }
+
+    #[test]
+    fn transient_errors_are_recognised() {
+        let e = std::io::Error::from_raw_os_error(28);
+        assert!(transient_io(&e));
+        assert_eq!(errno_label(&e), "ENOSPC (28)");
+        assert!(transient_io(&std::io::Error::from(
+            std::io::ErrorKind::StorageFull
+        )));
+        assert!(transient_io(&std::io::Error::from_raw_os_error(24)));
+        assert!(!transient_io(&std::io::Error::from_raw_os_error(2)));
+        assert!(!transient_io(&std::io::Error::from(
+            std::io::ErrorKind::InvalidData
+        )));
+        // A real ENOSPC: /dev/full refuses every write.
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            let e = f
+                .write_all(&[0u8; 4096])
+                .and_then(|_| f.flush())
+                .unwrap_err();
+            assert!(transient_io(&e), "{e:?}");
+        }
     }
 
     #[test]

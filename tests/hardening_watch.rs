@@ -205,7 +205,8 @@ fn watch_half_written_file_waits_for_its_end() {
     );
     // The one that never completes is quarantined after 10 × stable_seconds.
     assert!(
-        wait_until(secs(60), POLL, || !stuck.exists() && !reasons(&d).is_empty()),
+        wait_until(secs(60), POLL, || !stuck.exists()
+            && !reasons(&d).is_empty()),
         "{}",
         d.context()
     );
