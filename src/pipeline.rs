@@ -193,7 +193,11 @@ impl Processor {
         if let (Err(e), true) = (&result, stopping) {
             // Stopping (work cancelled by SIGTERM, say): not the series' fault. It stays in the
             // spool, unprocessed, for start-up recovery.
-            tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+            if matches!(e, PipelineError::Cancelled { .. }) {
+                tracing::info!(event = "series_cancelled", series_uid = %ready.series_uid, version = ready.version, "processing cancelled by shutdown; the series stays in the spool for recovery");
+            } else {
+                tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+            }
             let _ = std::fs::remove_dir_all(self.work_dir(ready));
             return Ok(());
         }
