@@ -124,7 +124,7 @@ pub enum GuardError {
         offset: u64,
         what: &'static str,
     },
-    #[error("pixel data does not match transfer syntax {ts}: {what}")]
+    #[error("{what} ({ts})")]
     PixelEncoding { ts: String, what: &'static str },
     #[error("transfer syntax {0} not accepted")]
     UnsupportedTransferSyntax(String),
