@@ -418,14 +418,16 @@ fn full_slots_reject_transiently_after_a_bounded_wait() {
     d.start();
     let holder = raw_associate(d.port);
     let started = Instant::now();
-    let e = dicom_ul::ClientAssociationOptions::new()
+    let e = match dicom_ul::ClientAssociationOptions::new()
         .calling_ae_title("SECOND")
         .called_ae_title(AE)
         .with_presentation_context(CT_IMAGE_STORAGE, vec![EXPLICIT_LE])
         .read_timeout(secs(30))
         .establish(("127.0.0.1", d.port))
-        .err()
-        .expect("second association accepted with every slot taken");
+    {
+        Ok(_) => panic!("second association accepted with every slot taken"),
+        Err(e) => e,
+    };
     let took = started.elapsed();
     match &e {
         dicom_ul::association::Error::Rejected { association_rj, .. } => {

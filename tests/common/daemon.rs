@@ -502,4 +502,3 @@ pub fn orthanc_sop_uids(orthanc: &Orthanc, series_id: &str) -> BTreeSet<String> 
         })
         .collect()
 }
-
