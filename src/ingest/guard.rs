@@ -170,6 +170,8 @@ struct Encoding {
     big_endian: bool,
     /// Compressed pixel data (fragments) expected.
     encapsulated: bool,
+    /// The data set is deflated (Explicit VR Little Endian inside).
+    deflated: bool,
 }
 
 fn encoding_of(ts_uid: &str) -> Result<Encoding, GuardError> {
@@ -177,14 +179,11 @@ fn encoding_of(ts_uid: &str) -> Result<Encoding, GuardError> {
     let ts = TransferSyntaxRegistry
         .get(uid)
         .ok_or_else(|| GuardError::UnsupportedTransferSyntax(uid.to_string()))?;
-    if matches!(ts.codec(), Codec::Dataset(_)) {
-        // Deflated data sets: inflating untrusted input is refused rather than bounded.
-        return Err(GuardError::UnsupportedTransferSyntax(uid.to_string()));
-    }
     Ok(Encoding {
         explicit: uid != IMPLICIT_VR_LE,
         big_endian: ts.endianness() == Endianness::Big,
         encapsulated: ts.is_encapsulated_pixel_data(),
+        deflated: matches!(ts.codec(), Codec::Dataset(_)),
     })
 }
 
@@ -279,6 +278,10 @@ struct Frame {
 /// Checks a data set as received (no preamble, no file meta) in `ts_uid`.
 pub fn check_dataset(bytes: &[u8], ts_uid: &str, limits: &Limits) -> Result<Checked, GuardError> {
     let enc = encoding_of(ts_uid)?;
+    if enc.deflated {
+        // Not accepted by the SCP; inflating is done for files only (bounded there).
+        return Err(GuardError::UnsupportedTransferSyntax(ts_uid.to_string()));
+    }
     let size = bytes.len() as u64;
     if size > limits.max_bytes {
         return Err(GuardError::TooLarge {
@@ -327,6 +330,47 @@ pub fn check_part10_file(path: &Path, limits: &Limits) -> Result<Checked, GuardE
             size,
             limit: limits.max_bytes,
         }));
+    }
+    if enc.deflated {
+        // Inflated into memory, never beyond the data set limit (a deflate bomb stops there).
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(src.r)
+            .take(limits.max_bytes.saturating_add(1))
+            .read_to_end(&mut inflated)
+            .map_err(|e| {
+                in_file(GuardError::NotPart10(
+                    if e.kind() == std::io::ErrorKind::InvalidInput
+                        || e.kind() == std::io::ErrorKind::InvalidData
+                    {
+                        "corrupt deflated data set"
+                    } else {
+                        "unreadable deflated data set"
+                    },
+                ))
+            })?;
+        if inflated.len() as u64 > limits.max_bytes {
+            return Err(in_file(GuardError::TooLarge {
+                size: inflated.len() as u64,
+                limit: limits.max_bytes,
+            }));
+        }
+        let plain = Encoding {
+            explicit: true,
+            big_endian: false,
+            deflated: false,
+            ..enc
+        };
+        let checked = walk(
+            &mut Slice {
+                bytes: &inflated,
+                pos: 0,
+            },
+            plain,
+            limits,
+        )
+        .map_err(in_file)?;
+        check_pixel_encoding(&checked, plain, &ts).map_err(in_file)?;
+        return Ok(checked);
     }
     // Offsets in errors count from the start of the file.
     let checked = walk(&mut src, enc, limits).map_err(|e| match e {
@@ -888,5 +932,55 @@ mod tests {
         assert!(e.to_string().contains("nesting"), "{e}");
         std::fs::write(&p, b"hello").unwrap();
         assert!(check_part10_file(&p, &Limits::default()).is_err());
+    }
+
+    /// A deflated data set is inflated at most up to the size limit (a deflate bomb stops there).
+    #[test]
+    fn deflated_files_are_inflated_within_the_limit() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dfl.dcm");
+        let write = |body: &[u8]| {
+            let mut meta = Vec::new();
+            el(
+                &mut meta,
+                0x0002,
+                0x0010,
+                b"UI",
+                b"1.2.840.10008.1.2.1.99\0",
+            );
+            let mut f = vec![0u8; 128];
+            f.extend_from_slice(b"DICM");
+            el(
+                &mut f,
+                0x0002,
+                0x0000,
+                b"UL",
+                &(meta.len() as u32).to_le_bytes(),
+            );
+            f.extend_from_slice(&meta);
+            let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+            z.write_all(body).unwrap();
+            f.extend_from_slice(&z.finish().unwrap());
+            std::fs::write(&p, &f).unwrap();
+        };
+        let mut body = Vec::new();
+        el(&mut body, 0x0008, 0x0060, b"CS", b"CT");
+        el(&mut body, 0x0009, 0x0010, b"OB", &vec![0u8; 8 << 20]);
+        write(&body);
+        assert!(std::fs::metadata(&p).unwrap().len() < 64 * 1024);
+        let small = Limits {
+            max_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let e = check_part10_file(&p, &small).unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
+        assert_eq!(
+            check_part10_file(&p, &Limits::default()).unwrap().elements,
+            2
+        );
+        write(&nested(100));
+        let e = check_part10_file(&p, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("nesting"), "{e}");
     }
 }
