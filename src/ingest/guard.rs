@@ -116,6 +116,14 @@ pub enum GuardError {
         left: u64,
         offset: u64,
     },
+    #[error("element {tag} {vr:?} has length {length}, not a multiple of {unit} (byte {offset})")]
+    BadLength {
+        tag: Tag,
+        vr: VR,
+        length: u32,
+        unit: u32,
+        offset: u64,
+    },
     #[error("dataset truncated at byte {offset}: {what}")]
     Truncated { offset: u64, what: &'static str },
     #[error("unexpected {tag} at byte {offset}: {what}")]
@@ -499,6 +507,18 @@ fn two_byte_length(vr: VR) -> bool {
     )
 }
 
+/// Size of one value of a binary VR: dicom-rs reads `length / size` values and would lose its
+/// place in the stream on a remainder (found by fuzzing), so a remainder is refused.
+fn unit_size(vr: VR) -> u32 {
+    use VR::*;
+    match vr {
+        US | OW | SS => 2,
+        AT | FL | OF | SL | OL | UL => 4,
+        FD | OD | SV | OV | UV => 8,
+        _ => 1,
+    }
+}
+
 fn check_pixel_encoding(c: &Checked, enc: Encoding, ts: &str) -> Result<(), GuardError> {
     let bad = |what| {
         Err(GuardError::PixelEncoding {
@@ -724,6 +744,16 @@ fn walk(src: &mut impl Source, enc: Encoding, limits: &Limits) -> Result<Checked
             });
             continue;
         }
+        let unit = unit_size(vr);
+        if len % unit != 0 {
+            return Err(GuardError::BadLength {
+                tag,
+                vr,
+                length: len,
+                unit,
+                offset: pos,
+            });
+        }
         if tag == PIXEL_DATA && top_level {
             pixel_data = PixelData::Native { length: len };
         }
@@ -844,6 +874,20 @@ mod tests {
         // Unclosed sequence.
         let mut b = nested(3);
         b.truncate(b.len() - 8);
+        assert!(check_dataset(&b, EXPLICIT, &Limits::default()).is_err());
+    }
+
+    /// Found by fuzzing: an odd-length UL made dicom-rs read 32 of 33 bytes, lose its place and
+    /// then allocate 4 GB from a misread length.
+    #[test]
+    fn binary_values_must_fill_whole_units() {
+        let mut b = Vec::new();
+        tag(&mut b, 0x0000, 0x0000, 0x21);
+        b.extend_from_slice(&[0; 0x21]);
+        let e = check_dataset(&b, IMPLICIT_VR_LE, &Limits::default()).unwrap_err();
+        assert!(matches!(e, GuardError::BadLength { unit: 4, .. }), "{e}");
+        let mut b = Vec::new();
+        el(&mut b, 0x0028, 0x0010, b"US", &[1, 2, 3]);
         assert!(check_dataset(&b, EXPLICIT, &Limits::default()).is_err());
     }
 
