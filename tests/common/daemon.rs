@@ -502,3 +502,4 @@ pub fn orthanc_sop_uids(orthanc: &Orthanc, series_id: &str) -> BTreeSet<String> 
         })
         .collect()
 }
+
