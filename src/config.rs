@@ -71,6 +71,14 @@ pub struct ServerSettings {
     pub write_timeout_seconds: u64,
     pub allowed_callers: Vec<String>,
     pub passthrough_sop_classes: Vec<String>,
+    // -- hardening (issue 9): untrusted input and association slots --
+    pub max_dataset_mib: u64,
+    pub max_nesting_depth: usize,
+    pub max_dataset_elements: u64,
+    pub artim_seconds: u64,
+    pub max_handshakes: usize,
+    pub slot_wait_seconds: u64,
+    pub association_idle_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +329,7 @@ impl Settings {
         if self.server.max_pdu_length < 4096 {
             return bad("server.max_pdu_length must be at least 4096".into());
         }
+        self.validate_server_limits()?;
         for c in &self.server.allowed_callers {
             if !c.contains('@') {
                 return bad(format!(
@@ -391,6 +400,52 @@ impl Settings {
         }
         Ok(())
     }
+
+    // ---- [server] hardening limits (issue 9): one block, owned by the SCP work. ----
+    /// Bounds of the SCP's limits: a PDU at most [`MAX_PDU_LENGTH_LIMIT`], timeouts of at least one
+    /// second, a data set between 1 MiB and 4 GiB, nesting between 1 and 256.
+    fn validate_server_limits(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if s.max_pdu_length > MAX_PDU_LENGTH_LIMIT {
+            return bad(format!(
+                "server.max_pdu_length = {} exceeds the upper bound {MAX_PDU_LENGTH_LIMIT} (4 MiB)",
+                s.max_pdu_length
+            ));
+        }
+        for (key, v) in [
+            ("read_timeout_seconds", s.read_timeout_seconds),
+            ("write_timeout_seconds", s.write_timeout_seconds),
+            ("artim_seconds", s.artim_seconds),
+            ("association_idle_seconds", s.association_idle_seconds),
+        ] {
+            if v == 0 {
+                return bad(format!(
+                    "server.{key} = 0: must be at least 1 (0 would mean no timeout)"
+                ));
+            }
+        }
+        if !(1..=4096).contains(&s.max_dataset_mib) {
+            return bad(format!(
+                "server.max_dataset_mib = {} must be in [1, 4096]",
+                s.max_dataset_mib
+            ));
+        }
+        if !(1..=256).contains(&s.max_nesting_depth) {
+            return bad(format!(
+                "server.max_nesting_depth = {} must be in [1, 256]",
+                s.max_nesting_depth
+            ));
+        }
+        if s.max_dataset_elements == 0 {
+            return bad("server.max_dataset_elements must be at least 1".into());
+        }
+        if s.max_handshakes == 0 {
+            return bad("server.max_handshakes must be at least 1".into());
+        }
+        Ok(())
+    }
+    // ---- end of [server] hardening limits ----
 }
 
 /// Settings a running daemon only reads at start-up: a SIGHUP that changes one of them keeps the
@@ -452,6 +507,9 @@ pub fn keep_restart_only(old: &Settings, mut new: Settings) -> Settings {
     new
 }
 
+/// Upper bound of `server.max_pdu_length` (4 MiB): one PDU is buffered whole per association.
+pub const MAX_PDU_LENGTH_LIMIT: u32 = 4 * 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +552,42 @@ mod tests {
         assert!(e.to_string().contains("spacing_tolerence"), "{e}");
         let e = Settings::load_with_env(None, env(&[("CT_HARMONIZER__NOPE__X", "1")])).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn server_limits_are_bounded() {
+        for (k, v, word) in [
+            (
+                "CT_HARMONIZER__SERVER__MAX_PDU_LENGTH",
+                "4294967295",
+                "max_pdu_length",
+            ),
+            (
+                "CT_HARMONIZER__SERVER__READ_TIMEOUT_SECONDS",
+                "0",
+                "read_timeout_seconds",
+            ),
+            ("CT_HARMONIZER__SERVER__ARTIM_SECONDS", "0", "artim_seconds"),
+            (
+                "CT_HARMONIZER__SERVER__MAX_NESTING_DEPTH",
+                "0",
+                "max_nesting_depth",
+            ),
+            (
+                "CT_HARMONIZER__SERVER__MAX_DATASET_MIB",
+                "0",
+                "max_dataset_mib",
+            ),
+        ] {
+            let e = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();
+            assert!(e.to_string().contains(word), "{k}: {e}");
+        }
+        let s = Settings::load_with_env(
+            None,
+            env(&[("CT_HARMONIZER__SERVER__MAX_PDU_LENGTH", "4194304")]),
+        )
+        .unwrap();
+        assert_eq!(s.server.max_pdu_length, MAX_PDU_LENGTH_LIMIT);
     }
 
     #[test]

@@ -71,8 +71,15 @@ pub fn encode(o: &InMemDicomObject) -> Result<Vec<u8>, DimseError> {
     Ok(out)
 }
 
-/// Decodes a command set.
+/// Decodes a command set. The bytes are untrusted (a peer's P-DATA): the guard refuses anything
+/// but a flat command set of at most 64 KiB before the full parser sees it.
 pub fn decode(bytes: &[u8]) -> Result<Command, DimseError> {
+    crate::ingest::guard::check_dataset(
+        bytes,
+        IMPLICIT_VR_LITTLE_ENDIAN.uid(),
+        &crate::ingest::guard::Limits::command(),
+    )
+    .map_err(|e| DimseError::Decode(e.to_string()))?;
     let o = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| DimseError::Decode(e.to_string()))?;
     let int = |tag| {
@@ -181,5 +188,20 @@ mod tests {
         // The group length covers exactly the rest.
         let len = u32::from_le_bytes([r[8], r[9], r[10], r[11]]) as usize;
         assert_eq!(len, r.len() - 12);
+    }
+
+    #[test]
+    fn hostile_command_sets_are_refused() {
+        // 4000 nested undefined-length elements (implicit VR: sequences), 32 KiB.
+        let mut b = Vec::new();
+        for _ in 0..2000 {
+            b.extend_from_slice(&[0x00, 0x00, 0x00, 0x09, 0xFF, 0xFF, 0xFF, 0xFF]);
+            b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        assert!(decode(&b).is_err());
+        // An element declaring 4 GB.
+        let mut b = store_rq(1, "1.2", "1.2.3").unwrap();
+        b.extend_from_slice(&[0x00, 0x00, 0x00, 0x09, 0xF0, 0xFF, 0xFF, 0xFF]);
+        assert!(decode(&b).is_err());
     }
 }

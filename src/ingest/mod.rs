@@ -2,5 +2,6 @@
 //! of the daemon will live beside it.
 
 pub mod files;
+pub mod guard;
 pub mod scp;
 pub mod watch;

@@ -3,23 +3,42 @@
 //! must be ours, and when an allow-list is configured the calling AE title and source address must be
 //! on it. The success status goes out only after the instance is durably in the spool; when free disk
 //! is under the watermark the answer is "out of resources". TCP_NODELAY is set on every socket.
+//!
+//! Hostile peers (issue 9): a connection holds only a handshake permit (`max_handshakes`) until it
+//! has sent a complete, parseable A-ASSOCIATE-RQ within the ARTIM time (`artim_seconds`, peeked, not
+//! consumed); an association slot (`max_associations`) is taken only for a request that passes
+//! access control, waiting at most `slot_wait_seconds`, beyond which the caller gets A-ASSOCIATE-RJ
+//! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
+//! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command and
+//! `max_dataset_mib` per data set, then the association is aborted. Every data set goes through the
+//! bounded pre-parser ([`super::guard`]) and is checked against its presentation context (accepted,
+//! same as the command's, pixel encoding matching the transfer syntax) before dicom-rs parses it,
+//! off the async workers. Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
+//! 10 s.
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
-use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, PDataValue, PDataValueType,
+    PresentationContextResultReason, UserIdentity,
+};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::Settings;
 use crate::events;
 use crate::forward::dimse;
+use crate::ingest::guard::{self, Limits};
 use crate::metrics::{Beat, Metrics};
 use crate::spool::{InstanceKey, Spool, SpoolError};
 use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
@@ -39,6 +58,127 @@ pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91", // JPEG 2000
 ];
+
+/// Largest command set buffered (a real one is under 200 bytes).
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Largest A-ASSOCIATE-RQ accepted (a request proposing 128 contexts is under 40 KiB).
+pub const MAX_ASSOCIATE_RQ_BYTES: u32 = 64 * 1024;
+
+/// One log line per `every` for a repeated condition, with the count of lines left out.
+struct RateLimited {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be written now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Accept errors that mean "out of descriptors or memory": wait before accepting again.
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .iter()
+        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
+}
+
+/// Waits until `socket` holds a complete PDU (peeked: nothing is consumed) and parses it as an
+/// A-ASSOCIATE-RQ. Returns the request and its size on the wire.
+async fn peek_associate_rq(
+    socket: &TcpStream,
+    max_pdu_length: u32,
+) -> Result<(AssociationRQ, usize), String> {
+    let pause = Duration::from_millis(20);
+    let mut head = [0u8; 6];
+    loop {
+        let n = socket
+            .peek(&mut head)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before an A-ASSOCIATE-RQ".into());
+        }
+        if n == head.len() {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    if head[0] != 0x01 {
+        return Err(format!(
+            "first PDU is of type 0x{:02X}, not A-ASSOCIATE-RQ",
+            head[0]
+        ));
+    }
+    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
+    if len > MAX_ASSOCIATE_RQ_BYTES {
+        return Err(format!(
+            "A-ASSOCIATE-RQ of {len} bytes exceeds {MAX_ASSOCIATE_RQ_BYTES}"
+        ));
+    }
+    let total = 6 + len as usize;
+    let mut buf = vec![0u8; total];
+    loop {
+        let n = socket
+            .peek(&mut buf)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed inside the A-ASSOCIATE-RQ".into());
+        }
+        if n == total {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    match dicom_ul::pdu::read_pdu(&buf[..], max_pdu_length.max(MAX_ASSOCIATE_RQ_BYTES), true) {
+        Ok(Some(Pdu::AssociationRQ(rq))) => Ok((rq, total)),
+        Ok(_) => Err("malformed A-ASSOCIATE-RQ".into()),
+        Err(e) => Err(format!("malformed A-ASSOCIATE-RQ: {e}")),
+    }
+}
+
+/// Consumes the peeked request and answers A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded.
+async fn reject_transient(mut socket: TcpStream, rq_len: usize) {
+    let pdu = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let mut out = Vec::new();
+    if dicom_ul::pdu::write_pdu(&mut out, &pdu).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut rq = vec![0u8; rq_len];
+        socket.read_exact(&mut rq).await?;
+        socket.write_all(&out).await?;
+        socket.shutdown().await
+    })
+    .await;
+}
 
 /// An instance durably spooled, handed to the series stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,10 +243,16 @@ impl Scp {
     /// Accepts associations on `listener` until shutdown. Associations in progress end when their
     /// peer releases them or the shutdown signal arrives (instances not yet acknowledged are not kept).
     pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let limit = self.settings.borrow().server.max_associations;
-        let slots = Arc::new(Semaphore::new(limit));
+        let server = self.settings.borrow().server.clone();
+        guard::install(Limits::from_settings(&server));
+        let slots = Arc::new(Semaphore::new(server.max_associations));
+        let handshakes = Arc::new(Semaphore::new(server.max_handshakes));
         let this = Arc::new(self);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let min_backoff = Duration::from_millis(100);
+        let mut backoff = min_backoff;
+        let mut accept_log = RateLimited::new(Duration::from_secs(10));
+        let mut busy_log = RateLimited::new(Duration::from_secs(10));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -115,36 +261,122 @@ impl Scp {
                     let (socket, peer) = match accepted {
                         Ok(x) => x,
                         Err(e) => {
-                            tracing::warn!(event = "accept_failed", reason = %e);
+                            let exhausted = is_resource_exhaustion(&e);
+                            if let Some(suppressed) = accept_log.allow() {
+                                tracing::warn!(event = "accept_failed", reason = %e, suppressed, retry_ms = if exhausted { backoff.as_millis() } else { 0 }, "cannot accept a connection");
+                            }
+                            if exhausted {
+                                // Out of descriptors: accepting again at once would spin.
+                                tokio::select! {
+                                    _ = shutdown.changed() => return,
+                                    _ = tokio::time::sleep(backoff) => {}
+                                }
+                                this.beat.beat();
+                                backoff = (backoff * 2).min(Duration::from_secs(1));
+                            }
                             continue;
                         }
                     };
+                    backoff = min_backoff;
                     let _ = socket.set_nodelay(true);
+                    let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                        if let Some(suppressed) = busy_log.allow() {
+                            tracing::warn!(event = "handshake_limit", peer = %peer, limit = server.max_handshakes, suppressed, "too many connections in the association handshake; closed");
+                        }
+                        this.metrics.associations_rejected.inc();
+                        continue;
+                    };
                     let slots = slots.clone();
                     let this = this.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        let Ok(_permit) = slots.acquire_owned().await else { return };
-                        this.association(socket, peer, shutdown).await;
+                        this.connection(socket, peer, handshake, slots, shutdown).await;
                     });
                 }
             }
         }
     }
 
-    async fn association(
+    /// One connection: the handshake under the ARTIM timer, a slot for a valid request, then the
+    /// association.
+    async fn connection(
         &self,
         socket: TcpStream,
         peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
+        handshake: OwnedSemaphorePermit,
+        slots: Arc<Semaphore>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let settings = self.settings.borrow().clone();
         let s = &settings.server;
+        let artim = Duration::from_secs(s.artim_seconds);
+        let rejected = |calling: &str, called: &str, reason: &str| {
+            self.metrics.associations_rejected.inc();
+            events::association_rejected(calling, called, &peer.to_string(), reason);
+        };
+        let (rq, rq_len) =
+            match tokio::time::timeout(artim, peek_associate_rq(&socket, s.max_pdu_length)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(reason)) => return rejected("", "", &reason),
+                Err(_) => {
+                    return rejected(
+                        "",
+                        "",
+                        &format!("no A-ASSOCIATE-RQ within {} s (ARTIM)", s.artim_seconds),
+                    )
+                }
+            };
         let gate = Gate {
             ae_title: s.ae_title.clone(),
             allowed: s.allowed_callers.clone(),
             peer: peer.ip(),
         };
+        let (calling, called) = (
+            rq.calling_ae_title.trim().to_string(),
+            rq.called_ae_title.trim().to_string(),
+        );
+        // Only a request that passes access control waits for a slot; the others are answered by
+        // the negotiation below (a permanent rejection) without one.
+        let slot = if gate
+            .check_access(&s.ae_title, &calling, &called, None)
+            .is_ok()
+        {
+            let wait = Duration::from_secs(s.slot_wait_seconds);
+            match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => {
+                    tracing::warn!(event = "association_slots_full", calling_ae = %calling, peer = %peer, limit = s.max_associations, waited_seconds = s.slot_wait_seconds, "no free association slot; rejected (transient)");
+                    rejected(
+                        &calling,
+                        &called,
+                        "no free association slot (rejected-transient, local-limit-exceeded)",
+                    );
+                    reject_transient(socket, rq_len).await;
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        self.association(socket, peer, gate, artim, handshake, shutdown)
+            .await;
+        drop(slot);
+    }
+
+    async fn association(
+        &self,
+        socket: TcpStream,
+        peer: SocketAddr,
+        gate: Gate,
+        artim: Duration,
+        handshake: OwnedSemaphorePermit,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let settings = self.settings.borrow().clone();
+        let s = &settings.server;
+        let limits = Limits::from_settings(s);
+        let max_dataset = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+        let idle = Duration::from_secs(s.association_idle_seconds);
         let mut opts = ServerAssociationOptions::new()
             .ae_access_control(gate)
             .ae_title(s.ae_title.clone())
@@ -160,11 +392,18 @@ impl Scp {
         for ts in ACCEPTED_TRANSFER_SYNTAXES {
             opts = opts.with_transfer_syntax(*ts);
         }
-        let mut assoc = match opts.establish_async(socket).await {
-            Ok(a) => a,
-            Err(e) => {
+        let established = tokio::time::timeout(artim, opts.establish_async(socket)).await;
+        drop(handshake);
+        let mut assoc = match established {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
                 self.metrics.associations_rejected.inc();
                 events::association_rejected("", "", &peer.to_string(), &e.to_string());
+                return;
+            }
+            Err(_) => {
+                self.metrics.associations_rejected.inc();
+                events::association_rejected("", "", &peer.to_string(), "negotiation timed out");
                 return;
             }
         };
@@ -174,9 +413,11 @@ impl Scp {
             .to_string();
         let called = assoc.called_ae_title().trim().to_string();
         tracing::debug!(event = "association_accepted", calling_ae = %calling, peer = %peer);
+        // Only accepted contexts: a rejected one carries no usable transfer syntax.
         let contexts: Vec<(u8, String, String)> = assoc
             .presentation_contexts()
             .iter()
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
             .map(|pc| {
                 (
                     pc.id,
@@ -188,9 +429,15 @@ impl Scp {
         let mut command: Vec<u8> = Vec::new();
         let mut pending: Option<(dimse::Command, u8)> = None;
         let mut data: Vec<u8> = Vec::new();
+        let mut idle_until = Instant::now() + idle;
         loop {
             let pdu = tokio::select! {
                 _ = shutdown.changed() => {
+                    let _ = assoc.abort().await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(idle_until) => {
+                    tracing::warn!(event = "association_idle", calling_ae = %calling, peer = %peer, seconds = idle.as_secs(), "no C-STORE completed for too long; association aborted to free its slot");
                     let _ = assoc.abort().await;
                     return;
                 }
@@ -223,8 +470,18 @@ impl Scp {
                     is_last,
                     data: bytes,
                 } = v;
+                if !contexts.iter().any(|(id, _, _)| *id == pc) {
+                    tracing::warn!(event = "pdata_on_unaccepted_context", calling_ae = %calling, peer = %peer, context_id = pc, "P-DATA on a presentation context that was not accepted; association aborted");
+                    let _ = assoc.abort().await;
+                    return;
+                }
                 match value_type {
                     PDataValueType::Command => {
+                        if command.len() + bytes.len() > MAX_COMMAND_BYTES {
+                            tracing::warn!(event = "command_too_large", calling_ae = %calling, peer = %peer, limit = MAX_COMMAND_BYTES, "command set exceeds the limit; association aborted");
+                            let _ = assoc.abort().await;
+                            return;
+                        }
                         command.extend_from_slice(&bytes);
                         if !is_last {
                             continue;
@@ -260,7 +517,23 @@ impl Scp {
                         }
                     }
                     PDataValueType::Data => {
+                        let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
+                            tracing::warn!(event = "unexpected_data", calling_ae = %calling, peer = %peer, "data set without a C-STORE command; association aborted");
+                            let _ = assoc.abort().await;
+                            return;
+                        };
+                        if cmd_pc != pc {
+                            tracing::warn!(event = "context_mismatch", calling_ae = %calling, peer = %peer, command_context = cmd_pc, data_context = pc, "data set on another presentation context than its command; association aborted");
+                            let _ = assoc.abort().await;
+                            return;
+                        }
+                        if data.len() + bytes.len() > max_dataset {
+                            tracing::warn!(event = "dataset_too_large", calling_ae = %calling, peer = %peer, limit_bytes = max_dataset, "data set exceeds server.max_dataset_mib; association aborted");
+                            let _ = assoc.abort().await;
+                            return;
+                        }
                         data.extend_from_slice(&bytes);
+                        idle_until = Instant::now() + idle;
                         if !is_last {
                             continue;
                         }
@@ -271,8 +544,9 @@ impl Scp {
                         let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
                         let dataset = std::mem::take(&mut data);
                         let (status, comment) = self
-                            .store(&settings, ctx, &cmd, &calling, &called, dataset)
+                            .store(&settings, &limits, ctx, &cmd, &calling, &called, dataset)
                             .await;
+                        idle_until = Instant::now() + idle;
                         if status != dimse::SUCCESS {
                             self.metrics.instances_rejected.inc();
                             events::instance_rejected(
@@ -320,9 +594,11 @@ impl Scp {
     }
 
     /// Parses, checks and spools one instance. Returns the DIMSE status and an error comment.
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         settings: &Settings,
+        limits: &Limits,
         ctx: Option<(u8, String, String)>,
         cmd: &dimse::Command,
         calling: &str,
@@ -347,15 +623,23 @@ impl Scp {
                 format!("SOP class {} not accepted", cmd.sop_class),
             );
         }
-        let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else {
-            return (
-                dimse::CANNOT_UNDERSTAND,
-                format!("transfer syntax {ts_uid} unknown"),
-            );
-        };
-        let obj = match InMemDicomObject::read_dataset_with_ts(&dataset[..], ts) {
-            Ok(o) => o,
-            Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("malformed dataset: {e}")),
+        // The bounded pre-parser first (depth, declared lengths, size, pixel encoding against the
+        // context's transfer syntax), then dicom-rs, both off the async workers.
+        let (limits, ts_for) = (*limits, ts_uid.clone());
+        let parsed = tokio::task::spawn_blocking(move || {
+            guard::check_dataset(&dataset, &ts_for, &limits).map_err(|e| e.to_string())?;
+            let ts = TransferSyntaxRegistry
+                .get(&ts_for)
+                .ok_or_else(|| format!("transfer syntax {ts_for} unknown"))?;
+            InMemDicomObject::read_dataset_with_ts(&dataset[..], ts)
+                .map(|o| (o, dataset))
+                .map_err(|e| format!("malformed dataset: {e}"))
+        })
+        .await;
+        let (obj, dataset) = match parsed {
+            Ok(Ok(x)) => x,
+            Ok(Err(reason)) => return (dimse::CANNOT_UNDERSTAND, reason),
+            Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("parser failed: {e}")),
         };
         let text = |tag| {
             obj.element_opt(tag)

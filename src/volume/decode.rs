@@ -45,7 +45,7 @@ pub fn read_slice_hu(h: &SliceHeader) -> Result<Vec<f32>, VolumeError> {
         )));
     }
     check_transfer_syntax(h)?;
-    let obj = dicom_object::open_file(&h.path).map_err(|e| fail(e.to_string()))?;
+    let obj = super::header::open_full(&h.path).map_err(|e| fail(e.to_string()))?;
     let decoded = obj.decode_pixel_data().map_err(|e| fail(e.to_string()))?;
     let raw: Vec<f32> = decoded
         .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))

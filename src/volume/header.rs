@@ -44,8 +44,32 @@ impl SliceHeader {
     }
 }
 
-/// Opens a DICOM file's header (stops before PixelData).
+/// Checks a file with the bounded pre-parser (nesting depth, declared lengths, size) before
+/// dicom-rs, which recurses per sequence level and allocates declared lengths, reads it.
+pub fn guard_file(path: &Path) -> Result<(), VolumeError> {
+    crate::ingest::guard::check_part10_file(path, &crate::ingest::guard::current())
+        .map(|_| ())
+        .map_err(|e| VolumeError::NotDicom {
+            path: path.to_owned(),
+            reason: match e {
+                crate::ingest::guard::GuardError::File { reason, .. } => reason.to_string(),
+                other => other.to_string(),
+            },
+        })
+}
+
+/// Opens a whole DICOM file (pixel data included), guarded like [`open_header`].
+pub fn open_full(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
+    guard_file(path)?;
+    dicom_object::open_file(path).map_err(|e| VolumeError::NotDicom {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Opens a DICOM file's header (stops before PixelData), after the guard.
 pub fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
+    guard_file(path)?;
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -126,4 +150,40 @@ pub fn header_from_object(
         convolution_kernel: text(tags::CONVOLUTION_KERNEL),
         gantry_tilt: float(tags::GANTRY_DETECTOR_TILT),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part 10 file whose data set nests 2000 undefined-length sequences: refused by the guard
+    /// instead of overflowing the reading thread's stack in dicom-rs.
+    #[test]
+    fn deeply_nested_file_is_refused_not_a_stack_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deep.dcm");
+        let ts = b"1.2.840.10008.1.2.1\0";
+        let mut meta = vec![0x02, 0x00, 0x10, 0x00, b'U', b'I'];
+        meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        meta.extend_from_slice(ts);
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        f.extend_from_slice(&meta);
+        for _ in 0..2000 {
+            f.extend_from_slice(&[
+                0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ]);
+            f.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        for _ in 0..2000 {
+            f.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            f.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        }
+        std::fs::write(&p, &f).unwrap();
+        let e = read_header(&p).unwrap_err();
+        assert!(e.to_string().contains("nesting"), "{e}");
+        assert!(open_full(&p).is_err());
+    }
 }
