@@ -229,6 +229,11 @@ async fn reload(config: Option<&Path>, current: &Settings) -> Result<Settings, S
 /// Serves until SIGTERM/SIGINT. `config` is re-read on SIGHUP.
 pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), DaemonError> {
     let state = settings.state.dir.clone();
+    // The bounded pre-parser's limits, for every reader of untrusted files (SCP, watched folder,
+    // spool, processor) from the first instant.
+    crate::ingest::guard::install(crate::ingest::guard::Limits::from_settings(
+        &settings.server,
+    ));
     let spool = Spool::open(&state, settings.state.min_free_mib)?
         .with_keep(Duration::from_secs(settings.series.keep_delivered_seconds));
     let outbox = Outbox::open(&state)?;

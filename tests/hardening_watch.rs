@@ -484,3 +484,105 @@ fn folder_export_zeroes_the_preamble() {
     assert!(out[..128].iter().all(|&b| b == 0), "{:?}", &out[..16]);
     assert_eq!(&out[128..], &bytes[128..]);
 }
+
+/// Peak resident memory of `pid` in bytes (VmHWM).
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// A Part 10 file (Explicit VR Little Endian) whose data set is a CT header followed by `tail`.
+fn hostile_file(path: &Path, sop: &str, tail: &[u8]) {
+    let mut o = InMemDicomObject::new_empty();
+    for (t, v) in [
+        (tags::SOP_CLASS_UID, "1.2.840.10008.5.1.4.1.1.2"),
+        (tags::SOP_INSTANCE_UID, sop),
+        (tags::STUDY_INSTANCE_UID, "1.2.826.0.1.3680043.10.1.9"),
+        (tags::SERIES_INSTANCE_UID, "1.2.826.0.1.3680043.10.1.9.1"),
+    ] {
+        put_ui(&mut o, t, v);
+    }
+    let tmp = path.with_extension("tmp");
+    ct_harmonizer::derive::write_part10(o, &tmp).unwrap();
+    let mut bytes = std::fs::read(&tmp).unwrap();
+    std::fs::remove_file(&tmp).unwrap();
+    bytes.extend_from_slice(tail);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Files a hostile or broken sender drops into the watched folder: sequences nested 2000 deep in
+/// 72 KB (a stack overflow in a recursive parser) and one element declaring 4 GB in a few hundred
+/// bytes (an allocation of what it declares). Each is quarantined by the bounded pre-parser with its
+/// reason; the daemon stays up with its peak memory near idle, and a good file is still delivered.
+#[test]
+fn watch_hostile_files_are_refused_before_parsing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut d, watch, export) = watch_daemon(tmp.path(), &[]);
+    d.start();
+    let pid = d.peer().pid();
+    let idle = peak_rss(pid);
+    let staging = tmp.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    // 2000 undefined-length ReferencedSeriesSequence levels, each with one undefined-length item.
+    let mut deep = Vec::new();
+    for _ in 0..2000 {
+        deep.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        deep.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+    for _ in 0..2000 {
+        deep.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        deep.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    }
+    hostile_file(
+        &staging.join("deep.dcm"),
+        "1.2.826.0.1.3680043.10.1.9.1.1",
+        &deep,
+    );
+    // (0009,0010) OB with a 4-byte length of 0xF0000000 and nothing after it.
+    let huge = [
+        0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0x00, 0x00, 0x00, 0xF0,
+    ];
+    hostile_file(
+        &staging.join("huge.dcm"),
+        "1.2.826.0.1.3680043.10.1.9.1.2",
+        &huge,
+    );
+    rename_in(
+        &[staging.join("deep.dcm"), staging.join("huge.dcm")],
+        &watch,
+    );
+    assert!(
+        wait_until(secs(60), POLL, || reasons(&d).len() == 2),
+        "{}",
+        d.context()
+    );
+    let r = reasons(&d);
+    let all: String = r.iter().map(|(_, t)| t.clone()).collect();
+    assert!(all.contains("nesting deeper than"), "{r:?}");
+    assert!(d.peer().alive(), "{}", d.context());
+    assert!(http_get(d.http, "/healthz").is_ok_and(|(s, _)| s == 200));
+    let good = write(
+        &spec("hard-watch-after-hostile", 16, 1),
+        &tmp.path().join("good"),
+    );
+    rename_in(&good, &watch);
+    assert!(
+        wait_until(secs(60), POLL, || count_files(&export) == 1 && d.idle()),
+        "{}",
+        d.context()
+    );
+    let peak = peak_rss(pid);
+    assert!(
+        peak < 2 * idle + (16 << 20),
+        "peak RSS {peak} bytes against {idle} idle\n{}",
+        d.context()
+    );
+}

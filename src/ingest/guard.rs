@@ -314,6 +314,25 @@ pub fn check_part10_file(path: &Path, limits: &Limits) -> Result<Checked, GuardE
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
+    check_part10_open(file, path, limits)
+}
+
+/// As [`check_part10_file`], on a file already opened (the watched folder opens with `O_NOFOLLOW`
+/// and checks the descriptor is a regular file; the same descriptor is checked here, never the
+/// name again). Reads from the descriptor's current offset, which the caller rewinds afterwards.
+pub fn check_part10_open(
+    file: std::fs::File,
+    path: &Path,
+    limits: &Limits,
+) -> Result<Checked, GuardError> {
+    let in_file = |reason: GuardError| GuardError::File {
+        path: path.to_owned(),
+        reason: Box::new(reason),
+    };
+    let io = |source| GuardError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let len = file.metadata().map_err(io)?.len();
     if len > limits.max_bytes.saturating_add(MAX_META_BYTES + 132) {
         return Err(in_file(GuardError::TooLarge {

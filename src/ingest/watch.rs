@@ -220,7 +220,15 @@ fn examine(path: &Path, max_bytes: u64) -> Result<Parsed, Refusal> {
         )));
     }
     // The bounded pre-parser (nesting depth, declared lengths) before dicom-rs reads anything.
-    guard(path).map_err(Refusal::Incomplete)?;
+    let dup = file
+        .try_clone()
+        .map_err(|e| Refusal::Incomplete(format!("cannot read: {e}")))?;
+    crate::ingest::guard::check_part10_open(dup, path, &crate::ingest::guard::current())
+        .map_err(|e| Refusal::Incomplete(e.to_string()))?;
+    // The duplicate shares the descriptor's offset: back to the start for the full parse.
+    let mut file = file;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))
+        .map_err(|e| Refusal::Incomplete(format!("cannot read: {e}")))?;
     // Never read more than the size we checked, whatever the file grows to meanwhile.
     let mut r = std::io::BufReader::new(file.take(max_bytes));
     let mut preamble = [0u8; 128];
@@ -247,15 +255,6 @@ fn examine(path: &Path, max_bytes: u64) -> Result<Parsed, Refusal> {
         ino: meta.ino(),
         size: meta.len(),
     })
-}
-
-/// INTEGRATION HOOK: the SCP's bounded pre-parser (`crate::volume::header::guard_file` on the SCP
-/// helper's branch: nesting depth, element lengths within the bytes left, data set size) goes here,
-/// so that a hostile file in the folder can neither blow dicom-rs's stack nor make it allocate a
-/// declared length. Until then only `watch.max_file_mib` bounds what is read. A refusal counts as
-/// "not parseable" (tried again, quarantined after 10 × `stable_seconds`, at once if renamed in).
-fn guard(_path: &Path) -> Result<(), String> {
-    Ok(())
 }
 
 /// An image must carry its whole pixel data (a file cut at an element boundary parses, but is short).
