@@ -6,7 +6,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -27,8 +26,7 @@ pub fn now_seconds() -> f64 {
 struct Attached {
     beats: Arc<Heartbeats>,
     outbox: Outbox,
-    state_dir: PathBuf,
-    min_free_bytes: u64,
+    settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
 }
 
 /// Every counter and gauge the daemon exports.
@@ -212,21 +210,19 @@ impl Metrics {
     }
 
     /// Lets each scrape refresh the stage, per-destination and disk metrics from the daemon's
-    /// heartbeats, outbox and state folder (once, at start-up).
+    /// heartbeats, outbox, settings (destinations, state folder) (once, at start-up).
     pub fn attach(
         &self,
         beats: Arc<Heartbeats>,
         outbox: Outbox,
-        state_dir: PathBuf,
-        min_free_mib: u64,
+        settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
     ) {
         self.stall_threshold_seconds
             .set(beats.stall_ms() as f64 / 1000.0);
         let _ = self.attached.set(Attached {
             beats,
             outbox,
-            state_dir,
-            min_free_bytes: min_free_mib.saturating_mul(1024 * 1024),
+            settings,
         });
     }
 
@@ -246,15 +242,25 @@ impl Metrics {
                 .get_or_create(&label("stage", &stage))
                 .set(i64::from(age_ms > a.beats.stall_ms()));
         }
-        if let Ok(free) = fs4::available_space(&a.state_dir) {
+        let settings = a.settings.borrow().clone();
+        if let Ok(free) = fs4::available_space(&settings.state.dir) {
             self.state_free_bytes
                 .set(i64::try_from(free).unwrap_or(i64::MAX));
         }
+        let min_free = settings.state.min_free_mib.saturating_mul(1024 * 1024);
         self.state_min_free_bytes
-            .set(i64::try_from(a.min_free_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(min_free).unwrap_or(i64::MAX));
+        // Every configured destination shows, with 0 when it has no job.
+        let zero = |f: &Family<Labels, Gauge>| {
+            for d in &settings.destinations {
+                f.get_or_create(&label("destination", &d.name));
+            }
+        };
         if let Ok(queued) = a.outbox.queued() {
             self.destination_queued_jobs.clear();
             self.destination_retrying_jobs.clear();
+            zero(&self.destination_queued_jobs);
+            zero(&self.destination_retrying_jobs);
             for j in &queued {
                 let l = label("destination", &j.destination);
                 self.destination_queued_jobs.get_or_create(&l).inc();
@@ -266,6 +272,7 @@ impl Metrics {
         }
         if let Ok(dead) = a.outbox.dead() {
             self.destination_dead_jobs.clear();
+            zero(&self.destination_dead_jobs);
             for j in &dead {
                 self.destination_dead_jobs
                     .get_or_create(&label("destination", &j.destination))
