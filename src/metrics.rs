@@ -253,7 +253,7 @@ impl Metrics {
         // Every configured destination shows, with 0 when it has no job.
         let zero = |f: &Family<Labels, Gauge>| {
             for d in &settings.destinations {
-                f.get_or_create(&label("destination", &d.name));
+                f.get_or_create(&label("destination", &d.name)).set(0);
             }
         };
         if let Ok(queued) = a.outbox.queued() {
