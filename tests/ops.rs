@@ -567,13 +567,14 @@ fn rules_and_dashboard_name_only_metrics_the_daemon_exports() {
 }
 
 #[test]
-fn promtool_accepts_the_alert_rules() {
-    let Ok(o) = std::process::Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(monitoring("ct-harmonizer.rules.yml"))
-        .output()
-    else {
+fn promtool_accepts_the_alert_rules_and_their_unit_tests_pass() {
+    let promtool = |args: &[&str]| {
+        std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(repo().join("config/monitoring"))
+            .output()
+    };
+    let Ok(o) = promtool(&["check", "rules", "ct-harmonizer.rules.yml"]) else {
         eprintln!(
             "SKIPPED: promtool not found (Debian package prometheus; bash scripts/setup.sh installs it)"
         );
@@ -582,6 +583,14 @@ fn promtool_accepts_the_alert_rules() {
     assert!(o.status.success(), "{}", out_text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("SUCCESS: 8 rules found"),
+        "{}",
+        out_text(&o)
+    );
+    // Each alert fires on made-up series (and stays quiet before its `for:`).
+    let o = promtool(&["test", "rules", "ct-harmonizer.rules.test.yml"]).unwrap();
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("SUCCESS"),
         "{}",
         out_text(&o)
     );
