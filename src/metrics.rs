@@ -63,6 +63,8 @@ pub struct Metrics {
     pub destination_retrying_jobs: Family<Labels, Gauge>,
     pub destination_dead_jobs: Family<Labels, Gauge>,
     attached: std::sync::OnceLock<Attached>,
+    /// One scrape at a time (a refresh clears and refills the families).
+    scrape: std::sync::Mutex<()>,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -283,6 +285,7 @@ impl Metrics {
 
     /// The exposition text (refreshing the scrape-time metrics first).
     pub fn render(&self) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh();
         let mut s = String::new();
         if let Some(r) = self.registry.get() {
