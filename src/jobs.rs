@@ -307,7 +307,9 @@ fn cleanup(
         }
     }
     let derived = state.join("derived");
-    if !job.work_dir.as_os_str().is_empty()
+    let work_needed = list(state)?.iter().any(|e| e.job.work_dir == job.work_dir);
+    if !work_needed
+        && !job.work_dir.as_os_str().is_empty()
         && job.work_dir.starts_with(&derived)
         && job.work_dir != derived
         && job.work_dir.exists()
