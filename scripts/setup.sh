@@ -16,6 +16,8 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need_apt+=(fonts-dejavu-core)
+# promtool checks config/monitoring/ (tests/ops.rs); Debian ships it in prometheus (~96 MB installed).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}" >&2
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"

@@ -255,6 +255,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
 
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
     let (_, translators) = start_up(&settings)?;
+    let summary = crate::status::startup_summary(&settings, &translators);
+    metrics.attach(beats.clone(), outbox.clone(), settings_rx.clone());
 
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
@@ -376,7 +378,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     )));
     drop(arrival_tx);
 
-    tracing::info!(event = "daemon_ready", ae_title = %settings.server.ae_title, listen = %settings.server.listen, state = %state.display(), "listening");
+    tracing::info!(event = "daemon_ready", ae_title = %settings.server.ae_title, listen = %settings.server.listen, http = %summary.http, watch = %summary.watch, state = %state.display(), rules = %summary.rules, destinations = %summary.destinations, models = %summary.models, devices = %summary.devices, "{}", summary.line);
     systemd::ready();
 
     wait_for_stop(config.as_deref(), &settings_tx).await;

@@ -28,10 +28,29 @@ enum Command {
     Serve,
     /// Run the real start-up checks (configuration, models, ONNX Runtime, state folders) and exit.
     CheckConfig,
-    /// Move a dead-lettered job back into the outbox (a running daemon sends it within a second).
+    /// Move a dead-lettered job back into the outbox (same as `jobs retry`).
     Retry {
         /// Job id (the file name in <state>/dead-letter without .toml).
         job: String,
+    },
+    /// One look at the running daemon: health, stages, queues, dead letters, last activity.
+    ///
+    /// Exit status (Nagios/Icinga plugin convention): 0 OK; 1 WARNING (dead-lettered jobs, a
+    /// destination retrying, free space under twice the watermark); 2 CRITICAL (not ready: a stage
+    /// stalled; free space under the watermark); 3 UNKNOWN (daemon not running, /metrics
+    /// unparseable, state folder or configuration unreadable).
+    Status {
+        /// Print the report as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// host:port of the daemon's HTTP endpoint (default: http.listen of the configuration).
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// The outbox and dead-letter jobs: list, show, retry, drop.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
     },
     /// Harmonize the CT series found in files or folders (recursively) into derived series under --out.
     Process {
@@ -68,6 +87,27 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Every queued, retrying and dead-lettered job.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with all its fields (and its dead-letter reason).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a dead-lettered job back into the outbox, attempts reset (a running daemon sends it
+    /// within a second).
+    Retry { id: String },
+    /// Delete a job (queued or dead-lettered); its series' spool files go too once no other job
+    /// needs them.
+    Drop { id: String },
+}
+
 /// Logs go to journald when systemd started us (JOURNAL_STREAM set), to stderr otherwise.
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
@@ -91,6 +131,120 @@ fn config_path(path: Option<&PathBuf>) -> Option<PathBuf> {
 
 fn settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
     Ok(Settings::load(config_path(path).as_deref())?)
+}
+
+/// `status`: never fails with an error; every failure to tell is UNKNOWN (exit code 3).
+fn status_command(config: Option<&PathBuf>, json: bool, address: Option<String>) -> ExitCode {
+    use ct_harmonizer::status::{self, StatusError, StatusOptions};
+    let result = settings(config)
+        .map_err(|e| StatusError::Config(format!("{e:#}")))
+        .and_then(|s| status::collect(&s, &StatusOptions { address }));
+    match result {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(t) => println!("{t}"),
+                    Err(e) => {
+                        println!("UNKNOWN: cannot write the report as JSON: {e}");
+                        return ExitCode::from(status::UNKNOWN);
+                    }
+                }
+            } else {
+                print!("{}", status::render_human(&report));
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({
+                    "status": "UNKNOWN",
+                    "exit_code": status::UNKNOWN,
+                    "error": e.to_string(),
+                });
+                println!("{v}");
+            } else {
+                println!("UNKNOWN: {e}");
+            }
+            ExitCode::from(status::UNKNOWN)
+        }
+    }
+}
+
+fn jobs_command(settings: &Settings, action: JobsAction) -> anyhow::Result<ExitCode> {
+    use ct_harmonizer::jobs;
+    let state = &settings.state.dir;
+    match action {
+        JobsAction::List { json } => {
+            let all = jobs::list(state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no jobs in {}", state.display());
+            } else {
+                println!(
+                    "{:<48} {:<8} {:<16} {:>8}  {:<64}  reason",
+                    "id", "state", "destination", "attempts", "series"
+                );
+                for e in &all {
+                    println!(
+                        "{:<48} {:<8} {:<16} {:>8}  {:<64}  {}",
+                        e.job.id,
+                        e.state.to_string(),
+                        e.job.destination,
+                        e.job.attempts,
+                        e.job.source_series_uid,
+                        e.reason
+                    );
+                }
+            }
+        }
+        JobsAction::Show { id, json } => {
+            let e = jobs::show(state, &id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                let j = &e.job;
+                println!("id           {}", j.id);
+                println!("state        {}", e.state);
+                println!("file         {}", e.file.display());
+                println!("destination  {}", j.destination);
+                println!("kind         {}", j.kind);
+                println!("study        {}", j.study_uid);
+                println!("series       {}", j.source_series_uid);
+                println!("payload      {}", j.payload.display());
+                println!("spool        {}", j.spool_dir.display());
+                println!("attempts     {}", j.attempts);
+                if e.state != jobs::JobState::Dead {
+                    println!("next in      {} s", jobs::seconds_until(j.next_attempt_ms));
+                }
+                println!("acknowledged {} instance(s)", j.acknowledged.len());
+                println!("reason       {}", e.reason);
+            }
+        }
+        JobsAction::Retry { id } => {
+            let j = jobs::retry(state, &id)?;
+            println!(
+                "requeued {} (series {} to {})",
+                j.id, j.source_series_uid, j.destination
+            );
+        }
+        JobsAction::Drop { id } => {
+            let d = jobs::drop_job(state, &id)?;
+            let j = &d.entry.job;
+            println!(
+                "dropped {} job {} (series {} to {})",
+                d.entry.state, j.id, j.source_series_uid, j.destination
+            );
+            match (&d.spool_removed, &d.spool_kept) {
+                (Some(p), _) => println!("removed spool version {}", p.display()),
+                (None, Some(why)) => {
+                    println!("kept spool version {}: {why}", j.spool_dir.display())
+                }
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -127,13 +281,12 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Retry { job } => {
             let settings = settings(cli.config.as_ref())?;
-            let outbox = ct_harmonizer::forward::Outbox::open(&settings.state.dir)?;
-            let j = outbox.retry(&job)?;
-            println!(
-                "requeued {} (series {} to {})",
-                j.id, j.source_series_uid, j.destination
-            );
-            Ok(ExitCode::SUCCESS)
+            jobs_command(&settings, JobsAction::Retry { id: job })
+        }
+        Command::Status { json, address } => Ok(status_command(cli.config.as_ref(), json, address)),
+        Command::Jobs { action } => {
+            let settings = settings(cli.config.as_ref())?;
+            jobs_command(&settings, action)
         }
         Command::Process {
             inputs,

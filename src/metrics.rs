@@ -3,10 +3,31 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::forward::Outbox;
+
+/// Label sets of the per-stage and per-destination families.
+pub type Labels = Vec<(String, String)>;
+
+/// A floating-point gauge (seconds, Unix timestamps).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Now as Unix seconds (for the `*_timestamp_seconds` gauges).
+pub fn now_seconds() -> f64 {
+    crate::forward::outbox::now_ms() as f64 / 1000.0
+}
+
+/// What `/metrics` reads at each scrape: stage heartbeats, the outbox and the state folder.
+struct Attached {
+    beats: Arc<Heartbeats>,
+    outbox: Outbox,
+    settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
+}
 
 /// Every counter and gauge the daemon exports.
 #[derive(Default)]
@@ -27,6 +48,23 @@ pub struct Metrics {
     pub outbox_jobs: Gauge,
     pub dead_jobs: Gauge,
     pub pending_series: Gauge,
+    // Operator metrics (issue 14): set at one site each, or refreshed at each scrape.
+    /// Slices written by inference (with `inference_seconds`: seconds per slice).
+    pub inference_slices: Counter,
+    pub last_instance_received_timestamp_seconds: FloatGauge,
+    pub last_job_delivered_timestamp_seconds: FloatGauge,
+    /// Refreshed at each scrape from the attached state (see [`Metrics::attach`]).
+    pub state_free_bytes: Gauge,
+    pub state_min_free_bytes: Gauge,
+    pub stall_threshold_seconds: FloatGauge,
+    pub stage_heartbeat_age_seconds: Family<Labels, FloatGauge>,
+    pub stage_stalled: Family<Labels, Gauge>,
+    pub destination_queued_jobs: Family<Labels, Gauge>,
+    pub destination_retrying_jobs: Family<Labels, Gauge>,
+    pub destination_dead_jobs: Family<Labels, Gauge>,
+    attached: std::sync::OnceLock<Attached>,
+    /// One scrape at a time (a refresh clears and refills the families).
+    scrape: std::sync::Mutex<()>,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -114,12 +152,141 @@ impl Metrics {
             "Series still receiving instances",
             m.pending_series.clone(),
         );
+        r.register(
+            "inference_slices",
+            "Slices written by inference (inference_seconds / inference_slices: seconds per slice)",
+            m.inference_slices.clone(),
+        );
+        r.register(
+            "last_instance_received_timestamp_seconds",
+            "Unix time of the last instance spooled (0: none since start)",
+            m.last_instance_received_timestamp_seconds.clone(),
+        );
+        r.register(
+            "last_job_delivered_timestamp_seconds",
+            "Unix time of the last job acknowledged by its destination (0: none since start)",
+            m.last_job_delivered_timestamp_seconds.clone(),
+        );
+        r.register(
+            "state_free_bytes",
+            "Free bytes on the state folder's file system",
+            m.state_free_bytes.clone(),
+        );
+        r.register(
+            "state_min_free_bytes",
+            "Watermark (state.min_free_mib) under which instances are refused",
+            m.state_min_free_bytes.clone(),
+        );
+        r.register(
+            "stall_threshold_seconds",
+            "A stage silent for longer than this is stalled",
+            m.stall_threshold_seconds.clone(),
+        );
+        r.register(
+            "stage_heartbeat_age_seconds",
+            "Seconds since each stage last beat",
+            m.stage_heartbeat_age_seconds.clone(),
+        );
+        r.register(
+            "stage_stalled",
+            "1 when the stage is stalled (silent for longer than the stall threshold)",
+            m.stage_stalled.clone(),
+        );
+        r.register(
+            "destination_queued_jobs",
+            "Jobs in the outbox per destination",
+            m.destination_queued_jobs.clone(),
+        );
+        r.register(
+            "destination_retrying_jobs",
+            "Jobs in the outbox per destination that failed at least one attempt",
+            m.destination_retrying_jobs.clone(),
+        );
+        r.register(
+            "destination_dead_jobs",
+            "Dead-lettered jobs per destination",
+            m.destination_dead_jobs.clone(),
+        );
         let _ = m.registry.set(r);
         m
     }
 
-    /// The exposition text.
+    /// Lets each scrape refresh the stage, per-destination and disk metrics from the daemon's
+    /// heartbeats, outbox, settings (destinations, state folder) (once, at start-up).
+    pub fn attach(
+        &self,
+        beats: Arc<Heartbeats>,
+        outbox: Outbox,
+        settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
+    ) {
+        self.stall_threshold_seconds
+            .set(beats.stall_ms() as f64 / 1000.0);
+        let _ = self.attached.set(Attached {
+            beats,
+            outbox,
+            settings,
+        });
+    }
+
+    /// Refreshes the scrape-time metrics (no-op until [`Metrics::attach`]).
+    fn refresh(&self) {
+        let Some(a) = self.attached.get() else {
+            return;
+        };
+        let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        self.stage_heartbeat_age_seconds.clear();
+        self.stage_stalled.clear();
+        for (stage, age_ms) in a.beats.ages() {
+            self.stage_heartbeat_age_seconds
+                .get_or_create(&label("stage", &stage))
+                .set(age_ms as f64 / 1000.0);
+            self.stage_stalled
+                .get_or_create(&label("stage", &stage))
+                .set(i64::from(age_ms > a.beats.stall_ms()));
+        }
+        let settings = a.settings.borrow().clone();
+        if let Ok(free) = fs4::available_space(&settings.state.dir) {
+            self.state_free_bytes
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
+        let min_free = settings.state.min_free_mib.saturating_mul(1024 * 1024);
+        self.state_min_free_bytes
+            .set(i64::try_from(min_free).unwrap_or(i64::MAX));
+        // Every configured destination shows, with 0 when it has no job.
+        let zero = |f: &Family<Labels, Gauge>| {
+            for d in &settings.destinations {
+                f.get_or_create(&label("destination", &d.name)).set(0);
+            }
+        };
+        if let Ok(queued) = a.outbox.queued() {
+            self.destination_queued_jobs.clear();
+            self.destination_retrying_jobs.clear();
+            zero(&self.destination_queued_jobs);
+            zero(&self.destination_retrying_jobs);
+            for j in &queued {
+                let l = label("destination", &j.destination);
+                self.destination_queued_jobs.get_or_create(&l).inc();
+                let retrying = self.destination_retrying_jobs.get_or_create(&l);
+                if j.attempts > 0 {
+                    retrying.inc();
+                }
+            }
+        }
+        if let Ok(dead) = a.outbox.dead() {
+            self.destination_dead_jobs.clear();
+            zero(&self.destination_dead_jobs);
+            for j in &dead {
+                self.destination_dead_jobs
+                    .get_or_create(&label("destination", &j.destination))
+                    .inc();
+            }
+        }
+    }
+
+    /// The exposition text (refreshing the scrape-time metrics first).
     pub fn render(&self) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh();
         let mut s = String::new();
         if let Some(r) = self.registry.get() {
             let _ = encode(&mut s, r);
@@ -193,6 +360,19 @@ impl Heartbeats {
                 v.iter()
                     .filter(|(_, c)| now.saturating_sub(c.load(Ordering::Relaxed)) > max_age_ms)
                     .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every stage with the age of its last beat in milliseconds, in registration order.
+    pub fn ages(&self) -> Vec<(String, u64)> {
+        let now = crate::forward::outbox::now_ms();
+        self.stages
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .map(|(n, c)| (n.clone(), now.saturating_sub(c.load(Ordering::Relaxed))))
                     .collect()
             })
             .unwrap_or_default()

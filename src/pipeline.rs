@@ -413,6 +413,9 @@ impl Processor {
             self.metrics
                 .inference_seconds
                 .inc_by(t.run_stats().0 - before);
+            self.metrics
+                .inference_slices
+                .inc_by(published.slices as u64);
             last_dir = published.dir.clone();
             if step + 1 < rule.models.len() {
                 input = Some(read_series(&last_dir).map_err(&fail)?);

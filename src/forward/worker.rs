@@ -248,6 +248,9 @@ impl Shared {
                     started.elapsed().as_secs_f64(),
                 );
                 self.metrics.jobs_forwarded.inc();
+                self.metrics
+                    .last_job_delivered_timestamp_seconds
+                    .set(crate::metrics::now_seconds());
                 if let Err(e) = self.outbox.done(&job) {
                     tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
                     return true;

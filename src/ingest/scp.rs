@@ -700,6 +700,9 @@ impl Scp {
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
         }
         self.metrics.instances_received.inc();
+        self.metrics
+            .last_instance_received_timestamp_seconds
+            .set(crate::metrics::now_seconds());
         let arrival = Arrival {
             study_uid: key.study_uid,
             series_uid: key.series_uid,

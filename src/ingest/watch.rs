@@ -456,6 +456,9 @@ impl Scanner {
                     return None;
                 }
                 self.metrics.instances_received.inc();
+                self.metrics
+                    .last_instance_received_timestamp_seconds
+                    .set(crate::metrics::now_seconds());
                 Some(Arrival {
                     study_uid: key.study_uid,
                     series_uid: key.series_uid,
