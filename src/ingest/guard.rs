@@ -305,10 +305,6 @@ pub fn check_dataset(bytes: &[u8], ts_uid: &str, limits: &Limits) -> Result<Chec
 /// Checks a part 10 file: preamble (when present), file meta group, then the data set in the
 /// transfer syntax the meta group names. Values are skipped with seeks, never read.
 pub fn check_part10_file(path: &Path, limits: &Limits) -> Result<Checked, GuardError> {
-    let in_file = |reason: GuardError| GuardError::File {
-        path: path.to_owned(),
-        reason: Box::new(reason),
-    };
     let io = |source| GuardError::Io {
         path: path.to_owned(),
         source,
