@@ -317,6 +317,15 @@ pub struct SeriesWriter {
     written: usize,
     /// Source repairs already logged (one line per attribute and series).
     repaired: std::collections::HashSet<String>,
+    /// The classic base of the last multi-frame source read (its file, the base, KVP per frame).
+    enhanced: Option<EnhancedBase>,
+}
+
+/// A multi-frame source turned into the base of classic CT instances (see [`classic_from_enhanced`]).
+struct EnhancedBase {
+    path: PathBuf,
+    base: InMemDicomObject,
+    kvp: Vec<Option<String>>,
 }
 
 impl SeriesWriter {
@@ -343,6 +352,7 @@ impl SeriesWriter {
             partial,
             written: 0,
             repaired: Default::default(),
+            enhanced: None,
         })
     }
 
@@ -388,15 +398,96 @@ impl SeriesWriter {
             uid: self.plan.series_uid.clone(),
             reason: format!("no source slice {index}"),
         })?;
+        if let Some(frame) = h.frame {
+            let h = h.clone();
+            return self.frame_template(&h, frame);
+        }
         let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
             path: h.path.clone(),
             reason: e.to_string(),
         })?;
         let mut obj = obj.into_inner();
-        for note in sanitize(&mut obj) {
+        let notes = sanitize(&mut obj);
+        let (series_uid, path) = (h.series_uid.clone(), h.path.clone());
+        self.log_repairs(&series_uid, &path, notes);
+        Ok(obj)
+    }
+
+    fn log_repairs(&mut self, source_series_uid: &str, path: &Path, notes: Vec<String>) {
+        let _ = path;
+        for note in notes {
             if self.repaired.insert(note.clone()) {
-                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %h.series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
+                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %source_series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
             }
+        }
+    }
+
+    /// The classic CT template of frame `frame` (1-based) of a multi-frame source: the file's base
+    /// (read once per file, see [`classic_from_enhanced`]) with the frame's Image Plane attributes.
+    fn frame_template(
+        &mut self,
+        h: &SliceHeader,
+        frame: u32,
+    ) -> Result<InMemDicomObject, DeriveError> {
+        if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
+            self.enhanced = None;
+            let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+                path: h.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let mut base = obj.into_inner();
+            let kvp = classic_from_enhanced(&mut base);
+            let notes = sanitize(&mut base);
+            self.log_repairs(&h.series_uid, &h.path, notes);
+            self.enhanced = Some(EnhancedBase {
+                path: h.path.clone(),
+                base,
+                kvp,
+            });
+        }
+        let Some(e) = &self.enhanced else {
+            return Err(DeriveError::Source {
+                path: h.path.clone(),
+                reason: "multi-frame source not read".into(),
+            });
+        };
+        let mut obj = e.base.clone();
+        let kvp = e
+            .kvp
+            .get(frame.saturating_sub(1) as usize)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        put(&mut obj, tags::KVP, VR::DS, kvp);
+        if let Some(p) = h.image_position {
+            put_strs(
+                &mut obj,
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                &ds_multi(&p),
+            );
+        }
+        if let Some(o) = h.image_orientation {
+            put_strs(
+                &mut obj,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &ds_multi(&o),
+            );
+        }
+        put(
+            &mut obj,
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            h.slice_thickness.map(ds).unwrap_or_default(),
+        );
+        if obj
+            .element_opt(tags::ACQUISITION_NUMBER)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            put(&mut obj, tags::ACQUISITION_NUMBER, VR::IS, "");
         }
         Ok(obj)
     }
@@ -528,6 +619,14 @@ impl SeriesWriter {
                     VR::UI,
                     &h.sop_instance_uid,
                 );
+                if let Some(f) = h.frame {
+                    put(
+                        &mut item,
+                        tags::REFERENCED_FRAME_NUMBER,
+                        VR::IS,
+                        f.to_string(),
+                    );
+                }
                 put_seq(
                     &mut item,
                     tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
@@ -676,6 +775,76 @@ impl SeriesWriter {
     pub fn abandon(self) {
         let _ = fs::remove_dir_all(&self.partial);
     }
+}
+
+/// Attributes of the multi-frame (Enhanced CT) IOD that a classic CT Image has no place for: the
+/// functional groups (their per-frame content moves to the top level, frame by frame), the
+/// dimension, concatenation and multi-frame presentation attributes.
+const ENHANCED_ONLY: [Tag; 17] = [
+    tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+    tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+    tags::DIMENSION_ORGANIZATION_SEQUENCE,
+    tags::DIMENSION_INDEX_SEQUENCE,
+    tags::DIMENSION_ORGANIZATION_TYPE,
+    tags::CONTENT_QUALIFICATION,
+    tags::PIXEL_PRESENTATION,
+    tags::VOLUMETRIC_PROPERTIES,
+    tags::VOLUME_BASED_CALCULATION_TECHNIQUE,
+    tags::ACQUISITION_CONTEXT_SEQUENCE,
+    tags::PRESENTATION_LUT_SHAPE,
+    tags::REFERENCED_IMAGE_EVIDENCE_SEQUENCE,
+    tags::SOURCE_IMAGE_EVIDENCE_SEQUENCE,
+    tags::CONCATENATION_UID,
+    tags::CONCATENATION_FRAME_OFFSET_NUMBER,
+    tags::IN_CONCATENATION_NUMBER,
+    tags::REPRESENTATIVE_FRAME_NUMBER,
+];
+
+/// Turns a multi-frame (Enhanced CT) header into the base of classic CT Image instances: removes
+/// what only the multi-frame IOD has ([`ENHANCED_ONLY`], NumberOfFrames...). Returns each frame's
+/// KVP (CTXRayDetailsSequence, per frame or shared), which the classic CT Image module keeps at
+/// the top level. The per-frame Image Plane attributes are the frame's slice header's.
+pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<Option<String>> {
+    let items = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .map(|i| i.to_vec())
+            .unwrap_or_default()
+    };
+    let per_frame = items(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let shared = items(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let kvp_of = |group: &InMemDicomObject| {
+        group
+            .element_opt(tags::CTX_RAY_DETAILS_SEQUENCE)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .and_then(|i| i.first())
+            .map(|i| item_text(i, tags::KVP))
+            .filter(|v| !v.is_empty())
+    };
+    let shared_kvp = shared.first().and_then(kvp_of);
+    let frames = obj
+        .element_opt(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<usize>().ok())
+        .unwrap_or(per_frame.len())
+        .min(header::MAX_FRAMES as usize);
+    let kvp = (0..frames)
+        .map(|f| {
+            per_frame
+                .get(f)
+                .and_then(kvp_of)
+                .or_else(|| shared_kvp.clone())
+        })
+        .collect();
+    for t in ENHANCED_ONLY {
+        obj.remove_element(t);
+    }
+    kvp
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 //! Pixel data to Hounsfield units: decode one slice (any uncompressed syntax, plus the encapsulated
 //! ones this build of `dicom-pixeldata` decodes: RLE, JPEG baseline/extended/lossless, JPEG 2000),
-//! then apply RescaleSlope/RescaleIntercept.
+//! then apply RescaleSlope/RescaleIntercept. A multi-frame (Enhanced CT) slice is one frame of its
+//! file, decoded alone, with the rescale of its functional groups.
 
 use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
@@ -26,37 +28,89 @@ pub fn check_transfer_syntax(h: &SliceHeader) -> Result<(), VolumeError> {
     }
 }
 
-/// Decodes one single-frame, single-sample slice into HU (row-major, rows × columns).
+/// Decodes one slice into HU (row-major, rows × columns): a single-frame file, or one frame of a
+/// multi-frame file (opened for this call only; [`FrameReader`] keeps it open across frames).
 pub fn read_slice_hu(h: &SliceHeader) -> Result<Vec<f32>, VolumeError> {
-    let fail = |reason: String| VolumeError::Decode {
-        path: h.path.clone(),
-        reason,
-    };
-    if h.samples_per_pixel != 1 {
-        return Err(fail(format!(
-            "{} samples per pixel; CT slices have 1",
-            h.samples_per_pixel
-        )));
+    FrameReader::default().read(h)
+}
+
+/// Decodes slices, keeping the last multi-frame file open: the frames of an Enhanced CT file are
+/// read one by one (`decode_pixel_data_frame`) from one parse of the file instead of one parse per
+/// frame. At most one file is held (its size in memory while its frames are read).
+#[derive(Default)]
+pub struct FrameReader {
+    open: Option<(std::path::PathBuf, DefaultDicomObject)>,
+}
+
+impl FrameReader {
+    /// Decodes slice `h` into HU.
+    pub fn read(&mut self, h: &SliceHeader) -> Result<Vec<f32>, VolumeError> {
+        let fail = |reason: String| VolumeError::Decode {
+            path: h.path.clone(),
+            reason,
+        };
+        if h.samples_per_pixel != 1 {
+            return Err(fail(format!(
+                "{} samples per pixel; CT slices have 1",
+                h.samples_per_pixel
+            )));
+        }
+        let frame = match h.frame {
+            None if h.number_of_frames != 1 => {
+                return Err(fail(format!(
+                    "{} frames in SOP class {}: only Enhanced CT multi-frame images are read frame by frame",
+                    h.number_of_frames, h.sop_class_uid
+                )))
+            }
+            None => None,
+            Some(f) if f == 0 || f > h.number_of_frames => {
+                return Err(fail(format!(
+                    "frame {f} is outside the file's {} frame(s)",
+                    h.number_of_frames
+                )))
+            }
+            Some(f) => Some(f - 1),
+        };
+        check_transfer_syntax(h)?;
+        let raw: Vec<f32> = match frame {
+            None => {
+                self.open = None;
+                let obj = dicom_object::open_file(&h.path).map_err(|e| fail(e.to_string()))?;
+                let decoded = obj.decode_pixel_data().map_err(|e| fail(e.to_string()))?;
+                decoded
+                    .to_vec_with_options(&options())
+                    .map_err(|e| fail(e.to_string()))?
+            }
+            Some(index) => {
+                if self.open.as_ref().is_none_or(|(p, _)| p != &h.path) {
+                    self.open = None;
+                    let obj = dicom_object::open_file(&h.path).map_err(|e| fail(e.to_string()))?;
+                    self.open = Some((h.path.clone(), obj));
+                }
+                let Some((_, obj)) = &self.open else {
+                    return Err(fail("file not open".into()));
+                };
+                let decoded = obj
+                    .decode_pixel_data_frame(index)
+                    .map_err(|e| fail(format!("frame {}: {e}", index + 1)))?;
+                decoded
+                    .to_vec_frame_with_options(0, &options())
+                    .map_err(|e| fail(format!("frame {}: {e}", index + 1)))?
+            }
+        };
+        let expected = usize::from(h.rows.unwrap_or(0)) * usize::from(h.columns.unwrap_or(0));
+        if raw.len() != expected {
+            return Err(fail(format!(
+                "pixel data holds {} samples where Rows x Columns is {expected}",
+                raw.len()
+            )));
+        }
+        let (slope, intercept) = (h.rescale_slope as f32, h.rescale_intercept as f32);
+        Ok(raw.into_iter().map(|v| v * slope + intercept).collect())
     }
-    if h.number_of_frames != 1 {
-        return Err(fail(format!(
-            "{} frames; multi-frame images are not supported yet",
-            h.number_of_frames
-        )));
-    }
-    check_transfer_syntax(h)?;
-    let obj = dicom_object::open_file(&h.path).map_err(|e| fail(e.to_string()))?;
-    let decoded = obj.decode_pixel_data().map_err(|e| fail(e.to_string()))?;
-    let raw: Vec<f32> = decoded
-        .to_vec_with_options(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(|e| fail(e.to_string()))?;
-    let expected = usize::from(h.rows.unwrap_or(0)) * usize::from(h.columns.unwrap_or(0));
-    if raw.len() != expected {
-        return Err(fail(format!(
-            "pixel data holds {} samples where Rows x Columns is {expected}",
-            raw.len()
-        )));
-    }
-    let (slope, intercept) = (h.rescale_slope as f32, h.rescale_intercept as f32);
-    Ok(raw.into_iter().map(|v| v * slope + intercept).collect())
+}
+
+/// Stored values as they are: the rescale is ours (per frame for a multi-frame image).
+fn options() -> ConvertOptions {
+    ConvertOptions::new().with_modality_lut(ModalityLutOption::None)
 }

@@ -1,14 +1,15 @@
 //! One DICOM file's header, read without its pixel data: what grouping, sorting and geometry need.
 
+use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use std::path::{Path, PathBuf};
 
 use super::VolumeError;
 
 /// CT Image Storage.
 pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
-/// Enhanced CT Image Storage (multi-frame; not yet decoded here).
+/// Enhanced CT Image Storage (multi-frame: each frame becomes one slice, see [`expand_frames`]).
 pub const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
 
 /// Header of one image file.
@@ -35,12 +36,23 @@ pub struct SliceHeader {
     pub rescale_intercept: f64,
     pub convolution_kernel: Option<String>,
     pub gantry_tilt: Option<f64>,
+    /// Frame number (1-based, as ReferencedFrameNumber counts) of this slice in a multi-frame file;
+    /// None for a single-frame file. The geometry fields then are that frame's (functional groups).
+    pub frame: Option<u32>,
 }
 
 impl SliceHeader {
     /// True when the object carries an image (it has Rows and Columns).
     pub fn is_image(&self) -> bool {
         self.rows.is_some() && self.columns.is_some()
+    }
+
+    /// The file, and the frame for a slice of a multi-frame file (for messages).
+    pub fn label(&self) -> String {
+        match self.frame {
+            Some(f) => format!("{} (frame {f})", self.path.display()),
+            None => self.path.display().to_string(),
+        }
     }
 }
 
@@ -125,5 +137,135 @@ pub fn header_from_object(
         rescale_intercept: float(tags::RESCALE_INTERCEPT).unwrap_or(0.0),
         convolution_kernel: text(tags::CONVOLUTION_KERNEL),
         gantry_tilt: float(tags::GANTRY_DETECTOR_TILT),
+        frame: None,
     })
+}
+
+/// Largest number of frames a multi-frame file may expand into (PerFrameFunctionalGroupsSequence
+/// holds one item per frame; NumberOfFrames is IS, up to 2^31).
+pub const MAX_FRAMES: u32 = 65_536;
+
+/// The item of functional group macro `group` (PlanePositionSequence...) that applies to a frame:
+/// the frame's own (PerFrameFunctionalGroupsSequence item) first, else the shared one.
+fn group_item<'a>(
+    per_frame: Option<&'a InMemDicomObject>,
+    shared: Option<&'a InMemDicomObject>,
+    group: Tag,
+) -> Option<&'a InMemDicomObject> {
+    let first_item = |o: &'a InMemDicomObject| {
+        o.element_opt(group)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .and_then(|items| items.first())
+    };
+    per_frame
+        .and_then(first_item)
+        .or_else(|| shared.and_then(first_item))
+}
+
+fn item_floats(item: Option<&InMemDicomObject>, tag: Tag) -> Option<Vec<f64>> {
+    item?
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+}
+
+fn item_text(item: Option<&InMemDicomObject>, tag: Tag) -> Option<String> {
+    item?
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// True when the header is that of a multi-frame image whose frames are slices (Enhanced CT).
+pub fn is_multi_frame(h: &SliceHeader) -> bool {
+    h.frame.is_none() && h.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE
+}
+
+/// One slice header per frame of a multi-frame (Enhanced CT) object, `base` being the file's own
+/// header. Each frame's geometry and rescale come from its PerFrameFunctionalGroupsSequence item,
+/// falling back to SharedFunctionalGroupsSequence, then to the top-level attributes:
+/// PlanePositionSequence > ImagePositionPatient, PlaneOrientationSequence >
+/// ImageOrientationPatient, PixelMeasuresSequence > PixelSpacing and SliceThickness,
+/// PixelValueTransformationSequence > RescaleSlope/RescaleIntercept, CTReconstructionSequence >
+/// ConvolutionKernel.
+pub fn expand_frames(
+    obj: &InMemDicomObject,
+    base: &SliceHeader,
+) -> Result<Vec<SliceHeader>, VolumeError> {
+    let n = base.number_of_frames;
+    if n == 0 || n > MAX_FRAMES {
+        return Err(VolumeError::Decode {
+            path: base.path.clone(),
+            reason: format!("NumberOfFrames {n} is outside 1..={MAX_FRAMES}"),
+        });
+    }
+    let items = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .unwrap_or(&[])
+    };
+    let per_frame = items(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let shared = items(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first();
+    if !per_frame.is_empty() && per_frame.len() != n as usize {
+        return Err(VolumeError::Decode {
+            path: base.path.clone(),
+            reason: format!(
+                "PerFrameFunctionalGroupsSequence has {} item(s) for {n} frame(s)",
+                per_frame.len()
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for f in 0..n {
+        let pf = per_frame.get(f as usize);
+        let g = |group| group_item(pf, shared, group);
+        let position = g(tags::PLANE_POSITION_SEQUENCE);
+        let orientation = g(tags::PLANE_ORIENTATION_SEQUENCE);
+        let measures = g(tags::PIXEL_MEASURES_SEQUENCE);
+        let transform = g(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE);
+        let recon = g(tags::CT_RECONSTRUCTION_SEQUENCE);
+        let mut h = base.clone();
+        h.frame = Some(f + 1);
+        if let Some(v) = item_floats(position, tags::IMAGE_POSITION_PATIENT) {
+            h.image_position = <[f64; 3]>::try_from(v.as_slice()).ok();
+        }
+        if let Some(v) = item_floats(orientation, tags::IMAGE_ORIENTATION_PATIENT) {
+            h.image_orientation = <[f64; 6]>::try_from(v.as_slice()).ok();
+        }
+        if let Some(v) = item_floats(measures, tags::PIXEL_SPACING) {
+            h.pixel_spacing = <[f64; 2]>::try_from(v.as_slice()).ok();
+        }
+        if let Some(v) = item_floats(measures, tags::SLICE_THICKNESS) {
+            h.slice_thickness = v.first().copied();
+        }
+        if let Some(v) =
+            item_floats(transform, tags::RESCALE_SLOPE).and_then(|v| v.first().copied())
+        {
+            h.rescale_slope = v;
+        }
+        if let Some(v) =
+            item_floats(transform, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied())
+        {
+            h.rescale_intercept = v;
+        }
+        if let Some(k) = item_text(recon, tags::CONVOLUTION_KERNEL) {
+            h.convolution_kernel = Some(k);
+        }
+        out.push(h);
+    }
+    Ok(out)
+}
+
+/// Opens a multi-frame file again and expands it into one header per frame ([`expand_frames`]).
+pub fn read_frames(h: &SliceHeader) -> Result<Vec<SliceHeader>, VolumeError> {
+    let obj = open_header(&h.path)?;
+    expand_frames(&obj, h)
 }
