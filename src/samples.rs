@@ -426,7 +426,7 @@ pub fn write_phantom_series(
 /// Builds `spec` as one Enhanced CT Image (multi-frame) object: frame `f` is slice `frames[f]` of the
 /// classic series (`hu[f]` its HU), with its position in PerFrameFunctionalGroupsSequence and the
 /// rest (pixel measures, orientation, rescale, reconstruction kernel, KVP) shared. Pixels are stored
-/// unsigned with RescaleIntercept -1024, so that reading them exercises the functional groups'
+/// unsigned with RescaleIntercept -2048, so that reading them exercises the functional groups'
 /// rescale rather than the top-level one. A test fixture: readable, not a complete IOD.
 pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) -> InMemDicomObject {
     use dicom_core::value::DataSetSequence;
@@ -543,7 +543,7 @@ pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) ->
         seq(
             tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
             vec![item(vec![
-                (tags::RESCALE_INTERCEPT, VR::DS, "-1024".into()),
+                (tags::RESCALE_INTERCEPT, VR::DS, "-2048".into()),
                 (tags::RESCALE_SLOPE, VR::DS, "1".into()),
                 (tags::RESCALE_TYPE, VR::LO, "HU".into()),
             ])],
@@ -608,7 +608,7 @@ pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) ->
         })
         .collect();
     o.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
-    // Image Pixel: unsigned 16 bits, stored value = HU + 1024.
+    // Image Pixel: unsigned 16 bits, stored value = HU + 2048.
     let mut u16s = |tag, v: u16| {
         o.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
     };
@@ -627,7 +627,7 @@ pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) ->
     let mut bytes = Vec::with_capacity(plane * 2 * frames.len());
     for slice in hu {
         for v in slice {
-            let s = (v.round() + 1024.0).clamp(0.0, 65535.0) as u16;
+            let s = (v.round() + 2048.0).clamp(0.0, 65535.0) as u16;
             bytes.extend_from_slice(&s.to_le_bytes());
         }
     }
