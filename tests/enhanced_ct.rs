@@ -235,8 +235,9 @@ fn enhanced_inconsistent_frames_are_refused() {
     );
 }
 
-/// An Enhanced CT series sent over C-STORE to `serve` is harmonized and its classic derived series
-/// delivered to DCMTK's storescp; the delivered instances pass dciodvfy and dcentvfy.
+/// An Enhanced CT series sent over C-STORE to `serve` is routed by the kernel and slice thickness of
+/// its functional groups (a rule on ConvolutionKernel matches it), harmonized, and its classic
+/// derived series delivered to DCMTK's storescp; the delivered instances pass dciodvfy and dcentvfy.
 #[test]
 fn enhanced_series_over_cstore_delivered() {
     let tmp = tempfile::tempdir().unwrap();
@@ -254,7 +255,9 @@ fn enhanced_series_over_cstore_delivered() {
     let mut d = Daemon::new(
         tmp.path(),
         &[],
-        &(scp_dest("pacs", "PACS", port) + &rule("default", "harmonize", false, &["pacs"])),
+        &(scp_dest("pacs", "PACS", port)
+            + "[[rules]]\nname = \"sharp\"\nconvolution_kernel = [\"B50f\"]\nslice_thickness_mm = [1.5, 2.5]\nplan = \"harmonize\"\nmodels = [\"gaussian-soft-baseline\"]\ndestinations = [\"pacs\"]\n\n"
+            + &rule("rest", "drop", false, &[])),
     );
     d.start();
     let o = storescu("MODALITY", AE, d.port, &[&input]);
@@ -270,6 +273,13 @@ fn enhanced_series_over_cstore_delivered() {
         .all(|(series, _, desc)| series != &spec.series_uid() && desc.contains("HARMONIZED")));
     verify_dicom(&received_dir);
     assert_eq!(d.metric("series_translated"), 1.0);
+    let logs = d.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"series_routed\"") && l.contains("\"sharp\"")),
+        "{}",
+        d.context()
+    );
     assert_eq!(d.metric("forward_failures"), 0.0);
 }
 

@@ -182,6 +182,28 @@ fn item_text(item: Option<&InMemDicomObject>, tag: Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Attribute `tag` of functional group `group` for the first frame of a multi-frame object (its
+/// PerFrameFunctionalGroupsSequence item, else the shared one), as text; None for a classic image.
+/// What routing reads where a classic image has the attribute at the top level (ConvolutionKernel,
+/// SliceThickness).
+pub fn first_frame_text(obj: &InMemDicomObject, group: Tag, tag: Tag) -> Option<String> {
+    let first = |seq| {
+        obj.element_opt(seq)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .and_then(|i| i.first())
+    };
+    item_text(
+        group_item(
+            first(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE),
+            first(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE),
+            group,
+        ),
+        tag,
+    )
+}
+
 /// True when the header is that of a multi-frame image whose frames are slices (Enhanced CT).
 pub fn is_multi_frame(h: &SliceHeader) -> bool {
     h.frame.is_none() && h.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE
