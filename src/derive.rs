@@ -5,6 +5,14 @@
 //! naming this software and the model (a new device identity per model file); ConvolutionKernel = the
 //! target kernel; new SeriesNumber and SeriesDescription; the geometry of the output grid.
 //!
+//! Enhanced CT (multi-frame) sources give classic CT Image Storage instances, one per output slice:
+//! the template is the enhanced header without its multi-frame-only attributes (functional groups,
+//! dimensions, concatenation: [`classic_from_enhanced`]), with the Image Plane attributes of the
+//! source frame (ImagePositionPatient, ImageOrientationPatient, SliceThickness from its functional
+//! groups), KVP from CTXRayDetailsSequence, and SourceImageSequence items that name the enhanced
+//! instance with the ReferencedFrameNumber of each source frame. Classic output is what every
+//! archive, viewer and analysis tool reads; the instances validate with dciodvfy and dcentvfy.
+//!
 //! Files go into a hidden `.<uid>.partial` folder, made durable together (syncfs), and the folder is renamed to
 //! `<uid>` only when the whole series is written: a crash never leaves a half-written series that
 //! looks complete.
