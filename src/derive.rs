@@ -416,13 +416,12 @@ impl SeriesWriter {
         })?;
         let mut obj = obj.into_inner();
         let notes = sanitize(&mut obj);
-        let (series_uid, path) = (h.series_uid.clone(), h.path.clone());
-        self.log_repairs(&series_uid, &path, notes);
+        let series_uid = h.series_uid.clone();
+        self.log_repairs(&series_uid, notes);
         Ok(obj)
     }
 
-    fn log_repairs(&mut self, source_series_uid: &str, path: &Path, notes: Vec<String>) {
-        let _ = path;
+    fn log_repairs(&mut self, source_series_uid: &str, notes: Vec<String>) {
         for note in notes {
             if self.repaired.insert(note.clone()) {
                 tracing::warn!(event = "source_attribute_repaired", source_series_uid = %source_series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
@@ -446,7 +445,7 @@ impl SeriesWriter {
             let mut base = obj.into_inner();
             let kvp = classic_from_enhanced(&mut base);
             let notes = sanitize(&mut base);
-            self.log_repairs(&h.series_uid, &h.path, notes);
+            self.log_repairs(&h.series_uid, notes);
             self.enhanced = Some(EnhancedBase {
                 path: h.path.clone(),
                 base,
@@ -1255,5 +1254,45 @@ mod tests {
         );
         // Type 1 and needed: kept even when it looks wrong.
         assert!(has(tags::STUDY_INSTANCE_UID));
+    }
+
+    #[test]
+    fn enhanced_header_becomes_a_classic_base() {
+        let kvp_item = |v: &str| {
+            let mut details = InMemDicomObject::new_empty();
+            put(&mut details, tags::KVP, VR::DS, v);
+            let mut group = InMemDicomObject::new_empty();
+            put_seq(&mut group, tags::CTX_RAY_DETAILS_SEQUENCE, vec![details]);
+            group
+        };
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::PATIENT_ID, VR::LO, "P1");
+        put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, "3");
+        put(&mut o, tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D");
+        put(&mut o, tags::CONTENT_QUALIFICATION, VR::CS, "PRODUCT");
+        put_seq(
+            &mut o,
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![kvp_item("120")],
+        );
+        // Frame 2 has its own KVP; frames 1 and 3 have none of their own.
+        put_seq(
+            &mut o,
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![
+                InMemDicomObject::new_empty(),
+                kvp_item("100"),
+                InMemDicomObject::new_empty(),
+            ],
+        );
+        let kvp = classic_from_enhanced(&mut o);
+        assert_eq!(
+            kvp,
+            vec![Some("120".into()), Some("100".into()), Some("120".into())]
+        );
+        for t in ENHANCED_ONLY {
+            assert!(o.element_opt(t).unwrap().is_none(), "{t:?}");
+        }
+        assert!(o.element_opt(tags::PATIENT_ID).unwrap().is_some());
     }
 }

@@ -114,3 +114,57 @@ impl FrameReader {
 fn options() -> ConvertOptions {
     ConvertOptions::new().with_modality_lut(ModalityLutOption::None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn header(frames: u32, frame: Option<u32>) -> SliceHeader {
+        SliceHeader {
+            path: PathBuf::from("/nonexistent/enhanced.dcm"),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            sop_class_uid: crate::volume::header::ENHANCED_CT_IMAGE_STORAGE.into(),
+            sop_instance_uid: "1.2.3.4".into(),
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            modality: Some("CT".into()),
+            instance_number: None,
+            image_position: None,
+            image_orientation: None,
+            pixel_spacing: None,
+            slice_thickness: None,
+            rows: Some(4),
+            columns: Some(4),
+            samples_per_pixel: 1,
+            number_of_frames: frames,
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            convolution_kernel: None,
+            gantry_tilt: None,
+            frame,
+        }
+    }
+
+    #[test]
+    fn frame_numbers_are_checked_before_the_file_is_opened() {
+        let e = read_slice_hu(&header(3, None)).unwrap_err().to_string();
+        assert!(e.contains("3 frames") && e.contains("enhanced.dcm"), "{e}");
+        let e = read_slice_hu(&header(3, Some(4))).unwrap_err().to_string();
+        assert!(
+            e.contains("frame 4 is outside the file's 3 frame(s)"),
+            "{e}"
+        );
+        let e = read_slice_hu(&header(3, Some(0))).unwrap_err().to_string();
+        assert!(e.contains("frame 0"), "{e}");
+    }
+
+    #[test]
+    fn jpeg_ls_is_decodable_in_this_build() {
+        for uid in ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"] {
+            let mut h = header(1, None);
+            h.transfer_syntax = uid.into();
+            assert!(check_transfer_syntax(&h).is_ok(), "{uid}");
+        }
+    }
+}

@@ -291,3 +291,173 @@ pub fn read_frames(h: &SliceHeader) -> Result<Vec<SliceHeader>, VolumeError> {
     let obj = open_header(&h.path)?;
     expand_frames(&obj, h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::value::{DataSetSequence, PrimitiveValue};
+    use dicom_core::{DataElement, VR};
+
+    /// An item; backslashes separate the values of a multi-valued attribute.
+    fn item(elems: &[(Tag, VR, &str)]) -> InMemDicomObject {
+        InMemDicomObject::from_element_iter(elems.iter().map(|(t, vr, v)| {
+            let values = v.split('\\').map(str::to_string).collect();
+            DataElement::new(*t, *vr, PrimitiveValue::Strs(values))
+        }))
+    }
+
+    fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    }
+
+    fn base(frames: u32) -> SliceHeader {
+        SliceHeader {
+            path: PathBuf::from("enhanced.dcm"),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            sop_class_uid: ENHANCED_CT_IMAGE_STORAGE.into(),
+            sop_instance_uid: "1.2.3.4".into(),
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            modality: Some("CT".into()),
+            instance_number: Some(1),
+            image_position: None,
+            image_orientation: None,
+            pixel_spacing: None,
+            slice_thickness: None,
+            rows: Some(4),
+            columns: Some(4),
+            samples_per_pixel: 1,
+            number_of_frames: frames,
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            convolution_kernel: None,
+            gantry_tilt: None,
+            frame: None,
+        }
+    }
+
+    /// Shared groups give what frames have in common; a frame's own item overrides them.
+    fn enhanced(frames: usize) -> InMemDicomObject {
+        let shared = InMemDicomObject::from_element_iter([
+            seq(
+                tags::PIXEL_MEASURES_SEQUENCE,
+                vec![item(&[
+                    (tags::PIXEL_SPACING, VR::DS, "0.5\\0.6"),
+                    (tags::SLICE_THICKNESS, VR::DS, "1.25"),
+                ])],
+            ),
+            seq(
+                tags::PLANE_ORIENTATION_SEQUENCE,
+                vec![item(&[(
+                    tags::IMAGE_ORIENTATION_PATIENT,
+                    VR::DS,
+                    "1\\0\\0\\0\\1\\0",
+                )])],
+            ),
+            seq(
+                tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                vec![item(&[
+                    (tags::RESCALE_SLOPE, VR::DS, "1"),
+                    (tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+                ])],
+            ),
+            seq(
+                tags::CT_RECONSTRUCTION_SEQUENCE,
+                vec![item(&[(tags::CONVOLUTION_KERNEL, VR::SH, "B70f")])],
+            ),
+        ]);
+        let per_frame = (0..frames)
+            .map(|f| {
+                let mut o = InMemDicomObject::from_element_iter([seq(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(&[(
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        &format!("-10\\-20\\{}", -(f as f64) * 1.25),
+                    )])],
+                )]);
+                if f == 1 {
+                    o.put(seq(
+                        tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                        vec![item(&[
+                            (tags::RESCALE_SLOPE, VR::DS, "2"),
+                            (tags::RESCALE_INTERCEPT, VR::DS, "-2048"),
+                        ])],
+                    ));
+                }
+                o
+            })
+            .collect();
+        InMemDicomObject::from_element_iter([
+            seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]),
+            seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame),
+        ])
+    }
+
+    #[test]
+    fn frames_take_their_own_groups_then_the_shared_ones() {
+        let b = base(3);
+        assert!(is_multi_frame(&b));
+        let hs = expand_frames(&enhanced(3), &b).unwrap();
+        assert_eq!(hs.len(), 3);
+        for (i, h) in hs.iter().enumerate() {
+            assert_eq!(h.frame, Some(i as u32 + 1));
+            assert!(!is_multi_frame(h));
+            assert_eq!(h.image_position, Some([-10.0, -20.0, -(i as f64) * 1.25]));
+            assert_eq!(h.image_orientation, Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
+            assert_eq!(h.pixel_spacing, Some([0.5, 0.6]));
+            assert_eq!(h.slice_thickness, Some(1.25));
+            assert_eq!(h.convolution_kernel.as_deref(), Some("B70f"));
+            assert_eq!(h.sop_instance_uid, "1.2.3.4");
+        }
+        assert_eq!(
+            (hs[0].rescale_slope, hs[0].rescale_intercept),
+            (1.0, -1024.0)
+        );
+        assert_eq!(
+            (hs[1].rescale_slope, hs[1].rescale_intercept),
+            (2.0, -2048.0)
+        );
+        assert_eq!(hs[2].label(), "enhanced.dcm (frame 3)");
+        assert_eq!(
+            first_frame_text(
+                &enhanced(1),
+                tags::CT_RECONSTRUCTION_SEQUENCE,
+                tags::CONVOLUTION_KERNEL
+            )
+            .as_deref(),
+            Some("B70f")
+        );
+    }
+
+    #[test]
+    fn frame_count_must_match_the_per_frame_items() {
+        let e = expand_frames(&enhanced(3), &base(4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("enhanced.dcm") && e.contains("3 item(s) for 4 frame(s)"),
+            "{e}"
+        );
+        let e = expand_frames(&enhanced(3), &base(MAX_FRAMES + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside 1..=65536"), "{e}");
+        let e = expand_frames(&enhanced(3), &base(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NumberOfFrames 0"), "{e}");
+    }
+
+    #[test]
+    fn top_level_values_are_the_fallback() {
+        // No functional groups at all: every frame keeps the file's own attributes.
+        let mut b = base(2);
+        b.pixel_spacing = Some([0.7, 0.7]);
+        b.convolution_kernel = Some("STANDARD".into());
+        let hs = expand_frames(&InMemDicomObject::new_empty(), &b).unwrap();
+        assert_eq!(hs.len(), 2);
+        assert!(hs.iter().all(|h| h.pixel_spacing == Some([0.7, 0.7])
+            && h.convolution_kernel.as_deref() == Some("STANDARD")));
+    }
+}
