@@ -9,7 +9,7 @@
 //! the template is the enhanced header without its multi-frame-only attributes (functional groups,
 //! dimensions, concatenation: [`classic_from_enhanced`]), with the Image Plane attributes of the
 //! source frame (ImagePositionPatient, ImageOrientationPatient, SliceThickness from its functional
-//! groups), KVP from CTXRayDetailsSequence, and SourceImageSequence items that name the enhanced
+//! groups), KVP and window from CTXRayDetailsSequence and FrameVOILUTSequence, and SourceImageSequence items that name the enhanced
 //! instance with the ReferencedFrameNumber of each source frame. Classic output is what every
 //! archive, viewer and analysis tool reads; the instances validate with dciodvfy and dcentvfy.
 //!
@@ -329,11 +329,12 @@ pub struct SeriesWriter {
     enhanced: Option<EnhancedBase>,
 }
 
-/// A multi-frame source turned into the base of classic CT instances (see [`classic_from_enhanced`]).
+/// A multi-frame source turned into the base of classic CT instances (see [`classic_from_enhanced`]):
+/// its file, the base, each frame's top-level attributes.
 struct EnhancedBase {
     path: PathBuf,
     base: InMemDicomObject,
-    kvp: Vec<Option<String>>,
+    frames: Vec<FrameAttributes>,
 }
 
 impl SeriesWriter {
@@ -443,13 +444,13 @@ impl SeriesWriter {
                 reason: e.to_string(),
             })?;
             let mut base = obj.into_inner();
-            let kvp = classic_from_enhanced(&mut base);
+            let frames = classic_from_enhanced(&mut base);
             let notes = sanitize(&mut base);
             self.log_repairs(&h.series_uid, notes);
             self.enhanced = Some(EnhancedBase {
                 path: h.path.clone(),
                 base,
-                kvp,
+                frames,
             });
         }
         let Some(e) = &self.enhanced else {
@@ -459,13 +460,16 @@ impl SeriesWriter {
             });
         };
         let mut obj = e.base.clone();
-        let kvp = e
-            .kvp
+        // KVP is Type 2 in the CT Image module: present, empty when the source does not say.
+        put(&mut obj, tags::KVP, VR::DS, "");
+        for (tag, vr, value) in e
+            .frames
             .get(frame.saturating_sub(1) as usize)
-            .cloned()
+            .into_iter()
             .flatten()
-            .unwrap_or_default();
-        put(&mut obj, tags::KVP, VR::DS, kvp);
+        {
+            put(&mut obj, *tag, *vr, value.as_str());
+        }
         if let Some(p) = h.image_position {
             put_strs(
                 &mut obj,
@@ -807,11 +811,22 @@ const ENHANCED_ONLY: [Tag; 17] = [
     tags::REPRESENTATIVE_FRAME_NUMBER,
 ];
 
+/// Per-frame attributes a classic CT Image keeps at the top level: (functional group, attribute, VR).
+const FRAME_ATTRIBUTES: [(Tag, Tag, VR); 3] = [
+    (tags::CTX_RAY_DETAILS_SEQUENCE, tags::KVP, VR::DS),
+    (tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_CENTER, VR::DS),
+    (tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH, VR::DS),
+];
+
+/// One frame's top-level attributes for its classic instance (see [`classic_from_enhanced`]).
+pub type FrameAttributes = Vec<(Tag, VR, String)>;
+
 /// Turns a multi-frame (Enhanced CT) header into the base of classic CT Image instances: removes
-/// what only the multi-frame IOD has ([`ENHANCED_ONLY`], NumberOfFrames...). Returns each frame's
-/// KVP (CTXRayDetailsSequence, per frame or shared), which the classic CT Image module keeps at
-/// the top level. The per-frame Image Plane attributes are the frame's slice header's.
-pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<Option<String>> {
+/// what only the multi-frame IOD has ([`ENHANCED_ONLY`], NumberOfFrames...). Returns, per frame, the
+/// attributes of its functional groups (its own, else the shared ones) that the classic CT Image
+/// keeps at the top level: KVP (CTXRayDetailsSequence), WindowCenter/WindowWidth
+/// (FrameVOILUTSequence). The per-frame Image Plane attributes are the frame's slice header's.
+pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<FrameAttributes> {
     let items = |tag| {
         obj.element_opt(tag)
             .ok()
@@ -822,17 +837,16 @@ pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<Option<String>> 
     };
     let per_frame = items(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
     let shared = items(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
-    let kvp_of = |group: &InMemDicomObject| {
-        group
-            .element_opt(tags::CTX_RAY_DETAILS_SEQUENCE)
+    let value_in = |groups: Option<&InMemDicomObject>, group: Tag, tag: Tag| {
+        groups?
+            .element_opt(group)
             .ok()
             .flatten()
             .and_then(|e| e.items())
             .and_then(|i| i.first())
-            .map(|i| item_text(i, tags::KVP))
+            .map(|i| item_text(i, tag))
             .filter(|v| !v.is_empty())
     };
-    let shared_kvp = shared.first().and_then(kvp_of);
     let frames = obj
         .element_opt(tags::NUMBER_OF_FRAMES)
         .ok()
@@ -840,18 +854,22 @@ pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<Option<String>> 
         .and_then(|e| e.to_int::<usize>().ok())
         .unwrap_or(per_frame.len())
         .min(header::MAX_FRAMES as usize);
-    let kvp = (0..frames)
+    let attributes = (0..frames)
         .map(|f| {
-            per_frame
-                .get(f)
-                .and_then(kvp_of)
-                .or_else(|| shared_kvp.clone())
+            FRAME_ATTRIBUTES
+                .iter()
+                .filter_map(|&(group, tag, vr)| {
+                    value_in(per_frame.get(f), group, tag)
+                        .or_else(|| value_in(shared.first(), group, tag))
+                        .map(|v| (tag, vr, v))
+                })
+                .collect()
         })
         .collect();
     for t in ENHANCED_ONLY {
         obj.remove_element(t);
     }
-    kvp
+    attributes
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1285,11 +1303,9 @@ mod tests {
                 InMemDicomObject::new_empty(),
             ],
         );
-        let kvp = classic_from_enhanced(&mut o);
-        assert_eq!(
-            kvp,
-            vec![Some("120".into()), Some("100".into()), Some("120".into())]
-        );
+        let frames = classic_from_enhanced(&mut o);
+        let kvp = |v: &str| vec![(tags::KVP, VR::DS, v.to_string())];
+        assert_eq!(frames, vec![kvp("120"), kvp("100"), kvp("120")]);
         for t in ENHANCED_ONLY {
             assert!(o.element_opt(t).unwrap().is_none(), "{t:?}");
         }

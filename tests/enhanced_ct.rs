@@ -125,6 +125,9 @@ fn assert_same_volume(a: &[Slice], b: &[Slice], tolerance: f32) {
             tags::SLICE_THICKNESS,
             tags::ROWS,
             tags::COLUMNS,
+            tags::KVP,
+            tags::WINDOW_CENTER,
+            tags::WINDOW_WIDTH,
         ] {
             assert_eq!(tag_str(&x.obj, t), tag_str(&y.obj, t), "{t:?}");
         }
@@ -163,6 +166,7 @@ fn enhanced_series_harmonized_like_classic() {
             .unwrap()
             .is_none());
         assert_eq!(tag_str(o, tags::KVP), "120");
+        assert_eq!(tag_str(o, tags::WINDOW_WIDTH), "400");
         assert_eq!(tag_str(o, tags::SLICE_THICKNESS), "2");
         let item = &o
             .element(tags::SOURCE_IMAGE_SEQUENCE)
