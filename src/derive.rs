@@ -9,8 +9,8 @@
 //! the template is the enhanced header without its multi-frame-only attributes (functional groups,
 //! dimensions, concatenation: [`classic_from_enhanced`]), with the Image Plane attributes of the
 //! source frame (ImagePositionPatient, ImageOrientationPatient, SliceThickness from its functional
-//! groups), KVP and window from CTXRayDetailsSequence and FrameVOILUTSequence, and SourceImageSequence items that name the enhanced
-//! instance with the ReferencedFrameNumber of each source frame. Classic output is what every
+//! groups), KVP and window (CTXRayDetailsSequence, FrameVOILUTSequence), and SourceImageSequence
+//! items that name the enhanced instance with the ReferencedFrameNumber of each source frame. Classic output is what every
 //! archive, viewer and analysis tool reads; the instances validate with dciodvfy and dcentvfy.
 //!
 //! Files go into a hidden `.<uid>.partial` folder, made durable together (syncfs), and the folder is renamed to
