@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ct-harmonizer's demo and tests need on a fresh Debian 12 machine. Safe to re-run:
 # every step checks first and does nothing when its result is already there.
-#   - Debian packages: DCMTK and Orthanc (real DICOM peers), dicom3tools (dciodvfy/dcentvfy),
+#   - Debian packages: DCMTK and Orthanc (real DICOM peers), cmake (builds CharLS for JPEG-LS), dicom3tools (dciodvfy/dcentvfy),
 #     invesalius-examples (a real head CT), systemd (systemd-analyze checks the unit), curl, fonts-dejavu-core (text in the training loss plots)
 #   - ONNX Runtime 1.31.1's shared library from the PyPI wheel, into .deps/ort (project-local)
 #   - pydicom's wheel (no dependencies), into .deps/pydicom: its tiny real CT series are test data
@@ -14,6 +14,8 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 [[ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ]] || need_apt+=(invesalius-examples)
 [[ -x /usr/sbin/Orthanc ]] || need_apt+=(orthanc)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# cmake: dicom-rs's `charls` feature builds CharLS (JPEG-LS) from its bundled C++ sources.
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need_apt+=(fonts-dejavu-core)
 # promtool checks config/monitoring/ (tests/ops.rs); Debian ships it in prometheus (~96 MB installed).

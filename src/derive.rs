@@ -5,6 +5,14 @@
 //! naming this software and the model (a new device identity per model file); ConvolutionKernel = the
 //! target kernel; new SeriesNumber and SeriesDescription; the geometry of the output grid.
 //!
+//! Enhanced CT (multi-frame) sources give classic CT Image Storage instances, one per output slice:
+//! the template is the enhanced header without its multi-frame-only attributes (functional groups,
+//! dimensions, concatenation: [`classic_from_enhanced`]), with the Image Plane attributes of the
+//! source frame (ImagePositionPatient, ImageOrientationPatient, SliceThickness from its functional
+//! groups), KVP and window (CTXRayDetailsSequence, FrameVOILUTSequence), and SourceImageSequence
+//! items that name the enhanced instance with the ReferencedFrameNumber of each source frame. Classic output is what every
+//! archive, viewer and analysis tool reads; the instances validate with dciodvfy and dcentvfy.
+//!
 //! Files go into a hidden `.<uid>.partial` folder, made durable together (syncfs), and the folder is renamed to
 //! `<uid>` only when the whole series is written: a crash never leaves a half-written series that
 //! looks complete.
@@ -317,6 +325,16 @@ pub struct SeriesWriter {
     written: usize,
     /// Source repairs already logged (one line per attribute and series).
     repaired: std::collections::HashSet<String>,
+    /// The classic base of the last multi-frame source read (its file, the base, KVP per frame).
+    enhanced: Option<EnhancedBase>,
+}
+
+/// A multi-frame source turned into the base of classic CT instances (see [`classic_from_enhanced`]):
+/// its file, the base, each frame's top-level attributes.
+struct EnhancedBase {
+    path: PathBuf,
+    base: InMemDicomObject,
+    frames: Vec<FrameAttributes>,
 }
 
 impl SeriesWriter {
@@ -343,6 +361,7 @@ impl SeriesWriter {
             partial,
             written: 0,
             repaired: Default::default(),
+            enhanced: None,
         })
     }
 
@@ -388,15 +407,98 @@ impl SeriesWriter {
             uid: self.plan.series_uid.clone(),
             reason: format!("no source slice {index}"),
         })?;
+        if let Some(frame) = h.frame {
+            let h = h.clone();
+            return self.frame_template(&h, frame);
+        }
         let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
             path: h.path.clone(),
             reason: e.to_string(),
         })?;
         let mut obj = obj.into_inner();
-        for note in sanitize(&mut obj) {
+        let notes = sanitize(&mut obj);
+        let series_uid = h.series_uid.clone();
+        self.log_repairs(&series_uid, notes);
+        Ok(obj)
+    }
+
+    fn log_repairs(&mut self, source_series_uid: &str, notes: Vec<String>) {
+        for note in notes {
             if self.repaired.insert(note.clone()) {
-                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %h.series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
+                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %source_series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
             }
+        }
+    }
+
+    /// The classic CT template of frame `frame` (1-based) of a multi-frame source: the file's base
+    /// (read once per file, see [`classic_from_enhanced`]) with the frame's Image Plane attributes.
+    fn frame_template(
+        &mut self,
+        h: &SliceHeader,
+        frame: u32,
+    ) -> Result<InMemDicomObject, DeriveError> {
+        if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
+            self.enhanced = None;
+            let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+                path: h.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let mut base = obj.into_inner();
+            let frames = classic_from_enhanced(&mut base);
+            let notes = sanitize(&mut base);
+            self.log_repairs(&h.series_uid, notes);
+            self.enhanced = Some(EnhancedBase {
+                path: h.path.clone(),
+                base,
+                frames,
+            });
+        }
+        let Some(e) = &self.enhanced else {
+            return Err(DeriveError::Source {
+                path: h.path.clone(),
+                reason: "multi-frame source not read".into(),
+            });
+        };
+        let mut obj = e.base.clone();
+        // KVP is Type 2 in the CT Image module: present, empty when the source does not say.
+        put(&mut obj, tags::KVP, VR::DS, "");
+        for (tag, vr, value) in e
+            .frames
+            .get(frame.saturating_sub(1) as usize)
+            .into_iter()
+            .flatten()
+        {
+            put(&mut obj, *tag, *vr, value.as_str());
+        }
+        if let Some(p) = h.image_position {
+            put_strs(
+                &mut obj,
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                &ds_multi(&p),
+            );
+        }
+        if let Some(o) = h.image_orientation {
+            put_strs(
+                &mut obj,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                &ds_multi(&o),
+            );
+        }
+        put(
+            &mut obj,
+            tags::SLICE_THICKNESS,
+            VR::DS,
+            h.slice_thickness.map(ds).unwrap_or_default(),
+        );
+        if obj
+            .element_opt(tags::ACQUISITION_NUMBER)
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            put(&mut obj, tags::ACQUISITION_NUMBER, VR::IS, "");
         }
         Ok(obj)
     }
@@ -528,6 +630,14 @@ impl SeriesWriter {
                     VR::UI,
                     &h.sop_instance_uid,
                 );
+                if let Some(f) = h.frame {
+                    put(
+                        &mut item,
+                        tags::REFERENCED_FRAME_NUMBER,
+                        VR::IS,
+                        f.to_string(),
+                    );
+                }
                 put_seq(
                     &mut item,
                     tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
@@ -676,6 +786,90 @@ impl SeriesWriter {
     pub fn abandon(self) {
         let _ = fs::remove_dir_all(&self.partial);
     }
+}
+
+/// Attributes of the multi-frame (Enhanced CT) IOD that a classic CT Image has no place for: the
+/// functional groups (their per-frame content moves to the top level, frame by frame), the
+/// dimension, concatenation and multi-frame presentation attributes.
+const ENHANCED_ONLY: [Tag; 17] = [
+    tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+    tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+    tags::DIMENSION_ORGANIZATION_SEQUENCE,
+    tags::DIMENSION_INDEX_SEQUENCE,
+    tags::DIMENSION_ORGANIZATION_TYPE,
+    tags::CONTENT_QUALIFICATION,
+    tags::PIXEL_PRESENTATION,
+    tags::VOLUMETRIC_PROPERTIES,
+    tags::VOLUME_BASED_CALCULATION_TECHNIQUE,
+    tags::ACQUISITION_CONTEXT_SEQUENCE,
+    tags::PRESENTATION_LUT_SHAPE,
+    tags::REFERENCED_IMAGE_EVIDENCE_SEQUENCE,
+    tags::SOURCE_IMAGE_EVIDENCE_SEQUENCE,
+    tags::CONCATENATION_UID,
+    tags::CONCATENATION_FRAME_OFFSET_NUMBER,
+    tags::IN_CONCATENATION_NUMBER,
+    tags::REPRESENTATIVE_FRAME_NUMBER,
+];
+
+/// Per-frame attributes a classic CT Image keeps at the top level: (functional group, attribute, VR).
+const FRAME_ATTRIBUTES: [(Tag, Tag, VR); 3] = [
+    (tags::CTX_RAY_DETAILS_SEQUENCE, tags::KVP, VR::DS),
+    (tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_CENTER, VR::DS),
+    (tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH, VR::DS),
+];
+
+/// One frame's top-level attributes for its classic instance (see [`classic_from_enhanced`]).
+pub type FrameAttributes = Vec<(Tag, VR, String)>;
+
+/// Turns a multi-frame (Enhanced CT) header into the base of classic CT Image instances: removes
+/// what only the multi-frame IOD has ([`ENHANCED_ONLY`], NumberOfFrames...). Returns, per frame, the
+/// attributes of its functional groups (its own, else the shared ones) that the classic CT Image
+/// keeps at the top level: KVP (CTXRayDetailsSequence), WindowCenter/WindowWidth
+/// (FrameVOILUTSequence). The per-frame Image Plane attributes are the frame's slice header's.
+pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<FrameAttributes> {
+    let items = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .map(|i| i.to_vec())
+            .unwrap_or_default()
+    };
+    let per_frame = items(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let shared = items(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let value_in = |groups: Option<&InMemDicomObject>, group: Tag, tag: Tag| {
+        groups?
+            .element_opt(group)
+            .ok()
+            .flatten()
+            .and_then(|e| e.items())
+            .and_then(|i| i.first())
+            .map(|i| item_text(i, tag))
+            .filter(|v| !v.is_empty())
+    };
+    let frames = obj
+        .element_opt(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<usize>().ok())
+        .unwrap_or(per_frame.len())
+        .min(header::MAX_FRAMES as usize);
+    let attributes = (0..frames)
+        .map(|f| {
+            FRAME_ATTRIBUTES
+                .iter()
+                .filter_map(|&(group, tag, vr)| {
+                    value_in(per_frame.get(f), group, tag)
+                        .or_else(|| value_in(shared.first(), group, tag))
+                        .map(|v| (tag, vr, v))
+                })
+                .collect()
+        })
+        .collect();
+    for t in ENHANCED_ONLY {
+        obj.remove_element(t);
+    }
+    attributes
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1078,5 +1272,43 @@ mod tests {
         );
         // Type 1 and needed: kept even when it looks wrong.
         assert!(has(tags::STUDY_INSTANCE_UID));
+    }
+
+    #[test]
+    fn enhanced_header_becomes_a_classic_base() {
+        let kvp_item = |v: &str| {
+            let mut details = InMemDicomObject::new_empty();
+            put(&mut details, tags::KVP, VR::DS, v);
+            let mut group = InMemDicomObject::new_empty();
+            put_seq(&mut group, tags::CTX_RAY_DETAILS_SEQUENCE, vec![details]);
+            group
+        };
+        let mut o = InMemDicomObject::new_empty();
+        put(&mut o, tags::PATIENT_ID, VR::LO, "P1");
+        put(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, "3");
+        put(&mut o, tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D");
+        put(&mut o, tags::CONTENT_QUALIFICATION, VR::CS, "PRODUCT");
+        put_seq(
+            &mut o,
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![kvp_item("120")],
+        );
+        // Frame 2 has its own KVP; frames 1 and 3 have none of their own.
+        put_seq(
+            &mut o,
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![
+                InMemDicomObject::new_empty(),
+                kvp_item("100"),
+                InMemDicomObject::new_empty(),
+            ],
+        );
+        let frames = classic_from_enhanced(&mut o);
+        let kvp = |v: &str| vec![(tags::KVP, VR::DS, v.to_string())];
+        assert_eq!(frames, vec![kvp("120"), kvp("100"), kvp("120")]);
+        for t in ENHANCED_ONLY {
+            assert!(o.element_opt(t).unwrap().is_none(), "{t:?}");
+        }
+        assert!(o.element_opt(tags::PATIENT_ID).unwrap().is_some());
     }
 }

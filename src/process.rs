@@ -18,7 +18,7 @@ use crate::series::{self, Series};
 use crate::translate::manifest::{ManifestError, ModelDir};
 use crate::translate::{AxisTile, Control, TranslateError, Translator};
 use crate::volume::geometry::{sort_and_check, GeometryLimits};
-use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::volume::header::{self, CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 use crate::volume::slab::Slab;
 use crate::volume::{decode, SlabReader, VolumeError};
 
@@ -30,11 +30,10 @@ pub enum SeriesError {
         series_uid: String,
         modality: String,
     },
-    #[error("series {series_uid}: SOP class {sop_class} is not CT Image Storage{hint}")]
+    #[error("series {series_uid}: SOP class {sop_class} is neither CT Image Storage nor Enhanced CT Image Storage")]
     SopClass {
         series_uid: String,
         sop_class: String,
-        hint: &'static str,
     },
     #[error("series {series_uid}: model {model} does not accept convolution kernel {kernel}")]
     Kernel {
@@ -172,6 +171,28 @@ pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, Process
     Ok(report)
 }
 
+/// Series expansion: every Enhanced CT (multi-frame) instance of the series becomes one slice header
+/// per frame, with that frame's geometry from its functional groups; single-frame slices stay as
+/// they are. From here on a frame is a slice like any other (sorted, geometry-checked, read, and the
+/// template of classic derived instances, see [`crate::derive`]). Idempotent.
+pub fn expand_frames(s: &mut Series) -> Result<(), SeriesError> {
+    if !s.slices.iter().any(header::is_multi_frame) {
+        return Ok(());
+    }
+    let mut out = Vec::with_capacity(s.slices.len());
+    for h in std::mem::take(&mut s.slices) {
+        if header::is_multi_frame(&h) {
+            let frames = header::read_frames(&h)?;
+            tracing::info!(event = "frames_expanded", series_uid = %s.series_uid, sop_instance_uid = %h.sop_instance_uid, frames = frames.len(), "multi-frame instance read as one slice per frame");
+            out.extend(frames);
+        } else {
+            out.push(h);
+        }
+    }
+    s.slices = out;
+    Ok(())
+}
+
 /// Checks a series before any pixel is read: CT, decodable, accepted kernel, valid geometry.
 pub fn check_series(
     settings: &Settings,
@@ -189,21 +210,15 @@ pub fn check_series(
             modality: h.modality.clone().unwrap_or_else(|| "(none)".into()),
         });
     }
-    if let Some(h) = s
-        .slices
-        .iter()
-        .find(|h| h.sop_class_uid != CT_IMAGE_STORAGE)
-    {
+    if let Some(h) = s.slices.iter().find(|h| {
+        h.sop_class_uid != CT_IMAGE_STORAGE && h.sop_class_uid != ENHANCED_CT_IMAGE_STORAGE
+    }) {
         return Err(SeriesError::SopClass {
             series_uid: uid,
             sop_class: h.sop_class_uid.clone(),
-            hint: if h.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE {
-                " (Enhanced CT multi-frame is not supported yet)"
-            } else {
-                ""
-            },
         });
     }
+    expand_frames(s)?;
     for h in &s.slices {
         decode::check_transfer_syntax(h)?;
     }

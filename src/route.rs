@@ -6,7 +6,7 @@ use dicom_dictionary_std::tags;
 use std::path::Path;
 
 use crate::config::Rule;
-use crate::volume::header::open_header;
+use crate::volume::header::{first_frame_text, open_header};
 use crate::volume::VolumeError;
 
 /// What rules can match on, read from the series' first instance and the association.
@@ -34,13 +34,30 @@ impl SeriesInfo {
                 .map(|s| s.trim_end_matches('\0').trim().to_string())
                 .unwrap_or_default()
         };
+        // Enhanced CT keeps these in its functional groups (the first frame's stand for the series).
+        let or_frame = |v: String, group, tag| {
+            if v.is_empty() {
+                first_frame_text(&obj, group, tag).unwrap_or_default()
+            } else {
+                v
+            }
+        };
+        let slice_thickness = or_frame(
+            text(tags::SLICE_THICKNESS),
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::SLICE_THICKNESS,
+        );
         Ok(Self {
             modality: text(tags::MODALITY),
-            convolution_kernel: text(tags::CONVOLUTION_KERNEL),
+            convolution_kernel: or_frame(
+                text(tags::CONVOLUTION_KERNEL),
+                tags::CT_RECONSTRUCTION_SEQUENCE,
+                tags::CONVOLUTION_KERNEL,
+            ),
             manufacturer: text(tags::MANUFACTURER),
             station_name: text(tags::STATION_NAME),
             series_description: text(tags::SERIES_DESCRIPTION),
-            slice_thickness: text(tags::SLICE_THICKNESS).parse().ok(),
+            slice_thickness: slice_thickness.parse().ok(),
             calling_ae: calling_ae.trim().to_string(),
             called_ae: called_ae.trim().to_string(),
         })

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::derive::{self, derived_uid, ds, put_pixels_hu, write_part10, DeriveError};
-use crate::volume::header::CT_IMAGE_STORAGE;
+use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 
 /// Where Debian's `invesalius-examples` puts the head CT.
 pub const CRANIUM_INV3: &str = "/usr/share/doc/invesalius-examples/examples/Cranium.inv3";
@@ -421,6 +421,222 @@ pub fn write_phantom_series(
     spec.write(dir, |z| {
         phantom_slice(z, spec.rows, spec.columns, noise_hu, seed)
     })
+}
+
+/// Builds `spec` as one Enhanced CT Image (multi-frame) object: frame `f` is slice `frames[f]` of the
+/// classic series (`hu[f]` its HU), with its position in PerFrameFunctionalGroupsSequence and the
+/// rest (pixel measures, orientation, rescale, reconstruction kernel, KVP) shared. Pixels are stored
+/// unsigned with RescaleIntercept -2048, so that reading them exercises the functional groups'
+/// rescale rather than the top-level one. A test fixture: readable, not a complete IOD.
+pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) -> InMemDicomObject {
+    use dicom_core::value::DataSetSequence;
+    let item = |elems: Vec<(dicom_core::Tag, VR, String)>| {
+        InMemDicomObject::from_element_iter(
+            elems
+                .into_iter()
+                .map(|(t, vr, v)| DataElement::new(t, vr, PrimitiveValue::from(v))),
+        )
+    };
+    let seq = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    };
+    // The classic dataset of the first frame gives the patient, study, series and equipment.
+    let first = frames.first().copied().unwrap_or(0);
+    let plane = spec.rows * spec.columns;
+    let mut o = spec.dataset(first, &vec![0.0; plane]);
+    for t in [
+        tags::IMAGE_POSITION_PATIENT,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        tags::PIXEL_SPACING,
+        tags::SLICE_THICKNESS,
+        tags::SLICE_LOCATION,
+        tags::RESCALE_INTERCEPT,
+        tags::RESCALE_SLOPE,
+        tags::KVP,
+        tags::CONVOLUTION_KERNEL,
+        tags::WINDOW_CENTER,
+        tags::WINDOW_WIDTH,
+        tags::PIXEL_DATA,
+    ] {
+        o.remove_element(t);
+    }
+    let mut put = |tag, vr, v: String| {
+        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    };
+    put(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        ENHANCED_CT_IMAGE_STORAGE.into(),
+    );
+    put(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        derived_uid(&["enhanced", &spec.uid_seed]),
+    );
+    put(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        "ORIGINAL\\PRIMARY\\AXIAL\\NONE".into(),
+    );
+    put(tags::INSTANCE_NUMBER, VR::IS, "1".into());
+    put(tags::NUMBER_OF_FRAMES, VR::IS, frames.len().to_string());
+    put(tags::ACQUISITION_DATE_TIME, VR::DT, "20120914151208".into());
+    put(tags::CONTENT_QUALIFICATION, VR::CS, "PRODUCT".into());
+    put(tags::PIXEL_PRESENTATION, VR::CS, "MONOCHROME".into());
+    put(tags::VOLUMETRIC_PROPERTIES, VR::CS, "VOLUME".into());
+    put(
+        tags::VOLUME_BASED_CALCULATION_TECHNIQUE,
+        VR::CS,
+        "NONE".into(),
+    );
+    put(tags::BURNED_IN_ANNOTATION, VR::CS, "NO".into());
+    put(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00".into());
+    put(tags::PRESENTATION_LUT_SHAPE, VR::CS, "IDENTITY".into());
+    put(tags::DIMENSION_ORGANIZATION_TYPE, VR::CS, "3D".into());
+    let dim_org = derived_uid(&["dimension", &spec.uid_seed]);
+    o.put(seq(
+        tags::DIMENSION_ORGANIZATION_SEQUENCE,
+        vec![item(vec![(
+            tags::DIMENSION_ORGANIZATION_UID,
+            VR::UI,
+            dim_org.clone(),
+        )])],
+    ));
+    let mut dim_index = item(vec![(tags::DIMENSION_ORGANIZATION_UID, VR::UI, dim_org)]);
+    dim_index.put(DataElement::new(
+        tags::DIMENSION_INDEX_POINTER,
+        VR::AT,
+        PrimitiveValue::Tags([tags::IMAGE_POSITION_PATIENT].into_iter().collect()),
+    ));
+    dim_index.put(DataElement::new(
+        tags::FUNCTIONAL_GROUP_POINTER,
+        VR::AT,
+        PrimitiveValue::Tags([tags::PLANE_POSITION_SEQUENCE].into_iter().collect()),
+    ));
+    o.put(seq(tags::DIMENSION_INDEX_SEQUENCE, vec![dim_index]));
+    o.put(seq(tags::ACQUISITION_CONTEXT_SEQUENCE, Vec::new()));
+    let iop: Vec<String> = spec.orientation.iter().map(|&v| ds(v)).collect();
+    let shared = InMemDicomObject::from_element_iter([
+        seq(
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(vec![
+                (
+                    tags::PIXEL_SPACING,
+                    VR::DS,
+                    format!(
+                        "{}\\{}",
+                        ds(spec.pixel_spacing[0]),
+                        ds(spec.pixel_spacing[1])
+                    ),
+                ),
+                (tags::SLICE_THICKNESS, VR::DS, ds(spec.slice_thickness)),
+            ])],
+        ),
+        seq(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(vec![(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                iop.join("\\"),
+            )])],
+        ),
+        seq(
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            vec![item(vec![
+                (tags::RESCALE_INTERCEPT, VR::DS, "-2048".into()),
+                (tags::RESCALE_SLOPE, VR::DS, "1".into()),
+                (tags::RESCALE_TYPE, VR::LO, "HU".into()),
+            ])],
+        ),
+        seq(
+            tags::CT_RECONSTRUCTION_SEQUENCE,
+            vec![item(vec![
+                (
+                    tags::CONVOLUTION_KERNEL,
+                    VR::SH,
+                    spec.convolution_kernel.clone(),
+                ),
+                (
+                    tags::RECONSTRUCTION_ALGORITHM,
+                    VR::CS,
+                    "FILTER_BACK_PROJ".into(),
+                ),
+            ])],
+        ),
+        seq(
+            tags::CTX_RAY_DETAILS_SEQUENCE,
+            vec![item(vec![(tags::KVP, VR::DS, "120".into())])],
+        ),
+        seq(
+            tags::FRAME_VOILUT_SEQUENCE,
+            vec![item(vec![
+                (tags::WINDOW_CENTER, VR::DS, "40".into()),
+                (tags::WINDOW_WIDTH, VR::DS, "400".into()),
+            ])],
+        ),
+    ]);
+    o.put(seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]));
+    let per_frame = frames
+        .iter()
+        .enumerate()
+        .map(|(f, &z)| {
+            let p: Vec<String> = (0..3)
+                .map(|i| ds(spec.origin[i] + spec.step[i] * z as f64))
+                .collect();
+            let mut content = item(vec![(tags::STACK_ID, VR::SH, "1".into())]);
+            content.put(DataElement::new(
+                tags::IN_STACK_POSITION_NUMBER,
+                VR::UL,
+                PrimitiveValue::from((z + 1) as u32),
+            ));
+            content.put(DataElement::new(
+                tags::DIMENSION_INDEX_VALUES,
+                VR::UL,
+                PrimitiveValue::from((f + 1) as u32),
+            ));
+            InMemDicomObject::from_element_iter([
+                seq(tags::FRAME_CONTENT_SEQUENCE, vec![content]),
+                seq(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(vec![(
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        p.join("\\"),
+                    )])],
+                ),
+            ])
+        })
+        .collect();
+    o.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
+    // Image Pixel: unsigned 16 bits, stored value = HU + 2048.
+    let mut u16s = |tag, v: u16| {
+        o.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+    };
+    u16s(tags::SAMPLES_PER_PIXEL, 1);
+    u16s(tags::ROWS, spec.rows as u16);
+    u16s(tags::COLUMNS, spec.columns as u16);
+    u16s(tags::BITS_ALLOCATED, 16);
+    u16s(tags::BITS_STORED, 16);
+    u16s(tags::HIGH_BIT, 15);
+    u16s(tags::PIXEL_REPRESENTATION, 0);
+    o.put(DataElement::new(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        PrimitiveValue::from("MONOCHROME2"),
+    ));
+    let mut bytes = Vec::with_capacity(plane * 2 * frames.len());
+    for slice in hu {
+        for v in slice {
+            let s = (v.round() + 2048.0).clamp(0.0, 65535.0) as u16;
+            bytes.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+    o.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U8(bytes.into()),
+    ));
+    o
 }
 
 /// Re-exported so fixtures can build non-standard objects.

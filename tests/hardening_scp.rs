@@ -27,7 +27,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
-const JPEG_LS: &str = "1.2.840.10008.1.2.4.80";
+/// MPEG-2 Main Profile: a syntax the SCP never accepts for CT.
+const MPEG2: &str = "1.2.840.10008.1.2.4.100";
 
 /// Peak resident memory of `pid` in bytes (VmHWM).
 fn peak_rss(pid: u32) -> u64 {
@@ -574,7 +575,7 @@ fn datasets_must_match_their_presentation_context() {
     let mut a = associate(
         d.port,
         &[
-            (CT_IMAGE_STORAGE, &[JPEG_LS]),
+            (CT_IMAGE_STORAGE, &[MPEG2]),
             (CT_IMAGE_STORAGE, &[EXPLICIT_LE]),
         ],
     );

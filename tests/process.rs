@@ -298,7 +298,7 @@ fn bad_inputs_are_named_and_the_rest_completes() {
             .dataset(z, &vec![0.0; 32 * 32]);
         }
     });
-    // An unsupported transfer syntax (JPEG-LS is not built in).
+    // An unsupported transfer syntax (MPEG-2 video: no decoder is built in; JPEG-LS now is).
     let jls = small("jpegls", 3);
     std::fs::create_dir_all(input.join("jpegls")).unwrap();
     for z in 0..3 {
@@ -313,7 +313,7 @@ fn bad_inputs_are_named_and_the_rest_completes() {
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(ct_harmonizer::volume::header::CT_IMAGE_STORAGE)
             .media_storage_sop_instance_uid(jls.sop_instance_uid(z))
-            .transfer_syntax("1.2.840.10008.1.2.4.80")
+            .transfer_syntax("1.2.840.10008.1.2.4.100")
             .implementation_class_uid("2.25.1")
             .build()
             .unwrap();
@@ -346,7 +346,7 @@ fn bad_inputs_are_named_and_the_rest_completes() {
     assert!(l.contains("nospacing_001.dcm"), "{l}");
     failed(&small("gap", 6), "1 slice(s) missing");
     failed(&mixed, "mixed matrix sizes");
-    failed(&jls, "unsupported transfer syntax 1.2.840.10008.1.2.4.80");
+    failed(&jls, "unsupported transfer syntax 1.2.840.10008.1.2.4.100");
     let rejected = t
         .lines()
         .find(|l| l.starts_with("REJECTED"))

@@ -57,6 +57,8 @@ pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.4.51", // JPEG Extended
     "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
 ];
 
 /// Largest command set buffered (a real one is under 200 bytes).

@@ -99,7 +99,7 @@ pub fn sort_and_check(
     {
         return Err(fail(format!(
             "ImageOrientationPatient {orientation:?} in {} is not two orthonormal directions",
-            first.path.display()
+            first.label()
         )));
     }
     let normal = [n[0] / n_len, n[1] / n_len, n[2] / n_len];
@@ -113,17 +113,17 @@ pub fn sort_and_check(
         {
             return Err(fail(format!(
                 "mixed orientations: {} has {o:?}, {} has {orientation:?}",
-                s.path.display(),
-                first.path.display()
+                s.label(),
+                first.label()
             )));
         }
         if s.rows != Some(rows) || s.columns != Some(columns) {
             return Err(fail(format!(
                 "mixed matrix sizes: {} is {}x{}, {} is {rows}x{columns}",
-                s.path.display(),
+                s.label(),
                 s.rows.unwrap_or(0),
                 s.columns.unwrap_or(0),
-                first.path.display()
+                first.label()
             )));
         }
         let ps = s.pixel_spacing.ok_or_else(|| missing(s, "PixelSpacing"))?;
@@ -134,8 +134,8 @@ pub fn sort_and_check(
         {
             return Err(fail(format!(
                 "mixed pixel spacing: {} has {ps:?}, {} has {pixel_spacing:?}",
-                s.path.display(),
-                first.path.display()
+                s.label(),
+                first.label()
             )));
         }
         if s.image_position.is_none() {
@@ -153,8 +153,8 @@ pub fn sort_and_check(
         if *g < 1e-3 {
             return Err(fail(format!(
                 "{} and {} are at the same position along the slice normal",
-                slices[i].path.display(),
-                slices[i + 1].path.display()
+                slices[i].label(),
+                slices[i + 1].label()
             )));
         }
     }
@@ -166,8 +166,8 @@ pub fn sort_and_check(
             let missing_slices = (g / spacing).round() as i64 - 1;
             return Err(fail(format!(
                 "gap of {g:.3} mm between {} and {} where the series spacing is {spacing:.3} mm{}",
-                slices[i].path.display(),
-                slices[i + 1].path.display(),
+                slices[i].label(),
+                slices[i + 1].label(),
                 if missing_slices > 0 {
                     format!(" ({missing_slices} slice(s) missing)")
                 } else {
@@ -233,6 +233,7 @@ mod tests {
             rescale_intercept: 0.0,
             convolution_kernel: None,
             gantry_tilt: None,
+            frame: None,
         }
     }
 

@@ -22,6 +22,7 @@ pub struct SlabReader {
     rows: usize,
     columns: usize,
     cache: VecDeque<(usize, Vec<f32>)>,
+    frames: decode::FrameReader,
 }
 
 impl SlabReader {
@@ -31,6 +32,7 @@ impl SlabReader {
             rows,
             columns,
             cache: VecDeque::new(),
+            frames: decode::FrameReader::default(),
         }
     }
 
@@ -65,7 +67,7 @@ impl SlabReader {
                     self.slices.len()
                 ),
             })?;
-            let data = decode::read_slice_hu(h)?;
+            let data = self.frames.read(h)?;
             hu.extend_from_slice(&data);
             self.cache.push_back((z, data));
         }
