@@ -45,5 +45,6 @@ pub mod samples;
 pub mod series;
 pub mod spool;
 pub mod systemd;
+pub mod tls;
 pub mod translate;
 pub mod volume;
