@@ -457,3 +457,92 @@ fn check_config_rejects_bad_key_files() {
     let (ok, t) = check(&d);
     assert!(!ok && t.contains("require_client_cert"), "{t}");
 }
+
+/// Orthanc with `DicomTlsEnabled` (its DICOM port speaks TLS only, client certificates required).
+fn start_orthanc_tls(dir: &Path, pki: &Pki) -> Orthanc {
+    let storage = dir.join("orthanc-storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    let (dicom_port, http_port) = (free_port(), free_port());
+    let aet = "ORTHANC".to_string();
+    let cfg = format!(
+        r#"{{
+  "Name": "ct-harmonizer-tls-test",
+  "StorageDirectory": "{s}",
+  "IndexDirectory": "{s}",
+  "DicomAet": "{aet}",
+  "DicomPort": {dicom_port},
+  "HttpPort": {http_port},
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "DicomCheckCalledAet": false,
+  "DicomServerEnabled": true,
+  "HttpServerEnabled": true,
+  "Plugins": [],
+  "StableAge": 1,
+  "ConcurrentJobs": 1,
+  "DicomTlsEnabled": true,
+  "DicomTlsCertificate": "{crt}",
+  "DicomTlsPrivateKey": "{key}",
+  "DicomTlsTrustedCertificates": "{ca}",
+  "DicomTlsRemoteCertificateRequired": true
+}}"#,
+        s = storage.display(),
+        crt = pki.crt("server"),
+        key = pki.key("server"),
+        ca = pki.crt("ca"),
+    );
+    let cfg_path = dir.join("orthanc.json");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let mut c = Command::new("/usr/sbin/Orthanc");
+    c.arg(&cfg_path).current_dir(dir);
+    let mut peer = Peer::spawn("Orthanc (TLS)", c, &dir.join("orthanc.log"));
+    let up = wait_until(secs(20), Duration::from_millis(50), || {
+        http_get(http_port, "/system").is_ok_and(|(s, _)| s == 200) && port_open(dicom_port)
+    });
+    assert!(
+        up && peer.alive(),
+        "Orthanc did not start:\n{}",
+        peer.log_text()
+    );
+    Orthanc {
+        peer,
+        aet,
+        dicom_port,
+        http_port,
+    }
+}
+
+/// Forwarding over TLS to Orthanc with DicomTlsEnabled (our client certificate required): the
+/// original and the derived series arrive.
+#[test]
+fn tls_forward_to_orthanc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let orthanc = start_orthanc_tls(&tmp.path().join("pacs"), &pki);
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[],
+        &(pki.tls_dest("pacs", &orthanc.aet, orthanc.dicom_port, "localhost")
+            + &rule("default", "harmonize", true, &["pacs"])),
+    );
+    d.start();
+    let input = tmp.path().join("in");
+    let s = spec("tls-orthanc", 24, 3);
+    write(&s, &input);
+    let o = storescu("MODALITY", AE, d.port, &[&input]);
+    assert!(o.status.success(), "{}", text(&o));
+    let done = wait_until(secs(90), POLL, || {
+        d.metric("jobs_forwarded") >= 2.0 && d.idle()
+    });
+    assert!(
+        done,
+        "not delivered over TLS:\n{}\n--- orthanc\n{}",
+        d.context(),
+        orthanc.peer.log_text()
+    );
+    let series = orthanc.series();
+    assert_eq!(series.len(), 2, "{series:#?}");
+    assert!(series.iter().all(|x| x.instances.len() == 3), "{series:#?}");
+    assert!(series.iter().any(|x| x.series_uid == s.series_uid()));
+    assert!(series.iter().any(|x| x.description.contains("HARMONIZED")));
+}
