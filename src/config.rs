@@ -734,4 +734,45 @@ mod tests {
         assert_eq!(kept.server.listen, old.server.listen);
         assert_eq!(kept.forward.max_attempts, 3);
     }
+
+    #[test]
+    fn tls_keys_are_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let dest = "[[destinations]]\nname = \"pacs\"\nkind = \"scp\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\n";
+        let rule = "[[rules]]\nname = \"d\"\nplan = \"drop\"\nmodels = []\ndestinations = []\n";
+        for (text, word) in [
+            ("[server.tls]\nenabled = true\n", "server.tls.cert"),
+            (
+                "[server.tls]\nenabled = true\ncert = \"c\"\nkey = \"k\"\n",
+                "server.tls.ca",
+            ),
+            (
+                "[server.tls]\nallowed_subjects = [\"CN=x\"]\n",
+                "needs server.tls.enabled",
+            ),
+            (
+                "[server.tls]\nenabled = true\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\nallowed_subjects = [\"ct1\"]\n",
+                "not a distinguished name",
+            ),
+            (&format!("{dest}tls = true\n"), "needs ca"),
+            (&format!("{dest}ca = \"a\"\n"), "without tls = true"),
+            (
+                &format!("{dest}tls = true\nca = \"a\"\ncert = \"c\"\n"),
+                "both cert and key",
+            ),
+        ] {
+            std::fs::write(&path, format!("{text}\n{rule}")).unwrap();
+            let e = Settings::load_with_env(Some(&path), Vec::new()).unwrap_err();
+            assert!(e.to_string().contains(word), "{text}: {e}");
+        }
+        std::fs::write(
+            &path,
+            format!("{dest}tls = true\nca = \"a\"\nserver_name = \"pacs.example\"\n\n{rule}"),
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert!(s.destinations[0].tls && !s.server.tls.enabled);
+        assert!(s.server.tls.require_client_cert);
+    }
 }
