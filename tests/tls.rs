@@ -431,6 +431,14 @@ fn check_config_rejects_bad_key_files() {
     let d = daemon(tmp.path(), &o, &drop_rule);
     let (ok, t) = check(&d);
     assert!(!ok && t.contains(&missing), "missing key accepted: {t}");
+    let not_a_file = tmp.path().join("pki").display().to_string();
+    o[2].1 = format!("{not_a_file:?}");
+    let d = daemon(tmp.path(), &o, &drop_rule);
+    let (ok, t) = check(&d);
+    assert!(
+        !ok && t.contains(&not_a_file) && t.contains("not a regular file"),
+        "a folder as key accepted: {t}"
+    );
 
     // A destination's client key is checked the same way.
     let ckey = pki.key("client");
