@@ -344,6 +344,21 @@ fn tls_scp_refuses_bad_callers() {
     );
     assert!(wait_log(&d, "no TLS handshake within 3 s"), "{}", d.logs());
 
+    // A TLS session that completes its handshake and then says nothing: closed within the same
+    // ARTIM time (the handshake and the A-ASSOCIATE-RQ share it).
+    let mut c = Command::new("/usr/bin/openssl");
+    c.args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{}", d.port))
+        .args(["-cert", &pki.crt("client"), "-key", &pki.key("client")])
+        .args(["-CAfile", &pki.crt("ca")]);
+    let mut quiet = Peer::spawn("openssl s_client", c, &tmp.path().join("s_client.log"));
+    assert!(
+        quiet.wait_exit(secs(30)).is_some(),
+        "silent TLS session still open after 30 s (ARTIM 3 s)\n{}",
+        d.logs()
+    );
+    assert!(wait_log(&d, "no A-ASSOCIATE-RQ within 3 s"), "{}", d.logs());
+
     assert!(d.peer().alive());
     assert_eq!(d.metric("instances_received"), 1.0);
 }
