@@ -394,6 +394,25 @@ mod tests {
         assert!(!is_dn("not a dn"));
     }
 
+    /// `openssl req -x509 -subj "/C=CH/O=Hospital, Radiology/CN=ct1"` (self-signed, P-256).
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIByDCCAW+gAwIBAgIUA/UGoMnMByw059zpnsmKACq2TkUwCgYIKoZIzj0EAwIw\nOTELMAkGA1UEBhMCQ0gxHDAaBgNVBAoME0hvc3BpdGFsLCBSYWRpb2xvZ3kxDDAK\nBgNVBAMMA2N0MTAgFw0yNjExMjkxNzQyMTlaGA8yMTI2MTEwNTE3NDIxOVowOTEL\nMAkGA1UEBhMCQ0gxHDAaBgNVBAoME0hvc3BpdGFsLCBSYWRpb2xvZ3kxDDAKBgNV\nBAMMA2N0MTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOhwa4Afrck0Jh2q47aO\neru9dGJnb6cZoTf2qEfx0QpFzrS45GE3L+YmsgATDPCabyij0FLrtl/VNSNKkH02\ns9GjUzBRMB0GA1UdDgQWBBSYjqcgbn9wWav/SQ8uBgxhhyyyejAfBgNVHSMEGDAW\ngBSYjqcgbn9wWav/SQ8uBgxhhyyyejAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49\nBAMCA0cAMEQCIFDVJQxHhTjaJamz7uz/Hp7q791/zcT+LSSXeqdjk0tQAiBCQfg7\nVsiOWcyH9waT/HeC+Y8yactQXJF2TY5QMLeHLQ==\n-----END CERTIFICATE-----";
+
+    #[test]
+    fn subject_is_read_as_openssl_prints_it() {
+        let der = CertificateDer::from_pem_slice(CERT.as_bytes()).unwrap();
+        let subject = subject_of(&der).unwrap();
+        // `openssl x509 -noout -subject -nameopt RFC2253`: CN=ct1,O=Hospital\, Radiology,C=CH
+        assert_eq!(subject, "CN=ct1,O=Hospital\\, Radiology,C=CH");
+        assert!(subject_allowed(
+            &subject,
+            &["C=CH, O=Hospital\\, Radiology, CN=ct1".to_string()]
+        ));
+        assert!(!subject_allowed(
+            &subject,
+            &["CN=ct1,O=Hospital".to_string()]
+        ));
+    }
+
     #[test]
     fn malformed_certificates_have_no_subject() {
         assert_eq!(subject_of(&[]), None);
