@@ -79,6 +79,24 @@ pub struct ServerSettings {
     pub max_handshakes: usize,
     pub slot_wait_seconds: u64,
     pub association_idle_seconds: u64,
+    /// DICOM TLS on the SCP (issue 9).
+    pub tls: ServerTls,
+}
+
+/// `[server.tls]`: DICOM TLS on the SCP (see `crate::tls` for the profile).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub enabled: bool,
+    /// PEM certificate chain of the SCP.
+    pub cert: String,
+    /// PEM private key (mode 0600, owned by the service user).
+    pub key: String,
+    /// PEM CA certificate(s) that sign client certificates.
+    pub ca: String,
+    pub require_client_cert: bool,
+    /// Client certificate subjects (RFC 4514) admitted; empty: any certificate signed by `ca`.
+    pub allowed_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +167,21 @@ pub struct Destination {
     pub port: u16,
     #[serde(default)]
     pub path: String,
+    // -- DICOM TLS (issue 9), scp only --
+    /// Connect with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA certificate(s) the destination's certificate must chain to (required with tls).
+    #[serde(default)]
+    pub ca: String,
+    /// PEM client certificate and key we present (both or neither).
+    #[serde(default)]
+    pub cert: String,
+    #[serde(default)]
+    pub key: String,
+    /// Name checked against the destination's certificate; empty: `host`.
+    #[serde(default)]
+    pub server_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -443,9 +476,67 @@ impl Settings {
         if s.max_handshakes == 0 {
             return bad("server.max_handshakes must be at least 1".into());
         }
-        Ok(())
+        self.validate_tls()
     }
     // ---- end of [server] hardening limits ----
+
+    // ---- DICOM TLS keys (issue 9): files are read by `tls::check` (check-config, start-up) ----
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let t = &self.server.tls;
+        if t.enabled {
+            if t.cert.trim().is_empty() || t.key.trim().is_empty() {
+                return bad("server.tls.enabled needs server.tls.cert and server.tls.key".into());
+            }
+            if t.require_client_cert && t.ca.trim().is_empty() {
+                return bad(
+                    "server.tls.require_client_cert needs server.tls.ca (the CA of the client certificates)"
+                        .into(),
+                );
+            }
+        } else if !t.allowed_subjects.is_empty() {
+            return bad("server.tls.allowed_subjects needs server.tls.enabled = true".into());
+        }
+        for dn in &t.allowed_subjects {
+            if !crate::tls::is_dn(dn) {
+                return bad(format!(
+                    "server.tls.allowed_subjects entry {dn:?} is not a distinguished name like \"CN=ct1,O=Hospital\""
+                ));
+            }
+        }
+        for d in &self.destinations {
+            let any = !(d.ca.is_empty()
+                && d.cert.is_empty()
+                && d.key.is_empty()
+                && d.server_name.is_empty());
+            if (d.tls || any) && d.kind != DestinationKind::Scp {
+                return bad(format!(
+                    "destination {:?}: tls, ca, cert, key and server_name are for kind = \"scp\"",
+                    d.name
+                ));
+            }
+            if !d.tls && any {
+                return bad(format!(
+                    "destination {:?}: ca, cert, key or server_name given without tls = true",
+                    d.name
+                ));
+            }
+            if d.tls && d.ca.trim().is_empty() {
+                return bad(format!(
+                    "destination {:?}: tls = true needs ca (the CA of its certificate)",
+                    d.name
+                ));
+            }
+            if d.cert.trim().is_empty() != d.key.trim().is_empty() {
+                return bad(format!(
+                    "destination {:?}: give both cert and key, or neither",
+                    d.name
+                ));
+            }
+        }
+        Ok(())
+    }
+    // ---- end of DICOM TLS keys ----
 }
 
 /// Settings a running daemon only reads at start-up: a SIGHUP that changes one of them keeps the
@@ -479,6 +570,11 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<(&'static str
     );
     cmp("watch.dir", old.watch.dir.clone(), new.watch.dir.clone());
     cmp(
+        "server.tls",
+        format!("{:?}", old.server.tls),
+        format!("{:?}", new.server.tls),
+    );
+    cmp(
         "watch.stable_seconds",
         old.watch.stable_seconds.to_string(),
         new.watch.stable_seconds.to_string(),
@@ -501,6 +597,7 @@ pub fn keep_restart_only(old: &Settings, mut new: Settings) -> Settings {
     new.state.dir = old.state.dir.clone();
     new.state.min_free_mib = old.state.min_free_mib;
     new.server.listen = old.server.listen.clone();
+    new.server.tls = old.server.tls.clone();
     new.http.listen = old.http.listen.clone();
     new.watch = old.watch.clone();
     new.series.quiet_seconds = old.series.quiet_seconds;
@@ -636,5 +733,46 @@ mod tests {
         assert_eq!(kept.state.dir, old.state.dir);
         assert_eq!(kept.server.listen, old.server.listen);
         assert_eq!(kept.forward.max_attempts, 3);
+    }
+
+    #[test]
+    fn tls_keys_are_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let dest = "[[destinations]]\nname = \"pacs\"\nkind = \"scp\"\nae_title = \"P\"\nhost = \"h\"\nport = 104\n";
+        let rule = "[[rules]]\nname = \"d\"\nplan = \"drop\"\nmodels = []\ndestinations = []\n";
+        for (text, word) in [
+            ("[server.tls]\nenabled = true\n", "server.tls.cert"),
+            (
+                "[server.tls]\nenabled = true\ncert = \"c\"\nkey = \"k\"\n",
+                "server.tls.ca",
+            ),
+            (
+                "[server.tls]\nallowed_subjects = [\"CN=x\"]\n",
+                "needs server.tls.enabled",
+            ),
+            (
+                "[server.tls]\nenabled = true\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\nallowed_subjects = [\"ct1\"]\n",
+                "not a distinguished name",
+            ),
+            (&format!("{dest}tls = true\n"), "needs ca"),
+            (&format!("{dest}ca = \"a\"\n"), "without tls = true"),
+            (
+                &format!("{dest}tls = true\nca = \"a\"\ncert = \"c\"\n"),
+                "both cert and key",
+            ),
+        ] {
+            std::fs::write(&path, format!("{text}\n{rule}")).unwrap();
+            let e = Settings::load_with_env(Some(&path), Vec::new()).unwrap_err();
+            assert!(e.to_string().contains(word), "{text}: {e}");
+        }
+        std::fs::write(
+            &path,
+            format!("{dest}tls = true\nca = \"a\"\nserver_name = \"pacs.example\"\n\n{rule}"),
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&path), Vec::new()).unwrap();
+        assert!(s.destinations[0].tls && !s.server.tls.enabled);
+        assert!(s.server.tls.require_client_cert);
     }
 }

@@ -36,6 +36,8 @@ pub enum DaemonError {
     Config(#[from] Box<crate::config::ConfigError>),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Forward(#[from] crate::forward::ForwardError),
     #[error("cannot listen on {addr}: {source}")]
@@ -197,6 +199,8 @@ pub fn check_settings(settings: &Settings) -> Result<(), DaemonError> {
             }
         }
     }
+    // DICOM TLS: certificates and keys readable, keys private to the service user (issue 9).
+    crate::tls::check(settings)?;
     Ok(())
 }
 

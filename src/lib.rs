@@ -47,5 +47,6 @@ pub mod series;
 pub mod spool;
 pub mod status;
 pub mod systemd;
+pub mod tls;
 pub mod translate;
 pub mod volume;

@@ -7,9 +7,14 @@
 //! attempt goes on and fails at the end naming every refused SOP Instance UID. Only statuses that
 //! say the destination as a whole cannot take more (Refused: out of resources 0xA7xx, SOP class not
 //! supported 0x0122) end the association at once.
+//!
+//! A destination with `tls = true` is reached over DICOM TLS ([`crate::tls`]): its certificate must
+//! chain to its `ca` and carry `server_name` (default: `host`); a failed handshake fails the attempt
+//! with the reason (e.g. "certificate not valid for name ..."), retried with the usual back-off.
 
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
+use dicom_ul::association::client::AsyncClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use std::collections::HashSet;
@@ -204,17 +209,51 @@ async fn store_scu(
         opts = opts.with_presentation_context(sop.clone(), vec![ts.clone()]);
     }
     let addr = format!("{}:{}", dest.host, dest.port);
-    let mut assoc =
-        opts.establish_async(addr.as_str())
+    let assoc_err = |reason: String| ForwardError::Association {
+        destination: name.clone(),
+        reason,
+    };
+    if dest.tls {
+        let cfg = crate::tls::client_config(dest).map_err(|e| assoc_err(e.to_string()))?;
+        let server_name = crate::tls::server_name(dest);
+        let mut assoc = opts
+            .tls_config(cfg)
+            .server_name(&server_name)
+            .establish_tls_async(addr.as_str())
             .await
-            .map_err(|e| ForwardError::Association {
-                destination: name.clone(),
-                reason: e.to_string(),
+            .map_err(|e| {
+                assoc_err(format!(
+                    "TLS to {addr} (server name {server_name}): {}",
+                    crate::tls::describe_error(&e)
+                ))
             })?;
-    assoc
-        .inner_stream()
-        .set_nodelay(true)
-        .map_err(|e| proto(e.to_string()))?;
+        let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
+        transfer(assoc, name.clone(), timeout, &outgoing, on_ack, &proto).await
+    } else {
+        let mut assoc = opts
+            .establish_async(addr.as_str())
+            .await
+            .map_err(|e| assoc_err(e.to_string()))?;
+        assoc
+            .inner_stream()
+            .set_nodelay(true)
+            .map_err(|e| proto(e.to_string()))?;
+        transfer(assoc, name.clone(), timeout, &outgoing, on_ack, &proto).await
+    }
+}
+
+/// Sends `outgoing` on an established association (TCP or TLS), then releases it.
+async fn transfer<S>(
+    mut assoc: AsyncClientAssociation<S>,
+    name: String,
+    timeout: Duration,
+    outgoing: &[Outgoing],
+    on_ack: &mut (dyn FnMut(&str) + Send),
+    proto: &impl Fn(String) -> ForwardError,
+) -> Result<usize, ForwardError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let accepted: Vec<(u8, String, String)> = assoc
         .presentation_contexts()
         .iter()
@@ -242,7 +281,7 @@ async fn store_scu(
             });
         };
         let message_id = (i % 0xFFFF) as u16 + 1;
-        let one = store_one(&mut assoc, *pc_id, message_id, o, &proto);
+        let one = store_one(&mut assoc, *pc_id, message_id, o, proto);
         let rsp = match tokio::time::timeout(timeout, one).await {
             Ok(Ok(rsp)) => rsp,
             Ok(Err(e)) => {
@@ -318,13 +357,16 @@ fn describe_refusals(refused: &[Refusal]) -> String {
 }
 
 /// Sends one instance (command and dataset) and waits for its response.
-async fn store_one(
-    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
+async fn store_one<S>(
+    assoc: &mut AsyncClientAssociation<S>,
     pc_id: u8,
     message_id: u16,
     o: &Outgoing,
     proto: &impl Fn(String) -> ForwardError,
-) -> Result<dimse::Command, ForwardError> {
+) -> Result<dimse::Command, ForwardError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let bytes = tokio::fs::read(&o.path)
         .await
         .map_err(|e| ForwardError::File {
@@ -360,9 +402,10 @@ async fn store_one(
     receive_command(assoc).await.map_err(proto)
 }
 
-async fn receive_command(
-    assoc: &mut dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream>,
-) -> Result<dimse::Command, String> {
+async fn receive_command<S>(assoc: &mut AsyncClientAssociation<S>) -> Result<dimse::Command, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let mut buf = Vec::new();
     loop {
         match assoc.receive().await.map_err(|e| e.to_string())? {

@@ -15,6 +15,13 @@
 //! same as the command's, pixel encoding matching the transfer syntax) before dicom-rs parses it,
 //! off the async workers. Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
 //! 10 s.
+//!
+//! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
+//! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a
+//! plain-TCP caller) is logged with the peer address and holds no slot. The decrypted stream is then
+//! relayed through a local socket pair, so that the same ARTIM peek, slot and association code
+//! serves TLS and plain TCP. A client certificate whose subject is not on `allowed_subjects` gets
+//! A-ASSOCIATE-RJ (calling AE title not recognized), logged naming the subject.
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
@@ -182,6 +189,24 @@ async fn reject_transient(mut socket: TcpStream, rq_len: usize) {
     .await;
 }
 
+/// The ARTIM time of the current settings, in seconds.
+fn server_artim(scp: &Scp) -> u64 {
+    scp.settings.borrow().server.artim_seconds
+}
+
+/// A connected pair of local stream sockets: ours as a `TcpStream` (what dicom-ul's association
+/// takes; only read, write and peek are used on it) and the relay's end.
+fn socket_pair() -> std::io::Result<(TcpStream, tokio::net::UnixStream)> {
+    let (ours, relay) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    relay.set_nonblocking(true)?;
+    let ours = std::net::TcpStream::from(std::os::fd::OwnedFd::from(ours));
+    Ok((
+        TcpStream::from_std(ours)?,
+        tokio::net::UnixStream::from_std(relay)?,
+    ))
+}
+
 /// An instance durably spooled, handed to the series stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arrival {
@@ -194,14 +219,27 @@ pub struct Arrival {
     pub expected: Option<usize>,
 }
 
-/// Checks the called AE title and the allow-list (calling AE title @ source address).
+/// Checks the called AE title and the allow-list (calling AE title @ source address), and over TLS
+/// the client certificate's subject.
 struct Gate {
     ae_title: String,
     allowed: Vec<String>,
     peer: IpAddr,
+    /// Over TLS: the client certificate's subject (None: no certificate).
+    tls: Option<Option<String>>,
+    allowed_subjects: Vec<String>,
 }
 
 impl Gate {
+    fn subject_allowed(&self) -> bool {
+        match &self.tls {
+            None => true,
+            Some(_) if self.allowed_subjects.is_empty() => true,
+            Some(None) => false,
+            Some(Some(subject)) => crate::tls::subject_allowed(subject, &self.allowed_subjects),
+        }
+    }
+
     fn caller_allowed(&self, calling: &str) -> bool {
         self.allowed.is_empty()
             || self.allowed.iter().any(|entry| {
@@ -223,7 +261,7 @@ impl AccessControl for Gate {
         if called.trim() != self.ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        if !self.caller_allowed(calling) {
+        if !self.caller_allowed(calling) || !self.subject_allowed() {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
@@ -249,6 +287,17 @@ impl Scp {
         guard::install(Limits::from_settings(&server));
         let slots = Arc::new(Semaphore::new(server.max_associations));
         let handshakes = Arc::new(Semaphore::new(server.max_handshakes));
+        let tls = if server.tls.enabled {
+            match crate::tls::server_config(&server.tls) {
+                Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
+                Err(e) => {
+                    tracing::error!(event = "tls_config_failed", reason = %e, "cannot load the SCP's TLS configuration; not accepting associations");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let this = Arc::new(self);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let min_backoff = Duration::from_millis(100);
@@ -291,16 +340,86 @@ impl Scp {
                     let slots = slots.clone();
                     let this = this.clone();
                     let shutdown = shutdown.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        this.connection(socket, peer, handshake, slots, shutdown).await;
+                        match tls {
+                            Some(acceptor) => this.tls_connection(acceptor, socket, peer, handshake, slots, shutdown).await,
+                            None => {
+                                let deadline = Instant::now() + Duration::from_secs(server_artim(&this));
+                                this.connection(socket, peer, handshake, slots, shutdown, None, deadline).await
+                            }
+                        }
                     });
                 }
             }
         }
     }
 
-    /// One connection: the handshake under the ARTIM timer, a slot for a valid request, then the
-    /// association.
+    /// One TLS connection: the TLS handshake under the ARTIM timer (holding only the handshake
+    /// permit), then the decrypted stream relayed through a local socket pair to [`Self::connection`].
+    async fn tls_connection(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        socket: TcpStream,
+        peer: SocketAddr,
+        handshake: OwnedSemaphorePermit,
+        slots: Arc<Semaphore>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let artim_seconds = server_artim(self);
+        let deadline = Instant::now() + Duration::from_secs(artim_seconds);
+        let rejected = |reason: String| {
+            self.metrics.associations_rejected.inc();
+            tracing::warn!(event = "tls_handshake_failed", peer = %peer, reason = %reason, "TLS handshake failed; connection closed");
+        };
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return rejected(crate::tls::describe_error(&e)),
+            Err(_) => {
+                return rejected(format!("no TLS handshake within {artim_seconds} s (ARTIM)"))
+            }
+        };
+        let subject = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::subject_of(c));
+        tracing::debug!(event = "tls_established", peer = %peer, subject = ?subject);
+        let (local, relay) = match socket_pair() {
+            Ok(x) => x,
+            Err(e) => {
+                return rejected(format!("cannot create the local relay: {e}"));
+            }
+        };
+        let pump = tokio::spawn(async move {
+            let (mut stream, mut relay) = (stream, relay);
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut relay).await;
+        });
+        let abort = pump.abort_handle();
+        self.connection(
+            local,
+            peer,
+            handshake,
+            slots,
+            shutdown,
+            Some(subject),
+            deadline,
+        )
+        .await;
+        // The association is over (our end of the pair is closed): let the relay flush the last
+        // PDUs and close_notify, then stop it.
+        if tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+
+    /// One connection: the handshake under the ARTIM timer (until `deadline`), a slot for a valid
+    /// request, then the association. `tls`: over TLS, the client certificate's subject.
+    #[allow(clippy::too_many_arguments)]
     async fn connection(
         &self,
         socket: TcpStream,
@@ -308,6 +427,8 @@ impl Scp {
         handshake: OwnedSemaphorePermit,
         slots: Arc<Semaphore>,
         shutdown: watch::Receiver<bool>,
+        tls: Option<Option<String>>,
+        deadline: Instant,
     ) {
         let settings = self.settings.borrow().clone();
         let s = &settings.server;
@@ -317,7 +438,9 @@ impl Scp {
             events::association_rejected(calling, called, &peer.to_string(), reason);
         };
         let (rq, rq_len) =
-            match tokio::time::timeout(artim, peek_associate_rq(&socket, s.max_pdu_length)).await {
+            match tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length))
+                .await
+            {
                 Ok(Ok(x)) => x,
                 Ok(Err(reason)) => return rejected("", "", &reason),
                 Err(_) => {
@@ -332,11 +455,17 @@ impl Scp {
             ae_title: s.ae_title.clone(),
             allowed: s.allowed_callers.clone(),
             peer: peer.ip(),
+            tls,
+            allowed_subjects: s.tls.allowed_subjects.clone(),
         };
         let (calling, called) = (
             rq.calling_ae_title.trim().to_string(),
             rq.called_ae_title.trim().to_string(),
         );
+        if !gate.subject_allowed() {
+            let subject = gate.tls.clone().flatten().unwrap_or_default();
+            tracing::warn!(event = "tls_subject_rejected", peer = %peer, calling_ae = %calling, subject = %subject, "client certificate subject not in server.tls.allowed_subjects; association rejected");
+        }
         // Only a request that passes access control waits for a slot; the others are answered by
         // the negotiation below (a permanent rejection) without one.
         let slot = if gate
@@ -729,6 +858,8 @@ mod tests {
             ae_title: "US".into(),
             allowed: vec!["CT1@127.0.0.1".into(), "CT2@*".into()],
             peer: "127.0.0.1".parse().unwrap(),
+            tls: None,
+            allowed_subjects: vec![],
         };
         assert!(g.check_access("US", "CT1", "US", None).is_ok());
         assert!(g.check_access("US", "CT2", "US", None).is_ok());
