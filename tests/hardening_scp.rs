@@ -30,18 +30,6 @@ const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 /// MPEG-2 Main Profile: a syntax the SCP never accepts for CT.
 const MPEG2: &str = "1.2.840.10008.1.2.4.100";
 
-/// Peak resident memory of `pid` in bytes (VmHWM).
-fn peak_rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 /// An association proposing `contexts` (abstract syntax, transfer syntaxes) in order (ids 1, 3, ...).
 fn associate(port: u16, contexts: &[(&str, &[&str])]) -> ClientAssociation<TcpStream> {
     let mut o = dicom_ul::ClientAssociationOptions::new()
@@ -162,22 +150,6 @@ fn ct_header(sop: &str, study: &str, series: &str) -> Vec<u8> {
     b
 }
 
-/// `depth` nested undefined-length sequences (ReferencedSeriesSequence), 36 bytes per level.
-fn nested(depth: usize) -> Vec<u8> {
-    let mut b = Vec::new();
-    for _ in 0..depth {
-        b.extend_from_slice(&[
-            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
-        b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
-    }
-    for _ in 0..depth {
-        b.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
-        b.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-    }
-    b
-}
-
 fn healthy(d: &Daemon) -> bool {
     http_get(d.http, "/healthz").is_ok_and(|(s, _)| s == 200)
 }
@@ -214,7 +186,7 @@ fn hostile_datasets_are_refused_before_parsing() {
     for (i, depth) in [1500usize, 2000].into_iter().enumerate() {
         let sop = format!("{}.{depth}", s.sop_instance_uid(0));
         let mut data = ct_header(&sop, &study, &series);
-        data.extend_from_slice(&nested(depth));
+        data.extend_from_slice(&nested_sequences(depth));
         assert!((54_000..=73_000).contains(&data.len()), "{}", data.len());
         let answer = store_on(&mut a, pc, 1 + i as u16, &sop, data);
         let Answer::Status(status, comment) = answer else {

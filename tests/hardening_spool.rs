@@ -43,6 +43,11 @@ fn version_dirs(d: &Daemon, series_uid: &str) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.file_name().is_some_and(|n| n == ".version"))
         .filter_map(|p| p.parent().map(Path::to_owned))
+        // `.v<N>.tmp/` is a hand-over still in progress (undone if the daemon dies now).
+        .filter(|v| {
+            v.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
         .filter(|v| {
             v.parent()
                 .and_then(|p| p.file_name())

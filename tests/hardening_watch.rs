@@ -485,18 +485,6 @@ fn folder_export_zeroes_the_preamble() {
     assert_eq!(&out[128..], &bytes[128..]);
 }
 
-/// Peak resident memory of `pid` in bytes (VmHWM).
-fn peak_rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 /// A Part 10 file (Explicit VR Little Endian) whose data set is a CT header followed by `tail`.
 fn hostile_file(path: &Path, sop: &str, tail: &[u8]) {
     let mut o = InMemDicomObject::new_empty();
@@ -529,18 +517,7 @@ fn watch_hostile_files_are_refused_before_parsing() {
     let idle = peak_rss(pid);
     let staging = tmp.path().join("staging");
     std::fs::create_dir_all(&staging).unwrap();
-    // 2000 undefined-length ReferencedSeriesSequence levels, each with one undefined-length item.
-    let mut deep = Vec::new();
-    for _ in 0..2000 {
-        deep.extend_from_slice(&[
-            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
-        deep.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
-    }
-    for _ in 0..2000 {
-        deep.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
-        deep.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-    }
+    let deep = nested_sequences(2000);
     hostile_file(
         &staging.join("deep.dcm"),
         "1.2.826.0.1.3680043.10.1.9.1.1",

@@ -609,3 +609,31 @@ fn scripted_association(
         }
     }
 }
+
+/// Peak resident memory of `pid` in bytes (VmHWM).
+pub fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// `depth` nested undefined-length sequences (ReferencedSeriesSequence), 36 bytes per level.
+pub fn nested_sequences(depth: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    for _ in 0..depth {
+        b.extend_from_slice(&[
+            0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+    for _ in 0..depth {
+        b.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        b.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    }
+    b
+}
