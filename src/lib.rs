@@ -29,6 +29,7 @@
 //! and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
 //! demo, tests and benchmarks).
 
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod derive;
