@@ -233,3 +233,205 @@ fn shipped_manifests_name_no_machine_paths() {
     }
     assert!(seen >= 3, "{seen} manifests");
 }
+
+fn openssl(args: &[&str]) {
+    let o = std::process::Command::new("/usr/bin/openssl")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// A CA and leaf certificates signed by it, in `dir`: `<name>.crt` / `<name>.key`.
+fn pki(dir: &std::path::Path, leaves: &[(&str, &str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |n: &str| dir.join(n).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=audit test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    for (name, subject, san) in leaves {
+        let ext = p(&format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={san}\n"),
+        )
+        .unwrap();
+        let (key, csr, crt) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.crt")),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+/// Over DICOM TLS the association record names the client certificate's subject; a certificate
+/// not on the allow-list and a caller without certificate give rejected records with their reason.
+/// A destination that refuses connections gives `retry` then `dead` forward records.
+#[test]
+fn tls_subjects_and_failed_deliveries_are_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    pki(
+        &dir,
+        &[
+            ("server", "/CN=localhost", "DNS:localhost,IP:127.0.0.1"),
+            ("client", "/O=Hospital/CN=ct1", "DNS:ct1"),
+            ("intruder", "/O=Elsewhere/CN=intruder", "DNS:intruder"),
+        ],
+    );
+    let f = |n: &str| format!("{:?}", dir.join(n).display().to_string());
+    let closed = free_port();
+    let (cert, key, ca) = (f("server.crt"), f("server.key"), f("ca.crt"));
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[
+            ("server.tls.enabled", "true"),
+            ("server.tls.cert", &cert),
+            ("server.tls.key", &key),
+            ("server.tls.ca", &ca),
+            ("server.tls.allowed_subjects", "[\"CN=ct1,O=Hospital\"]"),
+            ("forward.max_attempts", "2"),
+        ],
+        &(scp_dest("gone", "GONE", closed) + &rule("default", "pass", false, &["gone"])),
+    );
+    start_json(&mut d);
+    let input = tmp.path().join("in");
+    write(&spec("audit-tls", 24, 2), &input);
+    let storescu_tls = |who: Option<&str>| {
+        let mut c = std::process::Command::new("/usr/bin/storescu");
+        c.env("TCP_NODELAY", "1")
+            .args(["-v", "-aet", "MODALITY", "-aec", AE, "+sd", "+r"]);
+        match who {
+            Some(n) => c
+                .arg("+tls")
+                .arg(dir.join(format!("{n}.key")))
+                .arg(dir.join(format!("{n}.crt"))),
+            None => c.arg("+tla"),
+        };
+        c.arg("+cf")
+            .arg(dir.join("ca.crt"))
+            .arg("127.0.0.1")
+            .arg(d.port.to_string())
+            .arg(&input);
+        c.output().unwrap()
+    };
+
+    let o = storescu_tls(Some("client"));
+    assert!(o.status.success(), "{}", text(&o));
+    let o = storescu_tls(Some("intruder"));
+    assert!(!o.status.success(), "{}", text(&o));
+    let o = storescu_tls(None);
+    assert!(!o.status.success(), "{}", text(&o));
+    let done = wait_until(secs(60), POLL, || {
+        records(&d, "audit_association").len() == 3
+            && records(&d, "audit_forward")
+                .iter()
+                .any(|v| v["status"] == "dead")
+    });
+    assert!(done, "{}", d.logs());
+
+    let assoc = records(&d, "audit_association");
+    let ok: Vec<&Value> = assoc
+        .iter()
+        .filter(|v| v["outcome"] == "accepted")
+        .collect();
+    assert_eq!(ok.len(), 1, "{assoc:?}");
+    assert_eq!(ok[0]["tls"], true);
+    assert_eq!(s(ok[0], "tls_subject"), "CN=ct1,O=Hospital");
+    assert_eq!(s(ok[0], "calling_ae"), "MODALITY");
+    assert_eq!(n(ok[0], "instances"), 2);
+    let intruder = assoc
+        .iter()
+        .find(|v| v["tls_subject"] == "CN=intruder,O=Elsewhere")
+        .unwrap_or_else(|| panic!("{assoc:?}"));
+    assert_eq!(s(intruder, "outcome"), "rejected");
+    assert_eq!(s(intruder, "calling_ae"), "MODALITY");
+    assert!(
+        s(intruder, "reason")
+            .to_lowercase()
+            .contains("calling ae title not recognized"),
+        "{intruder}"
+    );
+    let anonymous = assoc
+        .iter()
+        .find(|v| v["tls_subject"] == "" && v["outcome"] == "rejected")
+        .unwrap_or_else(|| panic!("{assoc:?}"));
+    assert!(
+        anonymous["tls"] == true && s(anonymous, "calling_ae").is_empty(),
+        "{anonymous}"
+    );
+    assert!(
+        s(anonymous, "reason").starts_with("TLS handshake failed"),
+        "{anonymous}"
+    );
+
+    let series = records(&d, "audit_series");
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(s(&series[0], "outcome"), "passed");
+    assert_eq!(s(&series[0], "plan"), "pass");
+    assert_eq!(s(&series[0], "derived_series_uid"), "");
+    assert_eq!(s(&series[0], "model"), "");
+
+    let fwd = records(&d, "audit_forward");
+    let statuses: Vec<(&str, u64)> = fwd
+        .iter()
+        .map(|v| (s(v, "status"), n(v, "attempt")))
+        .collect();
+    assert_eq!(statuses, vec![("retry", 1), ("dead", 2)], "{fwd:?}");
+    for v in &fwd {
+        assert_eq!(s(v, "kind"), "original");
+        assert_eq!(s(v, "series_uid"), s(&series[0], "series_uid"));
+        assert_eq!(s(v, "destination_address"), format!("127.0.0.1:{closed}"));
+        assert!(!s(v, "reason").is_empty(), "{v}");
+        assert_eq!(n(v, "instances"), 0);
+    }
+}
