@@ -469,6 +469,7 @@ impl Scp {
         if !gate.subject_allowed() {
             let subject = gate.tls.clone().flatten().unwrap_or_default();
             tracing::warn!(event = "tls_subject_rejected", peer = %peer, calling_ae = %calling, subject = %subject, "client certificate subject not in server.tls.allowed_subjects; association rejected");
+            crate::audit::rejected("client certificate subject not in server.tls.allowed_subjects");
         }
         // Only a request that passes access control waits for a slot; the others are answered by
         // the negotiation below (a permanent rejection) without one.
