@@ -24,11 +24,13 @@
 //! `process` drives volume → translate → derive for the one-shot command; `pipeline` drives route →
 //! derive → outbox for the daemon on its own thread (it owns the ONNX sessions); `daemon` wires the
 //! stages, recovers unfinished work at start-up and handles signals. Around them: `config` (settings),
-//! `events` (named log events), `metrics` (Prometheus counters and stage heartbeats), `http`
+//! `events` (named log events), `audit` (the audit trail: one record per association, series and
+//! delivery), `metrics` (Prometheus counters and stage heartbeats), `http`
 //! (`/healthz`, `/metrics`), `systemd` (notify and watchdog), `preview` (input/output/difference PNG)
 //! and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
 //! demo, tests and benchmarks).
 
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod derive;

@@ -108,16 +108,28 @@ enum JobsAction {
     Drop { id: String },
 }
 
-/// Logs go to journald when systemd started us (JOURNAL_STREAM set), to stderr otherwise.
+/// Logs go to journald when systemd started us (JOURNAL_STREAM set), to stderr otherwise: as text,
+/// or as one JSON object per line (fields at the top level) with `CT_HARMONIZER_LOG_FORMAT=json`.
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
+    let json = std::env::var("CT_HARMONIZER_LOG_FORMAT").is_ok_and(|f| f == "json");
     let registry = tracing_subscriber::registry().with(filter);
     match journald {
         Some(j) => registry.with(j).init(),
+        None if json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
         None => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init(),

@@ -172,8 +172,17 @@ impl Processor {
             let errno = e.io_error().map(errno_label).unwrap_or_default();
             return Err((format!("cannot write the crash marker: {e}"), errno));
         }
+        let mut audit = crate::audit::SeriesRecord {
+            study_uid: ready.study_uid.clone(),
+            series_uid: ready.series_uid.clone(),
+            version: ready.version,
+            calling_ae: ready.calling_ae.clone(),
+            called_ae: ready.called_ae.clone(),
+            instances: ready.instances,
+            ..Default::default()
+        };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.handle(settings, translators, ready)
+            self.handle(settings, translators, ready, &mut audit)
         }));
         let result = match result {
             Ok(r) => r,
@@ -203,6 +212,8 @@ impl Processor {
         }
         match result {
             Ok(jobs) => {
+                audit.jobs = jobs;
+                audit.emit();
                 if jobs > 0 {
                     let _ = self.wake.try_send(());
                 }
@@ -214,6 +225,10 @@ impl Processor {
             }
             Err(e) => {
                 events::series_failed(&ready.series_uid, &e.to_string());
+                audit.outcome = "failed";
+                audit.derived_series_uid.clear();
+                audit.reason = e.to_string();
+                audit.emit();
                 let quarantined = self.quarantine(settings, ready, &e.to_string());
                 if quarantined.is_ok() {
                     self.metrics.series_failed.inc();
@@ -237,6 +252,7 @@ impl Processor {
         settings: &Settings,
         translators: &mut HashMap<String, Translator>,
         ready: &ReadySeries,
+        audit: &mut crate::audit::SeriesRecord,
     ) -> Result<usize, PipelineError> {
         let fail = |reason: String| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
@@ -272,10 +288,13 @@ impl Processor {
             rule.plan
         };
         events::series_routed(&ready.series_uid, &rule.name, &format!("{plan:?}"));
+        audit.rule = rule.name.clone();
+        audit.plan = format!("{plan:?}").to_lowercase();
         let work = self.work_dir(ready);
         let mut payloads: Vec<(PathBuf, &'static str)> = Vec::new();
         match plan {
             PlanKind::Drop => {
+                audit.outcome = "dropped";
                 self.metrics.series_dropped.inc();
                 self.spool
                     .discard(&ready.dir)
@@ -283,6 +302,7 @@ impl Processor {
                 return Ok(0);
             }
             PlanKind::Pass => {
+                audit.outcome = "passed";
                 self.metrics.series_passed.inc();
                 payloads.push((originals.clone(), "original"));
             }
@@ -300,8 +320,9 @@ impl Processor {
                             .unwrap_or_else(|| "ENOSPC (28)".into()),
                     });
                 }
-                match self.harmonize(settings, translators, ready, &rule, series, &work) {
+                match self.harmonize(settings, translators, ready, &rule, series, &work, audit) {
                     Ok(last_dir) => {
+                        audit.outcome = "harmonized";
                         self.metrics.series_translated.inc();
                         payloads.push((last_dir, "derived"));
                         if rule.forward_original {
@@ -316,6 +337,9 @@ impl Processor {
                         self.metrics.series_failed.inc();
                         let _ = std::fs::remove_dir_all(&work);
                         tracing::warn!(event = "series_not_harmonized", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series not harmonized; its originals are forwarded");
+                        audit.outcome = "originals_forwarded";
+                        audit.derived_series_uid.clear();
+                        audit.reason = e.to_string();
                         payloads.push((originals.clone(), "original"));
                     }
                     Err(e) => return Err(e),
@@ -359,6 +383,7 @@ impl Processor {
     }
 
     /// Runs the rule's models in order; returns the folder of the last derived series.
+    #[allow(clippy::too_many_arguments)]
     fn harmonize(
         &self,
         settings: &Settings,
@@ -367,6 +392,7 @@ impl Processor {
         rule: &crate::config::Rule,
         series: Series,
         work: &Path,
+        audit: &mut crate::audit::SeriesRecord,
     ) -> Result<PathBuf, PipelineError> {
         let fail = |reason: String| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
@@ -416,6 +442,8 @@ impl Processor {
             self.metrics
                 .inference_slices
                 .inc_by(published.slices as u64);
+            let m = t.manifest();
+            audit.model_run(&m.name, &m.version, &published.derived_series_uid);
             last_dir = published.dir.clone();
             if step + 1 < rule.models.len() {
                 input = Some(read_series(&last_dir).map_err(&fail)?);

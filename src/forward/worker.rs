@@ -237,8 +237,34 @@ impl Shared {
             }
             None => Err(ForwardError::UnknownDestination(job.destination.clone())),
         };
+        let dest = settings
+            .destinations
+            .iter()
+            .find(|d| d.name == job.destination);
+        let audit = |job: &Job, instances: usize, status: &str, reason: &str| {
+            crate::audit::ForwardRecord {
+                job: &job.id,
+                destination: &job.destination,
+                destination_ae: dest.map(|d| d.ae_title.as_str()).unwrap_or_default(),
+                destination_address: dest
+                    .map(|d| match d.kind {
+                        crate::config::DestinationKind::Folder => d.path.clone(),
+                        crate::config::DestinationKind::Scp => format!("{}:{}", d.host, d.port),
+                    })
+                    .unwrap_or_default(),
+                kind: &job.kind,
+                study_uid: &job.study_uid,
+                source_series_uid: &job.source_series_uid,
+                series_uid: crate::audit::payload_series_uid(&job.payload),
+                instances,
+                attempt: job.attempts + 1,
+                seconds: started.elapsed().as_secs_f64(),
+            }
+            .emit(status, reason)
+        };
         match result {
             Ok(n) => {
+                audit(&job, n + before, "delivered", "");
                 events::job_delivered(
                     &job.id,
                     &job.source_series_uid,
@@ -259,8 +285,14 @@ impl Shared {
             }
             Err(e) => {
                 self.metrics.forward_failures.inc();
-                job.attempts += 1;
                 job.last_error = e.to_string();
+                let status = if job.attempts + 1 >= settings.forward.max_attempts {
+                    "dead"
+                } else {
+                    "retry"
+                };
+                audit(&job, job.acknowledged.len(), status, &job.last_error);
+                job.attempts += 1;
                 if job.attempts >= settings.forward.max_attempts {
                     events::job_dead(
                         &job.id,

@@ -341,7 +341,8 @@ impl Scp {
                     let this = this.clone();
                     let shutdown = shutdown.clone();
                     let tls = tls.clone();
-                    tokio::spawn(async move {
+                    let over_tls = tls.is_some();
+                    tokio::spawn(crate::audit::association(peer, over_tls, async move {
                         match tls {
                             Some(acceptor) => this.tls_connection(acceptor, socket, peer, handshake, slots, shutdown).await,
                             None => {
@@ -349,7 +350,7 @@ impl Scp {
                                 this.connection(socket, peer, handshake, slots, shutdown, None, deadline).await
                             }
                         }
-                    });
+                    }));
                 }
             }
         }
@@ -371,6 +372,7 @@ impl Scp {
         let rejected = |reason: String| {
             self.metrics.associations_rejected.inc();
             tracing::warn!(event = "tls_handshake_failed", peer = %peer, reason = %reason, "TLS handshake failed; connection closed");
+            crate::audit::rejected(&format!("TLS handshake failed: {reason}"));
         };
         let stream = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
             Ok(Ok(s)) => s,
@@ -386,6 +388,7 @@ impl Scp {
             .and_then(|c| c.first())
             .and_then(|c| crate::tls::subject_of(c));
         tracing::debug!(event = "tls_established", peer = %peer, subject = ?subject);
+        crate::audit::tls_subject(subject.as_deref());
         let (local, relay) = match socket_pair() {
             Ok(x) => x,
             Err(e) => {
@@ -462,9 +465,11 @@ impl Scp {
             rq.calling_ae_title.trim().to_string(),
             rq.called_ae_title.trim().to_string(),
         );
+        crate::audit::request(&calling, &called);
         if !gate.subject_allowed() {
             let subject = gate.tls.clone().flatten().unwrap_or_default();
             tracing::warn!(event = "tls_subject_rejected", peer = %peer, calling_ae = %calling, subject = %subject, "client certificate subject not in server.tls.allowed_subjects; association rejected");
+            crate::audit::rejected("client certificate subject not in server.tls.allowed_subjects");
         }
         // Only a request that passes access control waits for a slot; the others are answered by
         // the negotiation below (a permanent rejection) without one.
@@ -813,6 +818,7 @@ impl Scp {
         let spool = self.spool.clone();
         let calling_owned = calling.to_string();
         let key2 = key.clone();
+        let bytes = dataset.len();
         let stored =
             tokio::task::spawn_blocking(move || spool.store(&key2, &calling_owned, &dataset)).await;
         match stored {
@@ -831,6 +837,7 @@ impl Scp {
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
         }
         self.metrics.instances_received.inc();
+        crate::audit::instance_stored(bytes);
         self.metrics
             .last_instance_received_timestamp_seconds
             .set(crate::metrics::now_seconds());

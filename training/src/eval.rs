@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{load_volume, DataError, HuWindow, Volume};
 use crate::export::{gaussian_taps, kernel_radius};
+use crate::export_model::data_label;
 
 /// Errors evaluating. Each names the file or folder and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -603,6 +604,8 @@ pub struct EvalReport {
     pub rows: Vec<Row>,
     pub tuning: Option<GaussianTuning>,
     pub tuned_on: String,
+    /// The same without machine paths (data folders by name), for manifests.
+    pub tuned_on_label: String,
 }
 
 fn task_name(t: Task) -> &'static str {
@@ -633,8 +636,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let w = o.window;
 
     let kernel_cases: Vec<&Case> = cases.iter().filter(|c| c.sharp.is_some()).collect();
-    let (tuning, tuned_on) = if kernel_cases.is_empty() {
-        (None, String::new())
+    let (tuning, tuned_on, tuned_on_label) = if kernel_cases.is_empty() {
+        (None, String::new(), String::new())
     } else if let Some(t) = &o.tune {
         let tc = load_cases(t)?;
         let pairs: Vec<(&Volume, &Volume)> = tc
@@ -647,7 +650,11 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 reason: "no case with both `sharp` and `soft` to tune the Gaussian on".into(),
             });
         }
-        (Some(tune_gaussian(&pairs, w)), t.display().to_string())
+        (
+            Some(tune_gaussian(&pairs, w)),
+            t.display().to_string(),
+            data_label(t),
+        )
     } else {
         tracing::warn!("no --tune volumes: the Gaussian baseline is tuned on the evaluation set");
         let pairs: Vec<(&Volume, &Volume)> = kernel_cases
@@ -657,6 +664,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         (
             Some(tune_gaussian(&pairs, w)),
             format!("{} (the evaluation set itself)", o.pairs.display()),
+            format!("{} (the evaluation set itself)", data_label(&o.pairs)),
         )
     };
 
@@ -747,6 +755,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         rows,
         tuning,
         tuned_on,
+        tuned_on_label,
     })
 }
 
@@ -944,11 +953,11 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             .collect::<std::collections::BTreeSet<_>>();
         let dataset = format!(
             "{} ({} held-out case{}: {}; Gaussian tuned on {})",
-            o.pairs.display(),
+            data_label(&o.pairs),
             n.len(),
             if n.len() == 1 { "" } else { "s, mean" },
             n.into_iter().collect::<Vec<_>>().join(", "),
-            r.tuned_on
+            r.tuned_on_label
         );
         let manifests = o
             .models
@@ -1148,6 +1157,7 @@ mod tests {
             ],
             tuning: None,
             tuned_on: "x".into(),
+            tuned_on_label: "x/".into(),
         };
         let rows = manifest_rows(&r, Task::Kernel, "held-out", &[]);
         assert_eq!(rows.len(), 2);

@@ -607,14 +607,29 @@ pub fn synth_summary(data: &Path) -> Option<String> {
     ))
 }
 
+/// How a data folder is named in a manifest: its last component followed by `/` (`/tmp/a_data/train`
+/// gives `train/`), never the path on the machine that trained or evaluated the model.
+pub fn data_label(path: &Path) -> String {
+    let name = path
+        .components()
+        .rev()
+        .find_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "(unnamed)".to_owned());
+    format!("{name}/")
+}
+
 /// Provenance text of a training run.
 pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -> Provenance {
     let data = if cfg.data.is_empty() {
         "(data not recorded)".to_owned()
     } else {
+        let label = data_label(Path::new(&cfg.data));
         match synth_summary(Path::new(&cfg.data)) {
-            Some(s) => format!("{} ({s})", cfg.data),
-            None => cfg.data.clone(),
+            Some(s) => format!("{label} ({s})"),
+            None => label,
         }
     };
     let skip = if model.skip_kernel > 0 {
@@ -713,6 +728,14 @@ pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    #[test]
+    fn data_folders_are_named_without_machine_paths() {
+        assert_eq!(data_label(Path::new("/tmp/a_data/train")), "train/");
+        assert_eq!(data_label(Path::new("/tmp/a_data/heldout/")), "heldout/");
+        assert_eq!(data_label(Path::new("data")), "data/");
+        assert_eq!(data_label(Path::new("/")), "(unnamed)/");
+    }
 
     #[test]
     fn graph_has_the_expected_operators() {
