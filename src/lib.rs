@@ -7,8 +7,10 @@
 //! to the next over a bounded channel (see `../shared/DESIGN.md` §2).
 //!
 //! ```text
-//! ingest      C-STORE SCP (ingest::scp), watched folder (ingest::watch),
-//!             files and folders for `process` (ingest::files)            -> Arrival / SliceHeader
+//! ingest      C-STORE SCP (ingest::scp, DICOM TLS in tls), watched folder (ingest::watch),
+//!             files and folders for `process` (ingest::files); every untrusted data set or file
+//!             passes the bounded pre-parser (ingest::guard) before dicom-rs reads it
+//!                                                                        -> Arrival / SliceHeader
 //!   -> spool      durable instance store, fsync before the C-STORE success (spool)
 //!   -> series     group by (StudyUID, SeriesUID); complete on quiet time (series) -> ReadySeries
 //!   -> route      rules on tags and AE titles -> a plan (route)
@@ -26,8 +28,9 @@
 //! stages, recovers unfinished work at start-up and handles signals. Around them: `config` (settings),
 //! `events` (named log events), `audit` (the audit trail: one record per association, series and
 //! delivery), `metrics` (Prometheus counters and stage heartbeats), `http`
-//! (`/healthz`, `/metrics`), `systemd` (notify and watchdog), `preview` (input/output/difference PNG)
-//! and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
+//! (`/healthz`, `/metrics`), `systemd` (notify and watchdog), `status` and `jobs` (the operator's
+//! `status` and `jobs` commands, reading the running daemon and its state folder), `preview`
+//! (input/output/difference PNG) and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
 //! demo, tests and benchmarks).
 
 pub mod audit;
