@@ -589,6 +589,31 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<(&'static str
         old.series.quiet_seconds.to_string(),
         new.series.quiet_seconds.to_string(),
     );
+    cmp(
+        "series.keep_delivered_seconds",
+        old.series.keep_delivered_seconds.to_string(),
+        new.series.keep_delivered_seconds.to_string(),
+    );
+    cmp(
+        "state.quarantine_dir",
+        old.state.quarantine_dir.clone(),
+        new.state.quarantine_dir.clone(),
+    );
+    cmp(
+        "server.max_associations",
+        old.server.max_associations.to_string(),
+        new.server.max_associations.to_string(),
+    );
+    cmp(
+        "server.max_handshakes",
+        old.server.max_handshakes.to_string(),
+        new.server.max_handshakes.to_string(),
+    );
+    cmp(
+        "http.stall_seconds",
+        old.http.stall_seconds.to_string(),
+        new.http.stall_seconds.to_string(),
+    );
     out
 }
 
@@ -601,6 +626,11 @@ pub fn keep_restart_only(old: &Settings, mut new: Settings) -> Settings {
     new.http.listen = old.http.listen.clone();
     new.watch = old.watch.clone();
     new.series.quiet_seconds = old.series.quiet_seconds;
+    new.series.keep_delivered_seconds = old.series.keep_delivered_seconds;
+    new.state.quarantine_dir = old.state.quarantine_dir.clone();
+    new.server.max_associations = old.server.max_associations;
+    new.server.max_handshakes = old.server.max_handshakes;
+    new.http.stall_seconds = old.http.stall_seconds;
     new
 }
 
@@ -733,6 +763,27 @@ mod tests {
         assert_eq!(kept.state.dir, old.state.dir);
         assert_eq!(kept.server.listen, old.server.listen);
         assert_eq!(kept.forward.max_attempts, 3);
+
+        // Every key named as restart-only is also kept: after keeping, nothing differs.
+        let changed = Settings::load_with_env(
+            None,
+            env(&[
+                ("CT_HARMONIZER__STATE__DIR", "/elsewhere"),
+                ("CT_HARMONIZER__STATE__MIN_FREE_MIB", "7"),
+                ("CT_HARMONIZER__STATE__QUARANTINE_DIR", "/q"),
+                ("CT_HARMONIZER__SERVER__LISTEN", "127.0.0.1:1"),
+                ("CT_HARMONIZER__SERVER__MAX_ASSOCIATIONS", "3"),
+                ("CT_HARMONIZER__SERVER__MAX_HANDSHAKES", "5"),
+                ("CT_HARMONIZER__HTTP__LISTEN", "127.0.0.1:2"),
+                ("CT_HARMONIZER__HTTP__STALL_SECONDS", "9"),
+                ("CT_HARMONIZER__WATCH__STABLE_SECONDS", "11"),
+                ("CT_HARMONIZER__SERIES__QUIET_SECONDS", "13"),
+                ("CT_HARMONIZER__SERIES__KEEP_DELIVERED_SECONDS", "17"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(restart_only_changes(&old, &changed).len(), 11);
+        assert!(restart_only_changes(&old, &keep_restart_only(&old, changed)).is_empty());
     }
 
     #[test]
