@@ -243,6 +243,135 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// One instance being received into the spool's `.tmp/` (see [`Spool::begin`]).
+#[derive(Debug)]
+pub struct Incoming {
+    file: fs::File,
+    tmp: PathBuf,
+    sop_instance_uid: String,
+    /// Its data was fdatasynced after the last write.
+    synced: bool,
+    /// Renamed into the spool (nothing to remove on drop).
+    done: bool,
+}
+
+impl Incoming {
+    /// Appends data set bytes as they arrive.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.synced = false;
+        self.file.write_all(bytes).map_err(io(&self.tmp))
+    }
+
+    /// The temporary file (for checks that read it back before the commit).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// A second descriptor of the temporary file (to check it while it syncs).
+    pub fn reopen(&self) -> Result<fs::File, SpoolError> {
+        fs::File::open(&self.tmp).map_err(io(&self.tmp))
+    }
+
+    /// `fdatasync`: the bytes written so far (and the size that reaches them) are on disk.
+    pub fn sync_data(&mut self) -> Result<(), SpoolError> {
+        if !self.synced {
+            self.file.sync_data().map_err(io(&self.tmp))?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Group commit of folder fsyncs: an fsync of a folder makes durable every rename into it done
+/// before the fsync started. A caller that renamed a file into `dir` takes a ticket; when no fsync
+/// of `dir` is running it runs one covering every ticket taken so far, otherwise it waits for the
+/// running one to end and then, unless a later one already covered it, runs the next. With N
+/// associations storing into the same folder, one fsync answers up to N instances.
+#[derive(Debug, Default)]
+pub struct DirSync {
+    state: Mutex<std::collections::HashMap<PathBuf, DirSlot>>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DirSlot {
+    /// Tickets handed out (renames done).
+    taken: u64,
+    /// Every ticket up to this one is covered by a completed fsync.
+    synced: u64,
+    /// Tickets up to this one were covered by an fsync that failed: they fail too (an fsync error
+    /// is reported once; a later fsync of the folder may succeed without the lost entries).
+    failed: u64,
+    running: bool,
+    waiters: usize,
+}
+
+impl DirSync {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, DirSlot>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once a folder fsync that started after this call has completed.
+    pub fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let mut map = self.lock_state();
+        let ticket = {
+            let slot = map.entry(dir.to_path_buf()).or_default();
+            slot.taken += 1;
+            slot.waiters += 1;
+            slot.taken
+        };
+        let result = loop {
+            let Some(slot) = map.get_mut(dir) else {
+                break Err(std::io::Error::other("folder sync state lost"));
+            };
+            if ticket <= slot.failed {
+                break Err(std::io::Error::other(format!(
+                    "an fsync of {} failed",
+                    dir.display()
+                )));
+            }
+            if ticket <= slot.synced {
+                break Ok(());
+            }
+            if slot.running {
+                map = self.done.wait(map).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            slot.running = true;
+            let target = slot.taken;
+            drop(map);
+            let r = sync_dir(dir);
+            map = self.lock_state();
+            if let Some(slot) = map.get_mut(dir) {
+                slot.running = false;
+                match &r {
+                    Ok(()) => slot.synced = slot.synced.max(target),
+                    Err(_) => slot.failed = slot.failed.max(target),
+                }
+            }
+            self.done.notify_all();
+            if let Err(e) = r {
+                break Err(e);
+            }
+        };
+        if let Some(slot) = map.get_mut(dir) {
+            slot.waiters -= 1;
+            if slot.waiters == 0 && !slot.running {
+                map.remove(dir);
+            }
+        }
+        result
+    }
+}
+
 /// fsyncs a folder so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -341,6 +470,8 @@ pub struct Spool {
     keep: Duration,
     /// Serialises hand-overs, retirements and quarantines (they move version folders).
     lock: Arc<Mutex<()>>,
+    /// Group commit of the incoming folders' fsyncs.
+    dir_sync: Arc<DirSync>,
 }
 
 impl Spool {
@@ -359,6 +490,7 @@ impl Spool {
             min_free_mib,
             keep: Duration::ZERO,
             lock: Arc::default(),
+            dir_sync: Arc::default(),
         })
     }
 
@@ -430,49 +562,100 @@ impl Spool {
 
     /// Stores one instance received over the network: a Part 10 file made of our file meta and the
     /// dataset bytes exactly as received (in `key.transfer_syntax`). Returns the final path once the
-    /// file and its folder entry are on disk.
+    /// file and its folder entry are on disk. ([`Spool::begin`], [`Incoming::write`] and
+    /// [`Spool::commit`] in one call; the SCP streams with those.)
     pub fn store(
         &self,
         key: &InstanceKey,
         calling_ae: &str,
         dataset: &[u8],
     ) -> Result<PathBuf, SpoolError> {
-        check_uid("SOPInstanceUID", &key.sop_instance_uid)?;
-        check_uid("SOPClassUID", &key.sop_class_uid)?;
-        check_uid("TransferSyntaxUID", &key.transfer_syntax)?;
-        let dir = self.series_dir(&key.study_uid, &key.series_uid)?;
+        let mut incoming = self.begin(
+            &key.sop_class_uid,
+            &key.sop_instance_uid,
+            &key.transfer_syntax,
+            calling_ae,
+        )?;
+        incoming.write(dataset)?;
+        incoming.sync_data()?;
+        self.commit(incoming, &key.study_uid, &key.series_uid)
+    }
+
+    /// Starts receiving one instance: a temporary file in `.tmp/` holding the preamble and our file
+    /// meta group (SOP class and instance from the C-STORE command; the caller checks the data set
+    /// names the same before committing). The data set bytes follow with [`Incoming::write`]; the
+    /// file is removed when the [`Incoming`] is dropped without [`Spool::commit`].
+    pub fn begin(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+        calling_ae: &str,
+    ) -> Result<Incoming, SpoolError> {
+        check_uid("SOPInstanceUID", sop_instance_uid)?;
+        check_uid("SOPClassUID", sop_class_uid)?;
+        check_uid("TransferSyntaxUID", transfer_syntax)?;
         self.check_space()?;
         let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(key.sop_class_uid.as_str())
-            .media_storage_sop_instance_uid(key.sop_instance_uid.as_str())
-            .transfer_syntax(key.transfer_syntax.as_str())
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax)
             .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .source_application_entity_title(calling_ae.trim())
             .build()
             .map_err(|e| SpoolError::Meta {
-                uid: key.sop_instance_uid.clone(),
+                uid: sop_instance_uid.to_string(),
                 reason: e.to_string(),
             })?;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(&[0u8; 128]);
         head.extend_from_slice(b"DICM");
         meta.write(&mut head).map_err(|e| SpoolError::Meta {
-            uid: key.sop_instance_uid.clone(),
+            uid: sop_instance_uid.to_string(),
             reason: e.to_string(),
         })?;
-        let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&head).map_err(io(&tmp))?;
-        f.write_all(dataset).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
-        if let Err(e) = self.rename_into(&tmp, &dir, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        let tmp = self.tmp.join(tmp_name(sop_instance_uid));
+        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut incoming = Incoming {
+            file,
+            tmp,
+            sop_instance_uid: sop_instance_uid.to_string(),
+            synced: false,
+            done: false,
+        };
+        incoming.write(&head)?;
+        Ok(incoming)
+    }
+
+    /// Makes a received instance durable in the incoming folder of its series: its data synced
+    /// (unless [`Incoming::sync_data`] did it already), renamed into the folder, the folder synced
+    /// (one folder sync shared by every instance renamed into it meanwhile, see [`DirSync`]).
+    /// Returns the final path; from then on the instance survives a power loss.
+    pub fn commit(
+        &self,
+        mut incoming: Incoming,
+        study_uid: &str,
+        series_uid: &str,
+    ) -> Result<PathBuf, SpoolError> {
+        let dir = self.series_dir(study_uid, series_uid)?;
+        incoming.sync_data()?;
+        let path = dir.join(format!("{}.dcm", incoming.sop_instance_uid));
+        let study = dir.parent().map(Path::to_path_buf);
+        let created = !dir.is_dir();
+        let study_created = study.as_deref().is_some_and(|s| !s.is_dir());
+        self.rename_into(&incoming.tmp, &dir, &path)?;
+        incoming.done = true;
+        if created {
+            // A new series (and maybe study) folder: its own entry must be durable too.
+            if let Some(study) = &study {
+                self.dir_sync.sync(study).map_err(io(study))?;
+                if study_created {
+                    self.dir_sync.sync(&self.root).map_err(io(&self.root))?;
+                }
+            }
         }
-        sync_dir(&dir).map_err(io(&dir))?;
+        self.dir_sync.sync(&dir).map_err(io(&dir))?;
         Ok(path)
     }
 

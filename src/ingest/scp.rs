@@ -25,7 +25,6 @@
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{
@@ -47,7 +46,7 @@ use crate::events;
 use crate::forward::dimse;
 use crate::ingest::guard::{self, Limits};
 use crate::metrics::{Beat, Metrics};
-use crate::spool::{InstanceKey, Spool, SpoolError};
+use crate::spool::{Incoming, Spool, SpoolError};
 use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 
 /// Verification SOP class.
@@ -559,7 +558,9 @@ impl Scp {
             .collect();
         let mut command: Vec<u8> = Vec::new();
         let mut pending: Option<(dimse::Command, u8)> = None;
-        let mut data: Vec<u8> = Vec::new();
+        // The data set of the pending C-STORE, streamed to its spool file as it arrives.
+        let mut sink = Sink::Discard(dimse::SUCCESS, String::new());
+        let mut received: usize = 0;
         let mut idle_until = Instant::now() + idle;
         loop {
             let pdu = tokio::select! {
@@ -639,8 +640,10 @@ impl Scp {
                                 return;
                             }
                         } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
+                            let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
+                            sink = self.admit(&settings, ctx, &cmd, &calling).await;
+                            received = 0;
                             pending = Some((cmd, pc));
-                            data.clear();
                         } else {
                             tracing::warn!(event = "unsupported_command", calling_ae = %calling, field = cmd.field);
                             let _ = assoc.abort().await;
@@ -658,12 +661,13 @@ impl Scp {
                             let _ = assoc.abort().await;
                             return;
                         }
-                        if data.len() + bytes.len() > max_dataset {
+                        if received.saturating_add(bytes.len()) > max_dataset {
                             tracing::warn!(event = "dataset_too_large", calling_ae = %calling, peer = %peer, limit_bytes = max_dataset, "data set exceeds server.max_dataset_mib; association aborted");
                             let _ = assoc.abort().await;
                             return;
                         }
-                        data.extend_from_slice(&bytes);
+                        received += bytes.len();
+                        sink.push(bytes).await;
                         idle_until = Instant::now() + idle;
                         if !is_last {
                             continue;
@@ -673,9 +677,12 @@ impl Scp {
                             return;
                         };
                         let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
-                        let dataset = std::mem::take(&mut data);
+                        let taken = std::mem::replace(
+                            &mut sink,
+                            Sink::Discard(dimse::SUCCESS, String::new()),
+                        );
                         let (status, comment) = self
-                            .store(&settings, &limits, ctx, &cmd, &calling, &called, dataset)
+                            .store(&limits, ctx, &cmd, &calling, &called, taken)
                             .await;
                         idle_until = Instant::now() + idle;
                         if status != dimse::SUCCESS {
@@ -724,20 +731,17 @@ impl Scp {
             .map_err(|_| ())
     }
 
-    /// Parses, checks and spools one instance. Returns the DIMSE status and an error comment.
-    #[allow(clippy::too_many_arguments)]
-    async fn store(
+    /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
+    /// spool file. A refusal is answered once the data set has been received (and discarded).
+    async fn admit(
         &self,
         settings: &Settings,
-        limits: &Limits,
         ctx: Option<(u8, String, String)>,
         cmd: &dimse::Command,
         calling: &str,
-        called: &str,
-        dataset: Vec<u8>,
-    ) -> (u16, String) {
+    ) -> Sink {
         let Some((_, abstract_syntax, ts_uid)) = ctx else {
-            return (
+            return Sink::Discard(
                 dimse::CANNOT_UNDERSTAND,
                 "unknown presentation context".into(),
             );
@@ -749,28 +753,101 @@ impl Scp {
                 .passthrough_sop_classes
                 .contains(&abstract_syntax);
         if !allowed || cmd.sop_class != abstract_syntax {
-            return (
+            return Sink::Discard(
                 dimse::SOP_CLASS_NOT_SUPPORTED,
                 format!("SOP class {} not accepted", cmd.sop_class),
             );
         }
-        // The bounded pre-parser first (depth, declared lengths, size, pixel encoding against the
-        // context's transfer syntax), then dicom-rs, both off the async workers.
-        let (limits, ts_for) = (*limits, ts_uid.clone());
-        let parsed = tokio::task::spawn_blocking(move || {
-            guard::check_dataset(&dataset, &ts_for, &limits).map_err(|e| e.to_string())?;
-            let ts = TransferSyntaxRegistry
-                .get(&ts_for)
-                .ok_or_else(|| format!("transfer syntax {ts_for} unknown"))?;
-            InMemDicomObject::read_dataset_with_ts(&dataset[..], ts)
-                .map(|o| (o, dataset))
-                .map_err(|e| format!("malformed dataset: {e}"))
+        let spool = self.spool.clone();
+        let (class, instance, calling) = (
+            cmd.sop_class.clone(),
+            cmd.sop_instance.clone(),
+            calling.to_string(),
+        );
+        let ts = ts_uid.clone();
+        let begun =
+            tokio::task::spawn_blocking(move || spool.begin(&class, &instance, &ts, &calling))
+                .await;
+        match begun {
+            Ok(Ok(incoming)) => Sink::File {
+                incoming: Some(incoming),
+                chunk: Vec::new(),
+                ts_uid,
+                failed: None,
+            },
+            Ok(Err(e)) => {
+                let (status, comment) = spool_status(&e);
+                Sink::Discard(status, comment)
+            }
+            Err(e) => Sink::Discard(dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        }
+    }
+
+    /// Checks and commits one received instance (its data set in its spool file). Returns the DIMSE
+    /// status and an error comment.
+    async fn store(
+        &self,
+        limits: &Limits,
+        ctx: Option<(u8, String, String)>,
+        cmd: &dimse::Command,
+        calling: &str,
+        called: &str,
+        sink: Sink,
+    ) -> (u16, String) {
+        let (mut incoming, chunk, ts_uid) = match sink {
+            Sink::Discard(status, comment) => return (status, comment),
+            Sink::File {
+                failed: Some(e), ..
+            } => return spool_status(&e),
+            Sink::File { incoming: None, .. } => {
+                return (dimse::OUT_OF_RESOURCES, "cannot write spool".into())
+            }
+            Sink::File {
+                incoming: Some(incoming),
+                chunk,
+                ts_uid,
+                ..
+            } => (incoming, chunk, ts_uid),
+        };
+        if ctx.is_none() {
+            return (
+                dimse::CANNOT_UNDERSTAND,
+                "unknown presentation context".into(),
+            );
+        }
+        // The last bytes written, then (in parallel) the data synced to disk and the file checked:
+        // the bounded pre-parser (depth, declared lengths, size, pixel encoding against the
+        // context's transfer syntax), then dicom-rs up to the pixel data, both off the async
+        // workers; the file is read back from the page cache.
+        let written = tokio::task::spawn_blocking(move || {
+            let r = incoming.write(&chunk).and_then(|()| incoming.reopen());
+            (incoming, r)
         })
         .await;
-        let (obj, dataset) = match parsed {
-            Ok(Ok(x)) => x,
-            Ok(Err(reason)) => return (dimse::CANNOT_UNDERSTAND, reason),
-            Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("parser failed: {e}")),
+        let (mut incoming, file) = match written {
+            Ok((incoming, Ok(file))) => (incoming, file),
+            Ok((_, Err(e))) => return spool_status(&e),
+            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        };
+        let (path, limits) = (incoming.path().to_path_buf(), *limits);
+        let (synced, checked) = tokio::join!(
+            tokio::task::spawn_blocking(move || {
+                let r = incoming.sync_data();
+                (incoming, r)
+            }),
+            tokio::task::spawn_blocking(move || check_file(file, &path, &ts_uid, &limits)),
+        );
+        let (incoming, synced) = match synced {
+            Ok(x) => x,
+            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        };
+        let checked = checked.unwrap_or_else(|e| Err(format!("parser failed: {e}")));
+        if let Err(e) = synced {
+            return spool_status(&e);
+        }
+        let obj = match checked {
+            Ok(obj) => obj,
+            Err(reason) => return (dimse::CANNOT_UNDERSTAND, reason),
         };
         let text = |tag| {
             obj.element_opt(tag)
@@ -791,43 +868,28 @@ impl Scp {
             .into_iter()
             .find_map(|t| text(t).parse::<usize>().ok())
             .filter(|&n| n > 0);
-        let key = InstanceKey {
-            study_uid: text(tags::STUDY_INSTANCE_UID),
-            series_uid: text(tags::SERIES_INSTANCE_UID),
-            sop_instance_uid: sop_instance,
-            sop_class_uid: cmd.sop_class.clone(),
-            transfer_syntax: ts_uid,
-        };
-        if self
-            .recent
-            .contains(&key.study_uid, &key.series_uid, &key.sop_instance_uid)
+        let (study_uid, series_uid) = (
+            text(tags::STUDY_INSTANCE_UID),
+            text(tags::SERIES_INSTANCE_UID),
+        );
+        drop(obj);
+        if self.recent.contains(&study_uid, &series_uid, &sop_instance)
             && self
                 .spool
-                .series_dir(&key.study_uid, &key.series_uid)
+                .series_dir(&study_uid, &series_uid)
                 .is_ok_and(|d| !d.exists())
         {
             // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
-            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %key.series_uid, sop_instance_uid = %key.sop_instance_uid, "instance of a delivered series received again; acknowledged, not reprocessed");
+            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %series_uid, sop_instance_uid = %sop_instance, "instance of a delivered series received again; acknowledged, not reprocessed");
             return (dimse::SUCCESS, String::new());
         }
         let spool = self.spool.clone();
-        let calling_owned = calling.to_string();
-        let key2 = key.clone();
+        let (study2, series2) = (study_uid.clone(), series_uid.clone());
         let stored =
-            tokio::task::spawn_blocking(move || spool.store(&key2, &calling_owned, &dataset)).await;
+            tokio::task::spawn_blocking(move || spool.commit(incoming, &study2, &series2)).await;
         match stored {
             Ok(Ok(_)) => {}
-            Ok(Err(e @ SpoolError::InvalidUid { .. })) => {
-                return (dimse::CANNOT_UNDERSTAND, e.to_string())
-            }
-            Ok(Err(e @ SpoolError::DiskFull { .. })) => {
-                tracing::error!(event = "disk_watermark", reason = %e);
-                return (dimse::OUT_OF_RESOURCES, "spool disk full".into());
-            }
-            Ok(Err(e)) => {
-                tracing::error!(event = "spool_write_failed", reason = %e);
-                return (dimse::OUT_OF_RESOURCES, "cannot write spool".into());
-            }
+            Ok(Err(e)) => return spool_status(&e),
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
         }
         self.metrics.instances_received.inc();
@@ -835,9 +897,9 @@ impl Scp {
             .last_instance_received_timestamp_seconds
             .set(crate::metrics::now_seconds());
         let arrival = Arrival {
-            study_uid: key.study_uid,
-            series_uid: key.series_uid,
-            sop_instance_uid: key.sop_instance_uid,
+            study_uid,
+            series_uid,
+            sop_instance_uid: sop_instance,
             calling_ae: calling.to_string(),
             called_ae: called.to_string(),
             expected,
@@ -845,6 +907,109 @@ impl Scp {
         // Durable already: the series stage learns of it (waiting when it is busy: back-pressure).
         let _ = self.tx.send(arrival).await;
         (dimse::SUCCESS, String::new())
+    }
+}
+
+/// The DIMSE status and comment of a spool error.
+fn spool_status(e: &SpoolError) -> (u16, String) {
+    match e {
+        SpoolError::InvalidUid { .. } => (dimse::CANNOT_UNDERSTAND, e.to_string()),
+        SpoolError::DiskFull { .. } => {
+            tracing::error!(event = "disk_watermark", reason = %e);
+            (dimse::OUT_OF_RESOURCES, "spool disk full".into())
+        }
+        _ => {
+            tracing::error!(event = "spool_write_failed", reason = %e);
+            (dimse::OUT_OF_RESOURCES, "cannot write spool".into())
+        }
+    }
+}
+
+/// Checks a received instance's spool file (guard, then dicom-rs up to the pixel data); the
+/// comment of a refusal names the reason, not our temporary path.
+fn check_file(
+    file: std::fs::File,
+    path: &std::path::Path,
+    ts_uid: &str,
+    limits: &Limits,
+) -> Result<dicom_object::DefaultDicomObject, String> {
+    guard::check_part10_open(file, path, limits).map_err(|e| match e {
+        guard::GuardError::File { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    })?;
+    if TransferSyntaxRegistry.get(ts_uid).is_none() {
+        return Err(format!("transfer syntax {ts_uid} unknown"));
+    }
+    dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("malformed dataset: {e}"))
+}
+
+/// Where the data set of the pending C-STORE goes.
+enum Sink {
+    /// Refused at the command (status, comment): the bytes are counted and dropped.
+    Discard(u16, String),
+    /// Streamed to the instance's spool file, in chunks written off the async workers.
+    File {
+        incoming: Option<Incoming>,
+        chunk: Vec<u8>,
+        ts_uid: String,
+        /// A write failed: the rest is dropped and the C-STORE answered with this error.
+        failed: Option<SpoolError>,
+    },
+}
+
+/// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
+const WRITE_CHUNK: usize = 128 * 1024;
+
+impl Sink {
+    async fn push(&mut self, bytes: Vec<u8>) {
+        let Sink::File {
+            incoming,
+            chunk,
+            failed,
+            ..
+        } = self
+        else {
+            return;
+        };
+        if failed.is_some() {
+            return;
+        }
+        if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
+            *chunk = bytes;
+        } else {
+            chunk.extend_from_slice(&bytes);
+        }
+        if chunk.len() < WRITE_CHUNK {
+            return;
+        }
+        let Some(mut inc) = incoming.take() else {
+            return;
+        };
+        let mut buf = std::mem::take(chunk);
+        let done = tokio::task::spawn_blocking(move || {
+            let r = inc.write(&buf);
+            buf.clear();
+            (inc, buf, r)
+        })
+        .await;
+        match done {
+            Ok((inc, buf, r)) => {
+                *incoming = Some(inc);
+                *chunk = buf;
+                if let Err(e) = r {
+                    *failed = Some(e);
+                }
+            }
+            Err(e) => {
+                *failed = Some(SpoolError::Version {
+                    path: std::path::PathBuf::new(),
+                    reason: format!("spool task failed: {e}"),
+                })
+            }
+        }
     }
 }
 
