@@ -24,9 +24,29 @@
 //!
 //! # Durability argument: why a Success status means the instance survives
 //!
-//! 1. The C-STORE success is sent only after [`Spool::store`] returned: the bytes were written to a
-//!    temporary file, fsynced, renamed into the incoming folder, and that folder fsynced. From then
-//!    on the instance survives a power loss.
+//! 1. The C-STORE success is sent only after [`Spool::commit`] (or [`Spool::store`]) returned for
+//!    that instance, which does, in this order:
+//!    a. the file in `.tmp/` holds every byte of the instance (the P-DATA fragments are appended as
+//!       they arrive; the SCP checks the complete file before committing);
+//!    b. `fdatasync` of the file: its data and the size that reaches it are on disk (what
+//!       `fdatasync` omits, timestamps, is not needed to read the file back);
+//!    c. rename into the incoming folder `<study>/<series>/`, under a lock held by every commit
+//!       around its rename: a commit that finds the folder missing creates it and fsyncs the
+//!       study folder and the spool root before renaming, so the folder's own entry is durable
+//!       before any instance is renamed into it (a hand-over keeps the folder; a clean-up that
+//!       removes it makes the next commit create it again, under the lock);
+//!    d. an fsync of the incoming folder that *started after* the rename returned
+//!       ([`DirSync`]): an fsync of a folder makes every entry change made in it before the call
+//!       durable, so one fsync covers every instance renamed into the folder before it began,
+//!       whichever association renamed it. A caller whose rename happened while an fsync was
+//!       already running waits for the next one (it never counts on the running one). If an
+//!       fsync fails, every caller it was to cover gets an error (no Success), including those a
+//!       later fsync might appear to cover, since Linux reports a write-back error only once.
+//!    From then on the instance survives a power loss: its bytes are durable by (b), its name by
+//!    (d), and (c) after (b) means a name never points at bytes that are not durable. A crash
+//!    before (d) completes loses at most instances not yet acknowledged (the peer re-sends them;
+//!    a copy that did reach the incoming folder is a valid file, by (a) and (b), and is
+//!    recognised as a re-send by its SOP Instance UID).
 //! 2. An instance leaves the incoming folder only (a) by a rename into `.v<N>.tmp/` during a
 //!    hand-over (same file system: at every instant the file is in exactly one of the two folders;
 //!    both folders are fsynced before `.v<N>.tmp` is renamed to `v<N>`, and start-up recovery moves
@@ -299,6 +319,8 @@ impl Drop for Incoming {
 pub struct DirSync {
     state: Mutex<std::collections::HashMap<PathBuf, DirSlot>>,
     done: std::sync::Condvar,
+    /// Held while a received instance is renamed into its incoming folder (creating it).
+    create: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -315,6 +337,10 @@ struct DirSlot {
 }
 
 impl DirSync {
+    fn create_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.create.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, DirSlot>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -641,20 +667,34 @@ impl Spool {
         let dir = self.series_dir(study_uid, series_uid)?;
         incoming.sync_data()?;
         let path = dir.join(format!("{}.dcm", incoming.sop_instance_uid));
-        let study = dir.parent().map(Path::to_path_buf);
-        let created = !dir.is_dir();
-        let study_created = study.as_deref().is_some_and(|s| !s.is_dir());
-        self.rename_into(&incoming.tmp, &dir, &path)?;
-        incoming.done = true;
-        if created {
-            // A new series (and maybe study) folder: its own entry must be durable too.
-            if let Some(study) = &study {
-                self.dir_sync.sync(study).map_err(io(study))?;
-                if study_created {
-                    self.dir_sync.sync(&self.root).map_err(io(&self.root))?;
+        {
+            // Under the lock, a folder seen to exist was created (and its entry made durable) by
+            // an earlier call, or by a hand-over; one this call creates is durable in its parent
+            // before any other call can rename into it.
+            let _created = self.dir_sync.create_lock();
+            let mut tries = 0;
+            loop {
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir).map_err(io(&dir))?;
+                    let study = dir.parent().unwrap_or(&self.root);
+                    let synced = sync_dir(study)
+                        .map_err(io(study))
+                        .and_then(|()| sync_dir(&self.root).map_err(io(&self.root)));
+                    if let Err(e) = synced {
+                        // Never left for a later call to take as durable.
+                        let _ = fs::remove_dir(&dir);
+                        return Err(e);
+                    }
+                }
+                match fs::rename(&incoming.tmp, &path) {
+                    Ok(()) => break,
+                    // A clean-up removed the folder meanwhile: made again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                    Err(e) => return Err(io(&path)(e)),
                 }
             }
         }
+        incoming.done = true;
         self.dir_sync.sync(&dir).map_err(io(&dir))?;
         Ok(path)
     }
