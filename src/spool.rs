@@ -269,6 +269,8 @@ pub struct Incoming {
     file: fs::File,
     tmp: PathBuf,
     sop_instance_uid: String,
+    /// A UID of the command that cannot be stored (reported by the commit).
+    invalid: Option<SpoolError>,
     /// Its data was fdatasynced after the last write.
     synced: bool,
     /// Renamed into the spool (nothing to remove on drop).
@@ -618,9 +620,12 @@ impl Spool {
         transfer_syntax: &str,
         calling_ae: &str,
     ) -> Result<Incoming, SpoolError> {
-        check_uid("SOPInstanceUID", sop_instance_uid)?;
-        check_uid("SOPClassUID", sop_class_uid)?;
-        check_uid("TransferSyntaxUID", transfer_syntax)?;
+        // A bad UID is reported at the commit (after the data set's own checks), never used in
+        // a path.
+        let invalid = check_uid("SOPInstanceUID", sop_instance_uid)
+            .and_then(|()| check_uid("SOPClassUID", sop_class_uid))
+            .and_then(|()| check_uid("TransferSyntaxUID", transfer_syntax))
+            .err();
         self.check_space()?;
         let meta = FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(sop_class_uid)
@@ -641,12 +646,18 @@ impl Spool {
             uid: sop_instance_uid.to_string(),
             reason: e.to_string(),
         })?;
-        let tmp = self.tmp.join(tmp_name(sop_instance_uid));
+        let name = if invalid.is_none() {
+            sop_instance_uid
+        } else {
+            "invalid"
+        };
+        let tmp = self.tmp.join(tmp_name(name));
         let file = fs::File::create(&tmp).map_err(io(&tmp))?;
         let mut incoming = Incoming {
             file,
             tmp,
             sop_instance_uid: sop_instance_uid.to_string(),
+            invalid,
             synced: false,
             done: false,
         };
@@ -664,6 +675,9 @@ impl Spool {
         study_uid: &str,
         series_uid: &str,
     ) -> Result<PathBuf, SpoolError> {
+        if let Some(e) = incoming.invalid.take() {
+            return Err(e);
+        }
         let dir = self.series_dir(study_uid, series_uid)?;
         incoming.sync_data()?;
         let path = dir.join(format!("{}.dcm", incoming.sop_instance_uid));
