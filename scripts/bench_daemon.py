@@ -32,6 +32,9 @@ REPS = int(os.environ.get("BENCH_REPS", "3"))
 IMAGES = int(os.environ.get("BENCH_IMAGES", "300"))
 # BENCH_ONLY=ingest: the ingest and durable-limit rows only
 ONLY = os.environ.get("BENCH_ONLY", "")
+# BENCH_STATE=/dev/shm: the daemon's state and storescp's output on another file system (tmpfs:
+# fsync free, what the pipeline costs without the disk)
+STATE = os.environ.get("BENCH_STATE", "")
 ENV = dict(os.environ, TCP_NODELAY="1")
 
 
@@ -91,7 +94,7 @@ def storescu(port, aec, folders):
 
 class Storescp:
     def __init__(self, port, aet="STORESCP"):
-        self.dir = tempfile.mkdtemp(dir=OUT)
+        self.dir = tempfile.mkdtemp(dir=STATE or OUT)
         self.p = subprocess.Popen(["/usr/bin/storescp", "-aet", aet, "-od", self.dir, str(port)], env=ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
@@ -107,7 +110,7 @@ class Storescp:
 
 class Daemon:
     def __init__(self, port, quiet, rule, destination_port=None):
-        self.state = tempfile.mkdtemp(dir=OUT)
+        self.state = tempfile.mkdtemp(dir=STATE or OUT)
         self.log = Path(self.state) / "serve.log"
         cfg = Path(self.state) / "c.toml"
         dest = ""
@@ -235,7 +238,7 @@ def durable_limit(series, folder_sync, reps=REPS):
     blobs = [f.read_bytes() for f in sorted(series.iterdir())]
     out = []
     for _ in range(reps):
-        d = Path(tempfile.mkdtemp(dir=OUT))
+        d = Path(tempfile.mkdtemp(dir=STATE or OUT))
         (d / "in").mkdir()
         t = time.perf_counter()
         for k, b in enumerate(blobs):

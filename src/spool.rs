@@ -1361,4 +1361,72 @@ mod tests {
         let s = Spool::open(dir.path(), u64::MAX).unwrap();
         assert!(matches!(s.check_space(), Err(SpoolError::DiskFull { .. })));
     }
+
+    #[test]
+    fn streamed_instances_commit_durably_from_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0).unwrap();
+        // Abandoned (association aborted mid data set): nothing left in .tmp.
+        let mut gone = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.9",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap();
+        gone.write(b"partial").unwrap();
+        let tmp = gone.path().to_path_buf();
+        assert!(tmp.exists());
+        drop(gone);
+        assert!(!tmp.exists());
+        // A crafted SOP Instance UID never names a file; it is refused at the commit.
+        let bad = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "../x",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap();
+        assert!(bad.path().starts_with(dir.path().join("spool/.tmp")));
+        assert!(matches!(
+            s.commit(bad, "1.2", "1.2.3"),
+            Err(SpoolError::InvalidUid { .. })
+        ));
+        // 8 threads x 25 instances into the same new series folder (group commit of its fsync).
+        std::thread::scope(|sc| {
+            for t in 0..8 {
+                let s = &s;
+                sc.spawn(move || {
+                    for k in 0..25 {
+                        let sop = format!("1.2.3.{t}.{k}");
+                        let mut inc = s
+                            .begin(
+                                "1.2.840.10008.5.1.4.1.1.2",
+                                &sop,
+                                "1.2.840.10008.1.2.1",
+                                "MOD",
+                            )
+                            .unwrap();
+                        inc.write(&[t as u8; 1000]).unwrap();
+                        inc.write(&[k as u8; 1000]).unwrap();
+                        let p = s.commit(inc, "1.2", "1.2.3").unwrap();
+                        let bytes = std::fs::read(p).unwrap();
+                        assert_eq!(bytes[bytes.len() - 1000..], [k as u8; 1000]);
+                    }
+                });
+            }
+        });
+        let r = s.recover().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].instances, 200);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spool/.tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(s.dir_sync.lock_state().is_empty());
+    }
 }

@@ -641,7 +641,7 @@ impl Scp {
                             }
                         } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
                             let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
-                            sink = self.admit(&settings, ctx, &cmd, &calling).await;
+                            sink = self.admit(&settings, ctx, &cmd, &calling);
                             received = 0;
                             pending = Some((cmd, pc));
                         } else {
@@ -733,7 +733,7 @@ impl Scp {
 
     /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
     /// spool file. A refusal is answered once the data set has been received (and discarded).
-    async fn admit(
+    fn admit(
         &self,
         settings: &Settings,
         ctx: Option<(u8, String, String)>,
@@ -765,21 +765,13 @@ impl Scp {
             calling.to_string(),
         );
         let ts = ts_uid.clone();
-        let begun =
-            tokio::task::spawn_blocking(move || spool.begin(&class, &instance, &ts, &calling))
-                .await;
-        match begun {
-            Ok(Ok(incoming)) => Sink::File {
-                incoming: Some(incoming),
-                chunk: Vec::new(),
-                ts_uid,
-                failed: None,
-            },
-            Ok(Err(e)) => {
-                let (status, comment) = spool_status(&e);
-                Sink::Discard(status, comment)
-            }
-            Err(e) => Sink::Discard(dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        // Opened off the async workers while the first fragments arrive.
+        Sink::File {
+            writer: Writer::Busy(tokio::task::spawn_blocking(move || {
+                spool.begin(&class, &instance, &ts, &calling)
+            })),
+            chunk: Vec::new(),
+            ts_uid,
         }
     }
 
@@ -794,20 +786,17 @@ impl Scp {
         called: &str,
         sink: Sink,
     ) -> (u16, String) {
-        let (mut incoming, chunk, ts_uid) = match sink {
+        let (mut writer, chunk, ts_uid) = match sink {
             Sink::Discard(status, comment) => return (status, comment),
             Sink::File {
-                failed: Some(e), ..
-            } => return spool_status(&e),
-            Sink::File { incoming: None, .. } => {
-                return (dimse::OUT_OF_RESOURCES, "cannot write spool".into())
-            }
-            Sink::File {
-                incoming: Some(incoming),
+                writer,
                 chunk,
                 ts_uid,
-                ..
-            } => (incoming, chunk, ts_uid),
+            } => (writer, chunk, ts_uid),
+        };
+        let mut incoming = match writer.ready().await {
+            Ok(incoming) => incoming,
+            Err(answer) => return answer,
         };
         if ctx.is_none() {
             return (
@@ -950,14 +939,37 @@ fn check_file(
 enum Sink {
     /// Refused at the command (status, comment): the bytes are counted and dropped.
     Discard(u16, String),
-    /// Streamed to the instance's spool file, in chunks written off the async workers.
+    /// Streamed to the instance's spool file, in chunks written off the async workers while the
+    /// next fragments arrive.
     File {
-        incoming: Option<Incoming>,
+        writer: Writer,
         chunk: Vec<u8>,
         ts_uid: String,
-        /// A write failed: the rest is dropped and the C-STORE answered with this error.
-        failed: Option<SpoolError>,
     },
+}
+
+/// The spool file of the pending C-STORE.
+enum Writer {
+    /// Being opened or written (one write at a time, in order).
+    Busy(tokio::task::JoinHandle<Result<Incoming, SpoolError>>),
+    /// Opening or writing failed (the temporary file is gone): the rest of the data set is
+    /// dropped and the C-STORE answered with this status and comment.
+    Failed(u16, String),
+}
+
+impl Writer {
+    /// Waits for the write in progress; the file, or the answer to give.
+    async fn ready(&mut self) -> Result<Incoming, (u16, String)> {
+        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
+        match state {
+            Writer::Busy(handle) => match handle.await {
+                Ok(Ok(incoming)) => Ok(incoming),
+                Ok(Err(e)) => Err(spool_status(&e)),
+                Err(e) => Err((dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}"))),
+            },
+            Writer::Failed(status, comment) => Err((status, comment)),
+        }
+    }
 }
 
 /// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
@@ -965,16 +977,10 @@ const WRITE_CHUNK: usize = 128 * 1024;
 
 impl Sink {
     async fn push(&mut self, bytes: Vec<u8>) {
-        let Sink::File {
-            incoming,
-            chunk,
-            failed,
-            ..
-        } = self
-        else {
+        let Sink::File { writer, chunk, .. } = self else {
             return;
         };
-        if failed.is_some() {
+        if matches!(writer, Writer::Failed(..)) {
             return;
         }
         if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
@@ -985,31 +991,14 @@ impl Sink {
         if chunk.len() < WRITE_CHUNK {
             return;
         }
-        let Some(mut inc) = incoming.take() else {
-            return;
+        let buf = std::mem::replace(chunk, Vec::with_capacity(WRITE_CHUNK + 64 * 1024));
+        *writer = match writer.ready().await {
+            Ok(mut incoming) => Writer::Busy(tokio::task::spawn_blocking(move || {
+                incoming.write(&buf)?;
+                Ok(incoming)
+            })),
+            Err((status, comment)) => Writer::Failed(status, comment),
         };
-        let mut buf = std::mem::take(chunk);
-        let done = tokio::task::spawn_blocking(move || {
-            let r = inc.write(&buf);
-            buf.clear();
-            (inc, buf, r)
-        })
-        .await;
-        match done {
-            Ok((inc, buf, r)) => {
-                *incoming = Some(inc);
-                *chunk = buf;
-                if let Err(e) = r {
-                    *failed = Some(e);
-                }
-            }
-            Err(e) => {
-                *failed = Some(SpoolError::Version {
-                    path: std::path::PathBuf::new(),
-                    reason: format!("spool task failed: {e}"),
-                })
-            }
-        }
     }
 }
 
