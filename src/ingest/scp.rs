@@ -765,12 +765,13 @@ impl Scp {
             calling.to_string(),
         );
         let ts = ts_uid.clone();
-        // Opened off the async workers while the first fragments arrive.
+        // Opened off the async workers with the first chunk, while the next fragments arrive.
         Sink::File {
-            writer: Writer::Busy(tokio::task::spawn_blocking(move || {
+            writer: Writer::Unopened(Box::new(move || {
                 spool.begin(&class, &instance, &ts, &calling)
             })),
             chunk: Vec::new(),
+            spare: Vec::new(),
             ts_uid,
         }
     }
@@ -792,10 +793,11 @@ impl Scp {
                 writer,
                 chunk,
                 ts_uid,
+                ..
             } => (writer, chunk, ts_uid),
         };
         let mut incoming = match writer.ready().await {
-            Ok(incoming) => incoming,
+            Ok((incoming, _)) => incoming,
             Err(answer) => return answer,
         };
         if ctx.is_none() {
@@ -944,40 +946,95 @@ enum Sink {
     File {
         writer: Writer,
         chunk: Vec<u8>,
+        /// The buffer of the previous write, reused.
+        spare: Vec<u8>,
         ts_uid: String,
     },
 }
 
+type Begin = Box<dyn FnOnce() -> Result<Incoming, SpoolError> + Send>;
+type Written = Result<(Incoming, Vec<u8>), SpoolError>;
+
 /// The spool file of the pending C-STORE.
 enum Writer {
-    /// Being opened or written (one write at a time, in order).
-    Busy(tokio::task::JoinHandle<Result<Incoming, SpoolError>>),
+    /// Not opened yet (opened with the first write).
+    Unopened(Begin),
+    /// Being written (one write at a time, in order); gives back the buffer.
+    Busy(tokio::task::JoinHandle<Written>),
     /// Opening or writing failed (the temporary file is gone): the rest of the data set is
     /// dropped and the C-STORE answered with this status and comment.
     Failed(u16, String),
 }
 
 impl Writer {
-    /// Waits for the write in progress; the file, or the answer to give.
-    async fn ready(&mut self) -> Result<Incoming, (u16, String)> {
+    /// Waits for the write in progress; the file and the buffer written, or the answer to give.
+    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), (u16, String)> {
         let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
-        match state {
-            Writer::Busy(handle) => match handle.await {
-                Ok(Ok(incoming)) => Ok(incoming),
-                Ok(Err(e)) => Err(spool_status(&e)),
-                Err(e) => Err((dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}"))),
-            },
-            Writer::Failed(status, comment) => Err((status, comment)),
+        let done = match state {
+            Writer::Unopened(begin) => {
+                tokio::task::spawn_blocking(move || Ok((begin()?, Vec::new()))).await
+            }
+            Writer::Busy(handle) => handle.await,
+            Writer::Failed(status, comment) => return Err((status, comment)),
+        };
+        match done {
+            Ok(Ok(x)) => Ok(x),
+            Ok(Err(e)) => Err(spool_status(&e)),
+            Err(e) => Err((dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}"))),
         }
+    }
+
+    /// Starts writing `buf` (opening the file first when needed); returns at once.
+    async fn start(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
+        let (mut spare, open): (Option<Vec<u8>>, Result<Option<Incoming>, Begin>) = match state {
+            Writer::Unopened(begin) => (None, Err(begin)),
+            busy @ Writer::Busy(_) => {
+                *self = busy;
+                match self.ready().await {
+                    Ok((incoming, spare)) => (Some(spare), Ok(Some(incoming))),
+                    Err((status, comment)) => {
+                        *self = Writer::Failed(status, comment);
+                        return None;
+                    }
+                }
+            }
+            failed @ Writer::Failed(..) => {
+                *self = failed;
+                return None;
+            }
+        };
+        *self = Writer::Busy(tokio::task::spawn_blocking(move || {
+            let mut incoming = match open {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => {
+                    return Err(SpoolError::Version {
+                        path: std::path::PathBuf::new(),
+                        reason: "no spool file".into(),
+                    })
+                }
+                Err(begin) => begin()?,
+            };
+            incoming.write(&buf)?;
+            buf.clear();
+            Ok((incoming, buf))
+        }));
+        spare.take()
     }
 }
 
 /// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
-const WRITE_CHUNK: usize = 128 * 1024;
+const WRITE_CHUNK: usize = 256 * 1024;
 
 impl Sink {
     async fn push(&mut self, bytes: Vec<u8>) {
-        let Sink::File { writer, chunk, .. } = self else {
+        let Sink::File {
+            writer,
+            chunk,
+            spare,
+            ..
+        } = self
+        else {
             return;
         };
         if matches!(writer, Writer::Failed(..)) {
@@ -986,19 +1043,18 @@ impl Sink {
         if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
             *chunk = bytes;
         } else {
+            if chunk.capacity() == 0 {
+                chunk.reserve(WRITE_CHUNK + bytes.len());
+            }
             chunk.extend_from_slice(&bytes);
         }
         if chunk.len() < WRITE_CHUNK {
             return;
         }
-        let buf = std::mem::replace(chunk, Vec::with_capacity(WRITE_CHUNK + 64 * 1024));
-        *writer = match writer.ready().await {
-            Ok(mut incoming) => Writer::Busy(tokio::task::spawn_blocking(move || {
-                incoming.write(&buf)?;
-                Ok(incoming)
-            })),
-            Err((status, comment)) => Writer::Failed(status, comment),
-        };
+        let buf = std::mem::replace(chunk, std::mem::take(spare));
+        if let Some(back) = writer.start(buf).await {
+            *spare = back;
+        }
     }
 }
 
