@@ -26,22 +26,23 @@
 //!
 //! 1. The C-STORE success is sent only after [`Spool::commit`] (or [`Spool::store`]) returned for
 //!    that instance, which does, in this order:
-//!    a. the file in `.tmp/` holds every byte of the instance (the P-DATA fragments are appended as
-//!       they arrive; the SCP checks the complete file before committing);
-//!    b. `fdatasync` of the file: its data and the size that reaches it are on disk (what
-//!       `fdatasync` omits, timestamps, is not needed to read the file back);
-//!    c. rename into the incoming folder `<study>/<series>/`, under a lock held by every commit
-//!       around its rename: a commit that finds the folder missing creates it and fsyncs the
-//!       study folder and the spool root before renaming, so the folder's own entry is durable
-//!       before any instance is renamed into it (a hand-over keeps the folder; a clean-up that
-//!       removes it makes the next commit create it again, under the lock);
-//!    d. an fsync of the incoming folder that *started after* the rename returned
-//!       ([`DirSync`]): an fsync of a folder makes every entry change made in it before the call
-//!       durable, so one fsync covers every instance renamed into the folder before it began,
-//!       whichever association renamed it. A caller whose rename happened while an fsync was
-//!       already running waits for the next one (it never counts on the running one). If an
-//!       fsync fails, every caller it was to cover gets an error (no Success), including those a
-//!       later fsync might appear to cover, since Linux reports a write-back error only once.
+//!    - (a) the file in `.tmp/` holds every byte of the instance (the P-DATA fragments are
+//!      appended as they arrive; the SCP checks the complete file before committing);
+//!    - (b) `fdatasync` of the file: its data and the size that reaches it are on disk (what
+//!      `fdatasync` omits, timestamps, is not needed to read the file back);
+//!    - (c) rename into the incoming folder `<study>/<series>/`, under a lock held by every commit
+//!      around its rename: a commit that finds the folder missing creates it and fsyncs the
+//!      study folder and the spool root before renaming, so the folder's own entry is durable
+//!      before any instance is renamed into it (a hand-over keeps the folder; a clean-up that
+//!      removes it makes the next commit create it again, under the lock);
+//!    - (d) an fsync of the incoming folder that *started after* the rename returned
+//!      ([`DirSync`]): an fsync of a folder makes every entry change made in it before the call
+//!      durable, so one fsync covers every instance renamed into the folder before it began,
+//!      whichever association renamed it. A caller whose rename happened while an fsync was
+//!      already running waits for the next one (it never counts on the running one). If an
+//!      fsync fails, every caller it was to cover gets an error (no Success), including those a
+//!      later fsync might appear to cover, since Linux reports a write-back error only once.
+//!
 //!    From then on the instance survives a power loss: its bytes are durable by (b), its name by
 //!    (d), and (c) after (b) means a name never points at bytes that are not durable. A crash
 //!    before (d) completes loses at most instances not yet acknowledged (the peer re-sends them;

@@ -9,11 +9,14 @@
 //! consumed); an association slot (`max_associations`) is taken only for a request that passes
 //! access control, waiting at most `slot_wait_seconds`, beyond which the caller gets A-ASSOCIATE-RJ
 //! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
-//! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command and
-//! `max_dataset_mib` per data set, then the association is aborted. Every data set goes through the
-//! bounded pre-parser ([`super::guard`]) and is checked against its presentation context (accepted,
-//! same as the command's, pixel encoding matching the transfer syntax) before dicom-rs parses it,
-//! off the async workers. Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
+//! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
+//! is streamed to its spool temporary file as its fragments arrive (256 KiB writes off the async
+//! workers, overlapping the receipt), up to `max_dataset_mib`, then the association is aborted.
+//! After its last fragment the file goes through the bounded pre-parser ([`super::guard`], read back
+//! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
+//! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
+//! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
+//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
 //! 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
