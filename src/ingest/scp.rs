@@ -16,8 +16,8 @@
 //! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
 //! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
 //! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
-//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
-//! 10 s.
+//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors
+//! (EMFILE...) back off from 100 ms to 1 s with one log line per 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
 //! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a
@@ -835,14 +835,15 @@ impl Scp {
             Ok(x) => x,
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
         };
-        let checked = checked.unwrap_or_else(|e| Err(format!("parser failed: {e}")));
+        // A refused data set is answered as such even when its sync failed too.
+        let obj = match checked {
+            Ok(Ok(obj)) => obj,
+            Ok(Err(reason)) => return (dimse::CANNOT_UNDERSTAND, reason),
+            Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("parser failed: {e}")),
+        };
         if let Err(e) = synced {
             return spool_status(&e);
         }
-        let obj = match checked {
-            Ok(obj) => obj,
-            Err(reason) => return (dimse::CANNOT_UNDERSTAND, reason),
-        };
         let text = |tag| {
             obj.element_opt(tag)
                 .ok()
