@@ -2,7 +2,12 @@
 """Daemon benchmarks (issue 3), ct-harmonizer and DCMTK side by side in one run, medians and ratios.
 
   ingest    images/s that `serve` accepts from storescu (fsync on) / images/s DCMTK's storescp accepts
-            (300 CT images 512x512, loopback), with 1 and with 4 concurrent associations
+            (BENCH_IMAGES CT images 512x512, default 300, loopback), with 1 and with 4 concurrent
+            associations, run alternately
+  durable   the durable limit on this disk in the same run: the same files written from memory
+            by one thread, each into a temporary file, fdatasync, renamed into a folder, folder
+            fsync (what `serve` must do per instance before its success status), and with the
+            file sync only; ratios: our ingest / that limit
   forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
   latency   last instance acknowledged -> last derived instance acknowledged by the destination,
             minus the quiet time (300 slices, default model)
@@ -21,9 +26,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target/release/ct-harmonizer"
+BIN = Path(os.environ.get("BENCH_BIN", ROOT / "target/release/ct-harmonizer"))
 OUT = ROOT / "out/bench-daemon"
 REPS = int(os.environ.get("BENCH_REPS", "3"))
+IMAGES = int(os.environ.get("BENCH_IMAGES", "300"))
+# BENCH_ONLY=ingest: the ingest and durable-limit rows only
+ONLY = os.environ.get("BENCH_ONLY", "")
+# BENCH_STATE=/dev/shm: the daemon's state and storescp's output on another file system (tmpfs:
+# fsync free, what the pipeline costs without the disk)
+STATE = os.environ.get("BENCH_STATE", "")
 ENV = dict(os.environ, TCP_NODELAY="1")
 
 
@@ -83,7 +94,7 @@ def storescu(port, aec, folders):
 
 class Storescp:
     def __init__(self, port, aet="STORESCP"):
-        self.dir = tempfile.mkdtemp(dir=OUT)
+        self.dir = tempfile.mkdtemp(dir=STATE or OUT)
         self.p = subprocess.Popen(["/usr/bin/storescp", "-aet", aet, "-od", self.dir, str(port)], env=ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
@@ -99,7 +110,7 @@ class Storescp:
 
 class Daemon:
     def __init__(self, port, quiet, rule, destination_port=None):
-        self.state = tempfile.mkdtemp(dir=OUT)
+        self.state = tempfile.mkdtemp(dir=STATE or OUT)
         self.log = Path(self.state) / "serve.log"
         cfg = Path(self.state) / "c.toml"
         dest = ""
@@ -149,8 +160,10 @@ class Daemon:
 
 
 def ingest(series, senders):
+    """Medians of (ours, storescp, durable limit, ours / storescp, ours / limit), the three run
+    one after the other in each repetition (the disk is shared: its speed drifts)."""
     folders = split(series, senders) if senders > 1 else [series]
-    ours, theirs = [], []
+    ours, theirs, limit = [], [], []
     n = len(os.listdir(series))
     for _ in range(REPS):
         port = free_port()
@@ -161,7 +174,10 @@ def ingest(series, senders):
         d = Daemon(port, quiet=3600, rule="drop")
         ours.append(n / storescu(port, "CTHARMONIZER", folders))
         d.stop()
-    return statistics.median(ours), statistics.median(theirs)
+        limit.append(durable_limit(series, True, reps=1))
+    med = statistics.median
+    return (med(ours), med(theirs), med(limit), med(o / t for o, t in zip(ours, theirs)),
+            med(o / l for o, l in zip(ours, limit)))
 
 
 def forward(series):
@@ -216,26 +232,69 @@ def memory(one, four):
     return res
 
 
+def durable_limit(series, folder_sync, reps=REPS):
+    """images/s of writing the same files durably from memory, one thread: temporary file, write,
+    fdatasync, rename into a folder, then (folder_sync) fsync of the folder."""
+    blobs = [f.read_bytes() for f in sorted(series.iterdir())]
+    out = []
+    for _ in range(reps):
+        d = Path(tempfile.mkdtemp(dir=STATE or OUT))
+        (d / "in").mkdir()
+        t = time.perf_counter()
+        for k, b in enumerate(blobs):
+            tmp = d / f"{k}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, b)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, d / "in" / f"{k}.dcm")
+            if folder_sync:
+                dfd = os.open(d / "in", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        out.append(len(blobs) / (time.perf_counter() - t))
+        shutil.rmtree(d, ignore_errors=True)
+    return statistics.median(out)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    s300 = sample("phantom300", 300)
+    series = sample(f"phantom{IMAGES}", IMAGES)
     rows = []
-    o, t = ingest(s300, 1)
-    rows.append(("ingest, 1 association (img/s)", o, t, o / t, ">= 1.0"))
-    o, t = ingest(s300, 4)
-    rows.append(("ingest, 4 associations (img/s)", o, t, o / t, ">= 1.0"))
-    o, t = forward(s300)
-    rows.append(("forward SCU -> storescp (img/s)", o, t, o / t, ">= 1.0"))
-    lat = latency(s300)
-    one = sample("phantom100", 100)
-    four = [one, sample("phantom101", 101), sample("phantom102", 102), sample("phantom103", 103)]
-    m1, m4 = memory(one, four)
-    lines = [f"ct-harmonizer daemon benchmarks: medians of {REPS} runs, side by side with DCMTK 3.6.7",
-             f"{'measure':34} {'ours':>10} {'DCMTK':>10} {'ratio':>7}  goal"]
+    lines = [f"ct-harmonizer daemon benchmarks: medians of {REPS} runs, side by side with DCMTK 3.6.7 "
+             f"({IMAGES} images; ratios are medians of per-repetition ratios)",
+             f"{'measure':44} {'ours':>10} {'other':>10} {'ratio':>7}  goal"]
+    have = {p: Path(p).exists() for p in ("/usr/bin/storescu", "/usr/bin/storescp")}
+    if all(have.values()):
+        for n in (1, 4):
+            o, t, lim, r_t, r_l = ingest(series, n)
+            assoc = f"{n} association{'s' if n > 1 else ''}"
+            rows.append((f"ingest, {assoc} (img/s) / storescp", o, t, r_t, ">= 1.0"))
+            rows.append((f"ingest, {assoc} / durable limit", o, lim, r_l, "(same repetitions)"))
+    else:
+        missing = ", ".join(p for p, ok in have.items() if not ok)
+        lines.append(f"ingest rows skipped: {missing} missing (no ratio printed that was not measured)")
+    full = durable_limit(series, True)
+    data_only = durable_limit(series, False)
     for name, o, t, r, goal in rows:
-        lines.append(f"{name:34} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
-    lines.append(f"{'end-to-end latency, 300 slices (s)':34} {lat:10.2f} {'':>10} {'':>7}  (minus quiet time)")
-    lines.append(f"{'peak RSS 1 sender / 4 senders (MiB)':34} {m1/1024:10.0f} {m4/1024:10.0f} {m4/m1:7.2f}  <= 1.5 (4 / 1)")
+        lines.append(f"{name:44} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
+    lines.append(f"{'durable limit: write+fdatasync+rename+dir fsync':44} {full:10.1f} {'':>10} {'':>7}  "
+                 f"(same {IMAGES} files, 1 thread)")
+    lines.append(f"{'durable limit without the dir fsync':44} {data_only:10.1f} {'':>10} {'':>7}")
+    if ONLY != "ingest":
+        rows = []
+        o, t = forward(series)
+        lines.append(f"{'forward SCU -> storescp (img/s)':44} {o:10.1f} {t:10.1f} {o / t:7.2f}  >= 1.0")
+        lat = latency(series)
+        one = sample("phantom100", 100)
+        four = [one, sample("phantom101", 101), sample("phantom102", 102), sample("phantom103", 103)]
+        m1, m4 = memory(one, four)
+        lines.append(f"{f'end-to-end latency, {IMAGES} slices (s)':44} {lat:10.2f} {'':>10} {'':>7}  (minus quiet time)")
+        lines.append(f"{'peak RSS 1 sender / 4 senders (MiB)':44} {m1/1024:10.0f} {m4/1024:10.0f} {m4/m1:7.2f}  <= 1.5 (4 / 1)")
     text = "\n".join(lines)
     print(text)
     (OUT / "results.txt").write_text(text + "\n")

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --locked -p ct-harmonizer
+# BENCH_IMAGES (300), BENCH_REPS (3), BENCH_ONLY=ingest (ingest and durable-limit rows only)
 python3 scripts/bench_daemon.py

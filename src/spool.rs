@@ -24,9 +24,30 @@
 //!
 //! # Durability argument: why a Success status means the instance survives
 //!
-//! 1. The C-STORE success is sent only after [`Spool::store`] returned: the bytes were written to a
-//!    temporary file, fsynced, renamed into the incoming folder, and that folder fsynced. From then
-//!    on the instance survives a power loss.
+//! 1. The C-STORE success is sent only after [`Spool::commit`] (or [`Spool::store`]) returned for
+//!    that instance, which does, in this order:
+//!    - (a) the file in `.tmp/` holds every byte of the instance (the P-DATA fragments are
+//!      appended as they arrive; the SCP checks the complete file before committing);
+//!    - (b) `fdatasync` of the file: its data and the size that reaches it are on disk (what
+//!      `fdatasync` omits, timestamps, is not needed to read the file back);
+//!    - (c) rename into the incoming folder `<study>/<series>/`, under a lock held by every commit
+//!      around its rename: a commit that finds the folder missing creates it and fsyncs the
+//!      study folder and the spool root before renaming, so the folder's own entry is durable
+//!      before any instance is renamed into it (a hand-over keeps the folder; a clean-up that
+//!      removes it makes the next commit create it again, under the lock);
+//!    - (d) an fsync of the incoming folder that *started after* the rename returned
+//!      ([`DirSync`]): an fsync of a folder makes every entry change made in it before the call
+//!      durable, so one fsync covers every instance renamed into the folder before it began,
+//!      whichever association renamed it. A caller whose rename happened while an fsync was
+//!      already running waits for the next one (it never counts on the running one). If an
+//!      fsync fails, every caller it was to cover gets an error (no Success), including those a
+//!      later fsync might appear to cover, since Linux reports a write-back error only once.
+//!
+//!    From then on the instance survives a power loss: its bytes are durable by (b), its name by
+//!    (d), and (c) after (b) means a name never points at bytes that are not durable. A crash
+//!    before (d) completes loses at most instances not yet acknowledged (the peer re-sends them;
+//!    a copy that did reach the incoming folder is a valid file, by (a) and (b), and is
+//!    recognised as a re-send by its SOP Instance UID).
 //! 2. An instance leaves the incoming folder only (a) by a rename into `.v<N>.tmp/` during a
 //!    hand-over (same file system: at every instant the file is in exactly one of the two folders;
 //!    both folders are fsynced before `.v<N>.tmp` is renamed to `v<N>`, and start-up recovery moves
@@ -243,6 +264,143 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// One instance being received into the spool's `.tmp/` (see [`Spool::begin`]).
+#[derive(Debug)]
+pub struct Incoming {
+    file: fs::File,
+    tmp: PathBuf,
+    sop_instance_uid: String,
+    /// A UID of the command that cannot be stored (reported by the commit).
+    invalid: Option<SpoolError>,
+    /// Its data was fdatasynced after the last write.
+    synced: bool,
+    /// Renamed into the spool (nothing to remove on drop).
+    done: bool,
+}
+
+impl Incoming {
+    /// Appends data set bytes as they arrive.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        self.synced = false;
+        self.file.write_all(bytes).map_err(io(&self.tmp))
+    }
+
+    /// The temporary file (for checks that read it back before the commit).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// A second descriptor of the temporary file (to check it while it syncs).
+    pub fn reopen(&self) -> Result<fs::File, SpoolError> {
+        fs::File::open(&self.tmp).map_err(io(&self.tmp))
+    }
+
+    /// `fdatasync`: the bytes written so far (and the size that reaches them) are on disk.
+    pub fn sync_data(&mut self) -> Result<(), SpoolError> {
+        if !self.synced {
+            self.file.sync_data().map_err(io(&self.tmp))?;
+            self.synced = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Group commit of folder fsyncs: an fsync of a folder makes durable every rename into it done
+/// before the fsync started. A caller that renamed a file into `dir` takes a ticket; when no fsync
+/// of `dir` is running it runs one covering every ticket taken so far, otherwise it waits for the
+/// running one to end and then, unless a later one already covered it, runs the next. With N
+/// associations storing into the same folder, one fsync answers up to N instances.
+#[derive(Debug, Default)]
+pub struct DirSync {
+    state: Mutex<std::collections::HashMap<PathBuf, DirSlot>>,
+    done: std::sync::Condvar,
+    /// Held while a received instance is renamed into its incoming folder (creating it).
+    create: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct DirSlot {
+    /// Tickets handed out (renames done).
+    taken: u64,
+    /// Every ticket up to this one is covered by a completed fsync.
+    synced: u64,
+    /// Tickets up to this one were covered by an fsync that failed: they fail too (an fsync error
+    /// is reported once; a later fsync of the folder may succeed without the lost entries).
+    failed: u64,
+    running: bool,
+    waiters: usize,
+}
+
+impl DirSync {
+    fn create_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.create.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, DirSlot>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once a folder fsync that started after this call has completed.
+    pub fn sync(&self, dir: &Path) -> std::io::Result<()> {
+        let mut map = self.lock_state();
+        let ticket = {
+            let slot = map.entry(dir.to_path_buf()).or_default();
+            slot.taken += 1;
+            slot.waiters += 1;
+            slot.taken
+        };
+        let result = loop {
+            let Some(slot) = map.get_mut(dir) else {
+                break Err(std::io::Error::other("folder sync state lost"));
+            };
+            if ticket <= slot.failed {
+                break Err(std::io::Error::other(format!(
+                    "an fsync of {} failed",
+                    dir.display()
+                )));
+            }
+            if ticket <= slot.synced {
+                break Ok(());
+            }
+            if slot.running {
+                map = self.done.wait(map).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            slot.running = true;
+            let target = slot.taken;
+            drop(map);
+            let r = sync_dir(dir);
+            map = self.lock_state();
+            if let Some(slot) = map.get_mut(dir) {
+                slot.running = false;
+                match &r {
+                    Ok(()) => slot.synced = slot.synced.max(target),
+                    Err(_) => slot.failed = slot.failed.max(target),
+                }
+            }
+            self.done.notify_all();
+            if let Err(e) = r {
+                break Err(e);
+            }
+        };
+        if let Some(slot) = map.get_mut(dir) {
+            slot.waiters -= 1;
+            if slot.waiters == 0 && !slot.running {
+                map.remove(dir);
+            }
+        }
+        result
+    }
+}
+
 /// fsyncs a folder so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -341,6 +499,8 @@ pub struct Spool {
     keep: Duration,
     /// Serialises hand-overs, retirements and quarantines (they move version folders).
     lock: Arc<Mutex<()>>,
+    /// Group commit of the incoming folders' fsyncs.
+    dir_sync: Arc<DirSync>,
 }
 
 impl Spool {
@@ -359,6 +519,7 @@ impl Spool {
             min_free_mib,
             keep: Duration::ZERO,
             lock: Arc::default(),
+            dir_sync: Arc::default(),
         })
     }
 
@@ -430,49 +591,126 @@ impl Spool {
 
     /// Stores one instance received over the network: a Part 10 file made of our file meta and the
     /// dataset bytes exactly as received (in `key.transfer_syntax`). Returns the final path once the
-    /// file and its folder entry are on disk.
+    /// file and its folder entry are on disk. ([`Spool::begin`], [`Incoming::write`] and
+    /// [`Spool::commit`] in one call; the SCP streams with those.)
     pub fn store(
         &self,
         key: &InstanceKey,
         calling_ae: &str,
         dataset: &[u8],
     ) -> Result<PathBuf, SpoolError> {
-        check_uid("SOPInstanceUID", &key.sop_instance_uid)?;
-        check_uid("SOPClassUID", &key.sop_class_uid)?;
-        check_uid("TransferSyntaxUID", &key.transfer_syntax)?;
-        let dir = self.series_dir(&key.study_uid, &key.series_uid)?;
+        let mut incoming = self.begin(
+            &key.sop_class_uid,
+            &key.sop_instance_uid,
+            &key.transfer_syntax,
+            calling_ae,
+        )?;
+        incoming.write(dataset)?;
+        incoming.sync_data()?;
+        self.commit(incoming, &key.study_uid, &key.series_uid)
+    }
+
+    /// Starts receiving one instance: a temporary file in `.tmp/` holding the preamble and our file
+    /// meta group (SOP class and instance from the C-STORE command; the caller checks the data set
+    /// names the same before committing). The data set bytes follow with [`Incoming::write`]; the
+    /// file is removed when the [`Incoming`] is dropped without [`Spool::commit`].
+    pub fn begin(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+        calling_ae: &str,
+    ) -> Result<Incoming, SpoolError> {
+        // A bad UID is reported at the commit (after the data set's own checks), never used in
+        // a path.
+        let invalid = check_uid("SOPInstanceUID", sop_instance_uid)
+            .and_then(|()| check_uid("SOPClassUID", sop_class_uid))
+            .and_then(|()| check_uid("TransferSyntaxUID", transfer_syntax))
+            .err();
         self.check_space()?;
         let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(key.sop_class_uid.as_str())
-            .media_storage_sop_instance_uid(key.sop_instance_uid.as_str())
-            .transfer_syntax(key.transfer_syntax.as_str())
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax)
             .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
             .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
             .source_application_entity_title(calling_ae.trim())
             .build()
             .map_err(|e| SpoolError::Meta {
-                uid: key.sop_instance_uid.clone(),
+                uid: sop_instance_uid.to_string(),
                 reason: e.to_string(),
             })?;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(&[0u8; 128]);
         head.extend_from_slice(b"DICM");
         meta.write(&mut head).map_err(|e| SpoolError::Meta {
-            uid: key.sop_instance_uid.clone(),
+            uid: sop_instance_uid.to_string(),
             reason: e.to_string(),
         })?;
-        let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&head).map_err(io(&tmp))?;
-        f.write_all(dataset).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
-        if let Err(e) = self.rename_into(&tmp, &dir, &path) {
-            let _ = fs::remove_file(&tmp);
+        let name = if invalid.is_none() {
+            sop_instance_uid
+        } else {
+            "invalid"
+        };
+        let tmp = self.tmp.join(tmp_name(name));
+        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut incoming = Incoming {
+            file,
+            tmp,
+            sop_instance_uid: sop_instance_uid.to_string(),
+            invalid,
+            synced: false,
+            done: false,
+        };
+        incoming.write(&head)?;
+        Ok(incoming)
+    }
+
+    /// Makes a received instance durable in the incoming folder of its series: its data synced
+    /// (unless [`Incoming::sync_data`] did it already), renamed into the folder, the folder synced
+    /// (one folder sync shared by every instance renamed into it meanwhile, see [`DirSync`]).
+    /// Returns the final path; from then on the instance survives a power loss.
+    pub fn commit(
+        &self,
+        mut incoming: Incoming,
+        study_uid: &str,
+        series_uid: &str,
+    ) -> Result<PathBuf, SpoolError> {
+        if let Some(e) = incoming.invalid.take() {
             return Err(e);
         }
-        sync_dir(&dir).map_err(io(&dir))?;
+        let dir = self.series_dir(study_uid, series_uid)?;
+        incoming.sync_data()?;
+        let path = dir.join(format!("{}.dcm", incoming.sop_instance_uid));
+        {
+            // Under the lock, a folder seen to exist was created (and its entry made durable) by
+            // an earlier call, or by a hand-over; one this call creates is durable in its parent
+            // before any other call can rename into it.
+            let _created = self.dir_sync.create_lock();
+            let mut tries = 0;
+            loop {
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir).map_err(io(&dir))?;
+                    let study = dir.parent().unwrap_or(&self.root);
+                    let synced = sync_dir(study)
+                        .map_err(io(study))
+                        .and_then(|()| sync_dir(&self.root).map_err(io(&self.root)));
+                    if let Err(e) = synced {
+                        // Never left for a later call to take as durable.
+                        let _ = fs::remove_dir(&dir);
+                        return Err(e);
+                    }
+                }
+                match fs::rename(&incoming.tmp, &path) {
+                    Ok(()) => break,
+                    // A clean-up removed the folder meanwhile: made again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+        }
+        incoming.done = true;
+        self.dir_sync.sync(&dir).map_err(io(&dir))?;
         Ok(path)
     }
 
@@ -1123,5 +1361,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path(), u64::MAX).unwrap();
         assert!(matches!(s.check_space(), Err(SpoolError::DiskFull { .. })));
+    }
+
+    #[test]
+    fn streamed_instances_commit_durably_from_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0).unwrap();
+        // Abandoned (association aborted mid data set): nothing left in .tmp.
+        let mut gone = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.9",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap();
+        gone.write(b"partial").unwrap();
+        let tmp = gone.path().to_path_buf();
+        assert!(tmp.exists());
+        drop(gone);
+        assert!(!tmp.exists());
+        // A crafted SOP Instance UID never names a file; it is refused at the commit.
+        let bad = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "../x",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap();
+        assert!(bad.path().starts_with(dir.path().join("spool/.tmp")));
+        assert!(matches!(
+            s.commit(bad, "1.2", "1.2.3"),
+            Err(SpoolError::InvalidUid { .. })
+        ));
+        // 8 threads x 25 instances into the same new series folder (group commit of its fsync).
+        std::thread::scope(|sc| {
+            for t in 0..8 {
+                let s = &s;
+                sc.spawn(move || {
+                    for k in 0..25 {
+                        let sop = format!("1.2.3.{t}.{k}");
+                        let mut inc = s
+                            .begin(
+                                "1.2.840.10008.5.1.4.1.1.2",
+                                &sop,
+                                "1.2.840.10008.1.2.1",
+                                "MOD",
+                            )
+                            .unwrap();
+                        inc.write(&[t as u8; 1000]).unwrap();
+                        inc.write(&[k as u8; 1000]).unwrap();
+                        let p = s.commit(inc, "1.2", "1.2.3").unwrap();
+                        let bytes = std::fs::read(p).unwrap();
+                        assert_eq!(bytes[bytes.len() - 1000..], [k as u8; 1000]);
+                    }
+                });
+            }
+        });
+        let r = s.recover().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].instances, 200);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spool/.tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(s.dir_sync.lock_state().is_empty());
     }
 }

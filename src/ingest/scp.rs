@@ -9,12 +9,15 @@
 //! consumed); an association slot (`max_associations`) is taken only for a request that passes
 //! access control, waiting at most `slot_wait_seconds`, beyond which the caller gets A-ASSOCIATE-RJ
 //! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
-//! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command and
-//! `max_dataset_mib` per data set, then the association is aborted. Every data set goes through the
-//! bounded pre-parser ([`super::guard`]) and is checked against its presentation context (accepted,
-//! same as the command's, pixel encoding matching the transfer syntax) before dicom-rs parses it,
-//! off the async workers. Accept errors (EMFILE...) back off from 100 ms to 1 s with one log line per
-//! 10 s.
+//! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
+//! is streamed to its spool temporary file as its fragments arrive (256 KiB writes off the async
+//! workers, overlapping the receipt), up to `max_dataset_mib`, then the association is aborted.
+//! After its last fragment the file goes through the bounded pre-parser ([`super::guard`], read back
+//! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
+//! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
+//! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
+//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors
+//! (EMFILE...) back off from 100 ms to 1 s with one log line per 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
 //! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a
@@ -25,7 +28,6 @@
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{
@@ -47,7 +49,7 @@ use crate::events;
 use crate::forward::dimse;
 use crate::ingest::guard::{self, Limits};
 use crate::metrics::{Beat, Metrics};
-use crate::spool::{InstanceKey, Spool, SpoolError};
+use crate::spool::{Incoming, Spool, SpoolError};
 use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 
 /// Verification SOP class.
@@ -564,7 +566,9 @@ impl Scp {
             .collect();
         let mut command: Vec<u8> = Vec::new();
         let mut pending: Option<(dimse::Command, u8)> = None;
-        let mut data: Vec<u8> = Vec::new();
+        // The data set of the pending C-STORE, streamed to its spool file as it arrives.
+        let mut sink = Sink::Discard(dimse::SUCCESS, String::new());
+        let mut received: usize = 0;
         let mut idle_until = Instant::now() + idle;
         loop {
             let pdu = tokio::select! {
@@ -644,8 +648,10 @@ impl Scp {
                                 return;
                             }
                         } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
+                            let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
+                            sink = self.admit(&settings, ctx, &cmd, &calling);
+                            received = 0;
                             pending = Some((cmd, pc));
-                            data.clear();
                         } else {
                             tracing::warn!(event = "unsupported_command", calling_ae = %calling, field = cmd.field);
                             let _ = assoc.abort().await;
@@ -663,12 +669,13 @@ impl Scp {
                             let _ = assoc.abort().await;
                             return;
                         }
-                        if data.len() + bytes.len() > max_dataset {
+                        if received.saturating_add(bytes.len()) > max_dataset {
                             tracing::warn!(event = "dataset_too_large", calling_ae = %calling, peer = %peer, limit_bytes = max_dataset, "data set exceeds server.max_dataset_mib; association aborted");
                             let _ = assoc.abort().await;
                             return;
                         }
-                        data.extend_from_slice(&bytes);
+                        received += bytes.len();
+                        sink.push(bytes).await;
                         idle_until = Instant::now() + idle;
                         if !is_last {
                             continue;
@@ -678,9 +685,12 @@ impl Scp {
                             return;
                         };
                         let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
-                        let dataset = std::mem::take(&mut data);
+                        let taken = std::mem::replace(
+                            &mut sink,
+                            Sink::Discard(dimse::SUCCESS, String::new()),
+                        );
                         let (status, comment) = self
-                            .store(&settings, &limits, ctx, &cmd, &calling, &called, dataset)
+                            .store(&limits, ctx, &cmd, &calling, &called, taken)
                             .await;
                         idle_until = Instant::now() + idle;
                         if status != dimse::SUCCESS {
@@ -729,20 +739,17 @@ impl Scp {
             .map_err(|_| ())
     }
 
-    /// Parses, checks and spools one instance. Returns the DIMSE status and an error comment.
-    #[allow(clippy::too_many_arguments)]
-    async fn store(
+    /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
+    /// spool file. A refusal is answered once the data set has been received (and discarded).
+    fn admit(
         &self,
         settings: &Settings,
-        limits: &Limits,
         ctx: Option<(u8, String, String)>,
         cmd: &dimse::Command,
         calling: &str,
-        called: &str,
-        dataset: Vec<u8>,
-    ) -> (u16, String) {
+    ) -> Sink {
         let Some((_, abstract_syntax, ts_uid)) = ctx else {
-            return (
+            return Sink::Discard(
                 dimse::CANNOT_UNDERSTAND,
                 "unknown presentation context".into(),
             );
@@ -754,29 +761,94 @@ impl Scp {
                 .passthrough_sop_classes
                 .contains(&abstract_syntax);
         if !allowed || cmd.sop_class != abstract_syntax {
-            return (
+            return Sink::Discard(
                 dimse::SOP_CLASS_NOT_SUPPORTED,
                 format!("SOP class {} not accepted", cmd.sop_class),
             );
         }
-        // The bounded pre-parser first (depth, declared lengths, size, pixel encoding against the
-        // context's transfer syntax), then dicom-rs, both off the async workers.
-        let (limits, ts_for) = (*limits, ts_uid.clone());
-        let parsed = tokio::task::spawn_blocking(move || {
-            guard::check_dataset(&dataset, &ts_for, &limits).map_err(|e| e.to_string())?;
-            let ts = TransferSyntaxRegistry
-                .get(&ts_for)
-                .ok_or_else(|| format!("transfer syntax {ts_for} unknown"))?;
-            InMemDicomObject::read_dataset_with_ts(&dataset[..], ts)
-                .map(|o| (o, dataset))
-                .map_err(|e| format!("malformed dataset: {e}"))
+        let spool = self.spool.clone();
+        let (class, instance, calling) = (
+            cmd.sop_class.clone(),
+            cmd.sop_instance.clone(),
+            calling.to_string(),
+        );
+        let ts = ts_uid.clone();
+        // Opened off the async workers with the first chunk, while the next fragments arrive.
+        Sink::File {
+            writer: Writer::Unopened(Box::new(move || {
+                spool.begin(&class, &instance, &ts, &calling)
+            })),
+            chunk: Vec::new(),
+            spare: Vec::new(),
+            ts_uid,
+        }
+    }
+
+    /// Checks and commits one received instance (its data set in its spool file). Returns the DIMSE
+    /// status and an error comment.
+    async fn store(
+        &self,
+        limits: &Limits,
+        ctx: Option<(u8, String, String)>,
+        cmd: &dimse::Command,
+        calling: &str,
+        called: &str,
+        sink: Sink,
+    ) -> (u16, String) {
+        let (mut writer, chunk, ts_uid) = match sink {
+            Sink::Discard(status, comment) => return (status, comment),
+            Sink::File {
+                writer,
+                chunk,
+                ts_uid,
+                ..
+            } => (writer, chunk, ts_uid),
+        };
+        let mut incoming = match writer.ready().await {
+            Ok((incoming, _)) => incoming,
+            Err(answer) => return answer,
+        };
+        if ctx.is_none() {
+            return (
+                dimse::CANNOT_UNDERSTAND,
+                "unknown presentation context".into(),
+            );
+        }
+        // The last bytes written, then (in parallel) the data synced to disk and the file checked:
+        // the bounded pre-parser (depth, declared lengths, size, pixel encoding against the
+        // context's transfer syntax), then dicom-rs up to the pixel data, both off the async
+        // workers; the file is read back from the page cache.
+        let written = tokio::task::spawn_blocking(move || {
+            let r = incoming.write(&chunk).and_then(|()| incoming.reopen());
+            (incoming, r)
         })
         .await;
-        let (obj, dataset) = match parsed {
-            Ok(Ok(x)) => x,
+        let (mut incoming, file) = match written {
+            Ok((incoming, Ok(file))) => (incoming, file),
+            Ok((_, Err(e))) => return spool_status(&e),
+            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        };
+        let (path, limits) = (incoming.path().to_path_buf(), *limits);
+        let (synced, checked) = tokio::join!(
+            tokio::task::spawn_blocking(move || {
+                let r = incoming.sync_data();
+                (incoming, r)
+            }),
+            tokio::task::spawn_blocking(move || check_file(file, &path, &ts_uid, &limits)),
+        );
+        let (incoming, synced) = match synced {
+            Ok(x) => x,
+            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+        };
+        // A refused data set is answered as such even when its sync failed too.
+        let obj = match checked {
+            Ok(Ok(obj)) => obj,
             Ok(Err(reason)) => return (dimse::CANNOT_UNDERSTAND, reason),
             Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("parser failed: {e}")),
         };
+        if let Err(e) = synced {
+            return spool_status(&e);
+        }
         let text = |tag| {
             obj.element_opt(tag)
                 .ok()
@@ -796,55 +868,45 @@ impl Scp {
             .into_iter()
             .find_map(|t| text(t).parse::<usize>().ok())
             .filter(|&n| n > 0);
-        let key = InstanceKey {
-            study_uid: text(tags::STUDY_INSTANCE_UID),
-            series_uid: text(tags::SERIES_INSTANCE_UID),
-            sop_instance_uid: sop_instance,
-            sop_class_uid: cmd.sop_class.clone(),
-            transfer_syntax: ts_uid,
-        };
-        if self
-            .recent
-            .contains(&key.study_uid, &key.series_uid, &key.sop_instance_uid)
+        let (study_uid, series_uid) = (
+            text(tags::STUDY_INSTANCE_UID),
+            text(tags::SERIES_INSTANCE_UID),
+        );
+        drop(obj);
+        if self.recent.contains(&study_uid, &series_uid, &sop_instance)
             && self
                 .spool
-                .series_dir(&key.study_uid, &key.series_uid)
+                .series_dir(&study_uid, &series_uid)
                 .is_ok_and(|d| !d.exists())
         {
             // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
-            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %key.series_uid, sop_instance_uid = %key.sop_instance_uid, "instance of a delivered series received again; acknowledged, not reprocessed");
+            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %series_uid, sop_instance_uid = %sop_instance, "instance of a delivered series received again; acknowledged, not reprocessed");
             return (dimse::SUCCESS, String::new());
         }
         let spool = self.spool.clone();
-        let calling_owned = calling.to_string();
-        let key2 = key.clone();
-        let bytes = dataset.len();
-        let stored =
-            tokio::task::spawn_blocking(move || spool.store(&key2, &calling_owned, &dataset)).await;
-        match stored {
-            Ok(Ok(_)) => {}
-            Ok(Err(e @ SpoolError::InvalidUid { .. })) => {
-                return (dimse::CANNOT_UNDERSTAND, e.to_string())
-            }
-            Ok(Err(e @ SpoolError::DiskFull { .. })) => {
-                tracing::error!(event = "disk_watermark", reason = %e);
-                return (dimse::OUT_OF_RESOURCES, "spool disk full".into());
-            }
-            Ok(Err(e)) => {
-                tracing::error!(event = "spool_write_failed", reason = %e);
-                return (dimse::OUT_OF_RESOURCES, "cannot write spool".into());
-            }
+        let (study2, series2) = (study_uid.clone(), series_uid.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            // The stored file's size, for the audit record (page-cached metadata).
+            let bytes = std::fs::metadata(incoming.path()).map_or(0, |m| m.len());
+            spool
+                .commit(incoming, &study2, &series2)
+                .map(|_| usize::try_from(bytes).unwrap_or(usize::MAX))
+        })
+        .await;
+        let bytes = match stored {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return spool_status(&e),
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
-        }
+        };
         self.metrics.instances_received.inc();
         crate::audit::instance_stored(bytes);
         self.metrics
             .last_instance_received_timestamp_seconds
             .set(crate::metrics::now_seconds());
         let arrival = Arrival {
-            study_uid: key.study_uid,
-            series_uid: key.series_uid,
-            sop_instance_uid: key.sop_instance_uid,
+            study_uid,
+            series_uid,
+            sop_instance_uid: sop_instance,
             calling_ae: calling.to_string(),
             called_ae: called.to_string(),
             expected,
@@ -852,6 +914,163 @@ impl Scp {
         // Durable already: the series stage learns of it (waiting when it is busy: back-pressure).
         let _ = self.tx.send(arrival).await;
         (dimse::SUCCESS, String::new())
+    }
+}
+
+/// The DIMSE status and comment of a spool error.
+fn spool_status(e: &SpoolError) -> (u16, String) {
+    match e {
+        SpoolError::InvalidUid { .. } => (dimse::CANNOT_UNDERSTAND, e.to_string()),
+        SpoolError::DiskFull { .. } => {
+            tracing::error!(event = "disk_watermark", reason = %e);
+            (dimse::OUT_OF_RESOURCES, "spool disk full".into())
+        }
+        _ => {
+            tracing::error!(event = "spool_write_failed", reason = %e);
+            (dimse::OUT_OF_RESOURCES, "cannot write spool".into())
+        }
+    }
+}
+
+/// Checks a received instance's spool file (guard, then dicom-rs up to the pixel data); the
+/// comment of a refusal names the reason, not our temporary path.
+fn check_file(
+    file: std::fs::File,
+    path: &std::path::Path,
+    ts_uid: &str,
+    limits: &Limits,
+) -> Result<dicom_object::DefaultDicomObject, String> {
+    guard::check_part10_open(file, path, limits).map_err(|e| match e {
+        guard::GuardError::File { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    })?;
+    if TransferSyntaxRegistry.get(ts_uid).is_none() {
+        return Err(format!("transfer syntax {ts_uid} unknown"));
+    }
+    dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("malformed dataset: {e}"))
+}
+
+/// Where the data set of the pending C-STORE goes.
+enum Sink {
+    /// Refused at the command (status, comment): the bytes are counted and dropped.
+    Discard(u16, String),
+    /// Streamed to the instance's spool file, in chunks written off the async workers while the
+    /// next fragments arrive.
+    File {
+        writer: Writer,
+        chunk: Vec<u8>,
+        /// The buffer of the previous write, reused.
+        spare: Vec<u8>,
+        ts_uid: String,
+    },
+}
+
+type Begin = Box<dyn FnOnce() -> Result<Incoming, SpoolError> + Send>;
+type Written = Result<(Incoming, Vec<u8>), SpoolError>;
+
+/// The spool file of the pending C-STORE.
+enum Writer {
+    /// Not opened yet (opened with the first write).
+    Unopened(Begin),
+    /// Being written (one write at a time, in order); gives back the buffer.
+    Busy(tokio::task::JoinHandle<Written>),
+    /// Opening or writing failed (the temporary file is gone): the rest of the data set is
+    /// dropped and the C-STORE answered with this status and comment.
+    Failed(u16, String),
+}
+
+impl Writer {
+    /// Waits for the write in progress; the file and the buffer written, or the answer to give.
+    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), (u16, String)> {
+        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
+        let done = match state {
+            Writer::Unopened(begin) => {
+                tokio::task::spawn_blocking(move || Ok((begin()?, Vec::new()))).await
+            }
+            Writer::Busy(handle) => handle.await,
+            Writer::Failed(status, comment) => return Err((status, comment)),
+        };
+        match done {
+            Ok(Ok(x)) => Ok(x),
+            Ok(Err(e)) => Err(spool_status(&e)),
+            Err(e) => Err((dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}"))),
+        }
+    }
+
+    /// Starts writing `buf` (opening the file first when needed); returns at once.
+    async fn start(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
+        let (mut spare, open): (Option<Vec<u8>>, Result<Option<Incoming>, Begin>) = match state {
+            Writer::Unopened(begin) => (None, Err(begin)),
+            busy @ Writer::Busy(_) => {
+                *self = busy;
+                match self.ready().await {
+                    Ok((incoming, spare)) => (Some(spare), Ok(Some(incoming))),
+                    Err((status, comment)) => {
+                        *self = Writer::Failed(status, comment);
+                        return None;
+                    }
+                }
+            }
+            failed @ Writer::Failed(..) => {
+                *self = failed;
+                return None;
+            }
+        };
+        *self = Writer::Busy(tokio::task::spawn_blocking(move || {
+            let mut incoming = match open {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => {
+                    return Err(SpoolError::Version {
+                        path: std::path::PathBuf::new(),
+                        reason: "no spool file".into(),
+                    })
+                }
+                Err(begin) => begin()?,
+            };
+            incoming.write(&buf)?;
+            buf.clear();
+            Ok((incoming, buf))
+        }));
+        spare.take()
+    }
+}
+
+/// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
+const WRITE_CHUNK: usize = 256 * 1024;
+
+impl Sink {
+    async fn push(&mut self, bytes: Vec<u8>) {
+        let Sink::File {
+            writer,
+            chunk,
+            spare,
+            ..
+        } = self
+        else {
+            return;
+        };
+        if matches!(writer, Writer::Failed(..)) {
+            return;
+        }
+        if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
+            *chunk = bytes;
+        } else {
+            if chunk.capacity() == 0 {
+                chunk.reserve(WRITE_CHUNK + bytes.len());
+            }
+            chunk.extend_from_slice(&bytes);
+        }
+        if chunk.len() < WRITE_CHUNK {
+            return;
+        }
+        let buf = std::mem::replace(chunk, std::mem::take(spare));
+        if let Some(back) = writer.start(buf).await {
+            *spare = back;
+        }
     }
 }
 
