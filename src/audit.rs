@@ -111,7 +111,7 @@ pub fn rejected(reason: &str) {
     });
 }
 
-/// One instance was acknowledged with success, `bytes` the size of its spool file (data set plus file meta).
+/// One instance was acknowledged with success, `bytes` its data set's size as received.
 pub fn instance_stored(bytes: usize) {
     with_record(|r| {
         r.instances += 1;

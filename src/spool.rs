@@ -276,13 +276,22 @@ pub struct Incoming {
     synced: bool,
     /// Renamed into the spool (nothing to remove on drop).
     done: bool,
+    /// Bytes written after the preamble and file meta group: the data set as received.
+    dataset_bytes: u64,
 }
 
 impl Incoming {
     /// Appends data set bytes as they arrive.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.synced = false;
-        self.file.write_all(bytes).map_err(io(&self.tmp))
+        self.file.write_all(bytes).map_err(io(&self.tmp))?;
+        self.dataset_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Size of the data set received so far (the file without its preamble and file meta group).
+    pub fn dataset_bytes(&self) -> u64 {
+        self.dataset_bytes
     }
 
     /// The temporary file (for checks that read it back before the commit).
@@ -661,8 +670,10 @@ impl Spool {
             invalid,
             synced: false,
             done: false,
+            dataset_bytes: 0,
         };
         incoming.write(&head)?;
+        incoming.dataset_bytes = 0;
         Ok(incoming)
     }
 
@@ -689,18 +700,7 @@ impl Spool {
             let _created = self.dir_sync.create_lock();
             let mut tries = 0;
             loop {
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir).map_err(io(&dir))?;
-                    let study = dir.parent().unwrap_or(&self.root);
-                    let synced = sync_dir(study)
-                        .map_err(io(study))
-                        .and_then(|()| sync_dir(&self.root).map_err(io(&self.root)));
-                    if let Err(e) = synced {
-                        // Never left for a later call to take as durable.
-                        let _ = fs::remove_dir(&dir);
-                        return Err(e);
-                    }
-                }
+                self.create_series_dir(&dir)?;
                 match fs::rename(&incoming.tmp, &path) {
                     Ok(()) => break,
                     // A clean-up removed the folder meanwhile: made again.
@@ -714,12 +714,35 @@ impl Spool {
         Ok(path)
     }
 
+    /// Creates a series folder that does not exist yet and makes its entry durable in the study
+    /// folder and the spool root, before anything is renamed into it. The caller holds
+    /// `dir_sync.create_lock()`: a folder seen to exist was made durable by an earlier call.
+    fn create_series_dir(&self, dir: &Path) -> Result<(), SpoolError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let study = dir.parent().unwrap_or(&self.root);
+        let synced = sync_dir(study)
+            .map_err(io(study))
+            .and_then(|()| sync_dir(&self.root).map_err(io(&self.root)));
+        if let Err(e) = synced {
+            // Never left for a later call to take as durable.
+            let _ = fs::remove_dir(dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Moves a file into the spool (watched folder): same file system rename, else copy + fsync + remove.
     pub fn adopt(&self, key: &InstanceKey, from: &Path) -> Result<PathBuf, SpoolError> {
         check_uid("SOPInstanceUID", &key.sop_instance_uid)?;
         let dir = self.series_dir(&key.study_uid, &key.series_uid)?;
         self.check_space()?;
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        {
+            let _created = self.dir_sync.create_lock();
+            self.create_series_dir(&dir)?;
+        }
         let path = dir.join(format!("{}.dcm", key.sop_instance_uid));
         if fs::rename(from, &path).is_err() {
             let tmp = self.tmp.join(tmp_name(&key.sop_instance_uid));

@@ -885,19 +885,14 @@ impl Scp {
         }
         let spool = self.spool.clone();
         let (study2, series2) = (study_uid.clone(), series_uid.clone());
-        let stored = tokio::task::spawn_blocking(move || {
-            // The stored file's size, for the audit record (page-cached metadata).
-            let bytes = std::fs::metadata(incoming.path()).map_or(0, |m| m.len());
-            spool
-                .commit(incoming, &study2, &series2)
-                .map(|_| usize::try_from(bytes).unwrap_or(usize::MAX))
-        })
-        .await;
-        let bytes = match stored {
-            Ok(Ok(bytes)) => bytes,
+        let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
+        let stored =
+            tokio::task::spawn_blocking(move || spool.commit(incoming, &study2, &series2)).await;
+        match stored {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => return spool_status(&e),
             Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
-        };
+        }
         self.metrics.instances_received.inc();
         crate::audit::instance_stored(bytes);
         self.metrics
