@@ -9,6 +9,7 @@
 mod common;
 
 use common::daemon::*;
+use common::pki::*;
 use common::*;
 use dicom_dictionary_std::tags;
 use serde_json::Value;
@@ -234,100 +235,13 @@ fn shipped_manifests_name_no_machine_paths() {
     assert!(seen >= 3, "{seen} manifests");
 }
 
-fn openssl(args: &[&str]) {
-    let o = std::process::Command::new("/usr/bin/openssl")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
-}
-
-/// A CA and leaf certificates signed by it, in `dir`: `<name>.crt` / `<name>.key`.
-fn pki(dir: &std::path::Path, leaves: &[(&str, &str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.crt"),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=audit test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    for (name, subject, san) in leaves {
-        let ext = p(&format!("{name}.ext"));
-        std::fs::write(
-            &ext,
-            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName={san}\n"),
-        )
-        .unwrap();
-        let (key, csr, crt) = (
-            p(&format!("{name}.key")),
-            p(&format!("{name}.csr")),
-            p(&format!("{name}.crt")),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &p("ca.crt"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-}
-
 /// Over DICOM TLS the association record names the client certificate's subject; a certificate
 /// not on the allow-list and a caller without certificate give rejected records with their reason.
 /// A destination that refuses connections gives `retry` then `dead` forward records.
 #[test]
 fn tls_subjects_and_failed_deliveries_are_audited() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pki");
-    pki(
-        &dir,
-        &[
-            ("server", "/CN=localhost", "DNS:localhost,IP:127.0.0.1"),
-            ("client", "/O=Hospital/CN=ct1", "DNS:ct1"),
-            ("intruder", "/O=Elsewhere/CN=intruder", "DNS:intruder"),
-        ],
-    );
+    let dir = Pki::new(tmp.path()).dir;
     let f = |n: &str| format!("{:?}", dir.join(n).display().to_string());
     let closed = free_port();
     let (cert, key, ca) = (f("server.crt"), f("server.key"), f("ca.crt"));

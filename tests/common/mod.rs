@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod daemon;
+pub mod pki;
 
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
