@@ -348,56 +348,19 @@ fn check_config_rejects_bad_key_files() {
 
 /// Orthanc with `DicomTlsEnabled` (its DICOM port speaks TLS only, client certificates required).
 fn start_orthanc_tls(dir: &Path, pki: &Pki) -> Orthanc {
-    let storage = dir.join("orthanc-storage");
-    std::fs::create_dir_all(&storage).unwrap();
-    let (dicom_port, http_port) = (free_port(), free_port());
-    let aet = "ORTHANC".to_string();
-    let cfg = format!(
-        r#"{{
-  "Name": "ct-harmonizer-tls-test",
-  "StorageDirectory": "{s}",
-  "IndexDirectory": "{s}",
-  "DicomAet": "{aet}",
-  "DicomPort": {dicom_port},
-  "HttpPort": {http_port},
-  "RemoteAccessAllowed": false,
-  "AuthenticationEnabled": false,
-  "DicomCheckCalledAet": false,
-  "DicomServerEnabled": true,
-  "HttpServerEnabled": true,
-  "Plugins": [],
-  "StableAge": 1,
-  "ConcurrentJobs": 1,
-  "DicomTlsEnabled": true,
-  "DicomTlsCertificate": "{crt}",
-  "DicomTlsPrivateKey": "{key}",
-  "DicomTlsTrustedCertificates": "{ca}",
-  "DicomTlsRemoteCertificateRequired": true
-}}"#,
-        s = storage.display(),
-        crt = pki.crt("server"),
-        key = pki.key("server"),
-        ca = pki.crt("ca"),
-    );
-    let cfg_path = dir.join("orthanc.json");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let mut c = Command::new("/usr/sbin/Orthanc");
-    c.arg(&cfg_path).current_dir(dir);
-    let mut peer = Peer::spawn("Orthanc (TLS)", c, &dir.join("orthanc.log"));
-    let up = wait_until(secs(20), Duration::from_millis(50), || {
-        http_get(http_port, "/system").is_ok_and(|(s, _)| s == 200) && port_open(dicom_port)
-    });
-    assert!(
-        up && peer.alive(),
-        "Orthanc did not start:\n{}",
-        peer.log_text()
-    );
-    Orthanc {
-        peer,
-        aet,
-        dicom_port,
-        http_port,
-    }
+    Orthanc::start_with(
+        dir,
+        &format!(
+            r#""DicomTlsEnabled": true,
+  "DicomTlsCertificate": "{}",
+  "DicomTlsPrivateKey": "{}",
+  "DicomTlsTrustedCertificates": "{}",
+  "DicomTlsRemoteCertificateRequired": true,"#,
+            pki.crt("server"),
+            pki.key("server"),
+            pki.crt("ca"),
+        ),
+    )
 }
 
 /// Forwarding over TLS to Orthanc with DicomTlsEnabled (our client certificate required): the

@@ -489,6 +489,12 @@ pub struct OrthancSeries {
 
 impl Orthanc {
     pub fn start(dir: &Path) -> Orthanc {
+        Self::start_with(dir, "")
+    }
+
+    /// As [`Orthanc::start`], with `extra` configuration entries (JSON members, each followed by a
+    /// comma), e.g. its DICOM TLS settings.
+    pub fn start_with(dir: &Path, extra: &str) -> Orthanc {
         let storage = dir.join("orthanc-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let dicom_port = free_port();
@@ -508,6 +514,7 @@ impl Orthanc {
   "DicomServerEnabled": true,
   "HttpServerEnabled": true,
   "Plugins": [],
+  {extra}
   "StableAge": 1,
   "ConcurrentJobs": 1
 }}"#,
