@@ -6,7 +6,7 @@ Straightforward Python, whole volume in memory:
   RescaleSlope/Intercept give HU, the manifest's HU window maps HU linearly onto [-1, 1] (clipped
   first when the manifest says clip_input), an onnxruntime InferenceSession runs the same ONNX file
   over a NumPy sliding window with the same tile size and valid-core stitching as the Rust tiler
-  (src/translate/tiling.rs), and every derived slice is written back with pydicom as int16 HU
+  (src/model/tiling.rs), and every derived slice is written back with pydicom as int16 HU
   (RescaleSlope 1, RescaleIntercept 0).
 
 Usage: bench_reference.py INPUT_DIR --model models/NAME --out OUT_DIR [--dump-npy FILE]
@@ -29,7 +29,7 @@ from pydicom.uid import generate_uid
 
 
 def axis_tiles(n, tile, margin):
-    """Same plan as src/translate/tiling.rs axis_tiles: (start, len, core_start, core_end)."""
+    """Same plan as src/model/tiling.rs axis_tiles: (start, len, core_start, core_end)."""
     if n == 0:
         return []
     if tile >= n:

@@ -20,10 +20,10 @@ use crate::forward::Outbox;
 use crate::ingest::scp::{Arrival, Scp};
 use crate::ingest::watch::Watch;
 use crate::metrics::{Heartbeats, Metrics};
+use crate::model::Translator;
 use crate::pipeline::Processor;
 use crate::series::{ReadySeries, Tracker};
 use crate::spool::Spool;
-use crate::translate::Translator;
 use crate::{events, systemd};
 
 /// How long a stop waits for the processing thread (cancelled at its next tile).
@@ -46,7 +46,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Process(#[from] crate::process::ProcessError),
+    Process(#[from] crate::harmonize::ProcessError),
     #[error("cannot start the processing thread: {0}")]
     Thread(std::io::Error),
     #[error("invalid configuration: {key} = {value:?}: {reason}")]
@@ -95,7 +95,7 @@ fn check_models(
     models.sort();
     models.dedup();
     for m in models {
-        let t = crate::process::open_translator(settings, Some(m))?;
+        let t = crate::harmonize::open_translator(settings, Some(m))?;
         notes.push(format!(
             "model {m} {} ({:?}) on {}",
             t.manifest().version,
@@ -235,9 +235,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     let state = settings.state.dir.clone();
     // The bounded pre-parser's limits, for every reader of untrusted files (SCP, watched folder,
     // spool, processor) from the first instant.
-    crate::ingest::guard::install(crate::ingest::guard::Limits::from_settings(
-        &settings.server,
-    ));
+    crate::dicom::guard::install(crate::dicom::guard::Limits::from_settings(&settings.server));
     let spool = Spool::open(&state, settings.state.min_free_mib)?
         .with_keep(Duration::from_secs(settings.series.keep_delivered_seconds));
     let outbox = Outbox::open(&state)?;

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{PlanKind, Settings};
+use crate::dicom::files;
 use crate::events;
 use crate::forward::{Job, Outbox};
-use crate::ingest::files;
+use crate::harmonize::{open_translator, process_series, SeriesError};
 use crate::metrics::{Beat, Metrics};
-use crate::process::{open_translator, process_series, SeriesError};
+use crate::model::{Control, Translator};
 use crate::route::{self, SeriesInfo};
 use crate::series::{self, ReadySeries, Series};
 use crate::spool::{errno_label, transient_io, Spool};
-use crate::translate::{Control, Translator};
 
 /// The processing stage.
 pub struct Processor {

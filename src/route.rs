@@ -6,8 +6,8 @@ use dicom_dictionary_std::tags;
 use std::path::Path;
 
 use crate::config::Rule;
-use crate::volume::header::{first_frame_text, open_header};
-use crate::volume::VolumeError;
+use crate::dicom::header::{first_frame_text, open_header};
+use crate::dicom::VolumeError;
 
 /// What rules can match on, read from the series' first instance and the association.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -9,8 +9,8 @@ use dicom_object::InMemDicomObject;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::derive::{self, derived_uid, ds, put_pixels_hu, write_part10, DeriveError};
-use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::harmonize::derive::{self, derived_uid, ds, put_pixels_hu, write_part10, DeriveError};
 
 /// Where Debian's `invesalius-examples` puts the head CT.
 pub const CRANIUM_INV3: &str = "/usr/share/doc/invesalius-examples/examples/Cranium.inv3";

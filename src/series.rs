@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::volume::SliceHeader;
+use crate::dicom::SliceHeader;
 
 /// One series' instances, in arrival order.
 #[derive(Debug, Clone, PartialEq)]

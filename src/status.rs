@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::jobs::{self, JobState};
-use crate::translate::Translator;
+use crate::model::Translator;
 
 /// Exit codes (Nagios/Icinga plugin convention).
 pub const OK: u8 = 0;

@@ -224,7 +224,7 @@ fn shipped_manifests_name_no_machine_paths() {
                 toml.display()
             );
         }
-        let md = ct_harmonizer::translate::ModelDir::open(&dir).unwrap();
+        let md = ct_harmonizer::model::ModelDir::open(&dir).unwrap();
         assert!(!md.manifest.provenance.data.is_empty());
         assert!(md
             .manifest

@@ -10,10 +10,10 @@ mod common;
 
 use common::daemon::*;
 use common::*;
-use ct_harmonizer::derive::write_part10;
-use ct_harmonizer::forward::dimse;
+use ct_harmonizer::dicom::dimse;
+use ct_harmonizer::dicom::header::CT_IMAGE_STORAGE;
+use ct_harmonizer::harmonize::derive::write_part10;
 use ct_harmonizer::samples::{Rng, SeriesSpec};
-use ct_harmonizer::volume::header::CT_IMAGE_STORAGE;
 use dicom_dictionary_std::tags;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

@@ -9,9 +9,9 @@ mod common;
 
 use common::daemon::*;
 use common::*;
-use ct_harmonizer::derive::write_part10;
+use ct_harmonizer::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use ct_harmonizer::harmonize::derive::write_part10;
 use ct_harmonizer::samples::{enhanced_dataset, phantom_slice, SeriesSpec};
-use ct_harmonizer::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,8 +9,8 @@ mod common;
 
 use common::daemon::*;
 use common::*;
-use ct_harmonizer::forward::dimse;
-use ct_harmonizer::volume::header::CT_IMAGE_STORAGE;
+use ct_harmonizer::dicom::dimse;
+use ct_harmonizer::dicom::header::CT_IMAGE_STORAGE;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;

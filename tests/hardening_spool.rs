@@ -8,7 +8,7 @@ mod common;
 
 use common::daemon::*;
 use common::*;
-use ct_harmonizer::forward::dimse;
+use ct_harmonizer::dicom::dimse;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

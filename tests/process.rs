@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ct_harmonizer::derive::write_part10;
+use ct_harmonizer::harmonize::derive::write_part10;
 use ct_harmonizer::samples::{write_inv3_series, SeriesSpec, CRANIUM_INV3};
 use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, VR};
@@ -311,7 +311,7 @@ fn bad_inputs_are_named_and_the_rest_completes() {
             ]])),
         ));
         let meta = FileMetaTableBuilder::new()
-            .media_storage_sop_class_uid(ct_harmonizer::volume::header::CT_IMAGE_STORAGE)
+            .media_storage_sop_class_uid(ct_harmonizer::dicom::header::CT_IMAGE_STORAGE)
             .media_storage_sop_instance_uid(jls.sop_instance_uid(z))
             .transfer_syntax("1.2.840.10008.1.2.4.100")
             .implementation_class_uid("2.25.1")

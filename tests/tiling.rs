@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ct_harmonizer::config::Settings;
+use ct_harmonizer::dicom::slab::Slab;
+use ct_harmonizer::model::{ModelDir, OutSlab, Translator};
 use ct_harmonizer::samples::Rng;
-use ct_harmonizer::translate::{ModelDir, OutSlab, Translator};
-use ct_harmonizer::volume::slab::Slab;
 use std::path::PathBuf;
 
 fn translator(tile: [usize; 3]) -> Translator {

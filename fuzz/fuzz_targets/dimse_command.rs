@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ct_harmonizer::forward::dimse::decode(data);
+    let _ = ct_harmonizer::dicom::dimse::decode(data);
 });

@@ -3,7 +3,7 @@
 //! overflow or an allocation beyond the input (libFuzzer's -rss_limit_mb catches the latter). The
 //! first byte picks the transfer syntax.
 #![no_main]
-use ct_harmonizer::ingest::guard::{check_dataset, Limits};
+use ct_harmonizer::dicom::guard::{check_dataset, Limits};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;

@@ -2,7 +2,7 @@
 //! guarded readers the processor uses (`open_header`, `open_full`): no crash, no stack overflow, no
 //! allocation beyond the file (a deflated data set is inflated up to the limit only).
 #![no_main]
-use ct_harmonizer::ingest::guard::{check_part10_file, Limits};
+use ct_harmonizer::dicom::guard::{check_part10_file, Limits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         ..Limits::default()
     };
     if check_part10_file(&path, &limits).is_ok() {
-        let _ = ct_harmonizer::volume::header::read_header(&path);
-        let _ = ct_harmonizer::volume::header::open_full(&path);
+        let _ = ct_harmonizer::dicom::header::read_header(&path);
+        let _ = ct_harmonizer::dicom::header::open_full(&path);
     }
 });

@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = ct_harmonizer::translate::manifest::Manifest::from_toml(
+    let _ = ct_harmonizer::model::manifest::Manifest::from_toml(
         text,
         std::path::Path::new("fuzz/model.toml"),
     );

@@ -3,7 +3,7 @@
 //! configuration, the shipped model manifests, and phantom CT datasets in both little-endian syntaxes.
 //! Run from the repository root: `cargo run --manifest-path fuzz/Cargo.toml --bin make_corpus`.
 
-use ct_harmonizer::forward::dimse;
+use ct_harmonizer::dicom::dimse;
 use ct_harmonizer::samples::{phantom_slice, SeriesSpec};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -100,7 +100,7 @@ fn main() -> Res<()> {
     // Part 10 files as the watched folder and the spool hold them.
     let tmp = tempfile::tempdir()?;
     let file = tmp.path().join("slice.dcm");
-    ct_harmonizer::derive::write_part10(obj, &file)?;
+    ct_harmonizer::harmonize::derive::write_part10(obj, &file)?;
     put("guard_file", "phantom_slice", &std::fs::read(&file)?)?;
     Ok(())
 }

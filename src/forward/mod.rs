@@ -2,7 +2,6 @@
 //! copied to a folder, retried with exponential back-off, dead-lettered after the configured number
 //! of attempts. Spool and derived files are deleted only when no job (queued or dead) still needs them.
 
-pub mod dimse;
 pub mod outbox;
 pub mod scu;
 pub mod worker;

@@ -46,7 +46,8 @@ pub struct Job {
 impl Job {
     /// The id of the job for (series, kind, destination).
     pub fn make_id(source_series_uid: &str, kind: &str, destination: &str) -> String {
-        let uid = crate::derive::derived_uid(&["job", source_series_uid, kind, destination]);
+        let uid =
+            crate::harmonize::derive::derived_uid(&["job", source_series_uid, kind, destination]);
         format!("{destination}-{kind}-{}", &uid[5..25])
     }
 }

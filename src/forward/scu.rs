@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-use super::{dimse, ForwardError};
+use super::ForwardError;
 use crate::config::{Destination, DestinationKind, ForwardSettings};
+use crate::dicom::dimse;
 use crate::spool::sync_dir;
 
 /// One file to send: where it is, what it is, and where its dataset starts.

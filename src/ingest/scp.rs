@@ -12,7 +12,7 @@
 //! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
 //! is streamed to its spool temporary file as its fragments arrive (256 KiB writes off the async
 //! workers, overlapping the receipt), up to `max_dataset_mib`, then the association is aborted.
-//! After its last fragment the file goes through the bounded pre-parser ([`super::guard`], read back
+//! After its last fragment the file goes through the bounded pre-parser ([`crate::dicom::guard`], read back
 //! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
 //! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
 //! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
@@ -45,12 +45,12 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::Settings;
+use crate::dicom::dimse;
+use crate::dicom::guard::{self, Limits};
+use crate::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 use crate::events;
-use crate::forward::dimse;
-use crate::ingest::guard::{self, Limits};
 use crate::metrics::{Beat, Metrics};
 use crate::spool::{Incoming, Spool, SpoolError};
-use crate::volume::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 
 /// Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";

@@ -32,10 +32,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::scp::Arrival;
+use crate::dicom::header::header_from_object;
+use crate::dicom::SliceHeader;
 use crate::metrics::{Beat, Metrics};
 use crate::spool::{InstanceKey, Spool};
-use crate::volume::header::header_from_object;
-use crate::volume::SliceHeader;
 
 /// A file that stays unparseable for this many times `stable_seconds` is quarantined.
 pub const UNPARSEABLE_FACTOR: u32 = 10;
@@ -223,7 +223,7 @@ fn examine(path: &Path, max_bytes: u64) -> Result<Parsed, Refusal> {
     let dup = file
         .try_clone()
         .map_err(|e| Refusal::Incomplete(format!("cannot read: {e}")))?;
-    crate::ingest::guard::check_part10_open(dup, path, &crate::ingest::guard::current())
+    crate::dicom::guard::check_part10_open(dup, path, &crate::dicom::guard::current())
         .map_err(|e| Refusal::Incomplete(e.to_string()))?;
     // The duplicate shares the descriptor's offset: back to the start for the full parse.
     let mut file = file;

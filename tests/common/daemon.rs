@@ -3,10 +3,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use ct_harmonizer::derive::write_part10;
-use ct_harmonizer::forward::dimse;
+use ct_harmonizer::dicom::dimse;
+use ct_harmonizer::dicom::header::CT_IMAGE_STORAGE;
+use ct_harmonizer::harmonize::derive::write_part10;
 use ct_harmonizer::samples::{phantom_slice, write_phantom_series, SeriesSpec};
-use ct_harmonizer::volume::header::CT_IMAGE_STORAGE;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;

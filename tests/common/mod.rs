@@ -155,7 +155,7 @@ pub fn digest_tree(dir: &Path) -> Vec<(PathBuf, String)> {
     files(dir)
         .into_iter()
         .map(|p| {
-            let h = ct_harmonizer::translate::manifest::sha256_file(&p).unwrap();
+            let h = ct_harmonizer::model::manifest::sha256_file(&p).unwrap();
             (p, h)
         })
         .collect()

@@ -2,11 +2,11 @@
 //! files and InVesalius projects; the HU window that maps them onto the networks' [-1, 1]; and a
 //! seeded, foreground-biased random 3-D patch sampler with flip augmentation.
 
-use ct_harmonizer::ingest::files::{scan, IngestError};
+use ct_harmonizer::dicom::files::{scan, IngestError};
+use ct_harmonizer::dicom::geometry::{sort_and_check, GeometryLimits};
+use ct_harmonizer::dicom::{SlabReader, VolumeError};
 use ct_harmonizer::samples::{self, Rng, SampleError};
 use ct_harmonizer::series;
-use ct_harmonizer::volume::geometry::{sort_and_check, GeometryLimits};
-use ct_harmonizer::volume::{SlabReader, VolumeError};
 use std::path::{Path, PathBuf};
 
 use crate::nifti::{self, NiftiError};

@@ -26,9 +26,9 @@
 //! head CT).
 
 use ct_harmonizer::config::{ConfigError, Settings};
-use ct_harmonizer::translate::manifest::{EvaluationRow, ManifestError, Task};
-use ct_harmonizer::translate::{ModelDir, TranslateError, Translator};
-use ct_harmonizer::volume::slab::Slab;
+use ct_harmonizer::dicom::slab::Slab;
+use ct_harmonizer::model::manifest::{EvaluationRow, ManifestError, Task};
+use ct_harmonizer::model::{ModelDir, TranslateError, Translator};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -972,12 +972,12 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let label =
-            |m: &ct_harmonizer::translate::manifest::Manifest| format!("{} {}", m.name, m.version);
+            |m: &ct_harmonizer::model::manifest::Manifest| format!("{} {}", m.name, m.version);
         for (dir, m) in o.models.iter().zip(&manifests) {
             let others: Vec<String> = manifests
                 .iter()
                 .filter(|x| {
-                    x.kind == ct_harmonizer::translate::manifest::ModelKind::Trained
+                    x.kind == ct_harmonizer::model::manifest::ModelKind::Trained
                         && label(x) != label(m)
                 })
                 .map(label)

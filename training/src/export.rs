@@ -14,7 +14,7 @@
 //! differences are in-plane, and a z blur measured worse than no processing.
 
 use crate::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
-use ct_harmonizer::translate::manifest::{
+use ct_harmonizer::model::manifest::{
     hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
     Tensors,
 };

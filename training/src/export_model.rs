@@ -41,7 +41,7 @@ use burn::nn::conv::{Conv3d, ConvTranspose3d};
 use burn::nn::PaddingConfig3d;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use ct_harmonizer::translate::manifest::{
+use ct_harmonizer::model::manifest::{
     hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
     Tensors,
 };

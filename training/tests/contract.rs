@@ -8,9 +8,9 @@ use burn::config::Config;
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use ct_harmonizer::config::Settings;
-use ct_harmonizer::translate::manifest::{Provenance, Task};
-use ct_harmonizer::translate::{ModelDir, Translator};
-use ct_harmonizer::volume::slab::Slab;
+use ct_harmonizer::dicom::slab::Slab;
+use ct_harmonizer::model::manifest::{Provenance, Task};
+use ct_harmonizer::model::{ModelDir, Translator};
 use ct_training::data::Volume;
 use ct_training::eval::{upsample, Interp};
 use ct_training::export_model::{self, ExportArgs, ExportMeta};
@@ -31,7 +31,7 @@ fn settings() -> Settings {
         // Tests run in training/; the provisioned library sits in the workspace root.
         let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
-            .join(ct_harmonizer::translate::runtime::PROVISIONED_RELATIVE);
+            .join(ct_harmonizer::model::runtime::PROVISIONED_RELATIVE);
         if lib.is_file() {
             s.runtime.onnxruntime_library = lib.display().to_string();
         }

@@ -124,7 +124,7 @@ mod tests {
         SliceHeader {
             path: PathBuf::from("/nonexistent/enhanced.dcm"),
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            sop_class_uid: crate::volume::header::ENHANCED_CT_IMAGE_STORAGE.into(),
+            sop_class_uid: crate::dicom::header::ENHANCED_CT_IMAGE_STORAGE.into(),
             sop_instance_uid: "1.2.3.4".into(),
             study_uid: "1.2".into(),
             series_uid: "1.2.3".into(),

@@ -27,9 +27,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::DeriveSettings;
-use crate::translate::manifest::{Manifest, Task};
-use crate::translate::OutSlab;
-use crate::volume::{header, Geometry, SliceHeader};
+use crate::dicom::{header, Geometry, SliceHeader};
+use crate::model::manifest::{Manifest, Task};
+use crate::model::OutSlab;
 
 /// This software's version, written into derived series.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

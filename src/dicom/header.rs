@@ -59,12 +59,12 @@ impl SliceHeader {
 /// Checks a file with the bounded pre-parser (nesting depth, declared lengths, size) before
 /// dicom-rs, which recurses per sequence level and allocates declared lengths, reads it.
 pub fn guard_file(path: &Path) -> Result<(), VolumeError> {
-    crate::ingest::guard::check_part10_file(path, &crate::ingest::guard::current())
+    crate::dicom::guard::check_part10_file(path, &crate::dicom::guard::current())
         .map(|_| ())
         .map_err(|e| VolumeError::NotDicom {
             path: path.to_owned(),
             reason: match e {
-                crate::ingest::guard::GuardError::File { reason, .. } => reason.to_string(),
+                crate::dicom::guard::GuardError::File { reason, .. } => reason.to_string(),
                 other => other.to_string(),
             },
         })

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dicom::header::read_header;
+use crate::dicom::{SliceHeader, VolumeError};
 use crate::events;
-use crate::volume::header::read_header;
-use crate::volume::{SliceHeader, VolumeError};
 
 /// Errors about the inputs themselves.
 #[derive(Debug, thiserror::Error)]

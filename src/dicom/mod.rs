@@ -2,7 +2,10 @@
 //! slab (so memory does not grow with the number of slices). Shared with the training program.
 
 pub mod decode;
+pub mod dimse;
+pub mod files;
 pub mod geometry;
+pub mod guard;
 pub mod header;
 pub mod slab;
 

@@ -5,22 +5,24 @@
 //! the series: the reader decodes z-slabs, the inference worker (which owns the ONNX session) turns
 //! them into output slabs, the writer derives and writes the DICOM instances.
 
+pub mod derive;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use crate::config::Settings;
-use crate::derive::{DeriveError, DerivedPlan, SeriesWriter};
+use crate::dicom::files::{self, IngestError};
+use crate::dicom::geometry::{sort_and_check, GeometryLimits};
+use crate::dicom::header::{self, CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::dicom::slab::Slab;
+use crate::dicom::{decode, SlabReader, VolumeError};
 use crate::events;
-use crate::ingest::files::{self, IngestError};
+use crate::harmonize::derive::{DeriveError, DerivedPlan, SeriesWriter};
+use crate::model::manifest::{ManifestError, ModelDir};
+use crate::model::{AxisTile, Control, TranslateError, Translator};
 use crate::preview::{self, PreviewSlice};
 use crate::series::{self, Series};
-use crate::translate::manifest::{ManifestError, ModelDir};
-use crate::translate::{AxisTile, Control, TranslateError, Translator};
-use crate::volume::geometry::{sort_and_check, GeometryLimits};
-use crate::volume::header::{self, CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
-use crate::volume::slab::Slab;
-use crate::volume::{decode, SlabReader, VolumeError};
 
 /// Errors of one series.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +176,7 @@ pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, Process
 /// Series expansion: every Enhanced CT (multi-frame) instance of the series becomes one slice header
 /// per frame, with that frame's geometry from its functional groups; single-frame slices stay as
 /// they are. From here on a frame is a slice like any other (sorted, geometry-checked, read, and the
-/// template of classic derived instances, see [`crate::derive`]). Idempotent.
+/// template of classic derived instances, see [`crate::harmonize::derive`]). Idempotent.
 pub fn expand_frames(s: &mut Series) -> Result<(), SeriesError> {
     if !s.slices.iter().any(header::is_multi_frame) {
         return Ok(());
@@ -198,7 +200,7 @@ pub fn check_series(
     settings: &Settings,
     translator: &Translator,
     s: &mut Series,
-) -> Result<crate::volume::Geometry, SeriesError> {
+) -> Result<crate::dicom::Geometry, SeriesError> {
     let uid = s.series_uid.clone();
     if let Some(h) = s
         .slices
@@ -288,7 +290,7 @@ pub fn process_series(
     let [sz, sy, sx] = manifest.scale();
 
     let (slab_tx, slab_rx) = sync_channel::<(AxisTile, Slab)>(depth);
-    let (out_tx, out_rx) = sync_channel::<crate::translate::OutSlab>(depth);
+    let (out_tx, out_rx) = sync_channel::<crate::model::OutSlab>(depth);
     let result = std::thread::scope(|scope| {
         let read_control = control.clone();
         let read_cancelled = cancelled();
@@ -379,12 +381,7 @@ pub fn process_series(
 }
 
 /// Captures output slice `k` and the input under it (nearest-neighbour on the output grid).
-fn capture(
-    slab: &Slab,
-    o: &crate::translate::OutSlab,
-    k: usize,
-    scale: [usize; 3],
-) -> PreviewSlice {
+fn capture(slab: &Slab, o: &crate::model::OutSlab, k: usize, scale: [usize; 3]) -> PreviewSlice {
     let [sz, sy, sx] = scale;
     let plane = o.rows * o.columns;
     let output = o.hu[(k - o.z0) * plane..(k - o.z0 + 1) * plane].to_vec();

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Settings;
+use crate::dicom::slab::Slab;
 use crate::metrics::Beat;
-use crate::volume::slab::Slab;
 pub use manifest::{Manifest, ModelDir};
 pub use tiling::AxisTile;
 

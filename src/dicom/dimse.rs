@@ -74,10 +74,10 @@ pub fn encode(o: &InMemDicomObject) -> Result<Vec<u8>, DimseError> {
 /// Decodes a command set. The bytes are untrusted (a peer's P-DATA): the guard refuses anything
 /// but a flat command set of at most 64 KiB before the full parser sees it.
 pub fn decode(bytes: &[u8]) -> Result<Command, DimseError> {
-    crate::ingest::guard::check_dataset(
+    crate::dicom::guard::check_dataset(
         bytes,
         IMPLICIT_VR_LITTLE_ENDIAN.uid(),
-        &crate::ingest::guard::Limits::command(),
+        &crate::dicom::guard::Limits::command(),
     )
     .map_err(|e| DimseError::Decode(e.to_string()))?;
     let o = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())

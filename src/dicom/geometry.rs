@@ -215,7 +215,7 @@ mod tests {
         SliceHeader {
             path: PathBuf::from(format!("f{i}.dcm")),
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            sop_class_uid: crate::volume::header::CT_IMAGE_STORAGE.into(),
+            sop_class_uid: crate::dicom::header::CT_IMAGE_STORAGE.into(),
             sop_instance_uid: format!("1.2.3.{i}"),
             study_uid: "1.2".into(),
             series_uid: "1.2.3".into(),
