@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Settings;
 use crate::forward::worker::Forwarder;
-use crate::forward::Outbox;
 use crate::ingest::scp::{Arrival, Scp};
 use crate::ingest::watch::Watch;
 use crate::metrics::{Heartbeats, Metrics};
 use crate::model::Translator;
+use crate::outbox::Outbox;
 use crate::pipeline::Processor;
 use crate::series::{ReadySeries, Tracker};
 use crate::spool::Spool;
@@ -521,7 +521,7 @@ fn recover(
                     "{}-v{}-{}",
                     s.series_uid,
                     v.info.version,
-                    crate::forward::outbox::now_ms()
+                    crate::outbox::now_ms()
                 );
                 match spool.quarantine(&v.dir, &settings.state.quarantine(), &name, &reason) {
                     Ok(q) => {

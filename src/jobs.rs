@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::forward::{Job, Outbox};
+use crate::outbox::{Job, Outbox};
 use crate::spool::{sync_dir, PROCESSED_MARKER};
 
 /// Errors of the `jobs` commands.
@@ -321,7 +321,7 @@ fn cleanup(
 
 /// Seconds until `ms` (Unix milliseconds), 0 when past.
 pub fn seconds_until(ms: u64) -> u64 {
-    ms.saturating_sub(crate::forward::outbox::now_ms()) / 1000
+    ms.saturating_sub(crate::outbox::now_ms()) / 1000
 }
 
 #[cfg(test)]

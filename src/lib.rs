@@ -45,6 +45,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod pipeline;
 pub mod preview;
 pub mod route;

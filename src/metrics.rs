@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::forward::Outbox;
+use crate::outbox::Outbox;
 
 /// Label sets of the per-stage and per-destination families.
 pub type Labels = Vec<(String, String)>;
@@ -19,7 +19,7 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Now as Unix seconds (for the `*_timestamp_seconds` gauges).
 pub fn now_seconds() -> f64 {
-    crate::forward::outbox::now_ms() as f64 / 1000.0
+    crate::outbox::now_ms() as f64 / 1000.0
 }
 
 /// What `/metrics` reads at each scrape: stage heartbeats, the outbox and the state folder.
@@ -344,7 +344,7 @@ impl Heartbeats {
 
     /// Registers a stage and returns its beat handle.
     pub fn register(&self, stage: impl Into<String>) -> Beat {
-        let cell = Arc::new(AtomicU64::new(crate::forward::outbox::now_ms()));
+        let cell = Arc::new(AtomicU64::new(crate::outbox::now_ms()));
         if let Ok(mut v) = self.stages.lock() {
             v.push((stage.into(), cell.clone()));
         }
@@ -353,7 +353,7 @@ impl Heartbeats {
 
     /// Stages whose last beat is older than `max_age_ms`.
     pub fn stale(&self, max_age_ms: u64) -> Vec<String> {
-        let now = crate::forward::outbox::now_ms();
+        let now = crate::outbox::now_ms();
         self.stages
             .lock()
             .map(|v| {
@@ -367,7 +367,7 @@ impl Heartbeats {
 
     /// Every stage with the age of its last beat in milliseconds, in registration order.
     pub fn ages(&self) -> Vec<(String, u64)> {
-        let now = crate::forward::outbox::now_ms();
+        let now = crate::outbox::now_ms();
         self.stages
             .lock()
             .map(|v| {
@@ -396,8 +396,7 @@ pub struct Beat(Arc<AtomicU64>);
 
 impl Beat {
     pub fn beat(&self) {
-        self.0
-            .store(crate::forward::outbox::now_ms(), Ordering::Relaxed);
+        self.0.store(crate::outbox::now_ms(), Ordering::Relaxed);
     }
 
     /// A handle registered nowhere (for callers outside the daemon).

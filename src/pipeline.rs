@@ -21,10 +21,10 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{PlanKind, Settings};
 use crate::dicom::files;
 use crate::events;
-use crate::forward::{Job, Outbox};
 use crate::harmonize::{open_translator, process_series, SeriesError};
 use crate::metrics::{Beat, Metrics};
 use crate::model::{Control, Translator};
+use crate::outbox::{Job, Outbox};
 use crate::route::{self, SeriesInfo};
 use crate::series::{self, ReadySeries, Series};
 use crate::spool::{errno_label, transient_io, Spool};
@@ -144,7 +144,7 @@ impl Processor {
             self.busy.store(false, Ordering::Relaxed);
             if let Err((reason, errno)) = outcome {
                 let attempts = attempts + 1;
-                let wait = crate::forward::outbox::backoff_ms(
+                let wait = crate::outbox::backoff_ms(
                     attempts,
                     settings.series.retry_initial_seconds.max(1),
                     settings.series.retry_max_seconds.max(1),
@@ -464,7 +464,7 @@ impl Processor {
             "{}-v{}-{}",
             ready.series_uid,
             ready.version,
-            crate::forward::outbox::now_ms()
+            crate::outbox::now_ms()
         );
         let work = self.work_dir(ready);
         if work.exists() {

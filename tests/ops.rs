@@ -9,7 +9,7 @@ mod common;
 
 use common::daemon::*;
 use common::*;
-use ct_harmonizer::forward::Job;
+use ct_harmonizer::outbox::Job;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

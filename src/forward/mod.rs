@@ -2,11 +2,8 @@
 //! copied to a folder, retried with exponential back-off, dead-lettered after the configured number
 //! of attempts. Spool and derived files are deleted only when no job (queued or dead) still needs them.
 
-pub mod outbox;
 pub mod scu;
 pub mod worker;
-
-pub use outbox::{Job, Outbox};
 
 use std::path::PathBuf;
 

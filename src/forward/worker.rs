@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-use super::outbox::{backoff_ms, now_ms};
-use super::{scu, ForwardError, Job, Outbox};
+use super::{scu, ForwardError};
 use crate::config::Settings;
 use crate::events;
 use crate::metrics::{Beat, Heartbeats, Metrics};
+use crate::outbox::{backoff_ms, now_ms};
+use crate::outbox::{Job, Outbox};
 use crate::spool::Spool;
 
 /// How often a lane writes the acknowledged instances of a job in progress to its job file (and

@@ -132,7 +132,7 @@ pub fn quarantine_file(quarantine: &Path, file: &Path, reason: &str) -> std::io:
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "file".into());
-    let stamp = crate::forward::outbox::now_ms();
+    let stamp = crate::outbox::now_ms();
     let target = quarantine.join(format!("{stamp}-{name}"));
     let mut note = String::new();
     if fs::rename(file, &target).is_err() {

@@ -416,7 +416,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn now_ms() -> u64 {
-    crate::forward::outbox::now_ms()
+    crate::outbox::now_ms()
 }
 
 /// `.dcm` files directly in `dir` (none when it does not exist).

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::ForwardError;
+use crate::forward::ForwardError;
 use crate::spool::sync_dir;
 
 /// One series to one destination.
