@@ -498,7 +498,7 @@ impl Settings {
             return bad("server.tls.allowed_subjects needs server.tls.enabled = true".into());
         }
         for dn in &t.allowed_subjects {
-            if !crate::tls::is_dn(dn) {
+            if !crate::util::dn::is_dn(dn) {
                 return bad(format!(
                     "server.tls.allowed_subjects entry {dn:?} is not a distinguished name like \"CN=ct1,O=Hospital\""
                 ));

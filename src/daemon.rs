@@ -16,13 +16,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Settings;
 use crate::forward::worker::Forwarder;
-use crate::ingest::scp::{Arrival, Scp};
+use crate::ingest::scp::Scp;
 use crate::ingest::watch::Watch;
 use crate::metrics::{Heartbeats, Metrics};
 use crate::model::Translator;
 use crate::outbox::Outbox;
 use crate::pipeline::Processor;
-use crate::series::{ReadySeries, Tracker};
+use crate::series::{Arrival, ReadySeries, Tracker};
 use crate::spool::Spool;
 use crate::{events, systemd};
 
@@ -521,7 +521,7 @@ fn recover(
                     "{}-v{}-{}",
                     s.series_uid,
                     v.info.version,
-                    crate::outbox::now_ms()
+                    crate::util::clock::now_ms()
                 );
                 match spool.quarantine(&v.dir, &settings.state.quarantine(), &name, &reason) {
                     Ok(q) => {

@@ -17,7 +17,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::outbox::{Job, Outbox};
-use crate::spool::{sync_dir, PROCESSED_MARKER};
+use crate::spool::PROCESSED_MARKER;
+use crate::util::fs::sync_dir;
 
 /// Errors of the `jobs` commands.
 #[derive(Debug, thiserror::Error)]
@@ -321,7 +322,7 @@ fn cleanup(
 
 /// Seconds until `ms` (Unix milliseconds), 0 when past.
 pub fn seconds_until(ms: u64) -> u64 {
-    ms.saturating_sub(crate::outbox::now_ms()) / 1000
+    ms.saturating_sub(crate::util::clock::now_ms()) / 1000
 }
 
 #[cfg(test)]

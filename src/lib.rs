@@ -55,3 +55,4 @@ pub mod spool;
 pub mod status;
 pub mod systemd;
 pub mod tls;
+pub mod util;

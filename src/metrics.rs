@@ -9,6 +9,8 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use crate::util::heartbeat::Beat;
+
 use crate::outbox::Outbox;
 
 /// Label sets of the per-stage and per-destination families.
@@ -16,11 +18,6 @@ pub type Labels = Vec<(String, String)>;
 
 /// A floating-point gauge (seconds, Unix timestamps).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
-
-/// Now as Unix seconds (for the `*_timestamp_seconds` gauges).
-pub fn now_seconds() -> f64 {
-    crate::outbox::now_ms() as f64 / 1000.0
-}
 
 /// What `/metrics` reads at each scrape: stage heartbeats, the outbox and the state folder.
 struct Attached {
@@ -344,16 +341,16 @@ impl Heartbeats {
 
     /// Registers a stage and returns its beat handle.
     pub fn register(&self, stage: impl Into<String>) -> Beat {
-        let cell = Arc::new(AtomicU64::new(crate::outbox::now_ms()));
+        let cell = Arc::new(AtomicU64::new(crate::util::clock::now_ms()));
         if let Ok(mut v) = self.stages.lock() {
             v.push((stage.into(), cell.clone()));
         }
-        Beat(cell)
+        Beat::new(cell)
     }
 
     /// Stages whose last beat is older than `max_age_ms`.
     pub fn stale(&self, max_age_ms: u64) -> Vec<String> {
-        let now = crate::outbox::now_ms();
+        let now = crate::util::clock::now_ms();
         self.stages
             .lock()
             .map(|v| {
@@ -367,7 +364,7 @@ impl Heartbeats {
 
     /// Every stage with the age of its last beat in milliseconds, in registration order.
     pub fn ages(&self) -> Vec<(String, u64)> {
-        let now = crate::outbox::now_ms();
+        let now = crate::util::clock::now_ms();
         self.stages
             .lock()
             .map(|v| {
@@ -387,21 +384,6 @@ impl Heartbeats {
         } else {
             Err(stale)
         }
-    }
-}
-
-/// A stage's heartbeat handle.
-#[derive(Clone)]
-pub struct Beat(Arc<AtomicU64>);
-
-impl Beat {
-    pub fn beat(&self) {
-        self.0.store(crate::outbox::now_ms(), Ordering::Relaxed);
-    }
-
-    /// A handle registered nowhere (for callers outside the daemon).
-    pub fn detached() -> Self {
-        Beat(Arc::new(AtomicU64::new(0)))
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::forward::ForwardError;
-use crate::spool::sync_dir;
+use crate::util::fs::sync_dir;
 
 /// One series to one destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,14 +50,6 @@ impl Job {
             crate::harmonize::derive::derived_uid(&["job", source_series_uid, kind, destination]);
         format!("{destination}-{kind}-{}", &uid[5..25])
     }
-}
-
-/// Now in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The outbox and dead-letter folders.

@@ -20,13 +20,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{PlanKind, Settings};
 use crate::dicom::files;
+use crate::dicom::series::{self, Series};
 use crate::events;
 use crate::harmonize::{open_translator, process_series, SeriesError};
 use crate::metrics::{Beat, Metrics};
 use crate::model::{Control, Translator};
 use crate::outbox::{Job, Outbox};
 use crate::route::{self, SeriesInfo};
-use crate::series::{self, ReadySeries, Series};
+use crate::series::ReadySeries;
 use crate::spool::{errno_label, transient_io, Spool};
 
 /// The processing stage.
@@ -464,7 +465,7 @@ impl Processor {
             "{}-v{}-{}",
             ready.series_uid,
             ready.version,
-            crate::outbox::now_ms()
+            crate::util::clock::now_ms()
         );
         let work = self.work_dir(ready);
         if work.exists() {

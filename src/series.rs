@@ -1,42 +1,7 @@
-//! Series stage: groups instances by (StudyInstanceUID, SeriesInstanceUID). In the one-shot path
-//! every series is complete once its folder is read; the daemon adds completion on quiet time.
+//! Series stage of the daemon: completes series on quiet time (or expected count) and hands each
+//! version over to processing. Grouping headers into series is [`crate::dicom::series`].
 
 use std::collections::BTreeMap;
-
-use crate::dicom::SliceHeader;
-
-/// One series' instances, in arrival order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    pub study_uid: String,
-    pub series_uid: String,
-    pub slices: Vec<SliceHeader>,
-    /// Files dropped because another file had the same SOPInstanceUID.
-    pub duplicates: Vec<std::path::PathBuf>,
-}
-
-/// Groups headers into series, in (study, series) UID order; duplicate SOPInstanceUIDs keep the first.
-pub fn group(headers: Vec<SliceHeader>) -> Vec<Series> {
-    let mut map: BTreeMap<(String, String), Series> = BTreeMap::new();
-    for h in headers {
-        let key = (h.study_uid.clone(), h.series_uid.clone());
-        let s = map.entry(key).or_insert_with(|| Series {
-            study_uid: h.study_uid.clone(),
-            series_uid: h.series_uid.clone(),
-            slices: Vec::new(),
-            duplicates: Vec::new(),
-        });
-        if s.slices
-            .iter()
-            .any(|o| o.sop_instance_uid == h.sop_instance_uid)
-        {
-            s.duplicates.push(h.path);
-        } else {
-            s.slices.push(h);
-        }
-    }
-    map.into_values().collect()
-}
 
 /// A version of a series handed to processing: its instances are in `dir` (a version folder of
 /// the spool, see [`crate::spool`]), complete by quiet time or expected count.
@@ -76,6 +41,18 @@ impl ReadySeries {
     }
 }
 
+/// An instance durably spooled, handed to the series stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+    /// Instances the headers say the series will have, when they say it.
+    pub expected: Option<usize>,
+}
+
 #[derive(Clone)]
 struct Pending {
     sops: std::collections::HashSet<String>,
@@ -95,7 +72,7 @@ pub struct Tracker {
     pub spool: crate::spool::Spool,
     pub recent: std::sync::Arc<Recent>,
     pub quiet: std::time::Duration,
-    pub rx: tokio::sync::mpsc::Receiver<crate::ingest::scp::Arrival>,
+    pub rx: tokio::sync::mpsc::Receiver<Arrival>,
     pub tx: tokio::sync::mpsc::Sender<ReadySeries>,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub beat: crate::metrics::Beat,
@@ -289,7 +266,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::scp::Arrival;
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::sync::{mpsc, watch};

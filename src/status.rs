@@ -496,7 +496,7 @@ pub fn collect(settings: &Settings, opts: &StatusOptions) -> Result<Report, Stat
         }
     }
 
-    let now = crate::metrics::now_seconds();
+    let now = crate::util::clock::now_seconds();
     let last = |gauge: &str, series_uid: Option<String>| {
         let t = scrape.value(gauge).filter(|t| *t > 0.0);
         Last {

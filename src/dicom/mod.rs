@@ -7,6 +7,7 @@ pub mod files;
 pub mod geometry;
 pub mod guard;
 pub mod header;
+pub mod series;
 pub mod slab;
 
 pub use geometry::Geometry;

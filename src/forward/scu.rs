@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use super::ForwardError;
 use crate::config::{Destination, DestinationKind, ForwardSettings};
 use crate::dicom::dimse;
-use crate::spool::sync_dir;
+use crate::util::fs::sync_dir;
 
 /// One file to send: where it is, what it is, and where its dataset starts.
 #[derive(Debug, Clone)]

@@ -19,9 +19,10 @@ use super::{scu, ForwardError};
 use crate::config::Settings;
 use crate::events;
 use crate::metrics::{Beat, Heartbeats, Metrics};
-use crate::outbox::{backoff_ms, now_ms};
+use crate::outbox::backoff_ms;
 use crate::outbox::{Job, Outbox};
 use crate::spool::Spool;
+use crate::util::clock::now_ms;
 
 /// How often a lane writes the acknowledged instances of a job in progress to its job file (and
 /// always at the end of an attempt).
@@ -277,7 +278,7 @@ impl Shared {
                 self.metrics.jobs_forwarded.inc();
                 self.metrics
                     .last_job_delivered_timestamp_seconds
-                    .set(crate::metrics::now_seconds());
+                    .set(crate::util::clock::now_seconds());
                 if let Err(e) = self.outbox.done(&job) {
                     tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
                     return true;

@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::dicom::files::{self, IngestError};
 use crate::dicom::geometry::{sort_and_check, GeometryLimits};
 use crate::dicom::header::{self, CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
+use crate::dicom::series::{self, Series};
 use crate::dicom::slab::Slab;
 use crate::dicom::{decode, SlabReader, VolumeError};
 use crate::events;
@@ -22,7 +23,6 @@ use crate::harmonize::derive::{DeriveError, DerivedPlan, SeriesWriter};
 use crate::model::manifest::{ManifestError, ModelDir};
 use crate::model::{AxisTile, Control, TranslateError, Translator};
 use crate::preview::{self, PreviewSlice};
-use crate::series::{self, Series};
 
 /// Errors of one series.
 #[derive(Debug, thiserror::Error)]

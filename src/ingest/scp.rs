@@ -50,6 +50,7 @@ use crate::dicom::guard::{self, Limits};
 use crate::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
 use crate::events;
 use crate::metrics::{Beat, Metrics};
+use crate::series::Arrival;
 use crate::spool::{Incoming, Spool, SpoolError};
 
 /// Verification SOP class.
@@ -207,18 +208,6 @@ fn socket_pair() -> std::io::Result<(TcpStream, tokio::net::UnixStream)> {
         TcpStream::from_std(ours)?,
         tokio::net::UnixStream::from_std(relay)?,
     ))
-}
-
-/// An instance durably spooled, handed to the series stage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Arrival {
-    pub study_uid: String,
-    pub series_uid: String,
-    pub sop_instance_uid: String,
-    pub calling_ae: String,
-    pub called_ae: String,
-    /// Instances the headers say the series will have, when they say it.
-    pub expected: Option<usize>,
 }
 
 /// Checks the called AE title and the allow-list (calling AE title @ source address), and over TLS
@@ -897,7 +886,7 @@ impl Scp {
         crate::audit::instance_stored(bytes);
         self.metrics
             .last_instance_received_timestamp_seconds
-            .set(crate::metrics::now_seconds());
+            .set(crate::util::clock::now_seconds());
         let arrival = Arrival {
             study_uid,
             series_uid,

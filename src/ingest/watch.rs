@@ -31,10 +31,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::scp::Arrival;
 use crate::dicom::header::header_from_object;
 use crate::dicom::SliceHeader;
 use crate::metrics::{Beat, Metrics};
+use crate::series::Arrival;
 use crate::spool::{InstanceKey, Spool};
 
 /// A file that stays unparseable for this many times `stable_seconds` is quarantined.
@@ -132,7 +132,7 @@ pub fn quarantine_file(quarantine: &Path, file: &Path, reason: &str) -> std::io:
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "file".into());
-    let stamp = crate::outbox::now_ms();
+    let stamp = crate::util::clock::now_ms();
     let target = quarantine.join(format!("{stamp}-{name}"));
     let mut note = String::new();
     if fs::rename(file, &target).is_err() {
@@ -458,7 +458,7 @@ impl Scanner {
                 self.metrics.instances_received.inc();
                 self.metrics
                     .last_instance_received_timestamp_seconds
-                    .set(crate::metrics::now_seconds());
+                    .set(crate::util::clock::now_seconds());
                 Some(Arrival {
                     study_uid: key.study_uid,
                     series_uid: key.series_uid,

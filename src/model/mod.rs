@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::config::Settings;
 use crate::dicom::slab::Slab;
-use crate::metrics::Beat;
+use crate::util::heartbeat::Beat;
 pub use manifest::{Manifest, ModelDir};
 pub use tiling::AxisTile;
 

@@ -80,6 +80,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::harmonize::derive::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::util::clock::now_ms;
+use crate::util::fs::sync_dir;
 
 /// Errors storing or scanning instances.
 #[derive(Debug, thiserror::Error)]
@@ -408,15 +410,6 @@ impl DirSync {
         }
         result
     }
-}
-
-/// fsyncs a folder so that a rename inside it is durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-fn now_ms() -> u64 {
-    crate::outbox::now_ms()
 }
 
 /// `.dcm` files directly in `dir` (none when it does not exist).

@@ -4,9 +4,9 @@
 
 use ct_harmonizer::dicom::files::{scan, IngestError};
 use ct_harmonizer::dicom::geometry::{sort_and_check, GeometryLimits};
+use ct_harmonizer::dicom::series;
 use ct_harmonizer::dicom::{SlabReader, VolumeError};
 use ct_harmonizer::samples::{self, Rng, SampleError};
-use ct_harmonizer::series;
 use std::path::{Path, PathBuf};
 
 use crate::nifti::{self, NiftiError};
