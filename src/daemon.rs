@@ -40,6 +40,8 @@ pub enum DaemonError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Forward(#[from] crate::forward::ForwardError),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,

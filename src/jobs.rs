@@ -38,7 +38,7 @@ pub enum JobsError {
     #[error("cannot remove {path}: {reason}")]
     Remove { path: PathBuf, reason: String },
     #[error(transparent)]
-    Outbox(#[from] crate::forward::ForwardError),
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// Where a job is.

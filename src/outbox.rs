@@ -13,7 +13,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::forward::ForwardError;
 use crate::util::fs::sync_dir;
 
 /// One series to one destination.
@@ -46,8 +45,7 @@ pub struct Job {
 impl Job {
     /// The id of the job for (series, kind, destination).
     pub fn make_id(source_series_uid: &str, kind: &str, destination: &str) -> String {
-        let uid =
-            crate::harmonize::derive::derived_uid(&["job", source_series_uid, kind, destination]);
+        let uid = crate::dicom::write::derived_uid(&["job", source_series_uid, kind, destination]);
         format!("{destination}-{kind}-{}", &uid[5..25])
     }
 }
@@ -76,8 +74,16 @@ fn file_id(meta: &fs::Metadata) -> FileId {
     (meta.ino(), meta.len(), meta.modified().ok())
 }
 
-fn err(path: &Path, reason: impl ToString) -> ForwardError {
-    ForwardError::Outbox {
+/// Errors reading or writing the outbox's job files (the forward stage reports them as
+/// `forward::ForwardError::Outbox`, with the same message).
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+fn err(path: &Path, reason: impl ToString) -> OutboxError {
+    OutboxError::Io {
         path: path.to_owned(),
         reason: reason.to_string(),
     }
@@ -92,7 +98,7 @@ fn is_job_id(id: &str) -> bool {
 }
 
 impl Outbox {
-    pub fn open(state_dir: &Path) -> Result<Self, ForwardError> {
+    pub fn open(state_dir: &Path) -> Result<Self, OutboxError> {
         let queue = state_dir.join("outbox");
         let dead = state_dir.join("dead-letter");
         for d in [&queue, &dead] {
@@ -106,7 +112,7 @@ impl Outbox {
         })
     }
 
-    fn write(dir: &Path, job: &Job) -> Result<(), ForwardError> {
+    fn write(dir: &Path, job: &Job) -> Result<(), OutboxError> {
         let path = dir.join(format!("{}.toml", job.id));
         let tmp = dir.join(format!(".{}.tmp", job.id));
         let text = toml::to_string(job).map_err(|e| err(&path, e))?;
@@ -119,12 +125,12 @@ impl Outbox {
     }
 
     /// Durably queues (or updates) a job.
-    pub fn put(&self, job: &Job) -> Result<(), ForwardError> {
+    pub fn put(&self, job: &Job) -> Result<(), OutboxError> {
         Self::write(&self.queue, job)
     }
 
     /// The jobs of `dir`, parsing only files that are new or changed since the last listing.
-    fn read_dir(dir: &Path, index: &Mutex<Index>) -> Result<Vec<Job>, ForwardError> {
+    fn read_dir(dir: &Path, index: &Mutex<Index>) -> Result<Vec<Job>, OutboxError> {
         let mut index = index.lock().map_err(|_| err(dir, "job index poisoned"))?;
         let mut seen = HashSet::new();
         for e in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
@@ -162,17 +168,17 @@ impl Outbox {
     }
 
     /// Every queued job.
-    pub fn queued(&self) -> Result<Vec<Job>, ForwardError> {
+    pub fn queued(&self) -> Result<Vec<Job>, OutboxError> {
         Self::read_dir(&self.queue, &self.queue_index)
     }
 
     /// Every dead-lettered job.
-    pub fn dead(&self) -> Result<Vec<Job>, ForwardError> {
+    pub fn dead(&self) -> Result<Vec<Job>, OutboxError> {
         Self::read_dir(&self.dead, &self.dead_index)
     }
 
     /// One queued job as it is on disk now (`None` once delivered or dead-lettered).
-    pub fn get(&self, id: &str) -> Result<Option<Job>, ForwardError> {
+    pub fn get(&self, id: &str) -> Result<Option<Job>, OutboxError> {
         if !is_job_id(id) {
             return Err(err(&self.queue, format!("{id:?} is not a job id")));
         }
@@ -185,7 +191,7 @@ impl Outbox {
     }
 
     /// Removes a delivered job.
-    pub fn done(&self, job: &Job) -> Result<(), ForwardError> {
+    pub fn done(&self, job: &Job) -> Result<(), OutboxError> {
         let p = self.queue.join(format!("{}.toml", job.id));
         match fs::remove_file(&p) {
             Ok(()) => sync_dir(&self.queue).map_err(|e| err(&self.queue, e)),
@@ -195,7 +201,7 @@ impl Outbox {
     }
 
     /// Moves a job to the dead-letter folder with its reason (also written as `<id>.reason.txt`).
-    pub fn bury(&self, job: &Job) -> Result<(), ForwardError> {
+    pub fn bury(&self, job: &Job) -> Result<(), OutboxError> {
         // The reason first: once the job file is there, its reason is too.
         let reason = self.dead.join(format!("{}.reason.txt", job.id));
         fs::write(&reason, format!("{}\n", job.last_error)).map_err(|e| err(&reason, e))?;
@@ -204,7 +210,7 @@ impl Outbox {
     }
 
     /// Requeues a dead-lettered job with its attempts reset.
-    pub fn retry(&self, id: &str) -> Result<Job, ForwardError> {
+    pub fn retry(&self, id: &str) -> Result<Job, OutboxError> {
         if !is_job_id(id) {
             return Err(err(&self.dead, format!("{id:?} is not a job id")));
         }
@@ -221,7 +227,7 @@ impl Outbox {
     }
 
     /// True when a queued or dead job still needs files of `spool_dir`.
-    pub fn needs(&self, spool_dir: &Path) -> Result<bool, ForwardError> {
+    pub fn needs(&self, spool_dir: &Path) -> Result<bool, OutboxError> {
         Ok(self
             .queued()?
             .iter()

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
-use crate::harmonize::derive::{self, derived_uid, ds, put_pixels_hu, write_part10, DeriveError};
+use crate::dicom::write::{derived_uid, ds, put_pixels_hu, write_part10, DeriveError};
 
 /// Where Debian's `invesalius-examples` puts the head CT.
 pub const CRANIUM_INV3: &str = "/usr/share/doc/invesalius-examples/examples/Cranium.inv3";
@@ -638,9 +638,6 @@ pub fn enhanced_dataset(spec: &SeriesSpec, frames: &[usize], hu: &[Vec<f32>]) ->
     ));
     o
 }
-
-/// Re-exported so fixtures can build non-standard objects.
-pub use derive::code_item;
 
 #[cfg(test)]
 mod tests {

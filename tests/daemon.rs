@@ -12,7 +12,7 @@ use common::daemon::*;
 use common::*;
 use ct_harmonizer::dicom::dimse;
 use ct_harmonizer::dicom::header::CT_IMAGE_STORAGE;
-use ct_harmonizer::harmonize::derive::write_part10;
+use ct_harmonizer::dicom::write::write_part10;
 use ct_harmonizer::samples::{Rng, SeriesSpec};
 use dicom_dictionary_std::tags;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

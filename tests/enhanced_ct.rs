@@ -10,7 +10,7 @@ mod common;
 use common::daemon::*;
 use common::*;
 use ct_harmonizer::dicom::header::{CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
-use ct_harmonizer::harmonize::derive::write_part10;
+use ct_harmonizer::dicom::write::write_part10;
 use ct_harmonizer::samples::{enhanced_dataset, phantom_slice, SeriesSpec};
 use dicom_dictionary_std::tags;
 use std::path::{Path, PathBuf};

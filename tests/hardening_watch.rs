@@ -497,7 +497,7 @@ fn hostile_file(path: &Path, sop: &str, tail: &[u8]) {
         put_ui(&mut o, t, v);
     }
     let tmp = path.with_extension("tmp");
-    ct_harmonizer::harmonize::derive::write_part10(o, &tmp).unwrap();
+    ct_harmonizer::dicom::write::write_part10(o, &tmp).unwrap();
     let mut bytes = std::fs::read(&tmp).unwrap();
     std::fs::remove_file(&tmp).unwrap();
     bytes.extend_from_slice(tail);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ct_harmonizer::harmonize::derive::write_part10;
+use ct_harmonizer::dicom::write::write_part10;
 use ct_harmonizer::samples::{write_inv3_series, SeriesSpec, CRANIUM_INV3};
 use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, VR};

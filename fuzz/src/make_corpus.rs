@@ -100,7 +100,7 @@ fn main() -> Res<()> {
     // Part 10 files as the watched folder and the spool hold them.
     let tmp = tempfile::tempdir()?;
     let file = tmp.path().join("slice.dcm");
-    ct_harmonizer::harmonize::derive::write_part10(obj, &file)?;
+    ct_harmonizer::dicom::write::write_part10(obj, &file)?;
     put("guard_file", "phantom_slice", &std::fs::read(&file)?)?;
     Ok(())
 }

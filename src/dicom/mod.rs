@@ -9,6 +9,7 @@ pub mod guard;
 pub mod header;
 pub mod series;
 pub mod slab;
+pub mod write;
 
 pub use geometry::Geometry;
 pub use header::SliceHeader;

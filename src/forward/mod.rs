@@ -45,3 +45,13 @@ pub enum ForwardError {
     #[error("outbox {path}: {reason}")]
     Outbox { path: PathBuf, reason: String },
 }
+
+impl From<crate::outbox::OutboxError> for ForwardError {
+    fn from(e: crate::outbox::OutboxError) -> Self {
+        match e {
+            crate::outbox::OutboxError::Io { path, reason } => {
+                ForwardError::Outbox { path, reason }
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! them into output slabs, the writer derives and writes the DICOM instances.
 
 pub mod derive;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;

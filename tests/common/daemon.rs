@@ -5,7 +5,7 @@
 use super::*;
 use ct_harmonizer::dicom::dimse;
 use ct_harmonizer::dicom::header::CT_IMAGE_STORAGE;
-use ct_harmonizer::harmonize::derive::write_part10;
+use ct_harmonizer::dicom::write::write_part10;
 use ct_harmonizer::samples::{phantom_slice, write_phantom_series, SeriesSpec};
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
