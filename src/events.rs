@@ -119,6 +119,7 @@ pub fn association_rejected(calling_ae: &str, called_ae: &str, peer: &str, reaso
         event = "association_rejected",
         calling_ae, called_ae, peer, reason, "association rejected"
     );
+    #[cfg(feature = "daemon")]
     crate::audit::rejected(reason);
 }
 

@@ -33,26 +33,43 @@
 //! (input/output/difference PNG) and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
 //! demo, tests and benchmarks).
 
+#[cfg(feature = "daemon")]
 pub mod audit;
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod dicom;
 pub mod events;
+#[cfg(feature = "daemon")]
 pub mod forward;
 pub mod harmonize;
+#[cfg(feature = "daemon")]
 pub mod http;
+#[cfg(feature = "daemon")]
 pub mod ingest;
+#[cfg(feature = "daemon")]
 pub mod jobs;
+#[cfg(feature = "daemon")]
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "daemon")]
 pub mod outbox;
+#[cfg(feature = "daemon")]
 pub mod pipeline;
 pub mod preview;
+pub mod process;
+#[cfg(feature = "daemon")]
 pub mod route;
+#[cfg(feature = "testkit")]
 pub mod samples;
+#[cfg(feature = "daemon")]
 pub mod series;
+#[cfg(feature = "daemon")]
 pub mod spool;
+#[cfg(feature = "daemon")]
 pub mod status;
+#[cfg(feature = "daemon")]
 pub mod systemd;
+#[cfg(feature = "daemon")]
 pub mod tls;
 pub mod util;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ct_harmonizer::config::Settings;
-use ct_harmonizer::harmonize::{self as process, ProcessOptions};
+use ct_harmonizer::process::{self, ProcessOptions};
 
 #[derive(Parser)]
 #[command(

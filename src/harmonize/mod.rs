@@ -1,9 +1,15 @@
-//! The one-shot path (`ct-harmonizer process`): the same stages the daemon runs, driven over files.
+//! The one harmonize core: a complete series and a model give a derived series. Both the one-shot
+//! `process` command ([`crate::process`]) and the daemon's processing stage (`pipeline`) call
+//! [`process_series`]; nothing else runs volume → translate → derive.
 //!
-//! Per series, three workers pass owned slabs one way over bounded channels, so reading, inference
-//! and writing overlap and memory stays bounded by `translate.slabs_in_flight` whatever the length of
-//! the series: the reader decodes z-slabs, the inference worker (which owns the ONNX session) turns
-//! them into output slabs, the writer derives and writes the DICOM instances.
+//! Per series, three workers pass owned slabs one way over bounded channels (`std::sync::mpsc`), so
+//! reading, inference and writing overlap and memory stays bounded by `translate.slabs_in_flight`
+//! whatever the length of the series: the reader decodes z-slabs ([`crate::dicom::slab`]), the
+//! inference worker (which owns the ONNX session, [`crate::model`]) turns them into output slabs,
+//! the writer derives and writes the DICOM instances ([`derive`], [`template`]).
+//!
+//! Layering rule (see `scripts/layers.sh`): a module imports only from layers below it. This folder
+//! uses `config`, `events`, `preview`, `dicom` and `model`; it knows nothing of the daemon.
 
 pub mod derive;
 pub mod template;
@@ -13,10 +19,10 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use crate::config::Settings;
-use crate::dicom::files::{self, IngestError};
+use crate::dicom::files::IngestError;
 use crate::dicom::geometry::{sort_and_check, GeometryLimits};
 use crate::dicom::header::{self, CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE};
-use crate::dicom::series::{self, Series};
+use crate::dicom::series::Series;
 use crate::dicom::slab::Slab;
 use crate::dicom::{decode, SlabReader, VolumeError};
 use crate::events;
@@ -72,16 +78,6 @@ pub enum ProcessError {
     Ingest(#[from] IngestError),
 }
 
-/// What `process` should do.
-#[derive(Debug, Clone)]
-pub struct ProcessOptions {
-    pub inputs: Vec<PathBuf>,
-    pub out: PathBuf,
-    pub model: Option<String>,
-    /// Write an input | output | difference PNG of the first published series here.
-    pub preview: Option<PathBuf>,
-}
-
 /// One published series.
 #[derive(Debug, Clone)]
 pub struct Published {
@@ -90,27 +86,6 @@ pub struct Published {
     pub dir: PathBuf,
     pub slices: usize,
     pub seconds: f64,
-}
-
-/// Outcome of a run.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub published: Vec<Published>,
-    pub failed: Vec<(String, SeriesError)>,
-    pub rejected_files: Vec<VolumeError>,
-    pub skipped_files: Vec<(PathBuf, String)>,
-    pub preview: Option<PathBuf>,
-    /// Summed `Session::run` wall time and number of runs.
-    pub inference_seconds: f64,
-    pub inference_runs: u64,
-    pub device: &'static str,
-}
-
-impl Report {
-    /// True when every input file and every series went through.
-    pub fn all_ok(&self) -> bool {
-        self.failed.is_empty() && self.rejected_files.is_empty()
-    }
 }
 
 /// Opens the named model (default from config) and loads it in ONNX Runtime.
@@ -129,49 +104,6 @@ pub fn open_translator(
     let m = t.manifest();
     events::model_loaded(&m.name, &m.version, &format!("{:?}", m.kind), t.device());
     Ok(t)
-}
-
-/// Runs the one-shot pipeline.
-pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, ProcessError> {
-    let mut translator = open_translator(settings, opts.model.as_deref())?;
-    let scan = files::scan(&opts.inputs)?;
-    let mut report = Report {
-        rejected_files: scan.rejected,
-        skipped_files: scan.skipped,
-        device: translator.device(),
-        ..Default::default()
-    };
-    for s in series::group(scan.images) {
-        let uid = s.series_uid.clone();
-        let want_preview = opts.preview.is_some() && report.preview.is_none();
-        match process_series(
-            settings,
-            &mut translator,
-            s,
-            &opts.out,
-            want_preview,
-            "",
-            &Control::none(),
-        ) {
-            Ok((p, shots)) => {
-                if let (Some(path), false) = (&opts.preview, shots.is_empty()) {
-                    match preview::write_png(path, &shots) {
-                        Ok(()) => report.preview = Some(path.clone()),
-                        Err(e) => tracing::warn!(event = "preview_failed", reason = %e),
-                    }
-                }
-                report.published.push(p);
-            }
-            Err(e) => {
-                events::series_failed(&uid, &e.to_string());
-                report.failed.push((uid, e));
-            }
-        }
-    }
-    let (secs, runs) = translator.run_stats();
-    report.inference_seconds = secs;
-    report.inference_runs = runs;
-    Ok(report)
 }
 
 /// Series expansion: every Enhanced CT (multi-frame) instance of the series becomes one slice header
