@@ -1,37 +1,59 @@
 //! ct-harmonizer: standardises the reconstruction kernel and resolution of CT series with ONNX
 //! translator networks and writes the result as a new, derived DICOM series.
 //!
-//! # Pipeline map
+//! # Layers
 //!
-//! Data flows one way; each stage is one module that owns its state and hands owned, typed messages
-//! to the next over a bounded channel (see `../shared/DESIGN.md` §2).
+//! Modules are stacked in layers; a module imports only from layers below it (the rule is written
+//! at the top of each folder's `mod.rs`, the table is in `scripts/layers.sh`, which `scripts/test.sh`
+//! runs). Lowest first:
 //!
 //! ```text
-//! ingest      C-STORE SCP (ingest::scp, DICOM TLS in tls), watched folder (ingest::watch),
-//!             files and folders for `process` (ingest::files); every untrusted data set or file
-//!             passes the bounded pre-parser (ingest::guard) before dicom-rs reads it
-//!                                                                        -> Arrival / SliceHeader
-//!   -> spool      durable instance store, fsync before the C-STORE success (spool)
-//!   -> series     group by (StudyUID, SeriesUID); complete on quiet time (series) -> ReadySeries
-//!   -> route      rules on tags and AE titles -> a plan (route)
-//!   -> volume     sort along the slice normal, check geometry (volume::geometry),
-//!                 decode to HU slab by slab (volume::slab, volume::decode)  -> Slab
-//!   -> translate  ONNX Runtime session, tiles with valid-core stitching (translate) -> OutSlab
-//!   -> derive     derived DICOM instances, deterministic UIDs, atomic publish (derive)
-//!   -> outbox     one durable job per (series, destination) (forward::outbox)  -> Job
-//!   -> forward    C-STORE SCU or folder, back-off, dead letter (forward::scu, forward::worker)
-//!   -> done       spool cleaned once every destination acknowledged
+//! util preview audit      clock, folder fsync, DN parsing, heartbeat cell; preview PNG; audit records
+//! config events           settings; named log events
+//! dicom/                  headers, pre-parser (guard), files -> headers -> series, geometry, slabs
+//!                         of HU, writer toolkit (UIDs, Part 10), DIMSE codec
+//! model/  samples         manifest, ONNX Runtime, tiling, Translator; test/demo fixtures (testkit)
+//! harmonize/              THE core: a complete series + a model -> a derived series (derive, template)
+//! ---- feature "daemon" from here on ----
+//! spool/  outbox          durable instance store; durable job queue
+//! metrics tls             counters and stage heartbeats; DICOM TLS
+//! series  route           completion on quiet time (Arrival, ReadySeries); routing rules -> plan
+//! ingest/ forward/        C-STORE SCP and watched folder; C-STORE SCU / folder delivery
+//! pipeline jobs           processing stage; operator's `jobs` command
+//! status http systemd     operator's `status`; /healthz, /metrics; notify and watchdog
+//! daemon process          `serve`; `process` (the one-shot command, no daemon needed)
 //! ```
 //!
-//! `process` drives volume → translate → derive for the one-shot command; `pipeline` drives route →
-//! derive → outbox for the daemon on its own thread (it owns the ONNX sessions); `daemon` wires the
-//! stages, recovers unfinished work at start-up and handles signals. Around them: `config` (settings),
-//! `events` (named log events), `audit` (the audit trail: one record per association, series and
-//! delivery), `metrics` (Prometheus counters and stage heartbeats), `http`
-//! (`/healthz`, `/metrics`), `systemd` (notify and watchdog), `status` and `jobs` (the operator's
-//! `status` and `jobs` commands, reading the running daemon and its state folder), `preview`
-//! (input/output/difference PNG) and `samples` (the real head CT of Debian's `invesalius-examples` and synthetic phantoms, for the
-//! demo, tests and benchmarks).
+//! # What one instance goes through in the daemon
+//!
+//! ```text
+//! ingest::scp / ingest::watch   every untrusted data set or file passes dicom::guard before
+//!                               dicom-rs reads it; the instance is written to the spool and
+//!                               fsynced before the C-STORE success (plain calls)
+//!   --Arrival, tokio mpsc (256)-->      series::Tracker (async task): completes a series on quiet
+//!                                       time or expected count, hands its files over to a version
+//!                                       folder of the spool
+//!   --ReadySeries, tokio mpsc (16)-->   pipeline::Processor (its own thread: it owns the ONNX
+//!                                       sessions): re-reads the version's headers (dicom::files),
+//!                                       route::route picks the rule and plan (plain calls), then
+//!                                       per model harmonize::process_series (plain call; inside, a
+//!                                       reader, the inference and a writer thread over bounded
+//!                                       std channels of `translate.slabs_in_flight` slabs); chained
+//!                                       models read the previous model's output back from disk
+//!   --one job file per (series, destination) in the outbox (durable), then a wake (mpsc, 16)-->
+//!                                       forward::worker::Forwarder: one lane per destination,
+//!                                       C-STORE SCU or folder copy, back-off, dead letter
+//!   --> the spool version is deleted once every destination acknowledged
+//! ```
+//!
+//! `process` reads files and folders (dicom::files), groups them (dicom::series) and calls the same
+//! harmonize::process_series per series. Around the stages: `config` (settings), `events` (named
+//! log events), `audit` (one record per association, series and delivery), `metrics` (Prometheus
+//! counters and stage heartbeats), `http` (`/healthz`, `/metrics`), `systemd` (notify and
+//! watchdog), `status` and `jobs` (the operator's commands, reading the running daemon and its state
+//! folder), `preview` (input/output/difference PNG) and `samples` (feature "testkit": the real head
+//! CT of Debian's `invesalius-examples` and synthetic phantoms, for the demo, tests, benchmarks and
+//! training).
 
 #[cfg(feature = "daemon")]
 pub mod audit;

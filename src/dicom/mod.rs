@@ -1,5 +1,14 @@
-//! Volume stage: from a series' slice headers to a validated geometry, and pixel data to HU slab by
-//! slab (so memory does not grow with the number of slices). Shared with the training program.
+//! DICOM layer: everything that reads or writes DICOM, with no notion of models or of the daemon.
+//! Headers ([`header`]) read through the bounded pre-parser ([`guard`]); files and folders to headers
+//! ([`files`]) and headers to series ([`series`]); from a series' slice headers to a validated
+//! geometry ([`geometry`]), and pixel data to HU slab by slab ([`slab`], [`decode`]: memory does not
+//! grow with the number of slices); the writer toolkit ([`write`]: UIDs, Part 10 files written
+//! atomically); the DIMSE command codec ([`dimse`]) shared by the SCP and the SCU. Shared with the
+//! training program.
+//!
+//! Layering rule (checked by `scripts/layers.sh`): a module imports only from layers below it.
+//! This folder uses only `util`, `config` and `events` (and its files do not import each other in a
+//! circle).
 
 pub mod decode;
 pub mod dimse;

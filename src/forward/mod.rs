@@ -1,6 +1,11 @@
 //! Forward stage: a durable outbox of jobs (one per series and destination), sent by C-STORE SCU or
 //! copied to a folder, retried with exponential back-off, dead-lettered after the configured number
 //! of attempts. Spool and derived files are deleted only when no job (queued or dead) still needs them.
+//! The jobs themselves live in [`crate::outbox`] (a lower layer: the processing stage writes them,
+//! metrics and `jobs` read them).
+//!
+//! Layering rule (checked by `scripts/layers.sh`): a module imports only from layers below it.
+//! Forward uses the outbox, the spool, metrics, tls, audit and the DICOM layer (DIMSE codec).
 
 pub mod scu;
 pub mod worker;

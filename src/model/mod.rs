@@ -1,4 +1,7 @@
-//! Translate stage: runs a model's ONNX graph over a volume, slab by slab, tile by tile.
+//! Model layer (translate): runs a model's ONNX graph over a volume, slab by slab, tile by tile.
+//!
+//! Layering rule (checked by `scripts/layers.sh`): a module imports only from layers below it.
+//! This folder uses `util`, `config`, `events` and `dicom` (slabs); never the daemon.
 //!
 //! The model's manifest ([`manifest`]) fixes tensor names, tile size, valid margin, intensity window
 //! and per-axis scale. Tiles overlap by the valid margin and only their cores are kept ([`tiling`]),
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{RuntimeSettings, Settings};
 use crate::dicom::slab::Slab;
 use crate::util::heartbeat::Beat;
 pub use manifest::{Manifest, ModelDir};
@@ -106,12 +109,23 @@ pub struct Translator {
 }
 
 impl Translator {
-    /// Loads the model's ONNX file (whose hash [`ModelDir::open`] checked) on the configured device.
+    /// Loads the model's ONNX file (whose hash [`ModelDir::open`] checked) on the configured device,
+    /// with the configured tile size (`runtime` and `translate.tile` of `settings`).
     pub fn open(model: ModelDir, settings: &Settings) -> Result<Self, TranslateError> {
-        let (session, device) = runtime::open_session(&model.onnx_path, &settings.runtime)?;
+        Self::with_runtime(model, &settings.runtime, settings.translate.tile)
+    }
+
+    /// As [`Translator::open`], taking only the runtime settings and the tile size (z, y, x; 0 keeps
+    /// the manifest's patch size on that axis).
+    pub fn with_runtime(
+        model: ModelDir,
+        runtime_settings: &RuntimeSettings,
+        tile_setting: [usize; 3],
+    ) -> Result<Self, TranslateError> {
+        let (session, device) = runtime::open_session(&model.onnx_path, runtime_settings)?;
         let m = &model.manifest;
         let mut tile = m.tensors.patch;
-        for (axis, &t) in settings.translate.tile.iter().enumerate() {
+        for (axis, &t) in tile_setting.iter().enumerate() {
             if t != 0 {
                 if !m.tensors.dynamic_spatial {
                     return Err(TranslateError::Tiling {

@@ -2,6 +2,12 @@
 //! every destination has acknowledged what was made of it. UIDs are validated before they become
 //! path names, so a crafted UID cannot escape the spool.
 //!
+//! Layering rule (checked by `scripts/layers.sh`): a module imports only from layers below it.
+//! The spool sits just above the harmonize core and beside the outbox; it uses `util`, `config` and
+//! `dicom::write` (file meta). One file because it is one cohesive thing: the on-disk layout, its
+//! durability protocol and the recovery that reads it back (split, the fsync ordering argument would
+//! be spread over files).
+//!
 //! # Layout
 //!
 //! ```text
