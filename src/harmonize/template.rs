@@ -391,6 +391,7 @@ pub fn series_description(source: &str, suffix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::write::{code_item, put};
 
     #[test]
     fn description_keeps_suffix_within_64() {
