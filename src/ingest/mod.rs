@@ -6,5 +6,6 @@
 //! Ingest uses the series stage's types (`Arrival`, `Recent`), the spool, metrics, tls, audit and the
 //! DICOM layer; nothing above (pipeline, daemon) and not the forward stage.
 
+pub mod accept;
 pub mod scp;
 pub mod watch;

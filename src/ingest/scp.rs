@@ -30,16 +30,11 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, AssociationRQ, PDataValue, PDataValueType,
-    PresentationContextResultReason, UserIdentity,
-};
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{Pdu, ServerAssociationOptions};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -52,6 +47,11 @@ use crate::events;
 use crate::metrics::{Beat, Metrics};
 use crate::series::Arrival;
 use crate::spool::{Incoming, Spool, SpoolError};
+
+pub use super::accept::MAX_ASSOCIATE_RQ_BYTES;
+use super::accept::{
+    is_resource_exhaustion, peek_associate_rq, reject_transient, socket_pair, Gate, RateLimited,
+};
 
 /// Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
@@ -73,190 +73,9 @@ pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
 
 /// Largest command set buffered (a real one is under 200 bytes).
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
-/// Largest A-ASSOCIATE-RQ accepted (a request proposing 128 contexts is under 40 KiB).
-pub const MAX_ASSOCIATE_RQ_BYTES: u32 = 64 * 1024;
-
-/// One log line per `every` for a repeated condition, with the count of lines left out.
-struct RateLimited {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    fn new(every: Duration) -> Self {
-        RateLimited {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(lines suppressed since the last one)` when a line may be written now.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
-/// Accept errors that mean "out of descriptors or memory": wait before accepting again.
-fn is_resource_exhaustion(e: &std::io::Error) -> bool {
-    use rustix::io::Errno;
-    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
-        .iter()
-        .any(|x| e.raw_os_error() == Some(x.raw_os_error()))
-}
-
-/// Waits until `socket` holds a complete PDU (peeked: nothing is consumed) and parses it as an
-/// A-ASSOCIATE-RQ. Returns the request and its size on the wire.
-async fn peek_associate_rq(
-    socket: &TcpStream,
-    max_pdu_length: u32,
-) -> Result<(AssociationRQ, usize), String> {
-    let pause = Duration::from_millis(20);
-    let mut head = [0u8; 6];
-    loop {
-        let n = socket
-            .peek(&mut head)
-            .await
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before an A-ASSOCIATE-RQ".into());
-        }
-        if n == head.len() {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    if head[0] != 0x01 {
-        return Err(format!(
-            "first PDU is of type 0x{:02X}, not A-ASSOCIATE-RQ",
-            head[0]
-        ));
-    }
-    let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]);
-    if len > MAX_ASSOCIATE_RQ_BYTES {
-        return Err(format!(
-            "A-ASSOCIATE-RQ of {len} bytes exceeds {MAX_ASSOCIATE_RQ_BYTES}"
-        ));
-    }
-    let total = 6 + len as usize;
-    let mut buf = vec![0u8; total];
-    loop {
-        let n = socket
-            .peek(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if n == 0 {
-            return Err("connection closed inside the A-ASSOCIATE-RQ".into());
-        }
-        if n == total {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    match dicom_ul::pdu::read_pdu(&buf[..], max_pdu_length.max(MAX_ASSOCIATE_RQ_BYTES), true) {
-        Ok(Some(Pdu::AssociationRQ(rq))) => Ok((rq, total)),
-        Ok(_) => Err("malformed A-ASSOCIATE-RQ".into()),
-        Err(e) => Err(format!("malformed A-ASSOCIATE-RQ: {e}")),
-    }
-}
-
-/// Consumes the peeked request and answers A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded.
-async fn reject_transient(mut socket: TcpStream, rq_len: usize) {
-    let pdu = Pdu::AssociationRJ(AssociationRJ {
-        result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-        ),
-    });
-    let mut out = Vec::new();
-    if dicom_ul::pdu::write_pdu(&mut out, &pdu).is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut rq = vec![0u8; rq_len];
-        socket.read_exact(&mut rq).await?;
-        socket.write_all(&out).await?;
-        socket.shutdown().await
-    })
-    .await;
-}
-
 /// The ARTIM time of the current settings, in seconds.
 fn server_artim(scp: &Scp) -> u64 {
     scp.settings.borrow().server.artim_seconds
-}
-
-/// A connected pair of local stream sockets: ours as a `TcpStream` (what dicom-ul's association
-/// takes; only read, write and peek are used on it) and the relay's end.
-fn socket_pair() -> std::io::Result<(TcpStream, tokio::net::UnixStream)> {
-    let (ours, relay) = std::os::unix::net::UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    relay.set_nonblocking(true)?;
-    let ours = std::net::TcpStream::from(std::os::fd::OwnedFd::from(ours));
-    Ok((
-        TcpStream::from_std(ours)?,
-        tokio::net::UnixStream::from_std(relay)?,
-    ))
-}
-
-/// Checks the called AE title and the allow-list (calling AE title @ source address), and over TLS
-/// the client certificate's subject.
-struct Gate {
-    ae_title: String,
-    allowed: Vec<String>,
-    peer: IpAddr,
-    /// Over TLS: the client certificate's subject (None: no certificate).
-    tls: Option<Option<String>>,
-    allowed_subjects: Vec<String>,
-}
-
-impl Gate {
-    fn subject_allowed(&self) -> bool {
-        match &self.tls {
-            None => true,
-            Some(_) if self.allowed_subjects.is_empty() => true,
-            Some(None) => false,
-            Some(Some(subject)) => crate::tls::subject_allowed(subject, &self.allowed_subjects),
-        }
-    }
-
-    fn caller_allowed(&self, calling: &str) -> bool {
-        self.allowed.is_empty()
-            || self.allowed.iter().any(|entry| {
-                let (ae, host) = entry.split_once('@').unwrap_or((entry.as_str(), "*"));
-                ae.trim() == calling.trim()
-                    && (host == "*" || host.parse::<IpAddr>().is_ok_and(|h| h == self.peer))
-            })
-    }
-}
-
-impl AccessControl for Gate {
-    fn check_access(
-        &self,
-        _this: &str,
-        calling: &str,
-        called: &str,
-        _user: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        if called.trim() != self.ae_title.trim() {
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        if !self.caller_allowed(calling) || !self.subject_allowed() {
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
-        Ok(())
-    }
 }
 
 /// The SCP stage.

@@ -97,7 +97,9 @@ impl DirSync {
         self.create.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn lock_state(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, DirSlot>> {
+    pub(super) fn lock_state(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, DirSlot>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
