@@ -1,5 +1,8 @@
 //! Settings: the documented defaults in `config/ct-harmonizer.toml` (compiled in), overridden by a site
 //! file and by `CT_HARMONIZER__SECTION__KEY` environment variables. Unknown keys are errors.
+//!
+//! One file above ~600 lines because it is one cohesive thing: the settings schema, its defaults
+//! and the validation across sections (its tests are a quarter of it).
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! Sample CT series for the demo, the tests and the benchmarks, written with the project's own DICOM
 //! writer: the real head CT shipped in Debian's `invesalius-examples` (an InVesalius project, a tar.gz
 //! with `main.plist` and a raw int16 `matrix.dat`), and deterministic synthetic chest-like phantoms.
+//!
+//! Feature `testkit` (not in the daemon's production surface unless the binary's `sample` command
+//! is built). One file because it is one cohesive thing: the fixtures all tests share.
 
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};

@@ -15,6 +15,9 @@
 //! | 3    | UNKNOWN  | daemon not running (nothing answers at `http.listen`), `/metrics` unparseable, state folder unreadable, configuration unreadable |
 //!
 //! The first output line is the plugin summary (`OK: ...`, `WARNING: ...`); details follow.
+//!
+//! One file above ~600 lines because it is one cohesive thing: one command, reading the daemon and
+//! its state folder into one report and rendering it (text, JSON, Nagios) from that same report.
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

@@ -20,6 +20,10 @@
 //! read with seeks over values). Limits come from `[server]` ([`Limits::from_settings`]); the SCP
 //! installs them process-wide at start ([`install`]) for readers that have no settings at hand
 //! (`volume::header::open_header`), which otherwise use [`Limits::default`].
+//!
+//! One file above ~600 lines because it is one cohesive thing: a single iterative walker and the
+//! limits it enforces (a quarter of the file is its tests); split, the stack and allocation bounds
+//! would no longer be checkable in one read.
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};

@@ -16,6 +16,9 @@
 //! Files go into a hidden `.<uid>.partial` folder, made durable together (syncfs), and the folder is renamed to
 //! `<uid>` only when the whole series is written: a crash never leaves a half-written series that
 //! looks complete.
+//!
+//! Source-header templating (enhanced to classic, sanitizing) is in [`super::template`]; the writer
+//! toolkit (UIDs, Part 10 files) in [`crate::dicom::write`].
 
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;

@@ -25,6 +25,10 @@
 //! relayed through a local socket pair, so that the same ARTIM peek, slot and association code
 //! serves TLS and plain TCP. A client certificate whose subject is not on `allowed_subjects` gets
 //! A-ASSOCIATE-RJ (calling AE title not recognized), logged naming the subject.
+//!
+//! One file above ~600 lines because it is one cohesive thing: the life of an association (TLS,
+//! negotiation, the P-DATA loop, C-STORE into the spool) is one state machine whose steps share its
+//! limits and slots; what comes before an association is in [`super::accept`].
 
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;

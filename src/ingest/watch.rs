@@ -19,6 +19,9 @@
 //! Files with more than one hard link (their content lives elsewhere too) and files larger than
 //! `watch.max_file_mib` are quarantined without being parsed. All file-system work of a scan runs on
 //! the blocking pool (`spawn_blocking`), never on the async runtime's workers.
+//!
+//! One file above ~600 lines because it is one cohesive thing: the watched folder's arrival rule
+//! and its adoption into the spool (its tests are an eighth of it).
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{HashMap, HashSet};
