@@ -425,7 +425,12 @@ impl SeriesWriter {
     fn log_repairs(&mut self, source_series_uid: &str, notes: Vec<String>) {
         for note in notes {
             if self.repaired.insert(note.clone()) {
-                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %source_series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
+                crate::events::SourceAttributeRepaired {
+                    source_series_uid,
+                    derived_series_uid: &self.plan.series_uid,
+                    repair: &note,
+                }
+                .emit();
             }
         }
     }

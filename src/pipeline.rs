@@ -135,7 +135,12 @@ impl Processor {
                 }
             };
             if !ready.dir.exists() {
-                tracing::warn!(event = "series_gone", series_uid = %ready.series_uid, version = ready.version, path = %ready.dir.display(), "version folder no longer in the spool; skipped");
+                events::SeriesGone {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    path: &ready.dir,
+                }
+                .emit();
                 continue;
             }
             self.busy.store(true, Ordering::Relaxed);
@@ -149,7 +154,15 @@ impl Processor {
                     settings.series.retry_initial_seconds.max(1),
                     settings.series.retry_max_seconds.max(1),
                 );
-                tracing::error!(event = "series_retry", series_uid = %ready.series_uid, version = ready.version, attempts, wait_ms = wait, errno = %errno, reason = %reason, "series stays in the spool; retried after back-off");
+                events::SeriesRetry {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    attempts,
+                    wait_ms: wait,
+                    errno: &errno,
+                    reason: &reason,
+                }
+                .emit();
                 retries.push(Retry {
                     due: Instant::now() + Duration::from_millis(wait),
                     ready,
@@ -203,9 +216,18 @@ impl Processor {
             // Stopping (work cancelled by SIGTERM, say): not the series' fault. It stays in the
             // spool, unprocessed, for start-up recovery.
             if matches!(e, PipelineError::Cancelled { .. }) {
-                tracing::info!(event = "series_cancelled", series_uid = %ready.series_uid, version = ready.version, "processing cancelled by shutdown; the series stays in the spool for recovery");
+                events::SeriesCancelled {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                }
+                .emit();
             } else {
-                tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+                events::SeriesLeftToRecovery {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    reason: e,
+                }
+                .emit();
             }
             let _ = std::fs::remove_dir_all(self.work_dir(ready));
             return Ok(());
@@ -224,15 +246,16 @@ impl Processor {
                 Err((reason, errno))
             }
             Err(e) => {
-                events::series_failed(&ready.series_uid, &e.to_string());
+                events::SeriesFailed {
+                    series_uid: &ready.series_uid,
+                    reason: &e.to_string(),
+                }
+                .emit();
                 audit.outcome = "failed";
                 audit.derived_series_uid.clear();
                 audit.reason = e.to_string();
                 audit.emit();
                 let quarantined = self.quarantine(settings, ready, &e.to_string());
-                if quarantined.is_ok() {
-                    self.metrics.series_failed.inc();
-                }
                 quarantined.map_err(|qe| {
                     let errno = qe.io_error().map(errno_label).unwrap_or_default();
                     (format!("quarantine failed: {qe}"), errno)
@@ -280,14 +303,24 @@ impl Processor {
         let late = ready.version > 1;
         let reprocess = settings.series.late_instance == crate::config::LateInstance::Reprocess;
         if late && reprocess && ready.previous.is_none() {
-            tracing::warn!(event = "late_instance_original_only", series_uid = %ready.series_uid, version = ready.version, instances = ready.instances, "late instance(s) after the earlier instances of the series were released (series.keep_delivered_seconds): forwarded as originals only, not harmonized");
+            events::LateInstanceOriginalOnly {
+                series_uid: &ready.series_uid,
+                version: ready.version,
+                instances: ready.instances,
+            }
+            .emit();
         }
         let plan = if late && (!reprocess || ready.previous.is_none()) {
             PlanKind::Pass
         } else {
             rule.plan
         };
-        events::series_routed(&ready.series_uid, &rule.name, &format!("{plan:?}"));
+        events::SeriesRouted {
+            series_uid: &ready.series_uid,
+            rule: &rule.name,
+            plan: &format!("{plan:?}"),
+        }
+        .emit();
         audit.rule = rule.name.clone();
         audit.plan = format!("{plan:?}").to_lowercase();
         let work = self.work_dir(ready);
@@ -334,9 +367,13 @@ impl Processor {
                     ) => return Err(e),
                     Err(e) if rule.forward_original && !rule.destinations.is_empty() => {
                         // A reason not to harmonize is no reason to drop what we acknowledged.
-                        self.metrics.series_failed.inc();
                         let _ = std::fs::remove_dir_all(&work);
-                        tracing::warn!(event = "series_not_harmonized", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series not harmonized; its originals are forwarded");
+                        events::SeriesNotHarmonized {
+                            series_uid: &ready.series_uid,
+                            version: ready.version,
+                            reason: &e,
+                        }
+                        .emit(&self.metrics);
                         audit.outcome = "originals_forwarded";
                         audit.derived_series_uid.clear();
                         audit.reason = e.to_string();
@@ -347,7 +384,11 @@ impl Processor {
             }
         }
         if rule.destinations.is_empty() {
-            tracing::warn!(event = "no_destinations", series_uid = %ready.series_uid, rule = %rule.name, "rule has no destinations; nothing is forwarded");
+            events::NoDestinations {
+                series_uid: &ready.series_uid,
+                rule: &rule.name,
+            }
+            .emit();
             self.spool
                 .discard(&ready.dir)
                 .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
@@ -475,11 +516,21 @@ impl Processor {
             .quarantine(&ready.dir, &settings.state.quarantine(), &name, reason)
         {
             Ok(q) => {
-                events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason);
+                events::SeriesQuarantined {
+                    series_uid: &ready.series_uid,
+                    path: &q,
+                    reason,
+                }
+                .emit(&self.metrics);
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series stays in the spool; tried again later");
+                events::SeriesQuarantineFailed {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    reason: &e,
+                }
+                .emit();
                 Err(e)
             }
         }

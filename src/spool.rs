@@ -1001,7 +1001,7 @@ impl Spool {
 
     fn retire(&self, dir: &Path, keep: bool) -> Result<(), SpoolError> {
         let Some((study, series, version)) = self.parse_version_dir(dir) else {
-            tracing::warn!(event = "spool_cleanup_skipped", path = %dir.display(), "not a version folder of the spool; left in place");
+            crate::events::SpoolCleanupSkipped { path: dir }.emit();
             return Ok(());
         };
         {

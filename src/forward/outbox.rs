@@ -158,7 +158,11 @@ impl Outbox {
                 }
                 Err(e) => {
                     index.jobs.remove(&p);
-                    tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e)
+                    crate::events::JobUnreadable {
+                        path: &p,
+                        reason: &e,
+                    }
+                    .emit()
                 }
             }
         }

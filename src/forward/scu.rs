@@ -316,7 +316,13 @@ where
                         comment,
                     });
                 }
-                tracing::warn!(event = "instance_refused", destination = %name, sop_instance = %o.sop_instance, status = format!("0x{status:04X}"), comment = %rsp.error_comment, "destination refused one instance; sending the others");
+                crate::events::InstanceRefused {
+                    destination: &name,
+                    sop_instance: &o.sop_instance,
+                    status,
+                    comment: &rsp.error_comment,
+                }
+                .emit();
                 refused.push(Refusal {
                     sop_instance: o.sop_instance.clone(),
                     status,
