@@ -11,12 +11,18 @@ pub use outbox::{Job, Outbox};
 
 use std::path::PathBuf;
 
+use crate::tls::TlsError;
+
 /// Errors delivering a job. Association failures, refused presentation contexts and non-success
 /// statuses are reported distinctly.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("destination {destination}: association failed: {reason}")]
-    Association { destination: String, reason: String },
+    #[error("destination {destination}: association failed: {source}")]
+    Association {
+        destination: String,
+        #[source]
+        source: AssociationFailure,
+    },
     #[error("destination {destination} refused the presentation context for SOP class {sop_class} in transfer syntax {transfer_syntax}")]
     Refused {
         destination: String,
@@ -38,14 +44,91 @@ pub enum ForwardError {
         /// The refusals as text (SOP Instance UIDs and statuses), for the message.
         list: String,
     },
-    #[error("destination {destination}: {reason}")]
-    Protocol { destination: String, reason: String },
+    #[error("destination {destination}: {source}")]
+    Protocol {
+        destination: String,
+        #[source]
+        source: ProtocolFailure,
+    },
     #[error("destination {destination}: no answer within {seconds} s")]
     Timeout { destination: String, seconds: u64 },
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Dicom {
+        path: PathBuf,
+        #[source]
+        source: dicom_object::ReadError,
+    },
+    #[error("{path}: file shorter than its meta group")]
+    Truncated { path: PathBuf },
+    #[error("{path}: copy task failed: {source}")]
+    CopyTask {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("unknown destination {0:?} (not in the configuration)")]
     UnknownDestination(String),
-    #[error("outbox {path}: {reason}")]
-    Outbox { path: PathBuf, reason: String },
+    #[error("outbox {path}: {source}")]
+    Outbox {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("outbox {path}: {source}")]
+    JobParse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("outbox {path}: {source}")]
+    JobEncode {
+        path: PathBuf,
+        #[source]
+        source: toml::ser::Error,
+    },
+    #[error("outbox {path}: {id:?} is not a job id")]
+    NotAJobId { path: PathBuf, id: String },
+    #[error("outbox {path}: job index poisoned")]
+    IndexPoisoned { path: PathBuf },
+}
+
+/// Why an association with a destination could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum AssociationFailure {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("TLS to {addr} (server name {server_name}): {}", crate::tls::describe_error(.source))]
+    TlsHandshake {
+        addr: String,
+        server_name: String,
+        #[source]
+        source: dicom_ul::association::Error,
+    },
+    #[error(transparent)]
+    Establish(dicom_ul::association::Error),
+}
+
+/// What went wrong on an established association (or around it).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolFailure {
+    #[error("reading the instances to send failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Ul(#[from] dicom_ul::association::Error),
+    #[error(transparent)]
+    Dimse(#[from] dimse::DimseError),
+    #[error("association aborted by peer: {0:?}")]
+    Aborted(dicom_ul::pdu::AbortRQSource),
+    #[error("peer released the association mid-transfer")]
+    Released,
+    #[error("unexpected PDU {0:?}")]
+    UnexpectedPdu(Box<dicom_ul::Pdu>),
 }
