@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::config::DeriveSettings;
 use crate::translate::manifest::{Manifest, Task};
 use crate::translate::OutSlab;
-use crate::volume::{header, Geometry, SliceHeader};
+use crate::volume::{header, Geometry, SliceHeader, VolumeError};
 
 /// This software's version, written into derived series.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -50,8 +50,26 @@ pub enum DeriveError {
     },
     #[error("cannot build DICOM object for {uid}: {reason}")]
     Build { uid: String, reason: String },
-    #[error("source {path}: {reason}")]
-    Source { path: PathBuf, reason: String },
+    #[error("cannot build DICOM object for {uid}: {source}")]
+    Meta {
+        uid: String,
+        #[source]
+        source: dicom_object::meta::Error,
+    },
+    #[error("cannot build DICOM object for {uid}: {source}")]
+    Encode {
+        uid: String,
+        #[source]
+        source: dicom_object::WriteError,
+    },
+    #[error("source {path}: {source}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("source {path}: multi-frame source not read")]
+    SourceNotRead { path: PathBuf },
 }
 
 /// A UID under the 2.25 root (PS3.5 B.2) derived from `parts`: the decimal value of the first 128 bits of
@@ -176,19 +194,20 @@ fn write_file(obj: InMemDicomObject, path: &Path, sync: bool) -> Result<(), Deri
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
-        .map_err(|e| DeriveError::Build {
+        .map_err(|source| DeriveError::Meta {
             uid: sop_instance.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     let file = obj.with_exact_meta(meta);
     let tmp = path.with_extension("tmp");
     // Encoded in memory first (one instance), so that a file system error (ENOSPC...) keeps its
     // errno instead of becoming an encoding error: the daemon retries those.
     let mut bytes = Vec::new();
-    file.write_all(&mut bytes).map_err(|e| DeriveError::Build {
-        uid: sop_instance.clone(),
-        reason: e.to_string(),
-    })?;
+    file.write_all(&mut bytes)
+        .map_err(|source| DeriveError::Encode {
+            uid: sop_instance.clone(),
+            source,
+        })?;
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
     if sync {
@@ -411,9 +430,9 @@ impl SeriesWriter {
             let h = h.clone();
             return self.frame_template(&h, frame);
         }
-        let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+        let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
             path: h.path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let mut obj = obj.into_inner();
         let notes = sanitize(&mut obj);
@@ -444,9 +463,9 @@ impl SeriesWriter {
     ) -> Result<InMemDicomObject, DeriveError> {
         if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
             self.enhanced = None;
-            let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+            let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
                 path: h.path.clone(),
-                reason: e.to_string(),
+                source,
             })?;
             let mut base = obj.into_inner();
             let frames = classic_from_enhanced(&mut base);
@@ -459,9 +478,8 @@ impl SeriesWriter {
             });
         }
         let Some(e) = &self.enhanced else {
-            return Err(DeriveError::Source {
+            return Err(DeriveError::SourceNotRead {
                 path: h.path.clone(),
-                reason: "multi-frame source not read".into(),
             });
         };
         let mut obj = e.base.clone();
@@ -759,11 +777,9 @@ impl SeriesWriter {
                 self.written,
                 self.plan.slices.len()
             );
+            let uid = self.plan.series_uid.clone();
             self.abandon();
-            return Err(DeriveError::Build {
-                uid: String::new(),
-                reason,
-            });
+            return Err(DeriveError::Build { uid, reason });
         }
         // Every file of the series (and the folder) on disk before the series becomes visible.
         fs::File::open(&self.partial)
