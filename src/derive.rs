@@ -54,19 +54,19 @@ pub enum DeriveError {
     Meta {
         uid: String,
         #[source]
-        source: dicom_object::meta::Error,
+        source: Box<dicom_object::meta::Error>,
     },
     #[error("cannot build DICOM object for {uid}: {source}")]
     Encode {
         uid: String,
         #[source]
-        source: dicom_object::WriteError,
+        source: Box<dicom_object::WriteError>,
     },
     #[error("source {path}: {source}")]
     Source {
         path: PathBuf,
         #[source]
-        source: VolumeError,
+        source: Box<VolumeError>,
     },
     #[error("source {path}: multi-frame source not read")]
     SourceNotRead { path: PathBuf },
@@ -196,7 +196,7 @@ fn write_file(obj: InMemDicomObject, path: &Path, sync: bool) -> Result<(), Deri
         .build()
         .map_err(|source| DeriveError::Meta {
             uid: sop_instance.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let file = obj.with_exact_meta(meta);
     let tmp = path.with_extension("tmp");
@@ -206,7 +206,7 @@ fn write_file(obj: InMemDicomObject, path: &Path, sync: bool) -> Result<(), Deri
     file.write_all(&mut bytes)
         .map_err(|source| DeriveError::Encode {
             uid: sop_instance.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
@@ -432,7 +432,7 @@ impl SeriesWriter {
         }
         let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
             path: h.path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let mut obj = obj.into_inner();
         let notes = sanitize(&mut obj);
@@ -465,7 +465,7 @@ impl SeriesWriter {
             self.enhanced = None;
             let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
                 path: h.path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             let mut base = obj.into_inner();
             let frames = classic_from_enhanced(&mut base);

@@ -58,14 +58,14 @@ pub enum PipelineError {
     Series {
         series_uid: String,
         #[source]
-        cause: SeriesFailure,
+        cause: Box<SeriesFailure>,
     },
     /// It may work later (disk full, I/O error): the series stays in the spool and is retried.
     #[error("series {series_uid}: {cause} ({errno}; retried later)")]
     Transient {
         series_uid: String,
         #[source]
-        cause: TransientCause,
+        cause: Box<TransientCause>,
         /// The errno label of the I/O error underneath ("state write failed" when there is none).
         errno: String,
     },
@@ -126,7 +126,7 @@ enum Postponed {
     #[error("{cause}")]
     Transient {
         #[source]
-        cause: TransientCause,
+        cause: Box<TransientCause>,
         errno: String,
     },
     #[error("quarantine failed: {0}")]
@@ -282,9 +282,9 @@ impl Processor {
                 translators.clear();
                 Err(PipelineError::Series {
                     series_uid: ready.series_uid.clone(),
-                    cause: SeriesFailure::Panicked {
+                    cause: Box::new(SeriesFailure::Panicked {
                         message: panic_message(p.as_ref()),
-                    },
+                    }),
                 })
             }
         };
@@ -356,13 +356,13 @@ impl Processor {
     ) -> Result<usize, PipelineError> {
         let fail = |cause: SeriesFailure| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
-            cause,
+            cause: Box::new(cause),
         };
         // Writing to the state folder (outbox, markers) fails only for reasons of the machine,
         // never of the series: always retried.
         let transient = |cause: TransientCause, errno: Option<String>| PipelineError::Transient {
             series_uid: ready.series_uid.clone(),
-            cause,
+            cause: Box::new(cause),
             errno: errno.unwrap_or_else(|| "state write failed".into()),
         };
         let spool_transient = |e: SpoolError| {
@@ -428,7 +428,7 @@ impl Processor {
                             .io_error()
                             .map(errno_label)
                             .unwrap_or_else(|| "ENOSPC (28)".into()),
-                        cause: TransientCause::LowSpace(e),
+                        cause: Box::new(TransientCause::LowSpace(e)),
                     });
                 }
                 match self.harmonize(settings, translators, ready, &rule, series, &work, audit) {
@@ -515,7 +515,7 @@ impl Processor {
     ) -> Result<PathBuf, PipelineError> {
         let fail = |cause: SeriesFailure| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
-            cause,
+            cause: Box::new(cause),
         };
         let salt = if ready.version > 1 {
             format!("v{}", ready.version)
@@ -551,7 +551,7 @@ impl Processor {
                     match transient_cause(&e) {
                         Some(errno) => PipelineError::Transient {
                             series_uid: ready.series_uid.clone(),
-                            cause: TransientCause::Harmonize(e),
+                            cause: Box::new(TransientCause::Harmonize(e)),
                             errno,
                         },
                         None => fail(e.into()),

@@ -21,7 +21,7 @@ pub enum ForwardError {
     Association {
         destination: String,
         #[source]
-        source: AssociationFailure,
+        source: Box<AssociationFailure>,
     },
     #[error("destination {destination} refused the presentation context for SOP class {sop_class} in transfer syntax {transfer_syntax}")]
     Refused {
@@ -48,7 +48,7 @@ pub enum ForwardError {
     Protocol {
         destination: String,
         #[source]
-        source: ProtocolFailure,
+        source: Box<ProtocolFailure>,
     },
     #[error("destination {destination}: no answer within {seconds} s")]
     Timeout { destination: String, seconds: u64 },
@@ -62,7 +62,7 @@ pub enum ForwardError {
     Dicom {
         path: PathBuf,
         #[source]
-        source: dicom_object::ReadError,
+        source: Box<dicom_object::ReadError>,
     },
     #[error("{path}: file shorter than its meta group")]
     Truncated { path: PathBuf },
@@ -103,15 +103,21 @@ pub enum ForwardError {
 pub enum AssociationFailure {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("TLS to {addr} (server name {server_name}): {}", crate::tls::describe_error(.source))]
+    #[error("TLS to {addr} (server name {server_name}): {}", crate::tls::describe_error(.source.as_ref()))]
     TlsHandshake {
         addr: String,
         server_name: String,
         #[source]
-        source: dicom_ul::association::Error,
+        source: Box<dicom_ul::association::Error>,
     },
     #[error(transparent)]
-    Establish(dicom_ul::association::Error),
+    Establish(Box<dicom_ul::association::Error>),
+}
+
+impl From<dicom_ul::association::Error> for ProtocolFailure {
+    fn from(e: dicom_ul::association::Error) -> Self {
+        ProtocolFailure::Ul(Box::new(e))
+    }
 }
 
 /// What went wrong on an established association (or around it).
@@ -122,7 +128,7 @@ pub enum ProtocolFailure {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Ul(#[from] dicom_ul::association::Error),
+    Ul(Box<dicom_ul::association::Error>),
     #[error(transparent)]
     Dimse(#[from] dimse::DimseError),
     #[error("association aborted by peer: {0:?}")]

@@ -56,7 +56,7 @@ fn describe(path: &Path) -> Result<Outgoing, ForwardError> {
         .open_file(path)
         .map_err(|source| ForwardError::Dicom {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let meta = obj.meta();
     let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
@@ -173,7 +173,7 @@ async fn store_scu(
     let name = dest.name.clone();
     let proto = |source: ProtocolFailure| ForwardError::Protocol {
         destination: name.clone(),
-        source,
+        source: Box::new(source),
     };
     // Reading every file's meta group is blocking I/O: off the async runtime.
     let described = tokio::task::spawn_blocking(move || {
@@ -210,7 +210,7 @@ async fn store_scu(
     let addr = format!("{}:{}", dest.host, dest.port);
     let assoc_err = |source: AssociationFailure| ForwardError::Association {
         destination: name.clone(),
-        source,
+        source: Box::new(source),
     };
     if dest.tls {
         let cfg = crate::tls::client_config(dest).map_err(|e| assoc_err(e.into()))?;
@@ -224,7 +224,7 @@ async fn store_scu(
                 assoc_err(AssociationFailure::TlsHandshake {
                     addr: addr.clone(),
                     server_name: server_name.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             })?;
         let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
@@ -233,7 +233,7 @@ async fn store_scu(
         let mut assoc = opts
             .establish_async(addr.as_str())
             .await
-            .map_err(|e| assoc_err(AssociationFailure::Establish(e)))?;
+            .map_err(|e| assoc_err(AssociationFailure::Establish(Box::new(e))))?;
         assoc
             .inner_stream()
             .set_nodelay(true)

@@ -95,7 +95,7 @@ pub enum StoreRefusal {
     #[error("transfer syntax {ts_uid} unknown")]
     UnknownTransferSyntax { ts_uid: String },
     #[error("malformed dataset: {0}")]
-    Malformed(#[source] dicom_object::ReadError),
+    Malformed(#[source] Box<dicom_object::ReadError>),
     #[error("parser failed: {0}")]
     ParserTask(#[source] tokio::task::JoinError),
     #[error("SOP class or instance differs from the command")]
@@ -162,7 +162,7 @@ pub enum ScpError {
     Send {
         calling_ae: String,
         #[source]
-        source: dicom_ul::association::Error,
+        source: Box<dicom_ul::association::Error>,
     },
 }
 
@@ -953,7 +953,7 @@ impl Scp {
             .await
             .map_err(|source| ScpError::Send {
                 calling_ae: calling.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -1157,7 +1157,7 @@ fn check_file(
     dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(StoreRefusal::Malformed)
+        .map_err(|e| StoreRefusal::Malformed(Box::new(e)))
 }
 
 /// Where the data set of the pending C-STORE goes.

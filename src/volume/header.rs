@@ -72,7 +72,7 @@ pub fn open_full(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
     guard_file(path)?;
     dicom_object::open_file(path).map_err(|source| VolumeError::NotDicom {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -84,7 +84,7 @@ pub fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
         .open_file(path)
         .map_err(|source| VolumeError::NotDicom {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 

@@ -19,7 +19,7 @@ pub enum VolumeError {
     NotDicom {
         path: PathBuf,
         #[source]
-        source: dicom_object::ReadError,
+        source: Box<dicom_object::ReadError>,
     },
     /// Refused by the bounded pre-parser (the reason, not the file, is its message).
     #[error("{path}: not a readable DICOM file: {}", guard_reason(.source))]
