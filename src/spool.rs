@@ -91,8 +91,12 @@ pub enum SpoolError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write file meta for {uid}: {reason}")]
-    Meta { uid: String, reason: String },
+    #[error("cannot write file meta for {uid}: {source}")]
+    Meta {
+        uid: String,
+        #[source]
+        source: Box<dicom_object::meta::Error>,
+    },
     #[error("spool {path} has {free_mib} MiB free, under the configured {min_mib} MiB")]
     DiskFull {
         path: PathBuf,
@@ -101,6 +105,12 @@ pub enum SpoolError {
     },
     #[error("spool {path}: {reason}")]
     Version { path: PathBuf, reason: String },
+    #[error("spool {path}: {source}")]
+    VersionEncode {
+        path: PathBuf,
+        #[source]
+        source: toml::ser::Error,
+    },
 }
 
 impl SpoolError {
@@ -647,14 +657,14 @@ impl Spool {
             .build()
             .map_err(|e| SpoolError::Meta {
                 uid: sop_instance_uid.to_string(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(&[0u8; 128]);
         head.extend_from_slice(b"DICM");
         meta.write(&mut head).map_err(|e| SpoolError::Meta {
             uid: sop_instance_uid.to_string(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let name = if invalid.is_none() {
             sop_instance_uid
@@ -870,9 +880,9 @@ impl Spool {
             called_ae: called_ae.to_string(),
             previous,
         };
-        let text = toml::to_string(&info).map_err(|e| SpoolError::Version {
+        let text = toml::to_string(&info).map_err(|source| SpoolError::VersionEncode {
             path: tmp.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         write_durably(&tmp.join(VERSION_FILE), &text)?;
         sync_dir(&inst).map_err(io(&inst))?;
