@@ -212,13 +212,12 @@ pub fn check_settings(settings: &Settings) -> Result<(), DaemonError> {
 async fn reload(config: Option<&Path>, current: &Settings) -> Result<Settings, String> {
     let loaded = Settings::load(config).map_err(|e| e.to_string())?;
     for (key, running, configured) in crate::config::restart_only_changes(current, &loaded) {
-        tracing::warn!(
-            event = "config_restart_required",
+        events::ConfigRestartRequired {
             key,
-            running = %running,
-            configured = %configured,
-            "{key} changed from {running:?} to {configured:?}: requires a restart; the running value stays"
-        );
+            running: &running,
+            configured: &configured,
+        }
+        .emit();
     }
     let merged = crate::config::keep_restart_only(current, loaded);
     let check = merged.clone();
@@ -382,15 +381,24 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     )));
     drop(arrival_tx);
 
-    tracing::info!(event = "daemon_ready", ae_title = %settings.server.ae_title, listen = %settings.server.listen, http = %summary.http, watch = %summary.watch, state = %state.display(), rules = %summary.rules, destinations = %summary.destinations, models = %summary.models, devices = %summary.devices, "{}", summary.line);
+    events::DaemonReady {
+        ae_title: &settings.server.ae_title,
+        listen: &settings.server.listen,
+        http: &summary.http,
+        watch: &summary.watch,
+        state: &state,
+        rules: &summary.rules,
+        destinations: &summary.destinations,
+        models: &summary.models,
+        devices: &summary.devices,
+        line: &summary.line,
+    }
+    .emit();
     systemd::ready();
 
     wait_for_stop(config.as_deref(), &settings_tx).await;
     systemd::stopping();
-    tracing::info!(
-        event = "daemon_stopping",
-        "stopping: no new associations; unfinished work stays in the spool"
-    );
+    events::DaemonStopping.emit();
     cancel.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     let all = futures_join(tasks);
@@ -405,11 +413,10 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     if processor_thread.is_finished() {
         let _ = processor_thread.join();
     } else {
-        tracing::warn!(
-            event = "processor_stop_timeout",
-            seconds = PROCESSOR_STOP_DEADLINE.as_secs(),
-            "the processing stage did not stop in time; its series stays in the spool for recovery"
-        );
+        events::ProcessorStopTimeout {
+            seconds: PROCESSOR_STOP_DEADLINE.as_secs(),
+        }
+        .emit();
     }
     Ok(())
 }
@@ -427,10 +434,7 @@ async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Se
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
-        tracing::error!(
-            event = "signals_unavailable",
-            "cannot install signal handlers; stopping"
-        );
+        events::SignalsUnavailable.emit();
         return;
     };
     loop {
@@ -442,10 +446,10 @@ async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Se
                 let current = settings_tx.borrow().clone();
                 match reload(config, &current).await {
                     Ok(new) => {
-                        tracing::info!(event = "config_reloaded", rules = new.rules.len(), destinations = new.destinations.len(), "rules and destinations reloaded; listeners and spool unchanged");
+                        events::ConfigReloaded { rules: new.rules.len(), destinations: new.destinations.len() }.emit();
                         let _ = settings_tx.send(Arc::new(new));
                     }
-                    Err(e) => tracing::error!(event = "config_reload_failed", reason = %e, "keeping the previous configuration"),
+                    Err(e) => events::ConfigReloadFailed { reason: &e }.emit(),
                 }
                 systemd::ready();
             }
@@ -489,7 +493,7 @@ fn recover(
     let series = match spool.recover() {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(event = "recovery_failed", reason = %e);
+            events::RecoveryFailed { reason: &e }.emit();
             return out;
         }
     };
@@ -507,12 +511,19 @@ fn recover(
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = spool.remove_series(&v.dir);
-                        events::series_delivered(&s.series_uid);
+                        events::SeriesDelivered {
+                            series_uid: &s.series_uid,
+                        }
+                        .emit();
                     }
-                    Err(e) => tracing::error!(event = "recovery_failed", reason = %e),
+                    Err(e) => events::RecoveryFailed { reason: &e }.emit(),
                 }
             } else if v.sops.is_empty() {
-                tracing::warn!(event = "empty_version", series_uid = %s.series_uid, version = v.info.version, "version folder without instances removed");
+                events::EmptyVersion {
+                    series_uid: &s.series_uid,
+                    version: v.info.version,
+                }
+                .emit();
                 let _ = spool.discard(&v.dir);
             } else if max_crashes > 0 && v.crashes >= max_crashes {
                 let reason = format!(
@@ -527,21 +538,34 @@ fn recover(
                 );
                 match spool.quarantine(&v.dir, &settings.state.quarantine(), &name, &reason) {
                     Ok(q) => {
-                        tracing::error!(event = "crash_loop_quarantined", series_uid = %s.series_uid, version = v.info.version, crashes = v.crashes, path = %q.display(), "daemon died while processing this series; quarantined instead of replayed");
-                        events::series_quarantined(
-                            &s.series_uid,
-                            &q.display().to_string(),
-                            &reason,
-                        );
+                        events::CrashLoopQuarantined {
+                            series_uid: &s.series_uid,
+                            version: v.info.version,
+                            crashes: v.crashes,
+                            path: &q,
+                            reason: &reason,
+                        }
+                        .emit();
                     }
                     Err(e) => {
                         // Not replayed either: it stays in the spool until the next start.
-                        tracing::error!(event = "quarantine_failed", series_uid = %s.series_uid, version = v.info.version, reason = %e, "crash-loop series left in the spool, not processed");
+                        events::CrashLoopQuarantineFailed {
+                            series_uid: &s.series_uid,
+                            version: v.info.version,
+                            reason: &e,
+                        }
+                        .emit();
                     }
                 }
             } else {
                 if v.crashes > 0 {
-                    tracing::warn!(event = "series_replayed_after_crash", series_uid = %s.series_uid, version = v.info.version, crashes = v.crashes, max_crashes, "the daemon died while processing this series; processing it again");
+                    events::SeriesReplayedAfterCrash {
+                        series_uid: &s.series_uid,
+                        version: v.info.version,
+                        crashes: v.crashes,
+                        max_crashes,
+                    }
+                    .emit();
                 }
                 out.queued.push(ReadySeries::from_version(v));
             }
@@ -580,12 +604,11 @@ fn recover(
         }
     }
     if !out.queued.is_empty() || !out.arrivals.is_empty() {
-        tracing::info!(
-            event = "recovered",
-            versions = out.queued.len(),
-            incoming_instances = out.arrivals.len(),
-            "unfinished series resumed from the spool"
-        );
+        events::Recovered {
+            versions: out.queued.len(),
+            incoming_instances: out.arrivals.len(),
+        }
+        .emit();
     }
     out
 }

@@ -33,10 +33,24 @@ pub enum JobsError {
     },
     #[error("job {id:?} is queued in {path}, not dead-lettered: the daemon sends it (or drop it)")]
     NotDead { id: String, path: PathBuf },
-    #[error("cannot read {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("cannot remove {path}: {reason}")]
-    Remove { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
 }
@@ -116,7 +130,7 @@ pub fn read_jobs(dir: &Path) -> Result<Vec<(PathBuf, Job)>, JobsError> {
         Err(e) => {
             return Err(JobsError::Read {
                 path: dir.to_owned(),
-                reason: e.to_string(),
+                source: e,
             })
         }
     };
@@ -136,16 +150,18 @@ pub fn read_jobs(dir: &Path) -> Result<Vec<(PathBuf, Job)>, JobsError> {
 
 /// One job file; `None` when it is gone (delivered meanwhile).
 fn read_job(p: &Path) -> Result<Option<Job>, JobsError> {
-    let read = |reason: String| JobsError::Read {
-        path: p.to_owned(),
-        reason,
-    };
     match fs::read_to_string(p) {
         Ok(text) => toml::from_str(&text)
             .map(Some)
-            .map_err(|e| read(e.to_string())),
+            .map_err(|source| JobsError::Parse {
+                path: p.to_owned(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(read(e.to_string())),
+        Err(source) => Err(JobsError::Read {
+            path: p.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -233,7 +249,7 @@ fn remove(p: &Path) -> Result<(), JobsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(JobsError::Remove {
             path: p.to_owned(),
-            reason: e.to_string(),
+            source: e,
         }),
     }
 }
@@ -249,7 +265,7 @@ pub fn drop_job(state: &Path, id: &str) -> Result<Dropped, JobsError> {
             remove(&dead_dir(state).join(format!("{id}.reason.txt")))?;
             sync_dir(&dead_dir(state)).map_err(|e| JobsError::Remove {
                 path: dead_dir(state),
-                reason: e.to_string(),
+                source: e,
             })?;
         }
     }
@@ -298,7 +314,7 @@ fn cleanup(
     }
     fs::remove_dir_all(dir).map_err(|e| JobsError::Remove {
         path: dir.clone(),
-        reason: e.to_string(),
+        source: e,
     })?;
     // Empty series and study folders go too (a non-empty one stays: remove_dir fails).
     if let Some(series) = dir.parent() {

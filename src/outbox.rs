@@ -75,17 +75,38 @@ fn file_id(meta: &fs::Metadata) -> FileId {
 }
 
 /// Errors reading or writing the outbox's job files (the forward stage reports them as
-/// `forward::ForwardError::Outbox`, with the same message).
+/// `forward::OutboxError::Outbox`, with the same message).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
+    #[error("outbox {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("outbox {path}: {source}")]
+    JobParse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("outbox {path}: {source}")]
+    JobEncode {
+        path: PathBuf,
+        #[source]
+        source: toml::ser::Error,
+    },
+    #[error("outbox {path}: {id:?} is not a job id")]
+    NotAJobId { path: PathBuf, id: String },
+    #[error("outbox {path}: job index poisoned")]
+    IndexPoisoned { path: PathBuf },
 }
 
-fn err(path: &Path, reason: impl ToString) -> OutboxError {
+/// An I/O error on an outbox file or folder.
+fn err(path: &Path, source: std::io::Error) -> OutboxError {
     OutboxError::Io {
         path: path.to_owned(),
-        reason: reason.to_string(),
+        source,
     }
 }
 
@@ -115,7 +136,10 @@ impl Outbox {
     fn write(dir: &Path, job: &Job) -> Result<(), OutboxError> {
         let path = dir.join(format!("{}.toml", job.id));
         let tmp = dir.join(format!(".{}.tmp", job.id));
-        let text = toml::to_string(job).map_err(|e| err(&path, e))?;
+        let text = toml::to_string(job).map_err(|source| OutboxError::JobEncode {
+            path: path.clone(),
+            source,
+        })?;
         fs::write(&tmp, text).map_err(|e| err(&tmp, e))?;
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -131,7 +155,9 @@ impl Outbox {
 
     /// The jobs of `dir`, parsing only files that are new or changed since the last listing.
     fn read_dir(dir: &Path, index: &Mutex<Index>) -> Result<Vec<Job>, OutboxError> {
-        let mut index = index.lock().map_err(|_| err(dir, "job index poisoned"))?;
+        let mut index = index.lock().map_err(|_| OutboxError::IndexPoisoned {
+            path: dir.to_owned(),
+        })?;
         let mut seen = HashSet::new();
         for e in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
             let p = e.path();
@@ -157,7 +183,11 @@ impl Outbox {
                 }
                 Err(e) => {
                     index.jobs.remove(&p);
-                    tracing::error!(event = "job_unreadable", path = %p.display(), reason = %e)
+                    crate::events::JobUnreadable {
+                        path: &p,
+                        reason: &e,
+                    }
+                    .emit()
                 }
             }
         }
@@ -180,11 +210,16 @@ impl Outbox {
     /// One queued job as it is on disk now (`None` once delivered or dead-lettered).
     pub fn get(&self, id: &str) -> Result<Option<Job>, OutboxError> {
         if !is_job_id(id) {
-            return Err(err(&self.queue, format!("{id:?} is not a job id")));
+            return Err(OutboxError::NotAJobId {
+                path: self.queue.clone(),
+                id: id.to_string(),
+            });
         }
         let p = self.queue.join(format!("{id}.toml"));
         match fs::read_to_string(&p) {
-            Ok(text) => toml::from_str(&text).map(Some).map_err(|e| err(&p, e)),
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .map_err(|source| OutboxError::JobParse { path: p, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(err(&p, e)),
         }
@@ -212,11 +247,17 @@ impl Outbox {
     /// Requeues a dead-lettered job with its attempts reset.
     pub fn retry(&self, id: &str) -> Result<Job, OutboxError> {
         if !is_job_id(id) {
-            return Err(err(&self.dead, format!("{id:?} is not a job id")));
+            return Err(OutboxError::NotAJobId {
+                path: self.dead.clone(),
+                id: id.to_string(),
+            });
         }
         let p = self.dead.join(format!("{id}.toml"));
         let text = fs::read_to_string(&p).map_err(|e| err(&p, e))?;
-        let mut job: Job = toml::from_str(&text).map_err(|e| err(&p, e))?;
+        let mut job: Job = toml::from_str(&text).map_err(|source| OutboxError::JobParse {
+            path: p.clone(),
+            source,
+        })?;
         job.attempts = 0;
         job.next_attempt_ms = 0;
         self.put(&job)?;

@@ -21,14 +21,15 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{PlanKind, Settings};
 use crate::dicom::files;
 use crate::dicom::series::{self, Series};
+use crate::dicom::VolumeError;
 use crate::events;
-use crate::harmonize::{open_translator, process_series, SeriesError};
+use crate::harmonize::{open_translator, process_series, ProcessError, SeriesError};
 use crate::metrics::{Beat, Metrics};
 use crate::model::{Control, Translator};
-use crate::outbox::{Job, Outbox};
+use crate::outbox::{Job, Outbox, OutboxError};
 use crate::route::{self, SeriesInfo};
 use crate::series::ReadySeries;
-use crate::spool::{errno_label, transient_io, Spool};
+use crate::spool::{errno_label, transient_io, Spool, SpoolError};
 
 /// The processing stage.
 pub struct Processor {
@@ -54,18 +55,95 @@ pub struct Processor {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// Permanent: the series goes to quarantine.
-    #[error("series {series_uid}: {reason}")]
-    Series { series_uid: String, reason: String },
+    #[error("series {series_uid}: {cause}")]
+    Series {
+        series_uid: String,
+        #[source]
+        cause: Box<SeriesFailure>,
+    },
     /// It may work later (disk full, I/O error): the series stays in the spool and is retried.
-    #[error("series {series_uid}: {reason} ({errno}; retried later)")]
+    #[error("series {series_uid}: {cause} ({errno}; retried later)")]
     Transient {
         series_uid: String,
-        reason: String,
+        #[source]
+        cause: Box<TransientCause>,
+        /// The errno label of the I/O error underneath ("state write failed" when there is none).
         errno: String,
     },
     /// The daemon is stopping: not a failure (the series stays in the spool for recovery).
     #[error("series {series_uid}: processing cancelled (the daemon is stopping)")]
     Cancelled { series_uid: String },
+}
+
+/// Why a series cannot be harmonized, for good: it is quarantined (or its originals forwarded).
+#[derive(Debug, thiserror::Error)]
+pub enum SeriesFailure {
+    #[error(transparent)]
+    Scan(#[from] files::IngestError),
+    /// A file of the series cannot be read as DICOM.
+    #[error(transparent)]
+    Unreadable(VolumeError),
+    #[error("{} holds no image", .dir.display())]
+    NoImage { dir: PathBuf },
+    #[error("{} holds {count} series", .dir.display())]
+    SeveralSeries { dir: PathBuf, count: usize },
+    #[error("no instances")]
+    NoInstances,
+    /// The first header, read for routing.
+    #[error(transparent)]
+    Header(VolumeError),
+    #[error("no routing rule matched")]
+    NoRule,
+    #[error("processing panicked: {message}")]
+    Panicked { message: String },
+    #[error(transparent)]
+    Model(#[from] ProcessError),
+    #[error("model {model} not loaded")]
+    ModelNotLoaded { model: String },
+    #[error("no input for the next model")]
+    NoInput,
+    #[error(transparent)]
+    Harmonize(#[from] SeriesError),
+}
+
+/// Why a series cannot be processed now (the machine's trouble, never the series').
+#[derive(Debug, thiserror::Error)]
+pub enum TransientCause {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Harmonize(SeriesError),
+    #[error("not harmonized now: {0} (state.processing_min_free_mib)")]
+    LowSpace(#[source] SpoolError),
+}
+
+/// Why a version is tried again after a back-off (it stays in the spool).
+#[derive(Debug, thiserror::Error)]
+enum Postponed {
+    #[error("cannot write the crash marker: {0}")]
+    CrashMarker(#[source] SpoolError),
+    #[error("{cause}")]
+    Transient {
+        #[source]
+        cause: Box<TransientCause>,
+        errno: String,
+    },
+    #[error("quarantine failed: {0}")]
+    Quarantine(#[source] SpoolError),
+}
+
+impl Postponed {
+    /// The errno label of the I/O error underneath (empty when there is none).
+    fn errno(&self) -> String {
+        match self {
+            Postponed::CrashMarker(e) | Postponed::Quarantine(e) => {
+                e.io_error().map(errno_label).unwrap_or_default()
+            }
+            Postponed::Transient { errno, .. } => errno.clone(),
+        }
+    }
 }
 
 /// The transient I/O error somewhere in `e`'s chain of causes, as its errno label.
@@ -136,21 +214,35 @@ impl Processor {
                 }
             };
             if !ready.dir.exists() {
-                tracing::warn!(event = "series_gone", series_uid = %ready.series_uid, version = ready.version, path = %ready.dir.display(), "version folder no longer in the spool; skipped");
+                events::SeriesGone {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    path: &ready.dir,
+                }
+                .emit();
                 continue;
             }
             self.busy.store(true, Ordering::Relaxed);
             let settings = self.settings.borrow().clone();
             let outcome = self.process_one(&settings, &mut translators, &ready, &shutdown);
             self.busy.store(false, Ordering::Relaxed);
-            if let Err((reason, errno)) = outcome {
+            if let Err(reason) = outcome {
+                let errno = reason.errno();
                 let attempts = attempts + 1;
                 let wait = crate::outbox::backoff_ms(
                     attempts,
                     settings.series.retry_initial_seconds.max(1),
                     settings.series.retry_max_seconds.max(1),
                 );
-                tracing::error!(event = "series_retry", series_uid = %ready.series_uid, version = ready.version, attempts, wait_ms = wait, errno = %errno, reason = %reason, "series stays in the spool; retried after back-off");
+                events::SeriesRetry {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    attempts,
+                    wait_ms: wait,
+                    errno: &errno,
+                    reason: &reason,
+                }
+                .emit();
                 retries.push(Retry {
                     due: Instant::now() + Duration::from_millis(wait),
                     ready,
@@ -160,18 +252,17 @@ impl Processor {
         }
     }
 
-    /// Processes one version between its crash marker's writing and removal. `Err((reason, errno))`
-    /// when it is to be tried again later.
+    /// Processes one version between its crash marker's writing and removal. `Err` when it is to
+    /// be tried again later.
     fn process_one(
         &self,
         settings: &Settings,
         translators: &mut HashMap<String, Translator>,
         ready: &ReadySeries,
         shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), (String, String)> {
+    ) -> Result<(), Postponed> {
         if let Err(e) = self.spool.mark_processing(&ready.dir) {
-            let errno = e.io_error().map(errno_label).unwrap_or_default();
-            return Err((format!("cannot write the crash marker: {e}"), errno));
+            return Err(Postponed::CrashMarker(e));
         }
         let mut audit = crate::audit::SeriesRecord {
             study_uid: ready.study_uid.clone(),
@@ -192,7 +283,9 @@ impl Processor {
                 translators.clear();
                 Err(PipelineError::Series {
                     series_uid: ready.series_uid.clone(),
-                    reason: format!("processing panicked: {}", panic_message(p.as_ref())),
+                    cause: Box::new(SeriesFailure::Panicked {
+                        message: panic_message(p.as_ref()),
+                    }),
                 })
             }
         };
@@ -204,9 +297,18 @@ impl Processor {
             // Stopping (work cancelled by SIGTERM, say): not the series' fault. It stays in the
             // spool, unprocessed, for start-up recovery.
             if matches!(e, PipelineError::Cancelled { .. }) {
-                tracing::info!(event = "series_cancelled", series_uid = %ready.series_uid, version = ready.version, "processing cancelled by shutdown; the series stays in the spool for recovery");
+                events::SeriesCancelled {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                }
+                .emit();
             } else {
-                tracing::info!(event = "series_left_to_recovery", series_uid = %ready.series_uid, version = ready.version, reason = %e, "stopping: the series stays in the spool");
+                events::SeriesLeftToRecovery {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    reason: e,
+                }
+                .emit();
             }
             let _ = std::fs::remove_dir_all(self.work_dir(ready));
             return Ok(());
@@ -220,24 +322,22 @@ impl Processor {
                 }
                 Ok(())
             }
-            Err(PipelineError::Transient { reason, errno, .. }) => {
+            Err(PipelineError::Transient { cause, errno, .. }) => {
                 let _ = std::fs::remove_dir_all(self.work_dir(ready));
-                Err((reason, errno))
+                Err(Postponed::Transient { cause, errno })
             }
             Err(e) => {
-                events::series_failed(&ready.series_uid, &e.to_string());
+                events::SeriesFailed {
+                    series_uid: &ready.series_uid,
+                    reason: &e.to_string(),
+                }
+                .emit();
                 audit.outcome = "failed";
                 audit.derived_series_uid.clear();
                 audit.reason = e.to_string();
                 audit.emit();
                 let quarantined = self.quarantine(settings, ready, &e.to_string());
-                if quarantined.is_ok() {
-                    self.metrics.series_failed.inc();
-                }
-                quarantined.map_err(|qe| {
-                    let errno = qe.io_error().map(errno_label).unwrap_or_default();
-                    (format!("quarantine failed: {qe}"), errno)
-                })
+                quarantined.map_err(Postponed::Quarantine)
             }
         }
     }
@@ -255,40 +355,53 @@ impl Processor {
         ready: &ReadySeries,
         audit: &mut crate::audit::SeriesRecord,
     ) -> Result<usize, PipelineError> {
-        let fail = |reason: String| PipelineError::Series {
+        let fail = |cause: SeriesFailure| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
-            reason,
+            cause: Box::new(cause),
         };
         // Writing to the state folder (outbox, markers) fails only for reasons of the machine,
         // never of the series: always retried.
-        let transient =
-            |e: &dyn std::fmt::Display, errno: Option<String>| PipelineError::Transient {
-                series_uid: ready.series_uid.clone(),
-                reason: e.to_string(),
-                errno: errno.unwrap_or_else(|| "state write failed".into()),
-            };
+        let transient = |cause: TransientCause, errno: Option<String>| PipelineError::Transient {
+            series_uid: ready.series_uid.clone(),
+            cause: Box::new(cause),
+            errno: errno.unwrap_or_else(|| "state write failed".into()),
+        };
+        let spool_transient = |e: SpoolError| {
+            let errno = e.io_error().map(errno_label);
+            transient(e.into(), errno)
+        };
         let originals = ready.instances_dir();
-        let series = read_series(&originals).map_err(&fail)?;
+        let series = read_series(&originals).map_err(fail)?;
         let first = series
             .slices
             .first()
-            .ok_or_else(|| fail("no instances".into()))?;
+            .ok_or_else(|| fail(SeriesFailure::NoInstances))?;
         let info = SeriesInfo::read(&first.path, &ready.calling_ae, &ready.called_ae)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(SeriesFailure::Header(e)))?;
         let rule = route::route(&settings.rules, &info)
-            .ok_or_else(|| fail("no routing rule matched".into()))?
+            .ok_or_else(|| fail(SeriesFailure::NoRule))?
             .clone();
         let late = ready.version > 1;
         let reprocess = settings.series.late_instance == crate::config::LateInstance::Reprocess;
         if late && reprocess && ready.previous.is_none() {
-            tracing::warn!(event = "late_instance_original_only", series_uid = %ready.series_uid, version = ready.version, instances = ready.instances, "late instance(s) after the earlier instances of the series were released (series.keep_delivered_seconds): forwarded as originals only, not harmonized");
+            events::LateInstanceOriginalOnly {
+                series_uid: &ready.series_uid,
+                version: ready.version,
+                instances: ready.instances,
+            }
+            .emit();
         }
         let plan = if late && (!reprocess || ready.previous.is_none()) {
             PlanKind::Pass
         } else {
             rule.plan
         };
-        events::series_routed(&ready.series_uid, &rule.name, &format!("{plan:?}"));
+        events::SeriesRouted {
+            series_uid: &ready.series_uid,
+            rule: &rule.name,
+            plan: &format!("{plan:?}"),
+        }
+        .emit();
         audit.rule = rule.name.clone();
         audit.plan = format!("{plan:?}").to_lowercase();
         let work = self.work_dir(ready);
@@ -297,9 +410,7 @@ impl Processor {
             PlanKind::Drop => {
                 audit.outcome = "dropped";
                 self.metrics.series_dropped.inc();
-                self.spool
-                    .discard(&ready.dir)
-                    .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
+                self.spool.discard(&ready.dir).map_err(spool_transient)?;
                 return Ok(0);
             }
             PlanKind::Pass => {
@@ -314,11 +425,11 @@ impl Processor {
                 {
                     return Err(PipelineError::Transient {
                         series_uid: ready.series_uid.clone(),
-                        reason: format!("not harmonized now: {e} (state.processing_min_free_mib)"),
                         errno: e
                             .io_error()
                             .map(errno_label)
                             .unwrap_or_else(|| "ENOSPC (28)".into()),
+                        cause: Box::new(TransientCause::LowSpace(e)),
                     });
                 }
                 match self.harmonize(settings, translators, ready, &rule, series, &work, audit) {
@@ -335,9 +446,13 @@ impl Processor {
                     ) => return Err(e),
                     Err(e) if rule.forward_original && !rule.destinations.is_empty() => {
                         // A reason not to harmonize is no reason to drop what we acknowledged.
-                        self.metrics.series_failed.inc();
                         let _ = std::fs::remove_dir_all(&work);
-                        tracing::warn!(event = "series_not_harmonized", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series not harmonized; its originals are forwarded");
+                        events::SeriesNotHarmonized {
+                            series_uid: &ready.series_uid,
+                            version: ready.version,
+                            reason: &e,
+                        }
+                        .emit(&self.metrics);
                         audit.outcome = "originals_forwarded";
                         audit.derived_series_uid.clear();
                         audit.reason = e.to_string();
@@ -348,10 +463,12 @@ impl Processor {
             }
         }
         if rule.destinations.is_empty() {
-            tracing::warn!(event = "no_destinations", series_uid = %ready.series_uid, rule = %rule.name, "rule has no destinations; nothing is forwarded");
-            self.spool
-                .discard(&ready.dir)
-                .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
+            events::NoDestinations {
+                series_uid: &ready.series_uid,
+                rule: &rule.name,
+            }
+            .emit();
+            self.spool.discard(&ready.dir).map_err(spool_transient)?;
             let _ = std::fs::remove_dir_all(&work);
             return Ok(0);
         }
@@ -373,13 +490,15 @@ impl Processor {
                     last_error: String::new(),
                     acknowledged: Vec::new(),
                 };
-                self.outbox.put(&job).map_err(|e| transient(&e, None))?;
+                self.outbox
+                    .put(&job)
+                    .map_err(|e| transient(e.into(), None))?;
                 ids.push(job.id);
             }
         }
         self.spool
             .mark_processed(&ready.dir, &ids)
-            .map_err(|e| transient(&e, e.io_error().map(errno_label)))?;
+            .map_err(spool_transient)?;
         Ok(ids.len())
     }
 
@@ -395,9 +514,9 @@ impl Processor {
         work: &Path,
         audit: &mut crate::audit::SeriesRecord,
     ) -> Result<PathBuf, PipelineError> {
-        let fail = |reason: String| PipelineError::Series {
+        let fail = |cause: SeriesFailure| PipelineError::Series {
             series_uid: ready.series_uid.clone(),
-            reason,
+            cause: Box::new(cause),
         };
         let salt = if ready.version > 1 {
             format!("v{}", ready.version)
@@ -411,16 +530,18 @@ impl Processor {
         let mut last_dir = PathBuf::new();
         for (step, model) in rule.models.iter().enumerate() {
             if !translators.contains_key(model) {
-                let t = open_translator(settings, Some(model)).map_err(|e| fail(e.to_string()))?;
+                let t = open_translator(settings, Some(model)).map_err(|e| fail(e.into()))?;
                 translators.insert(model.clone(), t);
             }
             let Some(t) = translators.get_mut(model) else {
-                return Err(fail(format!("model {model} not loaded")));
+                return Err(fail(SeriesFailure::ModelNotLoaded {
+                    model: model.clone(),
+                }));
             };
             let before = t.run_stats().0;
             let out = work.join(format!("step{}", step + 1));
             let Some(this) = input.take() else {
-                return Err(fail("no input for the next model".into()));
+                return Err(fail(SeriesFailure::NoInput));
             };
             let control = Control::new(self.beat.clone(), self.cancel.clone());
             let (published, _) = process_series(settings, t, this, &out, false, &salt, &control)
@@ -431,10 +552,10 @@ impl Processor {
                     match transient_cause(&e) {
                         Some(errno) => PipelineError::Transient {
                             series_uid: ready.series_uid.clone(),
-                            reason: e.to_string(),
+                            cause: Box::new(TransientCause::Harmonize(e)),
                             errno,
                         },
-                        None => fail(e.to_string()),
+                        None => fail(e.into()),
                     }
                 })?;
             self.metrics
@@ -447,7 +568,7 @@ impl Processor {
             audit.model_run(&m.name, &m.version, &published.derived_series_uid);
             last_dir = published.dir.clone();
             if step + 1 < rule.models.len() {
-                input = Some(read_series(&last_dir).map_err(&fail)?);
+                input = Some(read_series(&last_dir).map_err(fail)?);
             }
         }
         Ok(last_dir)
@@ -476,11 +597,21 @@ impl Processor {
             .quarantine(&ready.dir, &settings.state.quarantine(), &name, reason)
         {
             Ok(q) => {
-                events::series_quarantined(&ready.series_uid, &q.display().to_string(), reason);
+                events::SeriesQuarantined {
+                    series_uid: &ready.series_uid,
+                    path: &q,
+                    reason,
+                }
+                .emit(&self.metrics);
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(event = "quarantine_failed", series_uid = %ready.series_uid, version = ready.version, reason = %e, "series stays in the spool; tried again later");
+                events::SeriesQuarantineFailed {
+                    series_uid: &ready.series_uid,
+                    version: ready.version,
+                    reason: &e,
+                }
+                .emit();
                 Err(e)
             }
         }
@@ -488,15 +619,20 @@ impl Processor {
 }
 
 /// Reads the one series stored in `dir`.
-pub fn read_series(dir: &Path) -> Result<Series, String> {
-    let scan = files::scan(&[dir.to_owned()]).map_err(|e| e.to_string())?;
-    if let Some(e) = scan.rejected.first() {
-        return Err(e.to_string());
+pub fn read_series(dir: &Path) -> Result<Series, SeriesFailure> {
+    let scan = files::scan(&[dir.to_owned()])?;
+    if let Some(e) = scan.rejected.into_iter().next() {
+        return Err(SeriesFailure::Unreadable(e));
     }
     let mut groups = series::group(scan.images);
     match groups.len() {
         1 => Ok(groups.remove(0)),
-        0 => Err(format!("{} holds no image", dir.display())),
-        n => Err(format!("{} holds {n} series", dir.display())),
+        0 => Err(SeriesFailure::NoImage {
+            dir: dir.to_owned(),
+        }),
+        count => Err(SeriesFailure::SeveralSeries {
+            dir: dir.to_owned(),
+            count,
+        }),
     }
 }

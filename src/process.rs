@@ -71,13 +71,17 @@ pub fn run(settings: &Settings, opts: &ProcessOptions) -> Result<Report, Process
                 if let (Some(path), false) = (&opts.preview, shots.is_empty()) {
                     match preview::write_png(path, &shots) {
                         Ok(()) => report.preview = Some(path.clone()),
-                        Err(e) => tracing::warn!(event = "preview_failed", reason = %e),
+                        Err(e) => events::PreviewFailed { reason: &e }.emit(),
                     }
                 }
                 report.published.push(p);
             }
             Err(e) => {
-                events::series_failed(&uid, &e.to_string());
+                events::SeriesFailed {
+                    series_uid: &uid,
+                    reason: &e.to_string(),
+                }
+                .emit();
                 report.failed.push((uid, e));
             }
         }

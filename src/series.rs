@@ -174,7 +174,11 @@ impl Tracker {
                     {
                         // Stored again while a version holding it is being processed or delivered:
                         // that version has it; the copy is removed from the incoming folder.
-                        tracing::info!(event = "retransmission", series_uid = %a.series_uid, sop_instance_uid = %a.sop_instance_uid, "instance of a processed series received again; not reprocessed");
+                        crate::events::RetransmissionDropped {
+                            series_uid: &a.series_uid,
+                            sop_instance_uid: &a.sop_instance_uid,
+                        }
+                        .emit();
                         let spool = self.spool.clone();
                         tokio::task::spawn_blocking(move || {
                             spool.drop_copy(&a.study_uid, &a.series_uid, &a.sop_instance_uid)
@@ -209,17 +213,25 @@ impl Tracker {
                         let why = if now.duration_since(p.last) >= self.quiet { "quiet time" } else { "expected count reached" };
                         match self.hand_over(&key, &p).await {
                             Ok(Some(r)) => {
-                                crate::events::series_complete(&key.1, r.instances, why);
-                                self.metrics.series_completed.inc();
+                                crate::events::SeriesComplete {
+                                    series_uid: &key.1,
+                                    instances: r.instances,
+                                    why,
+                                }
+                                .emit(&self.metrics);
                                 ready.push_back(r);
                             }
                             Ok(None) => {
-                                tracing::info!(event = "series_empty", series_uid = %key.1, "no instance left to hand over (all were re-sent copies)");
+                                crate::events::SeriesEmpty { series_uid: &key.1 }.emit();
                             }
                             Err(e) => {
                                 // The instances stay in the incoming folder; tried again after the
                                 // quiet time.
-                                tracing::error!(event = "handover_failed", series_uid = %key.1, reason = %e, "series stays in the spool; retried");
+                                crate::events::HandoverFailed {
+                                    series_uid: &key.1,
+                                    reason: &e,
+                                }
+                                .emit();
                                 let mut p = p;
                                 p.last = tokio::time::Instant::now();
                                 pending.insert(key, p);

@@ -53,7 +53,7 @@ pub async fn run(
                             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
                         }
                         Err(stale) => {
-                            tracing::error!(event = "stage_stalled", stages = ?stale, "withholding watchdog ping");
+                            crate::events::StageStalled { stages: &stale }.emit();
                         }
                     }
                 }

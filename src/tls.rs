@@ -34,6 +34,40 @@ pub enum TlsError {
         path: PathBuf,
         reason: String,
     },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: cannot be read: {source}")]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("private key file {path}: no usable PEM private key: {source}")]
+    PemKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Certificate {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("{context}: {reason}")]
     Config { context: String, reason: String },
 }
@@ -55,7 +89,11 @@ pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
         path: path.to_owned(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Io {
+        what: "private key file",
+        path: path.to_owned(),
+        source,
+    })?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
@@ -65,7 +103,11 @@ pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
             "mode {mode:04o} gives access to group or others; make it readable by the service user only (chmod 600)"
         )));
     }
-    std::fs::File::open(path).map_err(|e| err(format!("cannot be read: {e}")))?;
+    std::fs::File::open(path).map_err(|source| TlsError::Unreadable {
+        what: "private key file",
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -75,11 +117,20 @@ fn load_certs(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'stat
         path: PathBuf::from(path),
         reason,
     };
-    std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let pem = |source| TlsError::Pem {
+        what,
+        path: PathBuf::from(path),
+        source,
+    };
+    std::fs::File::open(path).map_err(|source| TlsError::Io {
+        what,
+        path: PathBuf::from(path),
+        source,
+    })?;
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(pem)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(pem)?;
     if certs.is_empty() {
         return Err(err("no PEM certificate in it".into()));
     }
@@ -88,20 +139,19 @@ fn load_certs(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'stat
 
 fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     check_key_file(Path::new(path))?;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
-        what: "private key file",
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::PemKey {
         path: PathBuf::from(path),
-        reason: format!("no usable PEM private key: {e}"),
+        source,
     })
 }
 
 fn roots(what: &'static str, path: &str) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for c in load_certs(what, path)? {
-        store.add(c).map_err(|e| TlsError::File {
+        store.add(c).map_err(|source| TlsError::Certificate {
             what,
             path: PathBuf::from(path),
-            reason: e.to_string(),
+            source,
         })?;
     }
     Ok(store)

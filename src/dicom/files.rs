@@ -59,7 +59,11 @@ fn collect(
     } else {
         // A FIFO would block the reader forever; sockets and devices are not input either.
         let note = "not a regular file (FIFO, socket or device)".to_string();
-        events::file_skipped(&path.display().to_string(), &note);
+        events::FileSkipped {
+            path: &path.display().to_string(),
+            reason: &note,
+        }
+        .emit();
         skipped.push((path.to_owned(), note));
     }
     Ok(())
@@ -77,7 +81,11 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
             Ok(h) if h.is_image() => scan.images.push(h),
             Ok(h) => {
                 let note = format!("not an image (SOP class {})", h.sop_class_uid);
-                events::file_skipped(&f.display().to_string(), &note);
+                events::FileSkipped {
+                    path: &f.display().to_string(),
+                    reason: &note,
+                }
+                .emit();
                 scan.skipped.push((f, note));
             }
             Err(VolumeError::MissingTag { path, tag })
@@ -85,11 +93,19 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
             {
                 // DICOMDIR and other media objects carry no study or series.
                 let note = format!("no {tag}: not part of a series");
-                events::file_skipped(&path.display().to_string(), &note);
+                events::FileSkipped {
+                    path: &path.display().to_string(),
+                    reason: &note,
+                }
+                .emit();
                 scan.skipped.push((path, note));
             }
             Err(e) => {
-                events::file_rejected(&f.display().to_string(), &e.to_string());
+                events::FileRejected {
+                    path: &f.display().to_string(),
+                    reason: &e.to_string(),
+                }
+                .emit();
                 scan.rejected.push(e);
             }
         }

@@ -61,21 +61,18 @@ impl SliceHeader {
 pub fn guard_file(path: &Path) -> Result<(), VolumeError> {
     crate::dicom::guard::check_part10_file(path, &crate::dicom::guard::current())
         .map(|_| ())
-        .map_err(|e| VolumeError::NotDicom {
+        .map_err(|source| VolumeError::Guard {
             path: path.to_owned(),
-            reason: match e {
-                crate::dicom::guard::GuardError::File { reason, .. } => reason.to_string(),
-                other => other.to_string(),
-            },
+            source,
         })
 }
 
 /// Opens a whole DICOM file (pixel data included), guarded like [`open_header`].
 pub fn open_full(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
     guard_file(path)?;
-    dicom_object::open_file(path).map_err(|e| VolumeError::NotDicom {
+    dicom_object::open_file(path).map_err(|source| VolumeError::NotDicom {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: Box::new(source),
     })
 }
 
@@ -85,9 +82,9 @@ pub fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| VolumeError::NotDicom {
+        .map_err(|source| VolumeError::NotDicom {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: Box::new(source),
         })
 }
 

@@ -29,8 +29,19 @@ use std::path::PathBuf;
 /// Errors building a volume. Each names the file or series and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("{path}: not a readable DICOM file: {reason}")]
-    NotDicom { path: PathBuf, reason: String },
+    #[error("{path}: not a readable DICOM file: {source}")]
+    NotDicom {
+        path: PathBuf,
+        #[source]
+        source: Box<dicom_object::ReadError>,
+    },
+    /// Refused by the bounded pre-parser (the reason, not the file, is its message).
+    #[error("{path}: not a readable DICOM file: {}", guard_reason(.source))]
+    Guard {
+        path: PathBuf,
+        #[source]
+        source: crate::dicom::guard::GuardError,
+    },
     #[error("{path}: missing {tag}")]
     MissingTag { path: PathBuf, tag: String },
     #[error("series {series_uid}: {reason}")]
@@ -43,4 +54,14 @@ pub enum VolumeError {
     },
     #[error("{path}: cannot decode pixel data: {reason}")]
     Decode { path: PathBuf, reason: String },
+    #[error("slice index {index} beyond the series' {slices} slices")]
+    SliceIndex { index: usize, slices: usize },
+}
+
+/// The pre-parser's reason without the file it names (the error names it already).
+fn guard_reason(e: &crate::dicom::guard::GuardError) -> String {
+    match e {
+        crate::dicom::guard::GuardError::File { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    }
 }

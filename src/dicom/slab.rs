@@ -60,12 +60,9 @@ impl SlabReader {
                 hu.extend_from_slice(data);
                 continue;
             }
-            let h = self.slices.get(z).ok_or_else(|| VolumeError::Decode {
-                path: Default::default(),
-                reason: format!(
-                    "slice index {z} beyond the series' {} slices",
-                    self.slices.len()
-                ),
+            let h = self.slices.get(z).ok_or_else(|| VolumeError::SliceIndex {
+                index: z,
+                slices: self.slices.len(),
             })?;
             let data = self.frames.read(h)?;
             hu.extend_from_slice(&data);

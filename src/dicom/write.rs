@@ -30,8 +30,26 @@ pub enum DeriveError {
     },
     #[error("cannot build DICOM object for {uid}: {reason}")]
     Build { uid: String, reason: String },
-    #[error("source {path}: {reason}")]
-    Source { path: PathBuf, reason: String },
+    #[error("cannot build DICOM object for {uid}: {source}")]
+    Meta {
+        uid: String,
+        #[source]
+        source: Box<dicom_object::meta::Error>,
+    },
+    #[error("cannot build DICOM object for {uid}: {source}")]
+    Encode {
+        uid: String,
+        #[source]
+        source: Box<dicom_object::WriteError>,
+    },
+    #[error("source {path}: {source}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: Box<super::VolumeError>,
+    },
+    #[error("source {path}: multi-frame source not read")]
+    SourceNotRead { path: PathBuf },
 }
 
 /// A UID under the 2.25 root (PS3.5 B.2) derived from `parts`: the decimal value of the first 128 bits of
@@ -161,19 +179,20 @@ pub fn write_file(obj: InMemDicomObject, path: &Path, sync: bool) -> Result<(), 
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
-        .map_err(|e| DeriveError::Build {
+        .map_err(|source| DeriveError::Meta {
             uid: sop_instance.clone(),
-            reason: e.to_string(),
+            source: Box::new(source),
         })?;
     let file = obj.with_exact_meta(meta);
     let tmp = path.with_extension("tmp");
     // Encoded in memory first (one instance), so that a file system error (ENOSPC...) keeps its
     // errno instead of becoming an encoding error: the daemon retries those.
     let mut bytes = Vec::new();
-    file.write_all(&mut bytes).map_err(|e| DeriveError::Build {
-        uid: sop_instance.clone(),
-        reason: e.to_string(),
-    })?;
+    file.write_all(&mut bytes)
+        .map_err(|source| DeriveError::Encode {
+            uid: sop_instance.clone(),
+            source: Box::new(source),
+        })?;
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     std::io::Write::write_all(&mut f, &bytes).map_err(io_err(&tmp))?;
     if sync {

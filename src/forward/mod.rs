@@ -12,12 +12,18 @@ pub mod worker;
 
 use std::path::PathBuf;
 
+use crate::tls::TlsError;
+
 /// Errors delivering a job. Association failures, refused presentation contexts and non-success
 /// statuses are reported distinctly.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("destination {destination}: association failed: {reason}")]
-    Association { destination: String, reason: String },
+    #[error("destination {destination}: association failed: {source}")]
+    Association {
+        destination: String,
+        #[source]
+        source: Box<AssociationFailure>,
+    },
     #[error("destination {destination} refused the presentation context for SOP class {sop_class} in transfer syntax {transfer_syntax}")]
     Refused {
         destination: String,
@@ -39,24 +45,77 @@ pub enum ForwardError {
         /// The refusals as text (SOP Instance UIDs and statuses), for the message.
         list: String,
     },
-    #[error("destination {destination}: {reason}")]
-    Protocol { destination: String, reason: String },
+    #[error("destination {destination}: {source}")]
+    Protocol {
+        destination: String,
+        #[source]
+        source: Box<ProtocolFailure>,
+    },
     #[error("destination {destination}: no answer within {seconds} s")]
     Timeout { destination: String, seconds: u64 },
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Dicom {
+        path: PathBuf,
+        #[source]
+        source: Box<dicom_object::ReadError>,
+    },
+    #[error("{path}: file shorter than its meta group")]
+    Truncated { path: PathBuf },
+    #[error("{path}: copy task failed: {source}")]
+    CopyTask {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("unknown destination {0:?} (not in the configuration)")]
     UnknownDestination(String),
-    #[error("outbox {path}: {reason}")]
-    Outbox { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
-impl From<crate::outbox::OutboxError> for ForwardError {
-    fn from(e: crate::outbox::OutboxError) -> Self {
-        match e {
-            crate::outbox::OutboxError::Io { path, reason } => {
-                ForwardError::Outbox { path, reason }
-            }
-        }
+/// Why an association with a destination could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum AssociationFailure {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("TLS to {addr} (server name {server_name}): {}", crate::tls::describe_error(.source.as_ref()))]
+    TlsHandshake {
+        addr: String,
+        server_name: String,
+        #[source]
+        source: Box<dicom_ul::association::Error>,
+    },
+    #[error(transparent)]
+    Establish(Box<dicom_ul::association::Error>),
+}
+
+impl From<dicom_ul::association::Error> for ProtocolFailure {
+    fn from(e: dicom_ul::association::Error) -> Self {
+        ProtocolFailure::Ul(Box::new(e))
     }
+}
+
+/// What went wrong on an established association (or around it).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolFailure {
+    #[error("reading the instances to send failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Ul(Box<dicom_ul::association::Error>),
+    #[error(transparent)]
+    Dimse(#[from] crate::dicom::dimse::DimseError),
+    #[error("association aborted by peer: {0:?}")]
+    Aborted(dicom_ul::pdu::AbortRQSource),
+    #[error("peer released the association mid-transfer")]
+    Released,
+    #[error("unexpected PDU {0:?}")]
+    UnexpectedPdu(Box<dicom_ul::Pdu>),
 }

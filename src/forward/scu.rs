@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-use super::ForwardError;
+use super::{AssociationFailure, ForwardError, ProtocolFailure};
 use crate::config::{Destination, DestinationKind, ForwardSettings};
 use crate::dicom::dimse;
 use crate::util::fs::sync_dir;
@@ -39,9 +39,9 @@ struct Outgoing {
 
 fn dcm_files(dir: &Path) -> Result<Vec<PathBuf>, ForwardError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| ForwardError::File {
+        .map_err(|source| ForwardError::File {
             path: dir.to_owned(),
-            reason: e.to_string(),
+            source,
         })?
         .flatten()
         .map(|e| e.path())
@@ -52,14 +52,13 @@ fn dcm_files(dir: &Path) -> Result<Vec<PathBuf>, ForwardError> {
 }
 
 fn describe(path: &Path) -> Result<Outgoing, ForwardError> {
-    let ferr = |reason: String| ForwardError::File {
-        path: path.to_owned(),
-        reason,
-    };
     let obj = OpenFileOptions::new()
         .read_until(tags::SPECIFIC_CHARACTER_SET)
         .open_file(path)
-        .map_err(|e| ferr(e.to_string()))?;
+        .map_err(|source| ForwardError::Dicom {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
     let meta = obj.meta();
     let clean = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
     Ok(Outgoing {
@@ -96,9 +95,9 @@ pub async fn send_folder(
             let (d, from) = (dest.clone(), dir.to_owned());
             tokio::task::spawn_blocking(move || copy_folder(&d, &from))
                 .await
-                .map_err(|e| ForwardError::File {
+                .map_err(|source| ForwardError::CopyTask {
                     path: dir.to_owned(),
-                    reason: format!("copy task failed: {e}"),
+                    source,
                 })?
         }
         DestinationKind::Scp => {
@@ -124,9 +123,9 @@ fn copy_folder(dest: &Destination, dir: &Path) -> Result<usize, ForwardError> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "series".into());
     let target = PathBuf::from(&dest.path).join(name);
-    let ferr = |path: &Path, e: std::io::Error| ForwardError::File {
+    let ferr = |path: &Path, source: std::io::Error| ForwardError::File {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     std::fs::create_dir_all(&target).map_err(|e| ferr(&target, e))?;
     let files = dcm_files(dir)?;
@@ -173,9 +172,9 @@ async fn store_scu(
     on_ack: &mut (dyn FnMut(&str) + Send),
 ) -> Result<usize, ForwardError> {
     let name = dest.name.clone();
-    let proto = |reason: String| ForwardError::Protocol {
+    let proto = |source: ProtocolFailure| ForwardError::Protocol {
         destination: name.clone(),
-        reason,
+        source: Box::new(source),
     };
     // Reading every file's meta group is blocking I/O: off the async runtime.
     let described = tokio::task::spawn_blocking(move || {
@@ -185,7 +184,7 @@ async fn store_scu(
             .collect::<Result<Vec<_>, _>>()
     })
     .await
-    .map_err(|e| proto(format!("reading the instances to send failed: {e}")))??;
+    .map_err(|e| proto(ProtocolFailure::Task(e)))??;
     let outgoing: Vec<Outgoing> = described
         .into_iter()
         .filter(|o| !skip.contains(&o.sop_instance))
@@ -210,23 +209,24 @@ async fn store_scu(
         opts = opts.with_presentation_context(sop.clone(), vec![ts.clone()]);
     }
     let addr = format!("{}:{}", dest.host, dest.port);
-    let assoc_err = |reason: String| ForwardError::Association {
+    let assoc_err = |source: AssociationFailure| ForwardError::Association {
         destination: name.clone(),
-        reason,
+        source: Box::new(source),
     };
     if dest.tls {
-        let cfg = crate::tls::client_config(dest).map_err(|e| assoc_err(e.to_string()))?;
+        let cfg = crate::tls::client_config(dest).map_err(|e| assoc_err(e.into()))?;
         let server_name = crate::tls::server_name(dest);
         let mut assoc = opts
             .tls_config(cfg)
             .server_name(&server_name)
             .establish_tls_async(addr.as_str())
             .await
-            .map_err(|e| {
-                assoc_err(format!(
-                    "TLS to {addr} (server name {server_name}): {}",
-                    crate::tls::describe_error(&e)
-                ))
+            .map_err(|source| {
+                assoc_err(AssociationFailure::TlsHandshake {
+                    addr: addr.clone(),
+                    server_name: server_name.clone(),
+                    source: Box::new(source),
+                })
             })?;
         let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
         transfer(assoc, name.clone(), timeout, &outgoing, on_ack, &proto).await
@@ -234,11 +234,11 @@ async fn store_scu(
         let mut assoc = opts
             .establish_async(addr.as_str())
             .await
-            .map_err(|e| assoc_err(e.to_string()))?;
+            .map_err(|e| assoc_err(AssociationFailure::Establish(Box::new(e))))?;
         assoc
             .inner_stream()
             .set_nodelay(true)
-            .map_err(|e| proto(e.to_string()))?;
+            .map_err(|e| proto(e.into()))?;
         transfer(assoc, name.clone(), timeout, &outgoing, on_ack, &proto).await
     }
 }
@@ -250,7 +250,7 @@ async fn transfer<S>(
     timeout: Duration,
     outgoing: &[Outgoing],
     on_ack: &mut (dyn FnMut(&str) + Send),
-    proto: &impl Fn(String) -> ForwardError,
+    proto: &impl Fn(ProtocolFailure) -> ForwardError,
 ) -> Result<usize, ForwardError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -317,7 +317,13 @@ where
                         comment,
                     });
                 }
-                tracing::warn!(event = "instance_refused", destination = %name, sop_instance = %o.sop_instance, status = format!("0x{status:04X}"), comment = %rsp.error_comment, "destination refused one instance; sending the others");
+                crate::events::InstanceRefused {
+                    destination: &name,
+                    sop_instance: &o.sop_instance,
+                    status,
+                    comment: &rsp.error_comment,
+                }
+                .emit();
                 refused.push(Refusal {
                     sop_instance: o.sop_instance.clone(),
                     status,
@@ -363,25 +369,24 @@ async fn store_one<S>(
     pc_id: u8,
     message_id: u16,
     o: &Outgoing,
-    proto: &impl Fn(String) -> ForwardError,
+    proto: &impl Fn(ProtocolFailure) -> ForwardError,
 ) -> Result<dimse::Command, ForwardError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let bytes = tokio::fs::read(&o.path)
         .await
-        .map_err(|e| ForwardError::File {
+        .map_err(|source| ForwardError::File {
             path: o.path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     let dataset = bytes
         .get(o.dataset_offset..)
-        .ok_or_else(|| ForwardError::File {
+        .ok_or_else(|| ForwardError::Truncated {
             path: o.path.clone(),
-            reason: "file shorter than its meta group".into(),
         })?;
-    let cmd = dimse::store_rq(message_id, &o.sop_class, &o.sop_instance)
-        .map_err(|e| proto(e.to_string()))?;
+    let cmd =
+        dimse::store_rq(message_id, &o.sop_class, &o.sop_instance).map_err(|e| proto(e.into()))?;
     assoc
         .send(&Pdu::PData {
             data: vec![PDataValue {
@@ -392,39 +397,37 @@ where
             }],
         })
         .await
-        .map_err(|e| proto(e.to_string()))?;
+        .map_err(|e| proto(e.into()))?;
     {
         let mut w = assoc.send_pdata(pc_id);
-        w.write_all(dataset)
-            .await
-            .map_err(|e| proto(e.to_string()))?;
-        w.finish().await.map_err(|e| proto(e.to_string()))?;
+        w.write_all(dataset).await.map_err(|e| proto(e.into()))?;
+        w.finish().await.map_err(|e| proto(e.into()))?;
     }
     receive_command(assoc).await.map_err(proto)
 }
 
-async fn receive_command<S>(assoc: &mut AsyncClientAssociation<S>) -> Result<dimse::Command, String>
+async fn receive_command<S>(
+    assoc: &mut AsyncClientAssociation<S>,
+) -> Result<dimse::Command, ProtocolFailure>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let mut buf = Vec::new();
     loop {
-        match assoc.receive().await.map_err(|e| e.to_string())? {
+        match assoc.receive().await? {
             Pdu::PData { data } => {
                 for v in data {
                     if v.value_type == PDataValueType::Command {
                         buf.extend_from_slice(&v.data);
                         if v.is_last {
-                            return dimse::decode(&buf).map_err(|e| e.to_string());
+                            return Ok(dimse::decode(&buf)?);
                         }
                     }
                 }
             }
-            Pdu::AbortRQ { source } => {
-                return Err(format!("association aborted by peer: {source:?}"))
-            }
-            Pdu::ReleaseRQ => return Err("peer released the association mid-transfer".into()),
-            other => return Err(format!("unexpected PDU {other:?}")),
+            Pdu::AbortRQ { source } => return Err(ProtocolFailure::Aborted(source)),
+            Pdu::ReleaseRQ => return Err(ProtocolFailure::Released),
+            other => return Err(ProtocolFailure::UnexpectedPdu(Box::new(other))),
         }
     }
 }

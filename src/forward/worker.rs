@@ -69,7 +69,11 @@ impl Forwarder {
             let queued = match self.outbox.queued() {
                 Ok(jobs) => jobs,
                 Err(e) => {
-                    tracing::error!(event = "outbox_unreadable", reason = %e);
+                    events::OutboxUnreadable {
+                        job: None,
+                        reason: &e,
+                    }
+                    .emit();
                     Vec::new()
                 }
             };
@@ -130,7 +134,10 @@ async fn lane(
     beat: Beat,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    tracing::debug!(event = "forward_lane_started", destination = %destination);
+    events::ForwardLaneStarted {
+        destination: &destination,
+    }
+    .emit();
     loop {
         beat.beat();
         if *shutdown.borrow() {
@@ -147,7 +154,11 @@ async fn lane(
                 Ok(Some(j)) => j,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::error!(event = "outbox_unreadable", job = %id, reason = %e);
+                    events::OutboxUnreadable {
+                        job: Some(&id),
+                        reason: &e,
+                    }
+                    .emit();
                     continue;
                 }
             };
@@ -203,7 +214,11 @@ impl Shared {
                     if persisted.elapsed() >= PROGRESS_PERSIST {
                         persisted = Instant::now();
                         if let Err(e) = outbox.put(progress) {
-                            tracing::error!(event = "outbox_write_failed", job = %progress.id, reason = %e);
+                            events::OutboxWriteFailed {
+                                job: &progress.id,
+                                reason: &e,
+                            }
+                            .emit();
                         }
                     }
                 };
@@ -230,7 +245,11 @@ impl Shared {
                     None => {
                         if job.acknowledged.len() > before {
                             if let Err(e) = self.outbox.put(&job) {
-                                tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                                events::OutboxWriteFailed {
+                                    job: &job.id,
+                                    reason: &e,
+                                }
+                                .emit();
                             }
                         }
                         return false;
@@ -267,26 +286,26 @@ impl Shared {
         match result {
             Ok(n) => {
                 audit(&job, n + before, "delivered", "");
-                events::job_delivered(
-                    &job.id,
-                    &job.source_series_uid,
-                    &job.destination,
-                    n + before,
-                    job.attempts + 1,
-                    started.elapsed().as_secs_f64(),
-                );
-                self.metrics.jobs_forwarded.inc();
-                self.metrics
-                    .last_job_delivered_timestamp_seconds
-                    .set(crate::util::clock::now_seconds());
+                events::JobDelivered {
+                    job: &job.id,
+                    series_uid: &job.source_series_uid,
+                    destination: &job.destination,
+                    instances: n + before,
+                    attempt: job.attempts + 1,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+                .emit(&self.metrics);
                 if let Err(e) = self.outbox.done(&job) {
-                    tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                    events::OutboxWriteFailed {
+                        job: &job.id,
+                        reason: &e,
+                    }
+                    .emit();
                     return true;
                 }
                 self.cleanup(&job);
             }
             Err(e) => {
-                self.metrics.forward_failures.inc();
                 job.last_error = e.to_string();
                 let status = if job.attempts + 1 >= settings.forward.max_attempts {
                     "dead"
@@ -296,15 +315,19 @@ impl Shared {
                 audit(&job, job.acknowledged.len(), status, &job.last_error);
                 job.attempts += 1;
                 if job.attempts >= settings.forward.max_attempts {
-                    events::job_dead(
-                        &job.id,
-                        &job.source_series_uid,
-                        &job.destination,
-                        &job.last_error,
-                    );
-                    self.metrics.jobs_dead.inc();
+                    events::JobDead {
+                        job: &job.id,
+                        series_uid: &job.source_series_uid,
+                        destination: &job.destination,
+                        reason: &job.last_error,
+                    }
+                    .emit(&self.metrics);
                     if let Err(e) = self.outbox.bury(&job) {
-                        tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                        events::OutboxWriteFailed {
+                            job: &job.id,
+                            reason: &e,
+                        }
+                        .emit();
                     }
                 } else {
                     let wait = backoff_ms(
@@ -313,15 +336,20 @@ impl Shared {
                         settings.forward.max_backoff_seconds,
                     );
                     job.next_attempt_ms = now_ms() + wait;
-                    events::job_retry(
-                        &job.id,
-                        &job.destination,
-                        job.attempts,
-                        wait,
-                        &job.last_error,
-                    );
+                    events::JobRetry {
+                        job: &job.id,
+                        destination: &job.destination,
+                        attempts: job.attempts,
+                        wait_ms: wait,
+                        reason: &job.last_error,
+                    }
+                    .emit(&self.metrics);
                     if let Err(e) = self.outbox.put(&job) {
-                        tracing::error!(event = "outbox_write_failed", job = %job.id, reason = %e);
+                        events::OutboxWriteFailed {
+                            job: &job.id,
+                            reason: &e,
+                        }
+                        .emit();
                     }
                 }
             }
@@ -334,15 +362,22 @@ impl Shared {
         match self.outbox.needs(&job.spool_dir) {
             Ok(false) => {
                 if let Err(e) = self.spool.remove_series(&job.spool_dir) {
-                    tracing::error!(event = "spool_cleanup_failed", reason = %e);
+                    events::SpoolCleanupFailed { reason: &e }.emit();
                 }
                 if !job.work_dir.as_os_str().is_empty() && job.work_dir.exists() {
                     let _ = std::fs::remove_dir_all(&job.work_dir);
                 }
-                events::series_delivered(&job.source_series_uid);
+                events::SeriesDelivered {
+                    series_uid: &job.source_series_uid,
+                }
+                .emit();
             }
             Ok(true) => {}
-            Err(e) => tracing::error!(event = "outbox_unreadable", reason = %e),
+            Err(e) => events::OutboxUnreadable {
+                job: None,
+                reason: &e,
+            }
+            .emit(),
         }
     }
 }

@@ -252,9 +252,9 @@ impl SeriesWriter {
             let h = h.clone();
             return self.frame_template(&h, frame);
         }
-        let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+        let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
             path: h.path.clone(),
-            reason: e.to_string(),
+            source: Box::new(source),
         })?;
         let mut obj = obj.into_inner();
         let notes = sanitize(&mut obj);
@@ -266,7 +266,12 @@ impl SeriesWriter {
     fn log_repairs(&mut self, source_series_uid: &str, notes: Vec<String>) {
         for note in notes {
             if self.repaired.insert(note.clone()) {
-                tracing::warn!(event = "source_attribute_repaired", source_series_uid = %source_series_uid, derived_series_uid = %self.plan.series_uid, repair = %note, "invalid source attribute not carried into the derived series");
+                crate::events::SourceAttributeRepaired {
+                    source_series_uid,
+                    derived_series_uid: &self.plan.series_uid,
+                    repair: &note,
+                }
+                .emit();
             }
         }
     }
@@ -280,9 +285,9 @@ impl SeriesWriter {
     ) -> Result<InMemDicomObject, DeriveError> {
         if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
             self.enhanced = None;
-            let obj = header::open_header(&h.path).map_err(|e| DeriveError::Source {
+            let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
                 path: h.path.clone(),
-                reason: e.to_string(),
+                source: Box::new(source),
             })?;
             let mut base = obj.into_inner();
             let frames = classic_from_enhanced(&mut base);
@@ -295,9 +300,8 @@ impl SeriesWriter {
             });
         }
         let Some(e) = &self.enhanced else {
-            return Err(DeriveError::Source {
+            return Err(DeriveError::SourceNotRead {
                 path: h.path.clone(),
-                reason: "multi-frame source not read".into(),
             });
         };
         let mut obj = e.base.clone();
@@ -595,11 +599,9 @@ impl SeriesWriter {
                 self.written,
                 self.plan.slices.len()
             );
+            let uid = self.plan.series_uid.clone();
             self.abandon();
-            return Err(DeriveError::Build {
-                uid: String::new(),
-                reason,
-            });
+            return Err(DeriveError::Build { uid, reason });
         }
         // Every file of the series (and the folder) on disk before the series becomes visible.
         fs::File::open(&self.partial)

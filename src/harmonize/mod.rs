@@ -102,7 +102,13 @@ pub fn open_translator(
     })?;
     let t = Translator::open(model, settings)?;
     let m = t.manifest();
-    events::model_loaded(&m.name, &m.version, &format!("{:?}", m.kind), t.device());
+    events::ModelLoaded {
+        model: &m.name,
+        version: &m.version,
+        kind: &format!("{:?}", m.kind),
+        device: t.device(),
+    }
+    .emit();
     Ok(t)
 }
 
@@ -118,7 +124,12 @@ pub fn expand_frames(s: &mut Series) -> Result<(), SeriesError> {
     for h in std::mem::take(&mut s.slices) {
         if header::is_multi_frame(&h) {
             let frames = header::read_frames(&h)?;
-            tracing::info!(event = "frames_expanded", series_uid = %s.series_uid, sop_instance_uid = %h.sop_instance_uid, frames = frames.len(), "multi-frame instance read as one slice per frame");
+            events::FramesExpanded {
+                series_uid: &s.series_uid,
+                sop_instance_uid: &h.sop_instance_uid,
+                frames: frames.len(),
+            }
+            .emit();
             out.extend(frames);
         } else {
             out.push(h);
@@ -172,7 +183,11 @@ pub fn check_series(
     };
     let g = sort_and_check(&uid, &mut s.slices, limits)?;
     if g.tilt_degrees > 0.05 {
-        events::gantry_tilt(&uid, g.tilt_degrees);
+        events::GantryTilt {
+            series_uid: &uid,
+            degrees: g.tilt_degrees,
+        }
+        .emit();
     }
     Ok(g)
 }
@@ -201,7 +216,12 @@ pub fn process_series(
     }
     let geometry = check_series(settings, translator, &mut s)?;
     let manifest = translator.manifest().clone();
-    events::series_started(&uid, s.slices.len(), &manifest.name);
+    events::SeriesStarted {
+        series_uid: &uid,
+        slices: s.slices.len(),
+        model: &manifest.name,
+    }
+    .emit();
     let plan = DerivedPlan::new(&s.slices, &geometry, &manifest, salt);
     let derived_uid = plan.series_uid.clone();
     let n_out = plan.slices.len();
@@ -300,7 +320,13 @@ pub fn process_series(
     }
     let dir = writer.finish()?;
     let seconds = started.elapsed().as_secs_f64();
-    events::series_done(&uid, &derived_uid, n_out, seconds);
+    events::SeriesDone {
+        series_uid: &uid,
+        derived_series_uid: &derived_uid,
+        slices: n_out,
+        seconds,
+    }
+    .emit();
     Ok((
         Published {
             source_series_uid: uid,

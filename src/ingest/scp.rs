@@ -57,6 +57,120 @@ use super::accept::{
     is_resource_exhaustion, peek_associate_rq, reject_transient, socket_pair, Gate, RateLimited,
 };
 
+/// What the SCP answers to one C-STORE.
+#[derive(Debug)]
+pub enum StoreOutcome {
+    /// Committed to the spool (durable) and announced to the series stage.
+    Stored,
+    /// An instance of a series delivered before, received again: acknowledged, not kept.
+    Retransmission,
+    /// Refused: the data set is not kept.
+    Refused(StoreRefusal),
+}
+
+impl StoreOutcome {
+    /// The DIMSE status of the C-STORE response.
+    pub fn status(&self) -> u16 {
+        match self {
+            StoreOutcome::Stored | StoreOutcome::Retransmission => dimse::SUCCESS,
+            StoreOutcome::Refused(r) => r.status(),
+        }
+    }
+
+    /// The response's error comment (empty on success).
+    pub fn comment(&self) -> String {
+        match self {
+            StoreOutcome::Stored | StoreOutcome::Retransmission => String::new(),
+            StoreOutcome::Refused(r) => r.to_string(),
+        }
+    }
+}
+
+/// Why a C-STORE was refused. The message is the response's error comment: it names the reason,
+/// never our temporary path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreRefusal {
+    #[error("unknown presentation context")]
+    UnknownContext,
+    #[error("SOP class {sop_class} not accepted")]
+    SopClassNotAccepted { sop_class: String },
+    /// The bounded pre-parser refused the data set.
+    #[error("{}", guard_comment(.0))]
+    Guard(#[source] guard::GuardError),
+    #[error("transfer syntax {ts_uid} unknown")]
+    UnknownTransferSyntax { ts_uid: String },
+    #[error("malformed dataset: {0}")]
+    Malformed(#[source] Box<dicom_object::ReadError>),
+    #[error("parser failed: {0}")]
+    ParserTask(#[source] tokio::task::JoinError),
+    #[error("SOP class or instance differs from the command")]
+    DatasetMismatch,
+    #[error("{}", spool_comment(.0))]
+    Spool(#[source] SpoolError),
+    #[error("spool task failed: {0}")]
+    SpoolTask(#[source] tokio::task::JoinError),
+    /// The spool file's writer was taken by an earlier answer (never expected).
+    #[error("spool file already answered")]
+    WriterTaken,
+    /// A data set with no C-STORE command before it (never expected: the association aborts).
+    #[error("data set without a C-STORE command")]
+    NoCommand,
+}
+
+impl StoreRefusal {
+    /// The DIMSE status of the refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            StoreRefusal::UnknownContext
+            | StoreRefusal::Guard(_)
+            | StoreRefusal::UnknownTransferSyntax { .. }
+            | StoreRefusal::Malformed(_)
+            | StoreRefusal::ParserTask(_)
+            | StoreRefusal::NoCommand
+            | StoreRefusal::Spool(SpoolError::InvalidUid { .. }) => dimse::CANNOT_UNDERSTAND,
+            StoreRefusal::SopClassNotAccepted { .. } => dimse::SOP_CLASS_NOT_SUPPORTED,
+            StoreRefusal::DatasetMismatch => dimse::DATASET_MISMATCH,
+            StoreRefusal::Spool(_) | StoreRefusal::SpoolTask(_) | StoreRefusal::WriterTaken => {
+                dimse::OUT_OF_RESOURCES
+            }
+        }
+    }
+}
+
+/// The comment of a pre-parser refusal: the reason, not the file it was found in.
+fn guard_comment(e: &guard::GuardError) -> String {
+    match e {
+        guard::GuardError::File { reason, .. } => reason.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The comment of a spool error: a bad UID is named; the spool's own trouble is not detailed.
+fn spool_comment(e: &SpoolError) -> String {
+    match e {
+        SpoolError::InvalidUid { .. } => e.to_string(),
+        SpoolError::DiskFull { .. } => "spool disk full".into(),
+        _ => "cannot write spool".into(),
+    }
+}
+
+/// Why a response could not be sent to the calling AE (the association ends).
+#[derive(Debug, thiserror::Error)]
+pub enum ScpError {
+    #[error("cannot encode the response to {calling_ae}: {source}")]
+    Encode {
+        calling_ae: String,
+        #[source]
+        source: dimse::DimseError,
+    },
+    #[error("cannot send the response to {calling_ae}: {source}")]
+    Send {
+        calling_ae: String,
+        #[source]
+        source: Box<dicom_ul::association::Error>,
+    },
+}
+
 /// Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
@@ -105,7 +219,7 @@ impl Scp {
             match crate::tls::server_config(&server.tls) {
                 Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
                 Err(e) => {
-                    tracing::error!(event = "tls_config_failed", reason = %e, "cannot load the SCP's TLS configuration; not accepting associations");
+                    events::TlsConfigFailed { reason: &e }.emit();
                     return;
                 }
             }
@@ -128,7 +242,12 @@ impl Scp {
                         Err(e) => {
                             let exhausted = is_resource_exhaustion(&e);
                             if let Some(suppressed) = accept_log.allow() {
-                                tracing::warn!(event = "accept_failed", reason = %e, suppressed, retry_ms = if exhausted { backoff.as_millis() } else { 0 }, "cannot accept a connection");
+                                events::AcceptFailed {
+                                    reason: &e,
+                                    suppressed,
+                                    retry_ms: if exhausted { backoff.as_millis() } else { 0 },
+                                }
+                                .emit();
                             }
                             if exhausted {
                                 // Out of descriptors: accepting again at once would spin.
@@ -145,10 +264,12 @@ impl Scp {
                     backoff = min_backoff;
                     let _ = socket.set_nodelay(true);
                     let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                        if let Some(suppressed) = busy_log.allow() {
-                            tracing::warn!(event = "handshake_limit", peer = %peer, limit = server.max_handshakes, suppressed, "too many connections in the association handshake; closed");
+                        events::HandshakeLimit {
+                            peer: &peer,
+                            limit: server.max_handshakes,
+                            suppressed: busy_log.allow(),
                         }
-                        this.metrics.associations_rejected.inc();
+                        .emit(&this.metrics);
                         continue;
                     };
                     let slots = slots.clone();
@@ -184,9 +305,11 @@ impl Scp {
         let artim_seconds = server_artim(self);
         let deadline = Instant::now() + Duration::from_secs(artim_seconds);
         let rejected = |reason: String| {
-            self.metrics.associations_rejected.inc();
-            tracing::warn!(event = "tls_handshake_failed", peer = %peer, reason = %reason, "TLS handshake failed; connection closed");
-            crate::audit::rejected(&format!("TLS handshake failed: {reason}"));
+            events::TlsHandshakeFailed {
+                peer: &peer,
+                reason: &reason,
+            }
+            .emit(&self.metrics);
         };
         let stream = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
             Ok(Ok(s)) => s,
@@ -201,7 +324,11 @@ impl Scp {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| crate::tls::subject_of(c));
-        tracing::debug!(event = "tls_established", peer = %peer, subject = ?subject);
+        events::TlsEstablished {
+            peer: &peer,
+            subject: subject.as_deref(),
+        }
+        .emit();
         crate::audit::tls_subject(subject.as_deref());
         let (local, relay) = match socket_pair() {
             Ok(x) => x,
@@ -251,8 +378,13 @@ impl Scp {
         let s = &settings.server;
         let artim = Duration::from_secs(s.artim_seconds);
         let rejected = |calling: &str, called: &str, reason: &str| {
-            self.metrics.associations_rejected.inc();
-            events::association_rejected(calling, called, &peer.to_string(), reason);
+            events::AssociationRejected {
+                calling_ae: calling,
+                called_ae: called,
+                peer: &peer,
+                reason,
+            }
+            .emit(&self.metrics);
         };
         let (rq, rq_len) =
             match tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length))
@@ -282,8 +414,12 @@ impl Scp {
         crate::audit::request(&calling, &called);
         if !gate.subject_allowed() {
             let subject = gate.tls.clone().flatten().unwrap_or_default();
-            tracing::warn!(event = "tls_subject_rejected", peer = %peer, calling_ae = %calling, subject = %subject, "client certificate subject not in server.tls.allowed_subjects; association rejected");
-            crate::audit::rejected("client certificate subject not in server.tls.allowed_subjects");
+            events::TlsSubjectRejected {
+                peer: &peer,
+                calling_ae: &calling,
+                subject: &subject,
+            }
+            .emit();
         }
         // Only a request that passes access control waits for a slot; the others are answered by
         // the negotiation below (a permanent rejection) without one.
@@ -295,7 +431,13 @@ impl Scp {
             match tokio::time::timeout(wait, slots.acquire_owned()).await {
                 Ok(Ok(p)) => Some(p),
                 _ => {
-                    tracing::warn!(event = "association_slots_full", calling_ae = %calling, peer = %peer, limit = s.max_associations, waited_seconds = s.slot_wait_seconds, "no free association slot; rejected (transient)");
+                    events::AssociationSlotsFull {
+                        calling_ae: &calling,
+                        peer: &peer,
+                        limit: s.max_associations,
+                        waited_seconds: s.slot_wait_seconds,
+                    }
+                    .emit();
                     rejected(
                         &calling,
                         &called,
@@ -347,13 +489,23 @@ impl Scp {
         let mut assoc = match established {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                self.metrics.associations_rejected.inc();
-                events::association_rejected("", "", &peer.to_string(), &e.to_string());
+                events::AssociationRejected {
+                    calling_ae: "",
+                    called_ae: "",
+                    peer: &peer,
+                    reason: &e.to_string(),
+                }
+                .emit(&self.metrics);
                 return;
             }
             Err(_) => {
-                self.metrics.associations_rejected.inc();
-                events::association_rejected("", "", &peer.to_string(), "negotiation timed out");
+                events::AssociationRejected {
+                    calling_ae: "",
+                    called_ae: "",
+                    peer: &peer,
+                    reason: "negotiation timed out",
+                }
+                .emit(&self.metrics);
                 return;
             }
         };
@@ -362,7 +514,11 @@ impl Scp {
             .trim()
             .to_string();
         let called = assoc.called_ae_title().trim().to_string();
-        tracing::debug!(event = "association_accepted", calling_ae = %calling, peer = %peer);
+        events::AssociationAccepted {
+            calling_ae: &calling,
+            peer: &peer,
+        }
+        .emit();
         // Only accepted contexts: a rejected one carries no usable transfer syntax.
         let contexts: Vec<(u8, String, String)> = assoc
             .presentation_contexts()
@@ -379,7 +535,7 @@ impl Scp {
         let mut command: Vec<u8> = Vec::new();
         let mut pending: Option<(dimse::Command, u8)> = None;
         // The data set of the pending C-STORE, streamed to its spool file as it arrives.
-        let mut sink = Sink::Discard(dimse::SUCCESS, String::new());
+        let mut sink = Sink::Idle;
         let mut received: usize = 0;
         let mut idle_until = Instant::now() + idle;
         loop {
@@ -389,7 +545,12 @@ impl Scp {
                     return;
                 }
                 _ = tokio::time::sleep_until(idle_until) => {
-                    tracing::warn!(event = "association_idle", calling_ae = %calling, peer = %peer, seconds = idle.as_secs(), "no C-STORE completed for too long; association aborted to free its slot");
+                    events::AssociationIdle {
+                        calling_ae: &calling,
+                        peer: &peer,
+                        seconds: idle.as_secs(),
+                    }
+                    .emit();
                     let _ = assoc.abort().await;
                     return;
                 }
@@ -402,16 +563,27 @@ impl Scp {
                     return;
                 }
                 Ok(Pdu::AbortRQ { .. }) => {
-                    tracing::info!(event = "association_aborted", calling_ae = %calling, "peer aborted; acknowledged instances are kept");
+                    events::AssociationAborted {
+                        calling_ae: &calling,
+                    }
+                    .emit();
                     return;
                 }
                 Ok(other) => {
-                    tracing::warn!(event = "unexpected_pdu", calling_ae = %calling, pdu = ?other);
+                    events::UnexpectedPdu {
+                        calling_ae: &calling,
+                        pdu: &other,
+                    }
+                    .emit();
                     let _ = assoc.abort().await;
                     return;
                 }
                 Err(e) => {
-                    tracing::info!(event = "association_ended", calling_ae = %calling, reason = %e);
+                    events::AssociationEnded {
+                        calling_ae: &calling,
+                        reason: &e,
+                    }
+                    .emit();
                     return;
                 }
             };
@@ -423,14 +595,24 @@ impl Scp {
                     data: bytes,
                 } = v;
                 if !contexts.iter().any(|(id, _, _)| *id == pc) {
-                    tracing::warn!(event = "pdata_on_unaccepted_context", calling_ae = %calling, peer = %peer, context_id = pc, "P-DATA on a presentation context that was not accepted; association aborted");
+                    events::PdataOnUnacceptedContext {
+                        calling_ae: &calling,
+                        peer: &peer,
+                        context_id: pc,
+                    }
+                    .emit();
                     let _ = assoc.abort().await;
                     return;
                 }
                 match value_type {
                     PDataValueType::Command => {
                         if command.len() + bytes.len() > MAX_COMMAND_BYTES {
-                            tracing::warn!(event = "command_too_large", calling_ae = %calling, peer = %peer, limit = MAX_COMMAND_BYTES, "command set exceeds the limit; association aborted");
+                            events::CommandTooLarge {
+                                calling_ae: &calling,
+                                peer: &peer,
+                                limit: MAX_COMMAND_BYTES,
+                            }
+                            .emit();
                             let _ = assoc.abort().await;
                             return;
                         }
@@ -441,7 +623,11 @@ impl Scp {
                         let cmd = match dimse::decode(&command) {
                             Ok(c) => c,
                             Err(e) => {
-                                tracing::warn!(event = "bad_command", calling_ae = %calling, reason = %e);
+                                events::BadCommand {
+                                    calling_ae: &calling,
+                                    reason: &e,
+                                }
+                                .emit();
                                 let _ = assoc.abort().await;
                                 return;
                             }
@@ -456,7 +642,11 @@ impl Scp {
                                 dimse::SUCCESS,
                                 "",
                             );
-                            if self.send_command(&mut assoc, pc, rsp).await.is_err() {
+                            if self
+                                .send_command(&mut assoc, pc, rsp, &calling)
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
@@ -465,24 +655,43 @@ impl Scp {
                             received = 0;
                             pending = Some((cmd, pc));
                         } else {
-                            tracing::warn!(event = "unsupported_command", calling_ae = %calling, field = cmd.field);
+                            events::UnsupportedCommand {
+                                calling_ae: &calling,
+                                field: cmd.field,
+                            }
+                            .emit();
                             let _ = assoc.abort().await;
                             return;
                         }
                     }
                     PDataValueType::Data => {
                         let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
-                            tracing::warn!(event = "unexpected_data", calling_ae = %calling, peer = %peer, "data set without a C-STORE command; association aborted");
+                            events::UnexpectedData {
+                                calling_ae: &calling,
+                                peer: &peer,
+                            }
+                            .emit();
                             let _ = assoc.abort().await;
                             return;
                         };
                         if cmd_pc != pc {
-                            tracing::warn!(event = "context_mismatch", calling_ae = %calling, peer = %peer, command_context = cmd_pc, data_context = pc, "data set on another presentation context than its command; association aborted");
+                            events::ContextMismatch {
+                                calling_ae: &calling,
+                                peer: &peer,
+                                command_context: cmd_pc,
+                                data_context: pc,
+                            }
+                            .emit();
                             let _ = assoc.abort().await;
                             return;
                         }
                         if received.saturating_add(bytes.len()) > max_dataset {
-                            tracing::warn!(event = "dataset_too_large", calling_ae = %calling, peer = %peer, limit_bytes = max_dataset, "data set exceeds server.max_dataset_mib; association aborted");
+                            events::DatasetTooLarge {
+                                calling_ae: &calling,
+                                peer: &peer,
+                                limit_bytes: max_dataset,
+                            }
+                            .emit();
                             let _ = assoc.abort().await;
                             return;
                         }
@@ -497,32 +706,34 @@ impl Scp {
                             return;
                         };
                         let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
-                        let taken = std::mem::replace(
-                            &mut sink,
-                            Sink::Discard(dimse::SUCCESS, String::new()),
-                        );
-                        let (status, comment) = self
+                        let taken = std::mem::replace(&mut sink, Sink::Idle);
+                        let outcome = self
                             .store(&limits, ctx, &cmd, &calling, &called, taken)
                             .await;
                         idle_until = Instant::now() + idle;
-                        if status != dimse::SUCCESS {
-                            self.metrics.instances_rejected.inc();
-                            events::instance_rejected(
-                                &calling,
-                                &cmd.sop_instance,
-                                status,
-                                &comment,
-                            );
+                        let comment = outcome.comment();
+                        if let StoreOutcome::Refused(refusal) = &outcome {
+                            events::InstanceRejected {
+                                calling_ae: &calling,
+                                sop_instance_uid: &cmd.sop_instance,
+                                status: refusal.status(),
+                                reason: &comment,
+                            }
+                            .emit(&self.metrics);
                         }
                         let rsp = dimse::response(
                             dimse::C_STORE_RSP,
                             cmd.message_id,
                             &cmd.sop_class,
                             &cmd.sop_instance,
-                            status,
+                            outcome.status(),
                             &comment,
                         );
-                        if self.send_command(&mut assoc, cmd_pc, rsp).await.is_err() {
+                        if self
+                            .send_command(&mut assoc, cmd_pc, rsp, &calling)
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -536,8 +747,12 @@ impl Scp {
         assoc: &mut dicom_ul::association::server::AsyncServerAssociation<TcpStream>,
         pc: u8,
         bytes: Result<Vec<u8>, dimse::DimseError>,
-    ) -> Result<(), ()> {
-        let bytes = bytes.map_err(|_| ())?;
+        calling: &str,
+    ) -> Result<(), ScpError> {
+        let bytes = bytes.map_err(|source| ScpError::Encode {
+            calling_ae: calling.to_string(),
+            source,
+        })?;
         assoc
             .send(&Pdu::PData {
                 data: vec![PDataValue {
@@ -548,7 +763,10 @@ impl Scp {
                 }],
             })
             .await
-            .map_err(|_| ())
+            .map_err(|source| ScpError::Send {
+                calling_ae: calling.to_string(),
+                source: Box::new(source),
+            })
     }
 
     /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
@@ -561,10 +779,7 @@ impl Scp {
         calling: &str,
     ) -> Sink {
         let Some((_, abstract_syntax, ts_uid)) = ctx else {
-            return Sink::Discard(
-                dimse::CANNOT_UNDERSTAND,
-                "unknown presentation context".into(),
-            );
+            return Sink::Discard(StoreRefusal::UnknownContext);
         };
         let allowed = abstract_syntax == CT_IMAGE_STORAGE
             || abstract_syntax == ENHANCED_CT_IMAGE_STORAGE
@@ -573,10 +788,9 @@ impl Scp {
                 .passthrough_sop_classes
                 .contains(&abstract_syntax);
         if !allowed || cmd.sop_class != abstract_syntax {
-            return Sink::Discard(
-                dimse::SOP_CLASS_NOT_SUPPORTED,
-                format!("SOP class {} not accepted", cmd.sop_class),
-            );
+            return Sink::Discard(StoreRefusal::SopClassNotAccepted {
+                sop_class: cmd.sop_class.clone(),
+            });
         }
         let spool = self.spool.clone();
         let (class, instance, calling) = (
@@ -596,8 +810,7 @@ impl Scp {
         }
     }
 
-    /// Checks and commits one received instance (its data set in its spool file). Returns the DIMSE
-    /// status and an error comment.
+    /// Checks and commits one received instance (its data set in its spool file).
     async fn store(
         &self,
         limits: &Limits,
@@ -606,9 +819,11 @@ impl Scp {
         calling: &str,
         called: &str,
         sink: Sink,
-    ) -> (u16, String) {
+    ) -> StoreOutcome {
+        use StoreOutcome::Refused;
         let (mut writer, chunk, ts_uid) = match sink {
-            Sink::Discard(status, comment) => return (status, comment),
+            Sink::Idle => return Refused(StoreRefusal::NoCommand),
+            Sink::Discard(refusal) => return Refused(refusal),
             Sink::File {
                 writer,
                 chunk,
@@ -618,13 +833,10 @@ impl Scp {
         };
         let mut incoming = match writer.ready().await {
             Ok((incoming, _)) => incoming,
-            Err(answer) => return answer,
+            Err(refusal) => return Refused(refusal),
         };
         if ctx.is_none() {
-            return (
-                dimse::CANNOT_UNDERSTAND,
-                "unknown presentation context".into(),
-            );
+            return Refused(StoreRefusal::UnknownContext);
         }
         // The last bytes written, then (in parallel) the data synced to disk and the file checked:
         // the bounded pre-parser (depth, declared lengths, size, pixel encoding against the
@@ -637,8 +849,8 @@ impl Scp {
         .await;
         let (mut incoming, file) = match written {
             Ok((incoming, Ok(file))) => (incoming, file),
-            Ok((_, Err(e))) => return spool_status(&e),
-            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+            Ok((_, Err(e))) => return Refused(spool_refusal(e)),
+            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
         };
         let (path, limits) = (incoming.path().to_path_buf(), *limits);
         let (synced, checked) = tokio::join!(
@@ -650,16 +862,16 @@ impl Scp {
         );
         let (incoming, synced) = match synced {
             Ok(x) => x,
-            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
         };
         // A refused data set is answered as such even when its sync failed too.
         let obj = match checked {
             Ok(Ok(obj)) => obj,
-            Ok(Err(reason)) => return (dimse::CANNOT_UNDERSTAND, reason),
-            Err(e) => return (dimse::CANNOT_UNDERSTAND, format!("parser failed: {e}")),
+            Ok(Err(refusal)) => return Refused(refusal),
+            Err(e) => return Refused(StoreRefusal::ParserTask(e)),
         };
         if let Err(e) = synced {
-            return spool_status(&e);
+            return Refused(spool_refusal(e));
         }
         let text = |tag| {
             obj.element_opt(tag)
@@ -671,10 +883,7 @@ impl Scp {
         };
         let sop_instance = text(tags::SOP_INSTANCE_UID);
         if sop_instance != cmd.sop_instance || text(tags::SOP_CLASS_UID) != cmd.sop_class {
-            return (
-                dimse::DATASET_MISMATCH,
-                "SOP class or instance differs from the command".into(),
-            );
+            return Refused(StoreRefusal::DatasetMismatch);
         }
         let expected = [tags::NUMBER_OF_SERIES_RELATED_INSTANCES]
             .into_iter()
@@ -692,8 +901,13 @@ impl Scp {
                 .is_ok_and(|d| !d.exists())
         {
             // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
-            tracing::info!(event = "retransmission", calling_ae = %calling, series_uid = %series_uid, sop_instance_uid = %sop_instance, "instance of a delivered series received again; acknowledged, not reprocessed");
-            return (dimse::SUCCESS, String::new());
+            events::RetransmissionAcknowledged {
+                calling_ae: calling,
+                series_uid: &series_uid,
+                sop_instance_uid: &sop_instance,
+            }
+            .emit();
+            return StoreOutcome::Retransmission;
         }
         let spool = self.spool.clone();
         let (study2, series2) = (study_uid.clone(), series_uid.clone());
@@ -702,8 +916,8 @@ impl Scp {
             tokio::task::spawn_blocking(move || spool.commit(incoming, &study2, &series2)).await;
         match stored {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return spool_status(&e),
-            Err(e) => return (dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}")),
+            Ok(Err(e)) => return Refused(spool_refusal(e)),
+            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
         }
         self.metrics.instances_received.inc();
         crate::audit::instance_stored(bytes);
@@ -720,23 +934,22 @@ impl Scp {
         };
         // Durable already: the series stage learns of it (waiting when it is busy: back-pressure).
         let _ = self.tx.send(arrival).await;
-        (dimse::SUCCESS, String::new())
+        StoreOutcome::Stored
     }
 }
 
-/// The DIMSE status and comment of a spool error.
-fn spool_status(e: &SpoolError) -> (u16, String) {
-    match e {
-        SpoolError::InvalidUid { .. } => (dimse::CANNOT_UNDERSTAND, e.to_string()),
-        SpoolError::DiskFull { .. } => {
-            tracing::error!(event = "disk_watermark", reason = %e);
-            (dimse::OUT_OF_RESOURCES, "spool disk full".into())
+/// The refusal of a spool error (a full disk or a failed write is logged for the operator).
+fn spool_refusal(e: SpoolError) -> StoreRefusal {
+    match &e {
+        SpoolError::InvalidUid { .. } => {}
+        SpoolError::DiskFull { .. } => events::DiskWatermark {
+            path: None,
+            reason: &e,
         }
-        _ => {
-            tracing::error!(event = "spool_write_failed", reason = %e);
-            (dimse::OUT_OF_RESOURCES, "cannot write spool".into())
-        }
+        .emit(),
+        _ => events::SpoolWriteFailed { reason: &e }.emit(),
     }
+    StoreRefusal::Spool(e)
 }
 
 /// Checks a received instance's spool file (guard, then dicom-rs up to the pixel data); the
@@ -746,24 +959,25 @@ fn check_file(
     path: &std::path::Path,
     ts_uid: &str,
     limits: &Limits,
-) -> Result<dicom_object::DefaultDicomObject, String> {
-    guard::check_part10_open(file, path, limits).map_err(|e| match e {
-        guard::GuardError::File { reason, .. } => reason.to_string(),
-        other => other.to_string(),
-    })?;
+) -> Result<dicom_object::DefaultDicomObject, StoreRefusal> {
+    guard::check_part10_open(file, path, limits).map_err(StoreRefusal::Guard)?;
     if TransferSyntaxRegistry.get(ts_uid).is_none() {
-        return Err(format!("transfer syntax {ts_uid} unknown"));
+        return Err(StoreRefusal::UnknownTransferSyntax {
+            ts_uid: ts_uid.to_string(),
+        });
     }
     dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| format!("malformed dataset: {e}"))
+        .map_err(|e| StoreRefusal::Malformed(Box::new(e)))
 }
 
 /// Where the data set of the pending C-STORE goes.
 enum Sink {
-    /// Refused at the command (status, comment): the bytes are counted and dropped.
-    Discard(u16, String),
+    /// No C-STORE pending.
+    Idle,
+    /// Refused at the command: the bytes are counted and dropped.
+    Discard(StoreRefusal),
     /// Streamed to the instance's spool file, in chunks written off the async workers while the
     /// next fragments arrive.
     File {
@@ -785,39 +999,39 @@ enum Writer {
     /// Being written (one write at a time, in order); gives back the buffer.
     Busy(tokio::task::JoinHandle<Written>),
     /// Opening or writing failed (the temporary file is gone): the rest of the data set is
-    /// dropped and the C-STORE answered with this status and comment.
-    Failed(u16, String),
+    /// dropped and the C-STORE answered with this refusal.
+    Failed(StoreRefusal),
 }
 
 impl Writer {
     /// Waits for the write in progress; the file and the buffer written, or the answer to give.
-    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), (u16, String)> {
-        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
+    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), StoreRefusal> {
+        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
         let done = match state {
             Writer::Unopened(begin) => {
                 tokio::task::spawn_blocking(move || Ok((begin()?, Vec::new()))).await
             }
             Writer::Busy(handle) => handle.await,
-            Writer::Failed(status, comment) => return Err((status, comment)),
+            Writer::Failed(refusal) => return Err(refusal),
         };
         match done {
             Ok(Ok(x)) => Ok(x),
-            Ok(Err(e)) => Err(spool_status(&e)),
-            Err(e) => Err((dimse::OUT_OF_RESOURCES, format!("spool task failed: {e}"))),
+            Ok(Err(e)) => Err(spool_refusal(e)),
+            Err(e) => Err(StoreRefusal::SpoolTask(e)),
         }
     }
 
     /// Starts writing `buf` (opening the file first when needed); returns at once.
     async fn start(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
-        let state = std::mem::replace(self, Writer::Failed(dimse::OUT_OF_RESOURCES, String::new()));
-        let (mut spare, open): (Option<Vec<u8>>, Result<Option<Incoming>, Begin>) = match state {
+        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
+        let (mut spare, open): (Option<Vec<u8>>, Result<Incoming, Begin>) = match state {
             Writer::Unopened(begin) => (None, Err(begin)),
             busy @ Writer::Busy(_) => {
                 *self = busy;
                 match self.ready().await {
-                    Ok((incoming, spare)) => (Some(spare), Ok(Some(incoming))),
-                    Err((status, comment)) => {
-                        *self = Writer::Failed(status, comment);
+                    Ok((incoming, spare)) => (Some(spare), Ok(incoming)),
+                    Err(refusal) => {
+                        *self = Writer::Failed(refusal);
                         return None;
                     }
                 }
@@ -829,13 +1043,7 @@ impl Writer {
         };
         *self = Writer::Busy(tokio::task::spawn_blocking(move || {
             let mut incoming = match open {
-                Ok(Some(incoming)) => incoming,
-                Ok(None) => {
-                    return Err(SpoolError::Version {
-                        path: std::path::PathBuf::new(),
-                        reason: "no spool file".into(),
-                    })
-                }
+                Ok(incoming) => incoming,
                 Err(begin) => begin()?,
             };
             incoming.write(&buf)?;

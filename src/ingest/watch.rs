@@ -324,14 +324,15 @@ impl Scanner {
     /// Counts a rejected entry and moves it into quarantine with its reason.
     fn reject(&mut self, path: &Path, reason: &str) {
         match quarantine_file(&self.quarantine, path, reason) {
-            Ok(q) => {
-                self.metrics.instances_rejected.inc();
-                tracing::warn!(event = "file_quarantined", path = %path.display(), quarantined = %q.display(), reason)
+            Ok(q) => crate::events::FileQuarantined {
+                path,
+                quarantined: &q,
+                reason,
             }
+            .emit(&self.metrics),
             Err(qe) => {
                 if self.stuck.insert(path.to_owned()) {
-                    self.metrics.instances_rejected.inc();
-                    tracing::error!(event = "quarantine_failed", path = %path.display(), reason = %qe, "left in place and ignored while it stays");
+                    crate::events::FileQuarantineFailed { path, reason: &qe }.emit(&self.metrics);
                 }
             }
         }
@@ -425,7 +426,11 @@ impl Scanner {
                         };
                         self.reject(&path, &why);
                     } else if s.unparseable_since == Some(now) {
-                        tracing::info!(event = "file_incomplete", path = %path.display(), reason = %reason, "left in place; tried again later");
+                        crate::events::FileIncomplete {
+                            path: &path,
+                            reason: &reason,
+                        }
+                        .emit();
                     }
                 }
             }
@@ -473,7 +478,11 @@ impl Scanner {
             }
             Err(e @ crate::spool::SpoolError::DiskFull { .. }) => {
                 // Left where it is; taken again once there is room.
-                tracing::error!(event = "disk_watermark", path = %path.display(), reason = %e);
+                crate::events::DiskWatermark {
+                    path: Some(path),
+                    reason: &e,
+                }
+                .emit();
                 None
             }
             Err(e) => {
@@ -527,12 +536,20 @@ impl Watch {
             Ok(mut w) => match w.watch(&dir, RecursiveMode::Recursive) {
                 Ok(()) => Some(w),
                 Err(e) => {
-                    tracing::warn!(event = "watch_unavailable", dir = %dir.display(), reason = %e, "falling back to polling");
+                    crate::events::WatchUnavailable {
+                        dir: &dir,
+                        reason: &e,
+                    }
+                    .emit();
                     None
                 }
             },
             Err(e) => {
-                tracing::warn!(event = "watch_unavailable", dir = %dir.display(), reason = %e, "falling back to polling");
+                crate::events::WatchUnavailable {
+                    dir: &dir,
+                    reason: &e,
+                }
+                .emit();
                 None
             }
         })
@@ -565,7 +582,11 @@ impl Watch {
                             }
                         }
                         Err(e) => {
-                            tracing::error!(event = "watch_scan_failed", dir = %self.dir.display(), reason = %e, "scanning again with a fresh state");
+                            crate::events::WatchScanFailed {
+                                dir: &self.dir,
+                                reason: &e,
+                            }
+                            .emit();
                         }
                     }
                 }

@@ -96,7 +96,10 @@ fn load(settings: &RuntimeSettings) -> Result<Loaded, RuntimeError> {
         .with_name("ct-harmonizer")
         .build()
         .map_err(|e| load_err(e.to_string()))?;
-    crate::events::runtime_loaded(&path.display().to_string());
+    crate::events::RuntimeLoaded {
+        library: &path.display().to_string(),
+    }
+    .emit();
     Ok(Loaded { library: path, env })
 }
 
@@ -122,7 +125,11 @@ pub fn open_session(
     if wants_cuda(settings.device) {
         match build_session(&loaded.env, onnx, settings, true) {
             Ok(s) => return Ok((s, "cuda")),
-            Err(reason) => crate::events::cuda_fallback(&onnx.display().to_string(), &reason),
+            Err(reason) => crate::events::CudaFallback {
+                model: &onnx.display().to_string(),
+                reason: &reason,
+            }
+            .emit(),
         }
     }
     build_session(&loaded.env, onnx, settings, false)

@@ -104,8 +104,12 @@ pub enum SpoolError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write file meta for {uid}: {reason}")]
-    Meta { uid: String, reason: String },
+    #[error("cannot write file meta for {uid}: {source}")]
+    Meta {
+        uid: String,
+        #[source]
+        source: Box<dicom_object::meta::Error>,
+    },
     #[error("spool {path} has {free_mib} MiB free, under the configured {min_mib} MiB")]
     DiskFull {
         path: PathBuf,
@@ -114,6 +118,12 @@ pub enum SpoolError {
     },
     #[error("spool {path}: {reason}")]
     Version { path: PathBuf, reason: String },
+    #[error("spool {path}: {source}")]
+    VersionEncode {
+        path: PathBuf,
+        #[source]
+        source: toml::ser::Error,
+    },
 }
 
 impl SpoolError {
@@ -505,14 +515,14 @@ impl Spool {
             .build()
             .map_err(|e| SpoolError::Meta {
                 uid: sop_instance_uid.to_string(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         let mut head = Vec::with_capacity(512);
         head.extend_from_slice(&[0u8; 128]);
         head.extend_from_slice(b"DICM");
         meta.write(&mut head).map_err(|e| SpoolError::Meta {
             uid: sop_instance_uid.to_string(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let name = if invalid.is_none() {
             sop_instance_uid

@@ -105,9 +105,9 @@ impl Spool {
             called_ae: called_ae.to_string(),
             previous,
         };
-        let text = toml::to_string(&info).map_err(|e| SpoolError::Version {
+        let text = toml::to_string(&info).map_err(|source| SpoolError::VersionEncode {
             path: tmp.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         write_durably(&tmp.join(VERSION_FILE), &text)?;
         sync_dir(&inst).map_err(io(&inst))?;
@@ -236,7 +236,7 @@ impl Spool {
 
     fn retire(&self, dir: &Path, keep: bool) -> Result<(), SpoolError> {
         let Some((study, series, version)) = self.parse_version_dir(dir) else {
-            tracing::warn!(event = "spool_cleanup_skipped", path = %dir.display(), "not a version folder of the spool; left in place");
+            crate::events::SpoolCleanupSkipped { path: dir }.emit();
             return Ok(());
         };
         {
