@@ -11,12 +11,14 @@ cd "$(dirname "$0")/.."
 # Lowest layer first; modules on one line share a layer and must not import each other.
 LAYERS='
 util preview audit
-config events
+config
+metrics
+events
 dicom
 model samples
 harmonize
 spool outbox
-metrics tls
+tls
 series route
 ingest forward
 pipeline jobs

@@ -259,7 +259,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
     let (_, translators) = start_up(&settings)?;
     let summary = crate::status::startup_summary(&settings, &translators);
-    metrics.attach(beats.clone(), outbox.clone(), settings_rx.clone());
+    metrics.attach(beats.clone(), Box::new(outbox.clone()), settings_rx.clone());
 
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await

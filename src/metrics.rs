@@ -11,18 +11,24 @@ use std::sync::Arc;
 
 pub use crate::util::heartbeat::Beat;
 
-use crate::outbox::Outbox;
-
 /// Label sets of the per-stage and per-destination families.
 pub type Labels = Vec<(String, String)>;
 
 /// A floating-point gauge (seconds, Unix timestamps).
 pub type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// What a scrape reads of the job queue (the outbox, a higher layer, implements it).
+pub trait JobQueue: Send + Sync {
+    /// Destination and attempts so far of each queued job (`None` when the queue cannot be read).
+    fn queued_jobs(&self) -> Option<Vec<(String, u32)>>;
+    /// Destination of each dead-lettered job (`None` when it cannot be read).
+    fn dead_jobs(&self) -> Option<Vec<String>>;
+}
+
 /// What `/metrics` reads at each scrape: stage heartbeats, the outbox and the state folder.
 struct Attached {
     beats: Arc<Heartbeats>,
-    outbox: Outbox,
+    outbox: Box<dyn JobQueue>,
     settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
 }
 
@@ -213,7 +219,7 @@ impl Metrics {
     pub fn attach(
         &self,
         beats: Arc<Heartbeats>,
-        outbox: Outbox,
+        outbox: Box<dyn JobQueue>,
         settings: tokio::sync::watch::Receiver<Arc<crate::config::Settings>>,
     ) {
         self.stall_threshold_seconds
@@ -255,26 +261,26 @@ impl Metrics {
                 f.get_or_create(&label("destination", &d.name)).set(0);
             }
         };
-        if let Ok(queued) = a.outbox.queued() {
+        if let Some(queued) = a.outbox.queued_jobs() {
             self.destination_queued_jobs.clear();
             self.destination_retrying_jobs.clear();
             zero(&self.destination_queued_jobs);
             zero(&self.destination_retrying_jobs);
-            for j in &queued {
-                let l = label("destination", &j.destination);
+            for (destination, attempts) in &queued {
+                let l = label("destination", destination);
                 self.destination_queued_jobs.get_or_create(&l).inc();
                 let retrying = self.destination_retrying_jobs.get_or_create(&l);
-                if j.attempts > 0 {
+                if *attempts > 0 {
                     retrying.inc();
                 }
             }
         }
-        if let Ok(dead) = a.outbox.dead() {
+        if let Some(dead) = a.outbox.dead_jobs() {
             self.destination_dead_jobs.clear();
             zero(&self.destination_dead_jobs);
-            for j in &dead {
+            for destination in &dead {
                 self.destination_dead_jobs
-                    .get_or_create(&label("destination", &j.destination))
+                    .get_or_create(&label("destination", destination))
                     .inc();
             }
         }

@@ -102,6 +102,21 @@ pub enum OutboxError {
     IndexPoisoned { path: PathBuf },
 }
 
+impl crate::metrics::JobQueue for Outbox {
+    fn queued_jobs(&self) -> Option<Vec<(String, u32)>> {
+        let jobs = self.queued().ok()?;
+        Some(
+            jobs.into_iter()
+                .map(|j| (j.destination, j.attempts))
+                .collect(),
+        )
+    }
+    fn dead_jobs(&self) -> Option<Vec<String>> {
+        let jobs = self.dead().ok()?;
+        Some(jobs.into_iter().map(|j| j.destination).collect())
+    }
+}
+
 /// An I/O error on an outbox file or folder.
 fn err(path: &Path, source: std::io::Error) -> OutboxError {
     OutboxError::Io {
