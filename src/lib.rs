@@ -51,6 +51,7 @@ pub mod samples;
 pub mod series;
 pub mod spool;
 pub mod status;
+pub mod supervisor;
 pub mod systemd;
 pub mod tls;
 pub mod translate;

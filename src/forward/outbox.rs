@@ -210,9 +210,10 @@ impl Outbox {
             // clean-up in between takes the series for unneeded.
             let mut queue = lock(&self.queue, &self.index.queue)?;
             for id in gone {
-                if !queue.contains_key(&id) {
-                    if let Ok(Some(Ok(j))) = self.parse(&self.queue.join(format!("{id}.toml"))) {
-                        queue.insert(id, j);
+                let p = self.queue.join(format!("{id}.toml"));
+                if let std::collections::btree_map::Entry::Vacant(e) = queue.entry(id) {
+                    if let Ok(Some(Ok(j))) = self.parse(&p) {
+                        e.insert(j);
                     }
                 }
             }

@@ -279,11 +279,14 @@ pub struct Scp {
     pub tx: mpsc::Sender<Arrival>,
     pub metrics: Arc<Metrics>,
     pub beat: Beat,
+    /// Where the association tasks run (the supervisor awaits them at shutdown).
+    pub associations: tokio_util::task::TaskTracker,
 }
 
 impl Scp {
     /// Accepts associations on `listener` until shutdown. Associations in progress end when their
-    /// peer releases them or the shutdown signal arrives (instances not yet acknowledged are not kept).
+    /// peer releases them or the shutdown signal arrives (instances not yet acknowledged are not kept;
+    /// a C-STORE whose data set is complete is answered first: the supervisor awaits the tasks).
     pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let server = self.settings.borrow().server.clone();
         guard::install(Limits::from_settings(&server));
@@ -344,7 +347,7 @@ impl Scp {
                     let shutdown = shutdown.clone();
                     let tls = tls.clone();
                     let over_tls = tls.is_some();
-                    tokio::spawn(crate::audit::association(peer, over_tls, async move {
+                    this.associations.clone().spawn(crate::audit::association(peer, over_tls, async move {
                         match tls {
                             Some(acceptor) => this.tls_connection(acceptor, socket, peer, handshake, slots, shutdown).await,
                             None => {
