@@ -379,7 +379,13 @@ impl Scp {
             tracing::warn!(event = "tls_handshake_failed", peer = %peer, reason = %reason, "TLS handshake failed; connection closed");
             crate::audit::rejected(&format!("TLS handshake failed: {reason}"));
         };
-        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+        let mut stop = shutdown.clone();
+        let accepted = tokio::select! {
+            r = tokio::time::timeout_at(deadline, acceptor.accept(socket)) => r,
+            // Stopping: a connection that is not an association yet is closed, not waited for.
+            _ = stop.changed() => return,
+        };
+        let stream = match accepted {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return rejected(crate::tls::describe_error(&e)),
             Err(_) => {
@@ -445,20 +451,23 @@ impl Scp {
             self.metrics.associations_rejected.inc();
             events::association_rejected(calling, called, &peer.to_string(), reason);
         };
-        let (rq, rq_len) =
-            match tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length))
-                .await
-            {
-                Ok(Ok(x)) => x,
-                Ok(Err(reason)) => return rejected("", "", &reason),
-                Err(_) => {
-                    return rejected(
-                        "",
-                        "",
-                        &format!("no A-ASSOCIATE-RQ within {} s (ARTIM)", s.artim_seconds),
-                    )
-                }
-            };
+        let mut stop = shutdown.clone();
+        let peeked = tokio::select! {
+            r = tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length)) => r,
+            // Stopping: a connection that is not an association yet is closed, not waited for.
+            _ = stop.changed() => return,
+        };
+        let (rq, rq_len) = match peeked {
+            Ok(Ok(x)) => x,
+            Ok(Err(reason)) => return rejected("", "", &reason),
+            Err(_) => {
+                return rejected(
+                    "",
+                    "",
+                    &format!("no A-ASSOCIATE-RQ within {} s (ARTIM)", s.artim_seconds),
+                )
+            }
+        };
         let gate = Gate {
             ae_title: s.ae_title.clone(),
             allowed: s.allowed_callers.clone(),
@@ -483,7 +492,11 @@ impl Scp {
             .is_ok()
         {
             let wait = Duration::from_secs(s.slot_wait_seconds);
-            match tokio::time::timeout(wait, slots.acquire_owned()).await {
+            let acquired = tokio::select! {
+                r = tokio::time::timeout(wait, slots.acquire_owned()) => r,
+                _ = stop.changed() => return,
+            };
+            match acquired {
                 Ok(Ok(p)) => Some(p),
                 _ => {
                     tracing::warn!(event = "association_slots_full", calling_ae = %calling, peer = %peer, limit = s.max_associations, waited_seconds = s.slot_wait_seconds, "no free association slot; rejected (transient)");
@@ -533,7 +546,10 @@ impl Scp {
         for ts in ACCEPTED_TRANSFER_SYNTAXES {
             opts = opts.with_transfer_syntax(*ts);
         }
-        let established = tokio::time::timeout(artim, opts.establish_async(socket)).await;
+        let established = tokio::select! {
+            r = tokio::time::timeout(artim, opts.establish_async(socket)) => r,
+            _ = shutdown.changed() => return,
+        };
         drop(handshake);
         let mut assoc = match established {
             Ok(Ok(a)) => a,
