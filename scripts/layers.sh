@@ -21,7 +21,7 @@ spool outbox
 tls
 series route
 ingest forward
-pipeline jobs
+pipeline jobs supervisor
 status http systemd
 daemon process
 '

@@ -6,6 +6,10 @@
 //! scp / watch --Arrival--> series::Tracker --ReadySeries--> pipeline::Processor (thread)
 //!     --jobs in the outbox (durable) + wake--> forward::worker::Forwarder --> destinations
 //! ```
+//!
+//! Every stage's task, the processing thread and the SCP's association tasks belong to one
+//! [`Supervisor`]: it passes them the shutdown signal, reports a stage that ends while the daemon
+//! runs, and waits for all of them at a stop (see [`crate::supervisor`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,10 +28,8 @@ use crate::outbox::Outbox;
 use crate::pipeline::Processor;
 use crate::series::{Arrival, ReadySeries, Tracker};
 use crate::spool::Spool;
+use crate::supervisor::Supervisor;
 use crate::{events, systemd};
-
-/// How long a stop waits for the processing thread (cancelled at its next tile).
-const PROCESSOR_STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +248,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         settings.http.stall_seconds,
         watchdog,
     )));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut supervisor = Supervisor::new();
+    let shutdown_rx = supervisor.shutdown();
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings.clone()));
     let (arrival_tx, arrival_rx) = mpsc::channel::<Arrival>(256);
     let (ready_tx, ready_rx) = mpsc::channel(16);
@@ -283,8 +286,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     // Start-up recovery: what the spool holds continues from where it stopped.
     let recovered = recover(&spool, &outbox, &state, &settings, &recent);
 
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(
+    supervisor.spawn(
+        "series",
         Tracker {
             spool: spool.clone(),
             recent: recent.clone(),
@@ -297,7 +300,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             queued: recovered.queued,
         }
         .run(shutdown_rx.clone()),
-    ));
+    );
     let processor = Processor {
         state_dir: state.clone(),
         spool: spool.clone(),
@@ -313,11 +316,11 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     };
     let rt = tokio::runtime::Handle::current();
     let proc_shutdown = shutdown_rx.clone();
-    let processor_thread = std::thread::Builder::new()
-        .name("processor".into())
-        .spawn(move || processor.run(rt, proc_shutdown))
+    supervisor
+        .spawn_thread("processor", move || processor.run(rt, proc_shutdown))
         .map_err(DaemonError::Thread)?;
-    tasks.push(tokio::spawn(
+    supervisor.spawn(
+        "forward",
         Forwarder {
             outbox: outbox.clone(),
             spool: spool.clone(),
@@ -328,7 +331,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             beats: beats.clone(),
         }
         .run(shutdown_rx.clone()),
-    ));
+    );
 
     for a in recovered.arrivals {
         if arrival_tx.send(a).await.is_err() {
@@ -336,7 +339,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
         }
     }
 
-    tasks.push(tokio::spawn(
+    supervisor.spawn(
+        "scp",
         Scp {
             settings: settings_rx.clone(),
             spool: spool.clone(),
@@ -344,13 +348,15 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
             tx: arrival_tx.clone(),
             metrics: metrics.clone(),
             beat: beats.register("scp"),
+            associations: supervisor.associations(),
         }
         .run(listener, shutdown_rx.clone()),
-    ));
+    );
     if !settings.watch.dir.trim().is_empty() {
         let dir = PathBuf::from(settings.watch.dir.trim());
         let _ = std::fs::create_dir_all(&dir);
-        tasks.push(tokio::spawn(
+        supervisor.spawn(
+            "watch",
             Watch {
                 dir,
                 stable: Duration::from_secs(settings.watch.stable_seconds),
@@ -363,22 +369,23 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
                 beat: beats.register("watch"),
             }
             .run(shutdown_rx.clone()),
-        ));
+        );
     }
     if let Some(l) = http {
-        tasks.push(tokio::spawn(crate::http::serve(
-            l,
+        supervisor.spawn(
+            "http",
+            crate::http::serve(l, metrics.clone(), beats.clone(), shutdown_rx.clone()),
+        );
+    }
+    supervisor.spawn(
+        "systemd",
+        systemd::run(
             metrics.clone(),
             beats.clone(),
+            watchdog,
             shutdown_rx.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(systemd::run(
-        metrics.clone(),
-        beats.clone(),
-        watchdog,
-        shutdown_rx.clone(),
-    )));
+        ),
+    );
     drop(arrival_tx);
 
     events::DaemonReady {
@@ -396,35 +403,17 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     .emit();
     systemd::ready();
 
-    wait_for_stop(config.as_deref(), &settings_tx).await;
+    supervisor
+        .run_until(wait_for_stop(config.as_deref(), &settings_tx))
+        .await;
     systemd::stopping();
     events::DaemonStopping.emit();
     cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = shutdown_tx.send(true);
-    let all = futures_join(tasks);
-    let _ = tokio::time::timeout(Duration::from_secs(20), all).await;
-    // The processing thread gives up its current series at the next tile (the series stays in the
-    // spool); a single tile that outlasts the deadline is abandoned with the process.
-    // Polled, not joined on a blocking task: the runtime must not wait for it on exit.
-    let deadline = tokio::time::Instant::now() + PROCESSOR_STOP_DEADLINE;
-    while !processor_thread.is_finished() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if processor_thread.is_finished() {
-        let _ = processor_thread.join();
-    } else {
-        events::ProcessorStopTimeout {
-            seconds: PROCESSOR_STOP_DEADLINE.as_secs(),
-        }
-        .emit();
-    }
+    // The shutdown signal to every stage; then the stages, the associations (a C-STORE in flight
+    // is answered) and the processing thread (it gives up its series at the next tile; the series
+    // stays in the spool), each within its deadline.
+    supervisor.stop().await;
     Ok(())
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
 }
 
 async fn wait_for_stop(config: Option<&Path>, settings_tx: &watch::Sender<Arc<Settings>>) {

@@ -91,6 +91,8 @@ pub mod spool;
 #[cfg(feature = "daemon")]
 pub mod status;
 #[cfg(feature = "daemon")]
+pub mod supervisor;
+#[cfg(feature = "daemon")]
 pub mod systemd;
 #[cfg(feature = "daemon")]
 pub mod tls;

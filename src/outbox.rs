@@ -1,17 +1,19 @@
 //! The durable outbox: one TOML file per job under `<state>/outbox/`, written atomically; failed jobs
 //! move to `<state>/dead-letter/` with their reason, from where `ct-harmonizer retry` requeues them.
 //!
-//! Listing jobs does not re-parse every file each time: an in-memory index per folder keeps each
-//! parsed job with the identity of its file (inode, size, modification time; a job is rewritten by
-//! rename, so a change always shows). A listing reads the folder and parses only new or changed
-//! files, so it always reflects the disk (another process, `retry`, may add jobs) at the cost of a
-//! `stat` per job.
+//! The jobs are parsed once: [`Outbox::open`] loads both folders into an in-memory index (by job
+//! id), and every write of this process (`put`, `done`, `bury`, `retry`) updates it after the
+//! durable file operation. A listing reads only the folder's names, so it still shows what another
+//! process changed (`ct-harmonizer jobs retry` adds a job, `jobs drop` removes one): a new name is
+//! parsed, a vanished one leaves the index. A job file is never re-parsed because the forwarder
+//! looked at it again; the files stay the only durable state (a restart loads them again).
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::util::fs::sync_dir;
 
@@ -50,32 +52,25 @@ impl Job {
     }
 }
 
-/// The outbox and dead-letter folders.
+/// The outbox and dead-letter folders, with the index of their jobs.
 #[derive(Debug, Clone)]
 pub struct Outbox {
     queue: PathBuf,
     dead: PathBuf,
-    queue_index: Arc<Mutex<Index>>,
-    dead_index: Arc<Mutex<Index>>,
+    index: Arc<Index>,
 }
 
-/// Identity of a job file: a rewrite (by rename) changes the inode; an edit in place the size or
-/// modification time.
-type FileId = (u64, u64, Option<std::time::SystemTime>);
-
-/// Parsed jobs of one folder, by file path.
+/// The parsed jobs of both folders, by id (sorted, as a listing returns them).
 #[derive(Debug, Default)]
 struct Index {
-    jobs: HashMap<PathBuf, (FileId, Job)>,
-}
-
-fn file_id(meta: &fs::Metadata) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    (meta.ino(), meta.len(), meta.modified().ok())
+    queue: Mutex<BTreeMap<String, Job>>,
+    dead: Mutex<BTreeMap<String, Job>>,
+    /// Job files parsed by this outbox (the index's cost, for the tests).
+    parses: AtomicU64,
 }
 
 /// Errors reading or writing the outbox's job files (the forward stage reports them as
-/// `forward::OutboxError::Outbox`, with the same message).
+/// `forward::ForwardError::Outbox`, with the same message).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox {path}: {source}")]
@@ -125,6 +120,15 @@ fn err(path: &Path, source: std::io::Error) -> OutboxError {
     }
 }
 
+fn lock<'a>(
+    dir: &Path,
+    m: &'a Mutex<BTreeMap<String, Job>>,
+) -> Result<MutexGuard<'a, BTreeMap<String, Job>>, OutboxError> {
+    m.lock().map_err(|_| OutboxError::IndexPoisoned {
+        path: dir.to_owned(),
+    })
+}
+
 fn is_job_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 120
@@ -133,19 +137,31 @@ fn is_job_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// True when `p` exists (a failed `stat` other than "not found" counts as existing: the job is
+/// not dropped from the index on a transient error).
+fn exists(p: &Path) -> bool {
+    match fs::symlink_metadata(p) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
 impl Outbox {
+    /// Opens (creating) both folders and loads their jobs into the index.
     pub fn open(state_dir: &Path) -> Result<Self, OutboxError> {
         let queue = state_dir.join("outbox");
         let dead = state_dir.join("dead-letter");
         for d in [&queue, &dead] {
             fs::create_dir_all(d).map_err(|e| err(d, e))?;
         }
-        Ok(Self {
+        let o = Self {
             queue,
             dead,
-            queue_index: Arc::default(),
-            dead_index: Arc::default(),
-        })
+            index: Arc::default(),
+        };
+        o.refresh(&o.queue, &o.index.queue)?;
+        o.refresh(&o.dead, &o.index.dead)?;
+        Ok(o)
     }
 
     fn write(dir: &Path, job: &Job) -> Result<(), OutboxError> {
@@ -163,66 +179,106 @@ impl Outbox {
         sync_dir(dir).map_err(|e| err(dir, e))
     }
 
-    /// Durably queues (or updates) a job.
-    pub fn put(&self, job: &Job) -> Result<(), OutboxError> {
-        Self::write(&self.queue, job)
+    /// Reads and parses one job file: `Ok(None)` when it is gone, `Ok(Some(Err))` when it does not
+    /// parse.
+    #[allow(clippy::type_complexity)]
+    fn parse(&self, p: &Path) -> Result<Option<Result<Job, toml::de::Error>>, OutboxError> {
+        let text = match fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(p, e)),
+        };
+        self.index.parses.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(toml::from_str(&text)))
     }
 
-    /// The jobs of `dir`, parsing only files that are new or changed since the last listing.
-    fn read_dir(dir: &Path, index: &Mutex<Index>) -> Result<Vec<Job>, OutboxError> {
-        let mut index = index.lock().map_err(|_| OutboxError::IndexPoisoned {
-            path: dir.to_owned(),
-        })?;
-        let mut seen = HashSet::new();
+    /// Durably queues (or updates) a job.
+    pub fn put(&self, job: &Job) -> Result<(), OutboxError> {
+        Self::write(&self.queue, job)?;
+        lock(&self.queue, &self.index.queue)?.insert(job.id.clone(), job.clone());
+        Ok(())
+    }
+
+    /// Brings the index of `dir` in line with the folder's names: a new file (written by another
+    /// process) is parsed, a vanished one (removed by another process) leaves the index. Known
+    /// jobs are not read again.
+    fn refresh(&self, dir: &Path, index: &Mutex<BTreeMap<String, Job>>) -> Result<(), OutboxError> {
+        let mut names = HashSet::new();
         for e in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
             let p = e.path();
             if p.extension().is_none_or(|x| x != "toml") {
                 continue;
             }
-            let Ok(meta) = e.metadata() else { continue };
-            let id = file_id(&meta);
-            if index.jobs.get(&p).is_some_and(|(known, _)| *known == id) {
-                seen.insert(p);
+            if let Some(id) = p.file_stem().and_then(|s| s.to_str()) {
+                names.insert(id.to_string());
+            }
+        }
+        let mut jobs = lock(dir, index)?;
+        for id in &names {
+            if jobs.contains_key(id) {
                 continue;
             }
-            let text = match fs::read_to_string(&p) {
-                Ok(t) => t,
-                // Removed between the listing and the read (delivered meanwhile).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(err(&p, e)),
-            };
-            match toml::from_str::<Job>(&text) {
-                Ok(j) => {
-                    index.jobs.insert(p.clone(), (id, j));
-                    seen.insert(p);
+            let p = dir.join(format!("{id}.toml"));
+            match self.parse(&p)? {
+                Some(Ok(j)) => {
+                    jobs.insert(id.clone(), j);
                 }
-                Err(e) => {
-                    index.jobs.remove(&p);
-                    crate::events::JobUnreadable {
-                        path: &p,
-                        reason: &e,
+                Some(Err(e)) => crate::events::JobUnreadable {
+                    path: &p,
+                    reason: &e,
+                }
+                .emit(),
+                // Removed between the listing and the read (delivered meanwhile).
+                None => {}
+            }
+        }
+        // A job this process wrote after the listing is still there: only a file that is gone
+        // now leaves the index.
+        let gone: Vec<String> = jobs
+            .keys()
+            .filter(|id| !names.contains(*id) && !exists(&dir.join(format!("{id}.toml"))))
+            .cloned()
+            .collect();
+        for id in &gone {
+            jobs.remove(id);
+        }
+        drop(jobs);
+        if dir == self.dead && !gone.is_empty() {
+            // Requeued by another process (`jobs retry`): seen in the queue at once, so that no
+            // clean-up in between takes the series for unneeded.
+            let mut queue = lock(&self.queue, &self.index.queue)?;
+            for id in gone {
+                let p = self.queue.join(format!("{id}.toml"));
+                if let std::collections::btree_map::Entry::Vacant(e) = queue.entry(id) {
+                    if let Ok(Some(Ok(j))) = self.parse(&p) {
+                        e.insert(j);
                     }
-                    .emit()
                 }
             }
         }
-        index.jobs.retain(|p, _| seen.contains(p));
-        let mut out: Vec<Job> = index.jobs.values().map(|(_, j)| j.clone()).collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok(())
     }
 
     /// Every queued job.
     pub fn queued(&self) -> Result<Vec<Job>, OutboxError> {
-        Self::read_dir(&self.queue, &self.queue_index)
+        self.refresh(&self.queue, &self.index.queue)?;
+        Ok(lock(&self.queue, &self.index.queue)?
+            .values()
+            .cloned()
+            .collect())
     }
 
     /// Every dead-lettered job.
     pub fn dead(&self) -> Result<Vec<Job>, OutboxError> {
-        Self::read_dir(&self.dead, &self.dead_index)
+        self.refresh(&self.dead, &self.index.dead)?;
+        Ok(lock(&self.dead, &self.index.dead)?
+            .values()
+            .cloned()
+            .collect())
     }
 
-    /// One queued job as it is on disk now (`None` once delivered or dead-lettered).
+    /// One queued job as it is on disk now (`None` once delivered, dead-lettered or dropped): from
+    /// the index while its file exists; a job the index does not know yet is read from its file.
     pub fn get(&self, id: &str) -> Result<Option<Job>, OutboxError> {
         if !is_job_id(id) {
             return Err(OutboxError::NotAJobId {
@@ -231,23 +287,34 @@ impl Outbox {
             });
         }
         let p = self.queue.join(format!("{id}.toml"));
-        match fs::read_to_string(&p) {
-            Ok(text) => toml::from_str(&text)
-                .map(Some)
-                .map_err(|source| OutboxError::JobParse { path: p, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(&p, e)),
+        let mut jobs = lock(&self.queue, &self.index.queue)?;
+        if let Some(j) = jobs.get(id) {
+            if exists(&p) {
+                return Ok(Some(j.clone()));
+            }
+            jobs.remove(id);
+            return Ok(None);
+        }
+        match self.parse(&p)? {
+            Some(Ok(j)) => {
+                jobs.insert(id.to_string(), j.clone());
+                Ok(Some(j))
+            }
+            Some(Err(source)) => Err(OutboxError::JobParse { path: p, source }),
+            None => Ok(None),
         }
     }
 
     /// Removes a delivered job.
     pub fn done(&self, job: &Job) -> Result<(), OutboxError> {
         let p = self.queue.join(format!("{}.toml", job.id));
-        match fs::remove_file(&p) {
+        let removed = match fs::remove_file(&p) {
             Ok(()) => sync_dir(&self.queue).map_err(|e| err(&self.queue, e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(&p, e)),
-        }
+            Err(e) => return Err(err(&p, e)),
+        };
+        lock(&self.queue, &self.index.queue)?.remove(&job.id);
+        removed
     }
 
     /// Moves a job to the dead-letter folder with its reason (also written as `<id>.reason.txt`).
@@ -256,6 +323,7 @@ impl Outbox {
         let reason = self.dead.join(format!("{}.reason.txt", job.id));
         fs::write(&reason, format!("{}\n", job.last_error)).map_err(|e| err(&reason, e))?;
         Self::write(&self.dead, job)?;
+        lock(&self.dead, &self.index.dead)?.insert(job.id.clone(), job.clone());
         self.done(job)
     }
 
@@ -269,6 +337,7 @@ impl Outbox {
         }
         let p = self.dead.join(format!("{id}.toml"));
         let text = fs::read_to_string(&p).map_err(|e| err(&p, e))?;
+        self.index.parses.fetch_add(1, Ordering::Relaxed);
         let mut job: Job = toml::from_str(&text).map_err(|source| OutboxError::JobParse {
             path: p.clone(),
             source,
@@ -277,18 +346,28 @@ impl Outbox {
         job.next_attempt_ms = 0;
         self.put(&job)?;
         fs::remove_file(&p).map_err(|e| err(&p, e))?;
+        lock(&self.dead, &self.index.dead)?.remove(id);
         let _ = fs::remove_file(self.dead.join(format!("{id}.reason.txt")));
         sync_dir(&self.dead).map_err(|e| err(&self.dead, e))?;
         Ok(job)
     }
 
-    /// True when a queued or dead job still needs files of `spool_dir`.
+    /// True when a queued or dead job still needs files of `spool_dir` (the folders' names are
+    /// listed, as for [`Self::queued`]; known jobs are not read again).
     pub fn needs(&self, spool_dir: &Path) -> Result<bool, OutboxError> {
-        Ok(self
-            .queued()?
-            .iter()
-            .chain(self.dead()?.iter())
-            .any(|j| j.spool_dir == spool_dir))
+        self.refresh(&self.queue, &self.index.queue)?;
+        self.refresh(&self.dead, &self.index.dead)?;
+        let needed = |jobs: &BTreeMap<String, Job>| jobs.values().any(|j| j.spool_dir == spool_dir);
+        if needed(&*lock(&self.queue, &self.index.queue)?) {
+            return Ok(true);
+        }
+        Ok(needed(&*lock(&self.dead, &self.index.dead)?))
+    }
+
+    /// Job files parsed by this outbox since it opened.
+    #[cfg(test)]
+    fn parses(&self) -> u64 {
+        self.index.parses.load(Ordering::Relaxed)
     }
 }
 
@@ -370,6 +449,67 @@ mod tests {
         fs::write(dir.path().join("outbox/pacs-original-4.toml"), old).unwrap();
         let read = o.get("pacs-original-4").unwrap().unwrap();
         assert!(read.acknowledged.is_empty());
+    }
+
+    /// Each job file is parsed once, however often the forwarder lists, reads and cleans up: N jobs
+    /// loaded at start-up and delivered one by one cost N parses, not N².
+    #[test]
+    fn jobs_are_parsed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 40;
+        let writer = Outbox::open(dir.path()).unwrap();
+        for i in 0..n {
+            let mut j = job(&format!("pacs-derived-{i}"));
+            j.spool_dir = format!("/s/1.2/{i}").into();
+            writer.put(&j).unwrap();
+        }
+        // Jobs this process writes are indexed as written: nothing to parse.
+        assert_eq!(writer.parses(), 0);
+        let o = Outbox::open(dir.path()).unwrap();
+        assert_eq!(o.parses(), n);
+        for round in 0..n {
+            // What the forwarder does per delivery: list, read the job before its attempt, record
+            // progress, remove it, and check whether its series is still needed.
+            let queued = o.queued().unwrap();
+            assert_eq!(queued.len() as u64, n - round);
+            let mut j = o.get(&queued[0].id).unwrap().unwrap();
+            j.acknowledged.push("1.2.3.1".into());
+            o.put(&j).unwrap();
+            assert_eq!(o.get(&j.id).unwrap(), Some(j.clone()));
+            o.done(&j).unwrap();
+            assert!(!o.needs(&j.spool_dir).unwrap());
+            assert!(o.dead().unwrap().is_empty());
+        }
+        assert!(o.queued().unwrap().is_empty());
+        assert_eq!(o.parses(), n);
+        // Another process's new job is parsed once when first listed; its removal is seen.
+        let k = job("pacs-derived-x");
+        writer.put(&k).unwrap();
+        assert_eq!(o.queued().unwrap(), vec![k.clone()]);
+        assert_eq!(o.queued().unwrap(), vec![k.clone()]);
+        assert_eq!(o.parses(), n + 1);
+        writer.done(&k).unwrap();
+        assert_eq!(o.get(&k.id).unwrap(), None);
+        assert!(o.queued().unwrap().is_empty());
+    }
+
+    /// A job requeued by another process (`jobs retry`) counts as needed at once, even when the
+    /// dead-letter folder is listed before the queue is.
+    #[test]
+    fn requeued_elsewhere_stays_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let j = job("pacs-derived-5");
+        o.put(&j).unwrap();
+        o.bury(&j).unwrap();
+        assert_eq!(o.dead().unwrap().len(), 1);
+        Outbox::open(dir.path())
+            .unwrap()
+            .retry("pacs-derived-5")
+            .unwrap();
+        assert!(o.dead().unwrap().is_empty());
+        assert!(o.needs(Path::new("/s/1.2/1.2.3")).unwrap());
+        assert_eq!(o.queued().unwrap().len(), 1);
     }
 
     #[test]

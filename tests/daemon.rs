@@ -66,7 +66,7 @@ fn happy_path_to_orthanc() {
     for s in &derived {
         assert!(s.description.contains("HARMONIZED"), "{s:?}");
         let tags = orthanc.instance_tags(&s.instances[0]);
-        assert_eq!(tags.get("Modality").str(), "CT");
+        assert_eq!(json_str(&tags["Modality"]), "CT");
         let export = tmp.path().join("export").join(&s.id);
         std::fs::create_dir_all(&export).unwrap();
         for (i, id) in s.instances.iter().enumerate() {

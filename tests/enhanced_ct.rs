@@ -260,7 +260,17 @@ fn enhanced_series_over_cstore_delivered() {
         tmp.path(),
         &[],
         &(scp_dest("pacs", "PACS", port)
-            + "[[rules]]\nname = \"sharp\"\nconvolution_kernel = [\"B50f\"]\nslice_thickness_mm = [1.5, 2.5]\nplan = \"harmonize\"\nmodels = [\"gaussian-soft-baseline\"]\ndestinations = [\"pacs\"]\n\n"
+            + &entry(
+                "rules",
+                &[
+                    ("name", "sharp".into()),
+                    ("convolution_kernel", strings(&["B50f"])),
+                    ("slice_thickness_mm", toml::Value::from(vec![1.5, 2.5])),
+                    ("plan", "harmonize".into()),
+                    ("models", strings(&["gaussian-soft-baseline"])),
+                    ("destinations", strings(&["pacs"])),
+                ],
+            )
             + &rule("rest", "drop", false, &[])),
     );
     d.start();

@@ -125,14 +125,25 @@ fn start_under_watchdog(d: &mut Daemon, usec: u64) -> Watchdog {
 
 /// A rule for series sent by `calling_ae`, passing the original through to `destination`.
 fn pass_rule_for(name: &str, calling_ae: &str, destination: &str) -> String {
-    format!(
-        "[[rules]]\nname = \"{name}\"\ncalling_ae = [\"{calling_ae}\"]\nplan = \"pass\"\ndestinations = [\"{destination}\"]\n\n"
+    entry(
+        "rules",
+        &[
+            ("name", name.into()),
+            ("calling_ae", strings(&[calling_ae])),
+            ("plan", "pass".into()),
+            ("destinations", strings(&[destination])),
+        ],
     )
 }
 
 fn catch_all_pass(destination: &str) -> String {
-    format!(
-        "[[rules]]\nname = \"default\"\nplan = \"pass\"\ndestinations = [\"{destination}\"]\n\n"
+    entry(
+        "rules",
+        &[
+            ("name", "default".into()),
+            ("plan", "pass".into()),
+            ("destinations", strings(&[destination])),
+        ],
     )
 }
 

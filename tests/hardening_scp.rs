@@ -615,3 +615,45 @@ fn check_config_bounds_server_limits() {
     let o = d.command().arg("check-config").output().unwrap();
     assert!(o.status.success(), "{}", out_text(&o));
 }
+
+/// Shutdown (issue 10): the supervisor waits for the association tasks at a stop (a C-STORE in
+/// flight is answered), but a connection that is not an association yet (silent, half a request)
+/// is closed at once rather than waited for until its ARTIM timer: SIGTERM gives a prompt, clean
+/// exit without the stop deadline's warning.
+#[test]
+fn sigterm_closes_connections_not_yet_associations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[
+            ("server.artim_seconds", "300"),
+            ("server.read_timeout_seconds", "60"),
+        ],
+        &rule("default", "drop", false, &[]),
+    );
+    d.start();
+    let mut silent = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let mut half = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    half.write_all(&[0x01, 0x00, 0x00, 0x00]).unwrap();
+    // Both are accepted (the echo is answered after them).
+    let o = echoscu(d.port, &[]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    d.peer().signal("TERM");
+    let status = d.peer().wait_exit(secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve did not stop cleanly ({status:?})\n{}",
+        d.context()
+    );
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(secs(30))).unwrap();
+        let mut b = [0u8; 16];
+        let r = s.read(&mut b);
+        assert!(matches!(r, Ok(0) | Err(_)), "connection still open: {r:?}");
+    }
+    assert!(
+        !d.logs().contains("stage_stop_timeout"),
+        "the stop waited for connections that were not associations\n{}",
+        d.context()
+    );
+}

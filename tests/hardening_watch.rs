@@ -18,9 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn folder_dest(name: &str, path: &Path) -> String {
-    format!(
-        "[[destinations]]\nname = \"{name}\"\nkind = \"folder\"\npath = {:?}\n\n",
-        path.display().to_string()
+    entry(
+        "destinations",
+        &[
+            ("name", name.into()),
+            ("kind", "folder".into()),
+            ("path", path.display().to_string().into()),
+        ],
     )
 }
 

@@ -350,16 +350,13 @@ fn check_config_rejects_bad_key_files() {
 fn start_orthanc_tls(dir: &Path, pki: &Pki) -> Orthanc {
     Orthanc::start_with(
         dir,
-        &format!(
-            r#""DicomTlsEnabled": true,
-  "DicomTlsCertificate": "{}",
-  "DicomTlsPrivateKey": "{}",
-  "DicomTlsTrustedCertificates": "{}",
-  "DicomTlsRemoteCertificateRequired": true,"#,
-            pki.crt("server"),
-            pki.key("server"),
-            pki.crt("ca"),
-        ),
+        serde_json::json!({
+            "DicomTlsEnabled": true,
+            "DicomTlsCertificate": pki.crt("server"),
+            "DicomTlsPrivateKey": pki.key("server"),
+            "DicomTlsTrustedCertificates": pki.crt("ca"),
+            "DicomTlsRemoteCertificateRequired": true,
+        }),
     )
 }
 

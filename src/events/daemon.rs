@@ -56,17 +56,55 @@ impl DaemonStopping {
     }
 }
 
-/// The processing stage did not stop within its deadline.
-pub struct ProcessorStopTimeout {
+/// The processing stage (thread `thread`) did not stop within its deadline.
+pub struct ProcessorStopTimeout<'a> {
+    pub thread: &'a str,
     pub seconds: u64,
 }
 
-impl ProcessorStopTimeout {
+impl ProcessorStopTimeout<'_> {
     pub fn emit(self) {
         warn!(
             event = "processor_stop_timeout",
+            thread = self.thread,
             seconds = self.seconds,
             "the processing stage did not stop in time; its series stays in the spool for recovery"
+        );
+    }
+}
+
+/// A stage task or thread ended while the daemon runs (returned, panicked or was cancelled).
+pub struct StageEnded<'a> {
+    pub stage: &'a str,
+    pub reason: &'a str,
+}
+
+impl StageEnded<'_> {
+    pub fn emit(self) {
+        error!(
+            event = "stage_ended",
+            stage = self.stage,
+            reason = self.reason,
+            "a stage ended while the daemon runs; its heartbeat stops"
+        );
+    }
+}
+
+/// Stages or associations still ran at the stop deadline: abandoned with the process.
+pub struct StageStopTimeout {
+    pub seconds: u64,
+    pub stages: usize,
+    pub associations: usize,
+}
+
+impl StageStopTimeout {
+    pub fn emit(self) {
+        warn!(
+            event = "stage_stop_timeout",
+            seconds = self.seconds,
+            stages = self.stages,
+            associations = self.associations,
+            "stages or associations still running at the stop deadline; abandoned with the process"
         );
     }
 }

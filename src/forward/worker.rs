@@ -2,10 +2,11 @@
 //! delays another's jobs. Each lane sends its due jobs, backs off on failure, dead-letters after the
 //! last attempt, and cleans the spool and derived files of a series once no job needs them.
 //!
-//! The dispatcher lists the outbox (an index that re-parses only new or changed job files) when
-//! woken by the processing stage and every second (`retry` adds jobs from another process), and
-//! hands each lane the ids of its jobs; a lane reads each job from disk right before its attempt,
-//! so a job delivered meanwhile is never sent twice. Each lane beats its own heartbeat
+//! The dispatcher lists the outbox (its in-memory index: a listing reads the folder's names and
+//! parses only files another process added) when woken by the processing stage and every second
+//! (`retry` adds jobs from another process), and hands each lane the ids of its jobs; a lane takes
+//! each job from the index right before its attempt, checking that its file is still there, so a
+//! job delivered or dropped meanwhile is never sent twice. Each lane beats its own heartbeat
 //! (`forward:<destination>`) per instance acknowledged and every second while an attempt waits on
 //! the destination (every such wait is bounded by `forward.timeout_seconds`), and records the SOP
 //! instances acknowledged in the job file, so a later attempt sends only the others.
@@ -149,7 +150,7 @@ async fn lane(
             if *shutdown.borrow() {
                 return;
             }
-            // The job as it is on disk now: delivered or dead-lettered meanwhile means gone.
+            // The job as it is now: delivered, dead-lettered or dropped meanwhile means gone.
             let job = match shared.outbox.get(&id) {
                 Ok(Some(j)) => j,
                 Ok(None) => continue,

@@ -205,11 +205,14 @@ pub struct Scp {
     pub tx: mpsc::Sender<Arrival>,
     pub metrics: Arc<Metrics>,
     pub beat: Beat,
+    /// Where the association tasks run (the supervisor awaits them at shutdown).
+    pub associations: tokio_util::task::TaskTracker,
 }
 
 impl Scp {
     /// Accepts associations on `listener` until shutdown. Associations in progress end when their
-    /// peer releases them or the shutdown signal arrives (instances not yet acknowledged are not kept).
+    /// peer releases them or the shutdown signal arrives (instances not yet acknowledged are not kept;
+    /// a C-STORE whose data set is complete is answered first: the supervisor awaits the tasks).
     pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let server = self.settings.borrow().server.clone();
         guard::install(Limits::from_settings(&server));
@@ -277,7 +280,7 @@ impl Scp {
                     let shutdown = shutdown.clone();
                     let tls = tls.clone();
                     let over_tls = tls.is_some();
-                    tokio::spawn(crate::audit::association(peer, over_tls, async move {
+                    this.associations.clone().spawn(crate::audit::association(peer, over_tls, async move {
                         match tls {
                             Some(acceptor) => this.tls_connection(acceptor, socket, peer, handshake, slots, shutdown).await,
                             None => {
@@ -311,7 +314,13 @@ impl Scp {
             }
             .emit(&self.metrics);
         };
-        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+        let mut stop = shutdown.clone();
+        let accepted = tokio::select! {
+            r = tokio::time::timeout_at(deadline, acceptor.accept(socket)) => r,
+            // Stopping: a connection that is not an association yet is closed, not waited for.
+            _ = stop.changed() => return,
+        };
+        let stream = match accepted {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return rejected(crate::tls::describe_error(&e)),
             Err(_) => {
@@ -386,20 +395,23 @@ impl Scp {
             }
             .emit(&self.metrics);
         };
-        let (rq, rq_len) =
-            match tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length))
-                .await
-            {
-                Ok(Ok(x)) => x,
-                Ok(Err(reason)) => return rejected("", "", &reason),
-                Err(_) => {
-                    return rejected(
-                        "",
-                        "",
-                        &format!("no A-ASSOCIATE-RQ within {} s (ARTIM)", s.artim_seconds),
-                    )
-                }
-            };
+        let mut stop = shutdown.clone();
+        let peeked = tokio::select! {
+            r = tokio::time::timeout_at(deadline, peek_associate_rq(&socket, s.max_pdu_length)) => r,
+            // Stopping: a connection that is not an association yet is closed, not waited for.
+            _ = stop.changed() => return,
+        };
+        let (rq, rq_len) = match peeked {
+            Ok(Ok(x)) => x,
+            Ok(Err(reason)) => return rejected("", "", &reason),
+            Err(_) => {
+                return rejected(
+                    "",
+                    "",
+                    &format!("no A-ASSOCIATE-RQ within {} s (ARTIM)", s.artim_seconds),
+                )
+            }
+        };
         let gate = Gate {
             ae_title: s.ae_title.clone(),
             allowed: s.allowed_callers.clone(),
@@ -428,7 +440,11 @@ impl Scp {
             .is_ok()
         {
             let wait = Duration::from_secs(s.slot_wait_seconds);
-            match tokio::time::timeout(wait, slots.acquire_owned()).await {
+            let acquired = tokio::select! {
+                r = tokio::time::timeout(wait, slots.acquire_owned()) => r,
+                _ = stop.changed() => return,
+            };
+            match acquired {
                 Ok(Ok(p)) => Some(p),
                 _ => {
                     events::AssociationSlotsFull {
@@ -484,7 +500,10 @@ impl Scp {
         for ts in ACCEPTED_TRANSFER_SYNTAXES {
             opts = opts.with_transfer_syntax(*ts);
         }
-        let established = tokio::time::timeout(artim, opts.establish_async(socket)).await;
+        let established = tokio::select! {
+            r = tokio::time::timeout(artim, opts.establish_async(socket)) => r,
+            _ = shutdown.changed() => return,
+        };
         drop(handshake);
         let mut assoc = match established {
             Ok(Ok(a)) => a,

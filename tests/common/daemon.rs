@@ -63,17 +63,51 @@ pub fn put_ui(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: &str) {
     o.put(DataElement::new(tag, VR::UI, PrimitiveValue::from(v)));
 }
 
+/// One `[[array]]` entry of a configuration (e.g. a destination or a rule), as TOML text to append
+/// to a configuration's tail.
+pub fn entry(array: &str, fields: &[(&str, toml::Value)]) -> String {
+    let item: toml::Table = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let mut t = toml::Table::new();
+    t.insert(
+        array.into(),
+        toml::Value::Array(vec![toml::Value::Table(item)]),
+    );
+    toml::to_string(&t).unwrap() + "\n"
+}
+
+/// A TOML array of strings.
+pub fn strings(items: &[&str]) -> toml::Value {
+    toml::Value::Array(items.iter().map(|s| toml::Value::from(*s)).collect())
+}
+
+/// The fields of a DICOM destination on 127.0.0.1.
+pub fn scp_dest_fields(name: &str, ae: &str, port: u16) -> Vec<(&'static str, toml::Value)> {
+    vec![
+        ("name", name.into()),
+        ("kind", "scp".into()),
+        ("ae_title", ae.into()),
+        ("host", "127.0.0.1".into()),
+        ("port", i64::from(port).into()),
+    ]
+}
+
 pub fn scp_dest(name: &str, ae: &str, port: u16) -> String {
-    format!(
-        "[[destinations]]\nname = \"{name}\"\nkind = \"scp\"\nae_title = \"{ae}\"\nhost = \"127.0.0.1\"\nport = {port}\n\n"
-    )
+    entry("destinations", &scp_dest_fields(name, ae, port))
 }
 
 pub fn rule(name: &str, plan: &str, forward_original: bool, destinations: &[&str]) -> String {
-    let d: Vec<String> = destinations.iter().map(|d| format!("\"{d}\"")).collect();
-    format!(
-        "[[rules]]\nname = \"{name}\"\nplan = \"{plan}\"\nmodels = [\"gaussian-soft-baseline\"]\nforward_original = {forward_original}\ndestinations = [{}]\n\n",
-        d.join(", ")
+    entry(
+        "rules",
+        &[
+            ("name", name.into()),
+            ("plan", plan.into()),
+            ("models", strings(&["gaussian-soft-baseline"])),
+            ("forward_original", forward_original.into()),
+            ("destinations", strings(destinations)),
+        ],
     )
 }
 
@@ -105,72 +139,69 @@ impl Daemon {
         d
     }
 
+    /// The test defaults, then `overrides` ("section.key" or "section.sub.key", a TOML value),
+    /// then `tail` (TOML: destinations and rules), serialized as one TOML document.
     pub fn write_config(&self, overrides: &[(&str, &str)], tail: &str) {
-        let q = |s: String| format!("{s:?}");
-        let mut sections: Vec<(String, Vec<(String, String)>)> = vec![
-            (
-                "runtime".into(),
-                vec![
-                    ("device".into(), q("cpu".into())),
-                    ("intra_threads".into(), "1".into()),
-                ],
-            ),
-            (
-                "state".into(),
-                vec![
-                    ("dir".into(), q(self.state.display().to_string())),
-                    ("min_free_mib".into(), "0".into()),
-                ],
-            ),
-            (
-                "server".into(),
-                vec![
-                    ("ae_title".into(), q(AE.into())),
-                    ("listen".into(), q(format!("127.0.0.1:{}", self.port))),
-                    ("read_timeout_seconds".into(), "10".into()),
-                    ("write_timeout_seconds".into(), "10".into()),
-                ],
-            ),
-            ("series".into(), vec![("quiet_seconds".into(), "1".into())]),
-            (
-                "forward".into(),
-                vec![
-                    ("max_attempts".into(), "30".into()),
-                    ("initial_backoff_seconds".into(), "1".into()),
-                    ("max_backoff_seconds".into(), "2".into()),
-                    ("timeout_seconds".into(), "5".into()),
-                ],
-            ),
-            (
-                "http".into(),
-                vec![("listen".into(), q(format!("127.0.0.1:{}", self.http)))],
-            ),
-        ];
+        let mut config: toml::Table = toml::toml! {
+            [runtime]
+            device = "cpu"
+            intra_threads = 1
+
+            [state]
+            min_free_mib = 0
+
+            [server]
+            ae_title = "placeholder"
+            read_timeout_seconds = 10
+            write_timeout_seconds = 10
+
+            [series]
+            quiet_seconds = 1
+
+            [forward]
+            max_attempts = 30
+            initial_backoff_seconds = 1
+            max_backoff_seconds = 2
+            timeout_seconds = 5
+
+            [http]
+            listen = "placeholder"
+        };
+        let mut set = |path: &str, value: toml::Value| {
+            let keys: Vec<&str> = path.split('.').collect();
+            let (last, sections) = keys.split_last().unwrap();
+            let mut table = &mut config;
+            for k in sections {
+                table = table
+                    .entry(k.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .unwrap_or_else(|| panic!("{path}: {k} is not a table"));
+            }
+            table.insert(last.to_string(), value);
+        };
+        set("state.dir", self.state.display().to_string().into());
+        set("server.ae_title", AE.into());
+        set("server.listen", format!("127.0.0.1:{}", self.port).into());
+        set("http.listen", format!("127.0.0.1:{}", self.http).into());
         for (k, v) in overrides {
-            let (section, key) = k.split_once('.').unwrap();
-            let i = match sections.iter().position(|(s, _)| s == section) {
-                Some(i) => i,
-                None => {
-                    sections.push((section.to_string(), Vec::new()));
-                    sections.len() - 1
+            let value: toml::Table = toml::from_str(&format!("v = {v}"))
+                .unwrap_or_else(|e| panic!("override {k} = {v}: {e}"));
+            set(k, value["v"].clone());
+        }
+        let tail: toml::Table = toml::from_str(tail).unwrap_or_else(|e| panic!("{e}\n{tail}"));
+        for (k, v) in tail {
+            match (config.get_mut(&k), v) {
+                (Some(toml::Value::Table(section)), toml::Value::Table(more)) => {
+                    section.extend(more)
                 }
-            };
-            let keys = &mut sections[i].1;
-            match keys.iter_mut().find(|(k2, _)| k2 == key) {
-                Some(slot) => slot.1 = v.to_string(),
-                None => keys.push((key.to_string(), v.to_string())),
+                (Some(toml::Value::Array(items)), toml::Value::Array(more)) => items.extend(more),
+                (_, v) => {
+                    config.insert(k, v);
+                }
             }
         }
-        let mut text = String::new();
-        for (s, keys) in &sections {
-            text.push_str(&format!("[{s}]\n"));
-            for (k, v) in keys {
-                text.push_str(&format!("{k} = {v}\n"));
-            }
-            text.push('\n');
-        }
-        text.push_str(tail);
-        std::fs::write(&self.config, text).unwrap();
+        std::fs::write(&self.config, toml::to_string(&config).unwrap()).unwrap();
     }
 
     pub fn command(&self) -> Command {
@@ -492,15 +523,13 @@ impl FakeScp {
 pub fn orthanc_sop_uids(orthanc: &Orthanc, series_id: &str) -> BTreeSet<String> {
     orthanc
         .get_json(&format!("/series/{series_id}/instances"))
-        .arr()
-        .iter()
-        .map(|i| {
-            i.get("MainDicomTags")
-                .get("SOPInstanceUID")
-                .str()
-                .to_string()
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| json_str(&i["MainDicomTags"]["SOPInstanceUID"]))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// A scriptable C-STORE SCP (liveness tests): waits `delay` before each response (a slow but

@@ -320,161 +320,17 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     Ok((status, body))
 }
 
-/// A minimal JSON value, enough to read Orthanc's REST answers without extra dependencies.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    pub fn parse(text: &str) -> Json {
-        let b: Vec<char> = text.chars().collect();
-        let mut i = 0;
-        let v = json_value(&b, &mut i);
-        v.unwrap_or_else(|| panic!("cannot parse JSON: {text}"))
-    }
-
-    pub fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(kv) => kv
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(&Json::Null, |(_, v)| v),
-            _ => &Json::Null,
-        }
-    }
-
-    pub fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            _ => "",
-        }
-    }
-
-    pub fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            _ => &[],
-        }
-    }
-}
-
-fn json_ws(b: &[char], i: &mut usize) {
-    while *i < b.len() && b[*i].is_whitespace() {
-        *i += 1;
-    }
-}
-
-fn json_string(b: &[char], i: &mut usize) -> Option<String> {
-    if b.get(*i) != Some(&'"') {
-        return None;
-    }
-    *i += 1;
-    let mut s = String::new();
-    while let Some(&c) = b.get(*i) {
-        *i += 1;
-        match c {
-            '"' => return Some(s),
-            '\\' => {
-                let e = *b.get(*i)?;
-                *i += 1;
-                match e {
-                    'n' => s.push('\n'),
-                    't' => s.push('\t'),
-                    'r' => s.push('\r'),
-                    'b' => s.push('\u{8}'),
-                    'f' => s.push('\u{c}'),
-                    'u' => {
-                        let hex: String = b.get(*i..*i + 4)?.iter().collect();
-                        *i += 4;
-                        s.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?).unwrap_or('?'));
-                    }
-                    other => s.push(other),
-                }
-            }
-            c => s.push(c),
-        }
-    }
-    None
-}
-
-fn json_value(b: &[char], i: &mut usize) -> Option<Json> {
-    json_ws(b, i);
-    match *b.get(*i)? {
-        '{' => {
-            *i += 1;
-            let mut kv = Vec::new();
-            loop {
-                json_ws(b, i);
-                if b.get(*i) == Some(&'}') {
-                    *i += 1;
-                    return Some(Json::Obj(kv));
-                }
-                let k = json_string(b, i)?;
-                json_ws(b, i);
-                if b.get(*i) != Some(&':') {
-                    return None;
-                }
-                *i += 1;
-                let v = json_value(b, i)?;
-                kv.push((k, v));
-                json_ws(b, i);
-                if b.get(*i) == Some(&',') {
-                    *i += 1;
-                }
-            }
-        }
-        '[' => {
-            *i += 1;
-            let mut a = Vec::new();
-            loop {
-                json_ws(b, i);
-                if b.get(*i) == Some(&']') {
-                    *i += 1;
-                    return Some(Json::Arr(a));
-                }
-                a.push(json_value(b, i)?);
-                json_ws(b, i);
-                if b.get(*i) == Some(&',') {
-                    *i += 1;
-                }
-            }
-        }
-        '"' => json_string(b, i).map(Json::Str),
-        't' => {
-            *i += 4;
-            Some(Json::Bool(true))
-        }
-        'f' => {
-            *i += 5;
-            Some(Json::Bool(false))
-        }
-        'n' => {
-            *i += 4;
-            Some(Json::Null)
-        }
-        _ => {
-            let start = *i;
-            while *i < b.len() && (b[*i].is_ascii_digit() || "+-.eE".contains(b[*i])) {
-                *i += 1;
-            }
-            let t: String = b[start..*i].iter().collect();
-            t.parse().ok().map(Json::Num)
-        }
-    }
-}
-
 /// Orthanc from Debian's package, in the foreground, with its storage in `dir`.
 pub struct Orthanc {
     pub peer: Peer,
     pub aet: String,
     pub dicom_port: u16,
     pub http_port: u16,
+}
+
+/// A JSON string's text ("" for anything else, as Orthanc leaves out empty tags).
+pub fn json_str(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
 }
 
 /// One series as Orthanc holds it.
@@ -489,37 +345,37 @@ pub struct OrthancSeries {
 
 impl Orthanc {
     pub fn start(dir: &Path) -> Orthanc {
-        Self::start_with(dir, "")
+        Self::start_with(dir, serde_json::json!({}))
     }
 
-    /// As [`Orthanc::start`], with `extra` configuration entries (JSON members, each followed by a
-    /// comma), e.g. its DICOM TLS settings.
-    pub fn start_with(dir: &Path, extra: &str) -> Orthanc {
+    /// As [`Orthanc::start`], with `extra` configuration entries (a JSON object whose members are
+    /// added), e.g. its DICOM TLS settings.
+    pub fn start_with(dir: &Path, extra: serde_json::Value) -> Orthanc {
         let storage = dir.join("orthanc-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let dicom_port = free_port();
         let http_port = free_port();
         let aet = "ORTHANC".to_string();
-        let cfg = format!(
-            r#"{{
-  "Name": "ct-harmonizer-test",
-  "StorageDirectory": "{s}",
-  "IndexDirectory": "{s}",
-  "DicomAet": "{aet}",
-  "DicomPort": {dicom_port},
-  "HttpPort": {http_port},
-  "RemoteAccessAllowed": false,
-  "AuthenticationEnabled": false,
-  "DicomCheckCalledAet": false,
-  "DicomServerEnabled": true,
-  "HttpServerEnabled": true,
-  "Plugins": [],
-  {extra}
-  "StableAge": 1,
-  "ConcurrentJobs": 1
-}}"#,
-            s = storage.display()
-        );
+        let mut cfg = serde_json::json!({
+            "Name": "ct-harmonizer-test",
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "DicomAet": aet,
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomCheckCalledAet": false,
+            "DicomServerEnabled": true,
+            "HttpServerEnabled": true,
+            "Plugins": [],
+            "StableAge": 1,
+            "ConcurrentJobs": 1
+        });
+        if let (Some(cfg), serde_json::Value::Object(extra)) = (cfg.as_object_mut(), extra) {
+            cfg.extend(extra);
+        }
+        let cfg = serde_json::to_string_pretty(&cfg).unwrap();
         let cfg_path = dir.join("orthanc.json");
         std::fs::write(&cfg_path, cfg).unwrap();
         let mut c = Command::new("/usr/sbin/Orthanc");
@@ -543,7 +399,7 @@ impl Orthanc {
         }
     }
 
-    pub fn get_json(&self, path: &str) -> Json {
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
         let (status, body) = http_get(self.http_port, path).unwrap();
         assert_eq!(
             status,
@@ -551,34 +407,29 @@ impl Orthanc {
             "GET {path}: {}",
             String::from_utf8_lossy(&body)
         );
-        Json::parse(&String::from_utf8_lossy(&body))
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}: {}", String::from_utf8_lossy(&body)))
     }
 
     /// Every series Orthanc holds.
     pub fn series(&self) -> Vec<OrthancSeries> {
-        self.get_json("/series")
-            .arr()
-            .iter()
+        let ids: Vec<String> = serde_json::from_value(self.get_json("/series")).unwrap();
+        ids.into_iter()
             .map(|id| {
-                let s = self.get_json(&format!("/series/{}", id.str()));
-                let tags = s.get("MainDicomTags");
+                let s = self.get_json(&format!("/series/{id}"));
+                let tags = &s["MainDicomTags"];
                 OrthancSeries {
-                    id: id.str().to_string(),
-                    series_uid: tags.get("SeriesInstanceUID").str().to_string(),
-                    description: tags.get("SeriesDescription").str().to_string(),
-                    instances: s
-                        .get("Instances")
-                        .arr()
-                        .iter()
-                        .map(|i| i.str().to_string())
-                        .collect(),
+                    series_uid: json_str(&tags["SeriesInstanceUID"]),
+                    description: json_str(&tags["SeriesDescription"]),
+                    instances: serde_json::from_value(s["Instances"].clone()).unwrap(),
+                    id,
                 }
             })
             .collect()
     }
 
     /// `/instances/{id}/simplified-tags`.
-    pub fn instance_tags(&self, id: &str) -> Json {
+    pub fn instance_tags(&self, id: &str) -> serde_json::Value {
         self.get_json(&format!("/instances/{id}/simplified-tags"))
     }
 

@@ -2,7 +2,7 @@
 //! (`server` for 127.0.0.1/localhost, `client` "CN=ct1,O=Hospital", `intruder`, `other`), keys 0600.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::daemon::scp_dest;
+use super::daemon::{entry, scp_dest_fields};
 use super::text;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -134,12 +134,14 @@ impl Pki {
 
     /// A TLS `[[destinations]]` entry presenting our server certificate as client certificate.
     pub fn tls_dest(&self, name: &str, ae: &str, port: u16, server_name: &str) -> String {
-        format!(
-            "{}\ntls = true\nca = {:?}\ncert = {:?}\nkey = {:?}\nserver_name = {server_name:?}\n\n",
-            scp_dest(name, ae, port).trim_end(),
-            self.crt("ca"),
-            self.crt("server"),
-            self.key("server"),
-        )
+        let mut fields = scp_dest_fields(name, ae, port);
+        fields.extend([
+            ("tls", true.into()),
+            ("ca", self.crt("ca").into()),
+            ("cert", self.crt("server").into()),
+            ("key", self.key("server").into()),
+            ("server_name", server_name.into()),
+        ]);
+        entry("destinations", &fields)
     }
 }
