@@ -47,7 +47,9 @@ fn skip_reason() -> Option<String> {
         .args(["-W", "-f=${Status}", PKG])
         .output()
         .ok()?;
-    if String::from_utf8_lossy(&status.stdout).contains("installed") {
+    // "install ok installed" (also "half-installed" and friends; never "not-installed").
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    if status.ends_with(" installed") || status.contains("half") || status.contains("unpacked") {
         return Some(format!(
             "a {PKG} package is already installed here (this test would purge it)"
         ));
