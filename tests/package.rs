@@ -270,6 +270,28 @@ fn package_installs_runs_and_purges_cleanly() {
     assert!(png.is_file(), "no preview:\n{}", text(&process));
     drop(work);
 
+    // A configuration check-config refuses (an unknown section): re-configuring reports it and still
+    // succeeds (the package stays installed; nothing was started). The admin's edit is kept.
+    let mut conf_text = std::fs::read_to_string(CONF).unwrap();
+    conf_text.push_str("\n[no_such_section]\nkey = 1\n");
+    std::fs::write(CONF, &conf_text).unwrap();
+    let again = run(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(
+        again.status.success(),
+        "re-install failed:\n{}",
+        text(&again)
+    );
+    let said = text(&again);
+    assert!(
+        said.contains(&format!("ct-harmonizer: check-config FAILED for {CONF}")),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(CONF).unwrap(),
+        conf_text,
+        "conffile edit lost"
+    );
+
     // Purge: nothing of the package is left (files, folders, user, group, state folder).
     let t = Instant::now();
     std::mem::forget(guard);
