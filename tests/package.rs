@@ -270,8 +270,8 @@ fn package_installs_runs_and_purges_cleanly() {
     assert!(png.is_file(), "no preview:\n{}", text(&process));
     drop(work);
 
-    // A configuration check-config refuses (an unknown section): re-configuring reports it and still
-    // succeeds (the package stays installed; nothing was started). The admin's edit is kept.
+    // A configuration check-config refuses (an unknown section): re-configuring reports it and
+    // still succeeds (the package stays installed; nothing was started). The admin's edit is kept.
     let mut conf_text = std::fs::read_to_string(CONF).unwrap();
     conf_text.push_str("\n[no_such_section]\nkey = 1\n");
     std::fs::write(CONF, &conf_text).unwrap();
