@@ -327,6 +327,12 @@ pub fn write_inv3_series(inv3: &Path, dir: &Path) -> Result<Vec<PathBuf>, Sample
     spec.series_description = "HEAD CT (INVESALIUS EXAMPLE)".into();
     spec.convolution_kernel = "H60s".into();
     spec.body_part = "HEAD".into();
+    // The .inv3 matrix runs foot to head and its rows back to front (as the picture shows: the
+    // face at the bottom of a slice stored "axial as usual"): say so in the headers, so that
+    // viewers and the preview show it anterior up and head up.
+    spec.orientation = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0];
+    spec.origin[1] = -spec.origin[1];
+    spec.step = [0.0, 0.0, v.spacing[0]];
     let plane = h * w;
     spec.write(dir, |z| {
         v.hu[z * plane..(z + 1) * plane]

@@ -225,6 +225,7 @@ pub fn process_series(
     let plan = DerivedPlan::new(&s.slices, &geometry, &manifest, salt);
     let derived_uid = plan.series_uid.clone();
     let n_out = plan.slices.len();
+    let positions: Vec<[f64; 3]> = plan.slices.iter().map(|s| s.position).collect();
     let z_tiles = translator.plan(0, geometry.slices())?;
     let writer = SeriesWriter::create(
         out,
@@ -279,7 +280,10 @@ pub fn process_series(
             match translator.translate_with(&slab, zt, control) {
                 Ok(o) => {
                     for &k in picks.iter().filter(|&&k| k >= o.z0 && k < o.z0 + o.depth) {
-                        shots.push(capture(&slab, &o, k, [sz, sy, sx]));
+                        shots.push(
+                            capture(&slab, &o, k, [sz, sy, sx])
+                                .placed(geometry.orientation, positions.get(k).copied()),
+                        );
                     }
                     if out_tx.send(o).is_err() {
                         break;
@@ -361,5 +365,6 @@ fn capture(slab: &Slab, o: &crate::model::OutSlab, k: usize, scale: [usize; 3]) 
         columns: o.columns,
         input,
         output,
+        placement: None,
     }
 }
