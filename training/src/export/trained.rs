@@ -1,7 +1,7 @@
 //! `ct-train export`: writes a trained 3D RevGAN's A→B generator in the model contract format
 //! (`models/<name>/model.onnx` + `model.toml`, DESIGN §3) for the daemon.
 //!
-//! The ONNX graph (IR 8, opset 17, written by [`crate::onnx`]) mirrors [`RevGan::forward`]
+//! The ONNX graph (IR 8, opset 17, written by [`super::onnx`]) mirrors [`RevGan::forward`]
 //! operation for operation, with the weights taken straight from the Burn modules (Burn's Conv3d
 //! and ConvTranspose3d weight layouts equal ONNX's):
 //! - odd D, H or W: `Shape` (start 2) → `Mod 2` → `Concat` into `Pad` pads → `Pad` (edge) by one
@@ -31,20 +31,22 @@
 //! to a multiple of 16 (in-plane at least [`IN_PLANE_TILE`]): every kept core is at least as large
 //! as a training patch. For super-resolution the margins and the tile are in input voxels.
 
-use crate::export::{INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
-use crate::model::{Coupling, Decoder, Encoder, RevGanConfig, IN_EPSILON, OUTER_KERNEL, OUTER_PAD};
-use crate::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
-use crate::revgan::{RevBlock, RevGan};
-use crate::train::{load_generators, TaskArg, TrainConfig, TrainError, TrainState};
+use super::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
+use super::{INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
+use crate::config::{TaskArg, TrainConfig};
+use crate::lib_bridge::{
+    hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
+    Tensors,
+};
+use crate::model::{
+    Coupling, Decoder, Encoder, RevBlock, RevGan, RevGanConfig, IN_EPSILON, OUTER_KERNEL, OUTER_PAD,
+};
+use crate::trainer::{load_generators, CpuBackend, TrainError, TrainState};
 use burn::module::Param;
 use burn::nn::conv::{Conv3d, ConvTranspose3d};
 use burn::nn::PaddingConfig3d;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use ct_harmonizer::translate::manifest::{
-    hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
-    Tensors,
-};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -70,9 +72,9 @@ pub enum ExportModelError {
     Weights(String),
 }
 
-/// Writes `bytes` to `path` atomically (see [`crate::export::write_atomic`]).
+/// Writes `bytes` to `path` atomically (see [`super::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportModelError> {
-    crate::export::write_atomic(path, bytes).map_err(|source| ExportModelError::Io {
+    super::write_atomic(path, bytes).map_err(|source| ExportModelError::Io {
         path: path.to_owned(),
         source,
     })
@@ -349,7 +351,7 @@ impl Writer {
 /// `scale` other than 1 (super-resolution) the input is the low-resolution volume and the graph
 /// first resamples it onto the high-resolution grid with `Resize` (linear, `half_pixel`, edges
 /// clamped): the same trilinear interpolation the training data went through
-/// ([`crate::eval::upsample`]).
+/// ([`crate::resample::upsample`]).
 pub fn generator_onnx<B: Backend>(
     gen: &RevGan<B>,
     cfg: &RevGanConfig,
@@ -683,8 +685,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
 /// Runs `ct-train export`.
 pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
     let device = Default::default();
-    let (model_cfg, cfg, state, gen) =
-        load_generators::<crate::train::CpuBackend>(&args.checkpoint, &device)?;
+    let (model_cfg, cfg, state, gen) = load_generators::<CpuBackend>(&args.checkpoint, &device)?;
     if state.step == 0 && !args.allow_untrained {
         return Err(refuse(
             &args.checkpoint,
