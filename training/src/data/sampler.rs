@@ -170,13 +170,14 @@ mod tests {
 
     fn ramp_volume(shape: [usize; 3]) -> Volume {
         let n = shape.iter().product();
-        // Body (0 HU) only in the upper half of x; air elsewhere.
+        // Body (0 HU) only in the upper half of x; air (-1024 HU, as scanners store it: exactly
+        // -1000 HU would sit on the threshold, where float rounding of the mean decides) elsewhere.
         let hu = (0..n)
             .map(|i| {
                 if i % shape[2] >= shape[2] / 2 {
                     0.0
                 } else {
-                    -1000.0
+                    -1024.0
                 }
             })
             .collect();

@@ -336,6 +336,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::data::Volume;
+    use std::path::Path;
 
     fn vol(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {
         let mut hu = Vec::new();

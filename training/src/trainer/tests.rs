@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use crate::config::TaskArg;
 use crate::data::rng::Rng;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;

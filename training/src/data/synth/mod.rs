@@ -399,9 +399,9 @@ pub fn run_cli(a: SynthArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::scanner::{fft, poisson};
+    use super::scanner::fft;
     use super::*;
-    use crate::data::rng::Rng;
+    use std::f64::consts::PI;
 
     fn disc(n: usize, hu_in: f32) -> Vec<f32> {
         let c = (n as f32 - 1.0) / 2.0;
