@@ -190,7 +190,7 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::data::Volume;
+    use crate::volume::Volume;
 
     #[test]
     fn recovers_a_known_filter_and_bias() {

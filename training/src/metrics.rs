@@ -14,8 +14,8 @@
 //! head CT).
 
 use crate::config::HuWindow;
-use crate::data::Volume;
 use crate::resample::{conv_axis, Border};
+use crate::volume::Volume;
 use rayon::prelude::*;
 
 /// Image-quality figures of one output against its target.

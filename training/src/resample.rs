@@ -3,7 +3,7 @@
 //! a = -0.5) upsampling with voxel centres aligned (`src = (dst + 0.5)/f - 0.5`, edges clamped),
 //! which the super-resolution training data and the evaluation's baselines share.
 
-use crate::data::Volume;
+use crate::volume::Volume;
 use rayon::prelude::*;
 
 /// Kernel radius in pixels: `ceil(3σ)`.

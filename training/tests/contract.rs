@@ -13,12 +13,12 @@ use ct_harmonizer::translate::{ModelDir, Translator};
 use ct_harmonizer::volume::slab::Slab;
 use ct_training::config::{ModeArg, TaskArg, TrainConfig};
 use ct_training::data::rng::Rng;
-use ct_training::data::Volume;
 use ct_training::export::trained::{self as export_model, ExportArgs, ExportMeta};
 use ct_training::model::RevGanConfig;
 use ct_training::model::{Direction, RevGan};
 use ct_training::resample::{upsample, Interp};
 use ct_training::trainer::{TrainState, Trainer, CHECKPOINT_DIR, MODEL_CONFIG, TRAIN_CONFIG};
+use ct_training::volume::Volume;
 use std::path::{Path, PathBuf};
 
 /// Tolerance of the contract, in model units ([-1, 1]).

@@ -4,9 +4,10 @@
 //! units through the run's HU window. A super-resolution source is resampled trilinearly onto its
 //! target's grid (the factor is recorded as `scale` in `train.json`).
 
-use super::{load_volume, DataError, Volume};
+use super::{load_volume, DataError};
 use crate::config::{HuWindow, TaskArg};
 use crate::resample::{upsample, Interp};
+use crate::volume::Volume;
 use std::path::{Path, PathBuf};
 
 /// One case in model units: the same anatomy in domain A (source) and B (target), on the same grid.

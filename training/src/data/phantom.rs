@@ -14,7 +14,7 @@
 use crate::data::rng::Rng;
 use std::f64::consts::PI;
 
-use crate::data::Volume;
+use crate::volume::Volume;
 
 /// Phantom settings.
 #[derive(Debug, Clone, PartialEq)]

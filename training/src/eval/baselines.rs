@@ -3,9 +3,9 @@
 //! [`super`]).
 
 use crate::config::HuWindow;
-use crate::data::Volume;
 use crate::metrics::mse;
 use crate::resample::gaussian_blur;
+use crate::volume::Volume;
 
 /// Result of the Gaussian grid search.
 #[derive(Debug, Clone, Copy, PartialEq)]

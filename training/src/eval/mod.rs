@@ -254,7 +254,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub tune: Option<PathBuf>,
     /// HU window mapped onto [-1, 1] for the metrics, as "LO,HI".
-    #[arg(long, default_value = "-1150,350")]
+    #[arg(long, default_value = HuWindow::SEED_ARG)]
     pub window: String,
     /// ct-harmonizer settings file (ONNX Runtime location, device, tile size).
     #[arg(long)]
@@ -335,7 +335,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::data::Volume;
+    use crate::volume::Volume;
     use std::path::Path;
 
     fn vol(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {

@@ -304,7 +304,7 @@ fn baseline_manifest(
             valid_margin: [0, radius, radius],
         },
         intensity: Intensity {
-            hu_window: [-1150.0, 350.0],
+            hu_window: crate::config::HU_WINDOW,
             clip_input: false,
         },
         kernels: Kernels {

@@ -3,7 +3,7 @@
 
 use super::scanner::{mix, Filter, Scanner};
 use super::{SynthError, DEFAULT_PHOTONS};
-use crate::data::Volume;
+use crate::volume::Volume;
 use serde::Serialize;
 
 /// The simulated pair for one volume.
