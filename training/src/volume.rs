@@ -1,5 +1,5 @@
 //! The one volume type of the crate: a `[z][y][x]` block of `f32` with its voxel size, in HU as
-//! loaded or simulated, or in model units once mapped through an [`HuWindow`]. It sits below
+//! loaded or simulated, or in model units once mapped through a [`crate::config::HuWindow`]. It sits below
 //! every module that handles volumes (`resample`, `metrics`, `data`, `eval`), so none of them
 //! imports another for it.
 

@@ -136,7 +136,7 @@ pub fn manifest_rows(
         .collect()
 }
 
-/// Replaces the `[[evaluation]]` rows of the manifest in `model` (see [`EvalArgs::record`]).
+/// Replaces the `[[evaluation]]` rows of the manifest in `model` (see [`super::EvalArgs::record`]).
 pub fn record_in_manifest(model: &Path, rows: Vec<EvaluationRow>) -> Result<(), EvalError> {
     let md = ModelDir::open(model).map_err(|source| EvalError::Model {
         dir: model.to_owned(),

@@ -45,7 +45,7 @@ impl<B: Backend> Encoder<B> {
 pub struct Decoder<B: Backend> {
     pub conv_up: ConvTranspose3d<B>,
     pub conv_out: Conv3d<B>,
-    /// The learnable linear skip of a residual generator ([`RevGanConfig::skip_kernel`]).
+    /// The learnable linear skip of a residual generator ([`super::RevGanConfig::skip_kernel`]).
     pub skip: Option<Conv3d<B>>,
 }
 

@@ -171,7 +171,7 @@ impl RevGanConfig {
     /// 2, the k3 stride-2 convolution 1, each of the 4 k3 convolutions per reversible block (two in
     /// F, two in G) 1 voxel at half resolution = 2 input voxels, the k3 s2 transposed convolution at
     /// most 2, and the final k5 convolution 2: `7 + 8 * blocks`. Instance normalisation is global
-    /// per tile, so this bounds only the convolutional part (see `export_model`).
+    /// per tile, so this bounds only the convolutional part (see `export::trained`).
     pub fn receptive_radius(&self) -> usize {
         7 + 8 * self.blocks
     }

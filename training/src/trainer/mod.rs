@@ -32,7 +32,7 @@
 //!
 //! Files: this module (the [`Trainer`] and its iteration), [`step`] (the generator losses and the
 //! reversible backward), [`pool`] (the image pool), [`checkpoint`] (run files, save/load),
-//! [`pictures`] (validation pictures), [`run`] (the `train` command and its loop).
+//! [`pictures`] (validation pictures), [`run`](mod@run) (the `train` command and its loop).
 
 pub mod checkpoint;
 pub mod pictures;
