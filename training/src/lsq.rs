@@ -36,7 +36,7 @@ pub struct FilterFit {
     pub samples: usize,
 }
 
-/// Voxels drawn per fit.
+/// Voxels drawn per fit (our choice: ample for the at most 15·15·15 + 1 unknowns of a skip filter).
 pub const SAMPLES: usize = 200_000;
 
 /// Fits `target ≈ filter(source) + bias` with a d×k×k filter over `pairs` (source `a`, target

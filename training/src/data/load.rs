@@ -74,6 +74,7 @@ pub fn load_dicom_series(dir: &Path) -> Result<Vec<Volume>, DataError> {
             reason: "no DICOM images found".into(),
         });
     }
+    // The daemon's shipped defaults (`config/ct-harmonizer.toml` [volume]).
     let limits = GeometryLimits {
         spacing_tolerance: 0.1,
         max_tilt_degrees: 30.0,
@@ -88,6 +89,7 @@ pub fn load_dicom_series(dir: &Path) -> Result<Vec<Volume>, DataError> {
         let n = g.slices();
         let mut reader = SlabReader::new(s.slices, g.rows, g.columns);
         let mut hu = Vec::with_capacity(n * g.rows * g.columns);
+        // Slices decoded at a time: bounds the decoder's memory only, the volume is the same.
         const SLAB: usize = 16;
         let mut z0 = 0;
         while z0 < n {

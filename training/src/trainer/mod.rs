@@ -66,6 +66,10 @@ use step::scalar;
 /// The CPU backend (Burn `flex`).
 pub type CpuBackend = burn::backend::Flex;
 
+/// Mixed into the run seed for the image pool's draws in a step, so they differ from that step's
+/// patch draws (an arbitrary constant).
+const POOL_STREAM: u64 = 0x5EED;
+
 /// Files of a run directory.
 pub const MODEL_CONFIG: &str = "model.json";
 pub const TRAIN_CONFIG: &str = "train.json";
@@ -176,7 +180,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// One iteration on the patches `(a, b)` (each `patch`³, model units): a G step on both
     /// directions, then a D step.
     pub fn step(&mut self, a: Vec<f32>, b: Vec<f32>) -> Result<StepLosses, TrainError> {
-        let mut rng = step_rng(self.cfg.seed ^ 0x5EED, self.step);
+        let mut rng = step_rng(self.cfg.seed ^ POOL_STREAM, self.step);
         let lr = self.cfg.lr_at(self.step);
         let (a, b) = (self.tensor(a), self.tensor(b));
         let mut acc = GradientsParams::new();

@@ -10,9 +10,11 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use std::path::Path;
 
-/// Validation patches drawn once per run (fixed by the seed) for the checkpoint pictures.
+/// Validation patches drawn once per run (fixed by the seed) for the checkpoint pictures (our
+/// choice, as the constants below: the papers show no training-time pictures).
 pub(crate) const VAL_PATCHES: usize = 3;
-/// Mixed into the run seed for the validation draw, so it differs from every step's draw.
+/// Mixed into the run seed for the validation draw, so it differs from every step's draw
+/// (an arbitrary constant).
 pub(crate) const VAL_SEED: u64 = 0x0005_EED0_F7A1;
 /// Folder of the validation pictures in a run directory.
 pub const VAL_DIR: &str = "val";
