@@ -9,7 +9,8 @@
 //! a tiny ridge term (1e-9 of the mean diagonal) against exactly collinear neighbourhoods (air).
 //! Borders are skipped: only voxels whose whole neighbourhood lies inside the volume are drawn.
 
-use crate::train::{PairedVolume, SplitMix};
+use crate::data::rng::{Rng, RngExt};
+use crate::data::PairedVolume;
 use rayon::prelude::*;
 
 /// Errors fitting a filter.
@@ -35,7 +36,7 @@ pub struct FilterFit {
     pub samples: usize,
 }
 
-/// Voxels drawn per fit.
+/// Voxels drawn per fit (our choice: ample for the at most 15·15·15 + 1 unknowns of a skip filter).
 pub const SAMPLES: usize = 200_000;
 
 /// Fits `target ≈ filter(source) + bias` with a d×k×k filter over `pairs` (source `a`, target
@@ -51,17 +52,17 @@ pub fn fit_filter(
     let (rz, r) = (d / 2, k / 2);
     let usable: Vec<&PairedVolume> = pairs
         .iter()
-        .filter(|p| p.a.dims[0] >= d && p.a.dims[1] >= k && p.a.dims[2] >= k)
+        .filter(|p| p.a.shape[0] >= d && p.a.shape[1] >= k && p.a.shape[2] >= k)
         .collect();
     if usable.is_empty() {
         return Err(LsqError::TooSmall { d, k });
     }
     // Draw (case, z, y, x) with every neighbourhood inside its volume.
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     let picks: Vec<(usize, usize, usize, usize)> = (0..samples)
         .map(|_| {
             let c = rng.below(usable.len());
-            let [nz, ny, nx] = usable[c].a.dims;
+            let [nz, ny, nx] = usable[c].a.shape;
             (
                 c,
                 rz + rng.below(nz - 2 * rz),
@@ -78,17 +79,17 @@ pub fn fit_filter(
         } else {
             (&pv.a, &pv.b)
         };
-        let [_, ny, nx] = src.dims;
+        let [_, ny, nx] = src.shape;
         f.clear();
         for dz in 0..d {
             for dy in 0..k {
                 let row = ((z + dz - rz) * ny + (y + dy - r)) * nx + (x - r);
-                f.extend(src.data[row..row + k].iter().map(|&v| f64::from(v)));
+                f.extend(src.values[row..row + k].iter().map(|&v| f64::from(v)));
             }
         }
         f.push(1.0);
         let at = (z * ny + y) * nx + x;
-        (f64::from(dst.data[at]), f64::from(src.data[at]))
+        (f64::from(dst.values[at]), f64::from(src.values[at]))
     };
     // Normal equations, accumulated in parallel chunks (upper triangle).
     let (ata, atb) = picks
@@ -189,15 +190,15 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::train::Volume;
+    use crate::volume::Volume;
 
     #[test]
     fn recovers_a_known_filter_and_bias() {
         // target = 0.5 x[y, x-1] + 0.25 x + 0.125 x[z+1] - 0.1, on a random volume.
         let dims = [6, 12, 12];
-        let mut rng = SplitMix::new(3);
+        let mut rng = Rng::new(3);
         let a: Vec<f32> = (0..6 * 12 * 12)
-            .map(|_| rng.unit() as f32 * 2.0 - 1.0)
+            .map(|_| rng.uniform() as f32 * 2.0 - 1.0)
             .collect();
         let at = |z: usize, y: usize, x: usize| a[(z * 12 + y) * 12 + x];
         let mut b = vec![0f32; a.len()];
@@ -210,16 +211,8 @@ mod tests {
             }
         }
         let pv = PairedVolume {
-            a: Volume {
-                name: "a".into(),
-                dims,
-                data: a,
-            },
-            b: Volume {
-                name: "b".into(),
-                dims,
-                data: b,
-            },
+            a: Volume::new("a", dims, [1.0; 3], a),
+            b: Volume::new("b", dims, [1.0; 3], b),
         };
         let fit = fit_filter(&[pv], false, 3, 3, 5000, 1).unwrap();
         // Taps (z, y, x) of the 3×3×3 neighbourhood centred on the voxel.
@@ -234,11 +227,7 @@ mod tests {
 
     #[test]
     fn too_small_volumes_are_refused() {
-        let v = Volume {
-            name: "v".into(),
-            dims: [2, 4, 4],
-            data: vec![0.0; 32],
-        };
+        let v = Volume::new("v", [2, 4, 4], [1.0; 3], vec![0.0; 32]);
         let pv = PairedVolume { a: v.clone(), b: v };
         assert_eq!(
             fit_filter(&[pv], false, 3, 9, 10, 0),

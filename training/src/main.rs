@@ -5,14 +5,14 @@
 //!   sharp-to-soft baseline (`model.onnx` + `model.toml`); σ defaults to the least-squares fit of a
 //!   Gaussian MTF to the Hann/ramp filter ratio.
 //! - `synth --out DIR [--source cranium|phantom|DIR|file.nii] [--photons N] [--seed S]`: paired
-//!   (sharp, soft) data by FBP simulation and thick-slice sources (`ct_training::synth`).
+//!   (sharp, soft) data by FBP simulation and thick-slice sources (`ct_training::data::synth`).
 //! - `eval --pairs DIR --model models/NAME ... --csv FILE [--tune DIR]`: metrics table of models and
 //!   baselines (`ct_training::eval`).
 //! - `train --data DIR --out RUN --task kernel|superres --mode paired|unpaired --blocks N [--naive]
 //!   [--steps S] [--patch P] [--ngf C] [--seed S] [--resume]`: trains a 3D RevGAN
-//!   (`ct_training::train`).
+//!   (`ct_training::trainer`).
 //! - `export --checkpoint RUN --out models/NAME [--allow-untrained] [--force]`: writes the trained
-//!   A->B generator as ONNX + manifest (`ct_training::export_model`).
+//!   A->B generator as ONNX + manifest (`ct_training::export::trained`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,13 +43,13 @@ enum Command {
         sigma: Option<f64>,
     },
     /// Simulate paired (sharp, soft) kernel data and thick-slice super-resolution sources (DESIGN §5).
-    Synth(ct_training::synth::SynthArgs),
+    Synth(ct_training::data::synth::SynthArgs),
     /// Evaluate models and baselines on held-out pairs: MAE, PSNR, 3-D SSIM, emphysema index.
     Eval(ct_training::eval::EvalArgs),
     /// Train a 3D RevGAN (paired or unpaired, reversible core) with checkpoints and a loss CSV.
-    Train(ct_training::train::TrainArgs),
+    Train(ct_training::trainer::TrainArgs),
     /// Export a training run's A->B generator as models/<name>/{model.onnx, model.toml}.
-    Export(ct_training::export_model::ExportArgs),
+    Export(ct_training::export::trained::ExportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,10 +62,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::ExportBaseline { out, sigma } => export_baseline(out, sigma),
-        Command::Synth(a) => ct_training::synth::run_cli(a),
+        Command::Synth(a) => ct_training::data::synth::run_cli(a),
         Command::Eval(a) => ct_training::eval::run_cli(a),
         Command::Train(a) => {
-            let st = ct_training::train::run(&a)
+            let st = ct_training::trainer::run(&a)
                 .with_context(|| format!("training into {}", a.out.display()))?;
             println!(
                 "trained {} steps in {:.0} s on {}; run directory {}",
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export(a) => {
-            let md = ct_training::export_model::run(&a).with_context(|| {
+            let md = ct_training::export::trained::run(&a).with_context(|| {
                 format!(
                     "exporting {} to {}",
                     a.checkpoint.display(),

@@ -11,15 +11,14 @@ use ct_harmonizer::config::Settings;
 use ct_harmonizer::dicom::slab::Slab;
 use ct_harmonizer::model::manifest::{Provenance, Task};
 use ct_harmonizer::model::{ModelDir, Translator};
-use ct_training::data::Volume;
-use ct_training::eval::{upsample, Interp};
-use ct_training::export_model::{self, ExportArgs, ExportMeta};
+use ct_training::config::{ModeArg, TaskArg, TrainConfig};
+use ct_training::data::rng::Rng;
+use ct_training::export::trained::{self as export_model, ExportArgs, ExportMeta};
 use ct_training::model::RevGanConfig;
-use ct_training::revgan::{Direction, RevGan};
-use ct_training::train::{
-    ModeArg, SplitMix, TaskArg, TrainConfig, TrainState, Trainer, CHECKPOINT_DIR, MODEL_CONFIG,
-    TRAIN_CONFIG,
-};
+use ct_training::model::{Direction, RevGan};
+use ct_training::resample::{upsample, Interp};
+use ct_training::trainer::{TrainState, Trainer, CHECKPOINT_DIR, MODEL_CONFIG, TRAIN_CONFIG};
+use ct_training::volume::Volume;
 use std::path::{Path, PathBuf};
 
 /// Tolerance of the contract, in model units ([-1, 1]).
@@ -102,9 +101,9 @@ fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) ->
     let [d, h, w] = dims;
     let [sz, sy, sx] = model.manifest.scale();
     let m = &model.manifest;
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     let hu: Vec<f32> = (0..d * h * w)
-        .map(|_| -1150.0 + 1500.0 * rng.unit() as f32)
+        .map(|_| -1150.0 + 1500.0 * rng.uniform() as f32)
         .collect();
     let units: Vec<f32> = hu.iter().map(|&v| m.hu_to_unit(v)).collect();
 
@@ -124,7 +123,7 @@ fn compare(model: &ModelDir, gen: &RevGan<Flex>, dims: [usize; 3], seed: u64) ->
 
     let up = upsample(&Volume::new("x", dims, [1.0; 3], units), hr, Interp::Linear);
     let x = Tensor::<Flex, 5>::from_data(
-        TensorData::new(up.hu, [1, 1, hr[0], hr[1], hr[2]]),
+        TensorData::new(up.values, [1, 1, hr[0], hr[1], hr[2]]),
         &Default::default(),
     );
     let y: Vec<f32> = gen

@@ -11,10 +11,10 @@
 //! wall, from the trachea down) grown from the hila; and solid or ground-glass nodules. Edges are
 //! partial-volume blended over one voxel.
 
-use ct_harmonizer::samples::Rng;
+use crate::data::rng::Rng;
 use std::f64::consts::PI;
 
-use crate::data::Volume;
+use crate::volume::Volume;
 
 /// Phantom settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -486,16 +486,16 @@ mod tests {
         let a = chest(&cfg);
         assert_eq!(a, chest(&cfg));
         assert_ne!(
-            a.hu,
+            a.values,
             chest(&PhantomConfig {
                 seed: 6,
                 ..cfg.clone()
             })
-            .hu
+            .values
         );
-        let n = a.hu.len() as f64;
+        let n = a.values.len() as f64;
         let frac =
-            |lo: f32, hi: f32| a.hu.iter().filter(|&&v| v >= lo && v < hi).count() as f64 / n;
+            |lo: f32, hi: f32| a.values.iter().filter(|&&v| v >= lo && v < hi).count() as f64 / n;
         assert!(frac(-900.0, -780.0) > 0.1, "lung {}", frac(-900.0, -780.0));
         assert!(frac(300.0, 1000.0) > 0.003, "bone {}", frac(300.0, 1000.0));
         assert!(frac(-200.0, 100.0) > 0.1, "soft tissue");
@@ -503,7 +503,7 @@ mod tests {
         // Coherent in z: neighbouring slices are close.
         let plane = 48 * 48;
         let diff: f64 = (0..plane)
-            .map(|i| f64::from((a.hu[2 * plane + i] - a.hu[3 * plane + i]).abs()))
+            .map(|i| f64::from((a.values[2 * plane + i] - a.values[3 * plane + i]).abs()))
             .sum::<f64>()
             / plane as f64;
         assert!(diff < 150.0, "{diff}");

@@ -13,26 +13,21 @@
 //! shape and a constant image is unchanged. Nothing is done along z: reconstruction-kernel
 //! differences are in-plane, and a z blur measured worse than no processing.
 
-use crate::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
-use ct_harmonizer::model::manifest::{
+use super::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
+use super::{write_atomic, INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
+use crate::lib_bridge::{
     hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
     Tensors,
 };
+use crate::resample::{gaussian_taps, kernel_radius};
 use sha2::{Digest, Sha256};
 use std::f64::consts::PI;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Name of the shipped baseline (also its directory under `models/`).
 pub const BASELINE_NAME: &str = "gaussian-soft-baseline";
 /// Version of the baseline model.
 pub const BASELINE_VERSION: &str = "1.0.0";
-/// File names inside a model directory.
-pub const ONNX_FILE: &str = "model.onnx";
-pub const MANIFEST_FILE: &str = "model.toml";
-/// Graph input and output tensor names.
-pub const INPUT: &str = "input";
-pub const OUTPUT: &str = "output";
 /// Intervals of the composite Simpson rule used for the least-squares integral.
 pub const FIT_INTERVALS: usize = 2000;
 /// Largest σ accepted by `--sigma` (its margin must still leave a valid core in a 512 tile).
@@ -134,21 +129,6 @@ pub fn fit_gaussian_to_hann() -> GaussianFit {
         }
     }
     gaussian_residual(0.5 * (a + b))
-}
-
-/// Kernel radius in pixels: `ceil(3σ)`.
-pub fn kernel_radius(sigma: f64) -> usize {
-    (3.0 * sigma).ceil() as usize
-}
-
-/// The sampled Gaussian `exp(-i²/2σ²)`, `i ∈ [-r, r]`, normalised to sum 1 (computed in f64).
-pub fn gaussian_taps(sigma: f64, radius: usize) -> Vec<f64> {
-    let r = radius as i64;
-    let raw: Vec<f64> = (-r..=r)
-        .map(|i| (-((i * i) as f64) / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let sum: f64 = raw.iter().sum();
-    raw.iter().map(|v| v / sum).collect()
 }
 
 /// Frequency response of a symmetric odd-length kernel at `f` cycles/pixel.
@@ -324,7 +304,7 @@ fn baseline_manifest(
             valid_margin: [0, radius, radius],
         },
         intensity: Intensity {
-            hu_window: [-1150.0, 350.0],
+            hu_window: crate::config::HU_WINDOW,
             clip_input: false,
         },
         kernels: Kernels {
@@ -333,27 +313,6 @@ fn baseline_manifest(
         },
         evaluation: Vec::new(),
     }
-}
-
-/// Writes `bytes` to `path` via a temporary file in the same directory, fsync and a rename (shared
-/// by every exporter of this crate).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // Best effort: do not leave a half-written temporary behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Writes `out/model.onnx` and `out/model.toml` for the Gaussian baseline, then re-opens the
@@ -410,8 +369,8 @@ pub fn export_baseline(out: &Path, sigma: Option<f64>) -> Result<BaselineExport,
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::super::onnx::{tensor_f32_values, tensor_i64_values, type_proto, AttributeType};
     use super::*;
-    use crate::onnx::{tensor_f32_values, tensor_i64_values, type_proto, AttributeType};
     use onnx::tensor_shape_proto::dimension::Value as DimValue;
 
     #[test]

@@ -18,7 +18,7 @@
 //! encoder its gradients. Only one block's activations are alive at a time, so activation memory
 //! does not grow with depth (seed 000, Table 2).
 
-use crate::model::{materialize, skip_conv, skip_taps, Coupling, Decoder, Encoder, RevGanConfig};
+use super::{materialize, skip_conv, skip_taps, Coupling, Decoder, Encoder, RevGanConfig};
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};

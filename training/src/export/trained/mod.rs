@@ -1,7 +1,7 @@
 //! `ct-train export`: writes a trained 3D RevGAN's A→B generator in the model contract format
 //! (`models/<name>/model.onnx` + `model.toml`, DESIGN §3) for the daemon.
 //!
-//! The ONNX graph (IR 8, opset 17, written by [`crate::onnx`]) mirrors [`RevGan::forward`]
+//! The ONNX graph (IR 8, opset 17, written by [`super::onnx`]) mirrors [`RevGan::forward`]
 //! operation for operation, with the weights taken straight from the Burn modules (Burn's Conv3d
 //! and ConvTranspose3d weight layouts equal ONNX's):
 //! - odd D, H or W: `Shape` (start 2) → `Mod 2` → `Concat` into `Pad` pads → `Pad` (edge) by one
@@ -31,20 +31,20 @@
 //! to a multiple of 16 (in-plane at least [`IN_PLANE_TILE`]): every kept core is at least as large
 //! as a training patch. For super-resolution the margins and the tile are in input voxels.
 
-use crate::export::{INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
-use crate::model::{Coupling, Decoder, Encoder, RevGanConfig, IN_EPSILON, OUTER_KERNEL, OUTER_PAD};
-use crate::onnx::{self, DataType, Dim, GraphBuilder, OnnxError};
-use crate::revgan::{RevBlock, RevGan};
-use crate::train::{load_generators, TaskArg, TrainConfig, TrainError, TrainState};
-use burn::module::Param;
-use burn::nn::conv::{Conv3d, ConvTranspose3d};
-use burn::nn::PaddingConfig3d;
-use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
-use ct_harmonizer::model::manifest::{
+mod graph;
+
+pub use graph::generator_onnx;
+
+use super::onnx::{self, OnnxError};
+use super::{INPUT, MANIFEST_FILE, ONNX_FILE, OUTPUT};
+use crate::config::{TaskArg, TrainConfig};
+use crate::lib_bridge::{
     hex, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind, Provenance, Task,
     Tensors,
 };
+use crate::model::{RevGan, RevGanConfig};
+use crate::trainer::{load_generators, CpuBackend, TrainError, TrainState};
+use burn::tensor::backend::Backend;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -70,9 +70,9 @@ pub enum ExportModelError {
     Weights(String),
 }
 
-/// Writes `bytes` to `path` atomically (see [`crate::export::write_atomic`]).
+/// Writes `bytes` to `path` atomically (see [`super::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportModelError> {
-    crate::export::write_atomic(path, bytes).map_err(|source| ExportModelError::Io {
+    super::write_atomic(path, bytes).map_err(|source| ExportModelError::Io {
         path: path.to_owned(),
         source,
     })
@@ -103,349 +103,6 @@ pub const IN_PLANE_TILE: usize = 160;
 /// The manifest tile edge: training patch + both margins, rounded up to a multiple of 16.
 pub fn tile_edge(train_patch: usize, margin: usize) -> usize {
     (train_patch + 2 * margin).div_ceil(16) * 16
-}
-
-fn values<B: Backend, const D: usize>(
-    t: &Param<Tensor<B, D>>,
-    what: &str,
-) -> Result<(Vec<i64>, Vec<f32>), ExportModelError> {
-    let dims = t.dims().iter().map(|&d| d as i64).collect();
-    let data = t
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|_| ExportModelError::Weights(what.to_owned()))?;
-    Ok((dims, data))
-}
-
-/// Builds the generator graph node by node, naming values `v0, v1, ...`.
-struct Writer {
-    g: GraphBuilder,
-    next: usize,
-    /// Cached `InstanceNormalization` scale/bias initializers per channel count.
-    norms: std::collections::BTreeMap<usize, (String, String)>,
-    pads: std::collections::BTreeMap<usize, String>,
-}
-
-impl Writer {
-    fn fresh(&mut self, hint: &str) -> String {
-        self.next += 1;
-        format!("{hint}_{}", self.next)
-    }
-
-    fn node(
-        &mut self,
-        op: &str,
-        inputs: &[&str],
-        attrs: Vec<onnx::AttributeProto>,
-    ) -> Result<String, ExportModelError> {
-        let out = self.fresh(&op.to_lowercase());
-        let name = format!("n_{out}");
-        self.g.node(&name, op, inputs, &[&out], attrs)?;
-        Ok(out)
-    }
-
-    /// `Pad` (edge) by `p` on both sides of D, H, W.
-    fn pad_edge(&mut self, x: &str, p: usize) -> Result<String, ExportModelError> {
-        let pads = match self.pads.get(&p) {
-            Some(n) => n.clone(),
-            None => {
-                let p = p as i64;
-                let n = self.g.initializer_i64(
-                    &format!("pads_edge_{p}"),
-                    &[10],
-                    &[0, 0, p, p, p, 0, 0, p, p, p],
-                )?;
-                self.pads.insert(p as usize, n.clone());
-                n
-            }
-        };
-        self.node("Pad", &[x, &pads], vec![onnx::attr_string("mode", "edge")])
-    }
-
-    fn conv<B: Backend>(
-        &mut self,
-        x: &str,
-        c: &Conv3d<B>,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let (wd, w) = values(&c.weight, prefix)?;
-        let wn = self
-            .g
-            .initializer_f32(&format!("{prefix}.weight"), &wd, &w)?;
-        let mut inputs = vec![x.to_owned(), wn];
-        if let Some(b) = &c.bias {
-            let (bd, bv) = values(b, prefix)?;
-            inputs.push(
-                self.g
-                    .initializer_f32(&format!("{prefix}.bias"), &bd, &bv)?,
-            );
-        }
-        let (pd, ph, pw) = match c.padding {
-            PaddingConfig3d::Explicit(d, h, w) => (d as i64, h as i64, w as i64),
-            PaddingConfig3d::Valid => (0, 0, 0),
-            PaddingConfig3d::Same => {
-                return Err(ExportModelError::Weights(format!(
-                    "{prefix} (\"same\" padding is not used by this model)"
-                )))
-            }
-        };
-        let k: Vec<i64> = c.kernel_size.iter().map(|&k| k as i64).collect();
-        let s: Vec<i64> = c.stride.iter().map(|&s| s as i64).collect();
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        self.node(
-            "Conv",
-            &refs,
-            vec![
-                onnx::attr_ints("kernel_shape", &k),
-                onnx::attr_ints("strides", &s),
-                onnx::attr_ints("pads", &[pd, ph, pw, pd, ph, pw]),
-                onnx::attr_ints("dilations", &[1, 1, 1]),
-                onnx::attr_int("group", 1),
-            ],
-        )
-    }
-
-    fn conv_transpose<B: Backend>(
-        &mut self,
-        x: &str,
-        c: &ConvTranspose3d<B>,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let (wd, w) = values(&c.weight, prefix)?;
-        let wn = self
-            .g
-            .initializer_f32(&format!("{prefix}.weight"), &wd, &w)?;
-        let mut inputs = vec![x.to_owned(), wn];
-        if let Some(b) = &c.bias {
-            let (bd, bv) = values(b, prefix)?;
-            inputs.push(
-                self.g
-                    .initializer_f32(&format!("{prefix}.bias"), &bd, &bv)?,
-            );
-        }
-        let i64s = |a: [usize; 3]| a.iter().map(|&v| v as i64).collect::<Vec<i64>>();
-        let p = i64s(c.padding);
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        self.node(
-            "ConvTranspose",
-            &refs,
-            vec![
-                onnx::attr_ints("kernel_shape", &i64s(c.kernel_size)),
-                onnx::attr_ints("strides", &i64s(c.stride)),
-                onnx::attr_ints("pads", &[p[0], p[1], p[2], p[0], p[1], p[2]]),
-                onnx::attr_ints("output_padding", &i64s(c.padding_out)),
-                onnx::attr_ints("dilations", &i64s(c.dilation)),
-                onnx::attr_int("group", c.groups as i64),
-            ],
-        )
-    }
-
-    /// `InstanceNormalization` with scale 1 and bias 0 (affine-free InstanceNorm3d).
-    fn instance_norm(&mut self, x: &str, channels: usize) -> Result<String, ExportModelError> {
-        let (s, b) = match self.norms.get(&channels) {
-            Some(v) => v.clone(),
-            None => {
-                let c = channels as i64;
-                let s = self.g.initializer_f32(
-                    &format!("in_scale_{channels}"),
-                    &[c],
-                    &vec![1.0; channels],
-                )?;
-                let b = self.g.initializer_f32(
-                    &format!("in_bias_{channels}"),
-                    &[c],
-                    &vec![0.0; channels],
-                )?;
-                self.norms.insert(channels, (s.clone(), b.clone()));
-                (s, b)
-            }
-        };
-        self.node(
-            "InstanceNormalization",
-            &[x, &s, &b],
-            vec![onnx::attr_float("epsilon", IN_EPSILON as f32)],
-        )
-    }
-
-    fn relu(&mut self, x: &str) -> Result<String, ExportModelError> {
-        self.node("Relu", &[x], vec![])
-    }
-
-    fn encoder<B: Backend>(
-        &mut self,
-        x: &str,
-        e: &Encoder<B>,
-        ngf: usize,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let x = self.pad_edge(x, OUTER_PAD)?;
-        let x = self.conv(&x, &e.conv_in, &format!("{prefix}.conv_in"))?;
-        let x = self.instance_norm(&x, ngf)?;
-        let x = self.relu(&x)?;
-        let x = self.conv(&x, &e.conv_down, &format!("{prefix}.conv_down"))?;
-        let x = self.instance_norm(&x, 2 * ngf)?;
-        self.relu(&x)
-    }
-
-    fn coupling<B: Backend>(
-        &mut self,
-        x: &str,
-        f: &Coupling<B>,
-        ngf: usize,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let x = self.instance_norm(x, ngf)?;
-        let x = self.pad_edge(&x, 1)?;
-        let x = self.conv(&x, &f.conv1, &format!("{prefix}.conv1"))?;
-        let x = self.instance_norm(&x, ngf)?;
-        let x = self.relu(&x)?;
-        let x = self.pad_edge(&x, 1)?;
-        self.conv(&x, &f.conv2, &format!("{prefix}.conv2"))
-    }
-
-    fn block<B: Backend>(
-        &mut self,
-        x: &str,
-        b: &RevBlock<B>,
-        ngf: usize,
-        split: &str,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let (x1, x2) = (self.fresh("x1"), self.fresh("x2"));
-        let name = format!("n_split_{}", self.next);
-        self.g.node(
-            &name,
-            "Split",
-            &[x, split],
-            &[&x1, &x2],
-            vec![onnx::attr_int("axis", 1)],
-        )?;
-        let fx2 = self.coupling(&x2, &b.f, ngf, &format!("{prefix}.f"))?;
-        let y1 = self.node("Add", &[&x1, &fx2], vec![])?;
-        let gy1 = self.coupling(&y1, &b.g, ngf, &format!("{prefix}.g"))?;
-        let y2 = self.node("Add", &[&x2, &gy1], vec![])?;
-        self.node("Concat", &[&y1, &y2], vec![onnx::attr_int("axis", 1)])
-    }
-
-    fn decoder<B: Backend>(
-        &mut self,
-        x: &str,
-        d: &Decoder<B>,
-        ngf: usize,
-        prefix: &str,
-    ) -> Result<String, ExportModelError> {
-        let x = self.conv_transpose(x, &d.conv_up, &format!("{prefix}.conv_up"))?;
-        let x = self.instance_norm(&x, ngf)?;
-        let x = self.relu(&x)?;
-        let x = self.pad_edge(&x, OUTER_PAD)?;
-        let x = self.conv(&x, &d.conv_out, &format!("{prefix}.conv_out"))?;
-        self.node("Tanh", &[&x], vec![])
-    }
-}
-
-/// The A→B generator of `gen` as an ONNX model (input [`INPUT`], output [`OUTPUT`]). With a
-/// `scale` other than 1 (super-resolution) the input is the low-resolution volume and the graph
-/// first resamples it onto the high-resolution grid with `Resize` (linear, `half_pixel`, edges
-/// clamped): the same trilinear interpolation the training data went through
-/// ([`crate::eval::upsample`]).
-pub fn generator_onnx<B: Backend>(
-    gen: &RevGan<B>,
-    cfg: &RevGanConfig,
-    scale: [usize; 3],
-) -> Result<onnx::ModelProto, ExportModelError> {
-    debug_assert_eq!(OUTER_KERNEL, 2 * OUTER_PAD + 1);
-    let dims = Dim::ncdhw_dynamic();
-    let mut w = Writer {
-        g: GraphBuilder::new("revgan3d_a_to_b"),
-        next: 0,
-        norms: Default::default(),
-        pads: Default::default(),
-    };
-    w.g.doc(&format!(
-        "3D RevGAN generator A->B (seed 000): ngf {}, {} reversible blocks{}, input resampled x{:?}.",
-        cfg.ngf,
-        cfg.blocks,
-        if cfg.residual { ", global residual" } else { "" },
-        scale
-    ));
-    w.g.input(INPUT, DataType::Float, &dims)?;
-    let source = if scale == [1, 1, 1] {
-        INPUT.to_owned()
-    } else {
-        let f = [1.0, 1.0, scale[0] as f32, scale[1] as f32, scale[2] as f32];
-        let scales = w.g.initializer_f32("const_resize_scales", &[5], &f)?;
-        w.node(
-            "Resize",
-            &[INPUT, "", &scales],
-            vec![
-                onnx::attr_string("mode", "linear"),
-                onnx::attr_string("coordinate_transformation_mode", "half_pixel"),
-            ],
-        )?
-    };
-
-    // Odd axes: edge-pad by one voxel at their end (pads = [0 x 7, D%2, H%2, W%2]).
-    let spatial = w.node("Shape", &[&source], vec![onnx::attr_int("start", 2)])?;
-    let two = w.g.initializer_i64("const_two", &[1], &[2])?;
-    let odd = w.node("Mod", &[&spatial, &two], vec![])?;
-    let zeros = w.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
-    let pads = w.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
-    let x = w.node(
-        "Pad",
-        &[&source, &pads],
-        vec![onnx::attr_string("mode", "edge")],
-    )?;
-
-    let ngf = cfg.ngf;
-    let mut h = w.encoder(&x, &gen.enc_a, ngf, "enc_a")?;
-    if !gen.core.is_empty() {
-        let split =
-            w.g.initializer_i64("split_halves", &[2], &[ngf as i64, ngf as i64])?;
-        for (i, b) in gen.core.iter().enumerate() {
-            h = w.block(&h, b, ngf, &split, &format!("core.{i}"))?;
-        }
-    }
-    let mut y = w.decoder(&h, &gen.dec_b, ngf, "dec_b")?;
-    if gen.residual {
-        let skip = match &gen.dec_b.skip {
-            Some(c) => {
-                // Edge padding by the filter's radii, then the d×k×k convolution.
-                let (rz, r) = ((c.kernel_size[0] / 2) as i64, (c.kernel_size[2] / 2) as i64);
-                let pads =
-                    w.g.initializer_i64("pads_skip", &[10], &[0, 0, rz, r, r, 0, 0, rz, r, r])?;
-                let p = w.node("Pad", &[&x, &pads], vec![onnx::attr_string("mode", "edge")])?;
-                w.conv(&p, c, "dec_b.skip")?
-            }
-            None => x.clone(),
-        };
-        if gen.branch_scale != 1.0 {
-            let k =
-                w.g.initializer_f32("const_branch_scale", &[1], &[gen.branch_scale as f32])?;
-            y = w.node("Mul", &[&y, &k], vec![])?;
-        }
-        y = w.node("Add", &[&y, &skip], vec![])?;
-    }
-
-    // Cut back to the input's D, H, W.
-    let starts =
-        w.g.initializer_i64("const_slice_starts", &[3], &[0, 0, 0])?;
-    let axes = w.g.initializer_i64("const_slice_axes", &[3], &[2, 3, 4])?;
-    w.g.node(
-        "n_crop",
-        "Slice",
-        &[&y, &starts, &spatial, &axes],
-        &[OUTPUT],
-        vec![],
-    )?;
-    w.g.output(OUTPUT, DataType::Float, &dims);
-    Ok(onnx::model(
-        w.g.build()?,
-        "ct-train",
-        env!("CARGO_PKG_VERSION"),
-        "ct-harmonizer 3D RevGAN translator A->B (see model.toml).",
-    ))
 }
 
 /// Valid margin in input voxels along an axis of super-resolution factor `scale`: the receptive
@@ -683,8 +340,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
 /// Runs `ct-train export`.
 pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
     let device = Default::default();
-    let (model_cfg, cfg, state, gen) =
-        load_generators::<crate::train::CpuBackend>(&args.checkpoint, &device)?;
+    let (model_cfg, cfg, state, gen) = load_generators::<CpuBackend>(&args.checkpoint, &device)?;
     if state.step == 0 && !args.allow_untrained {
         return Err(refuse(
             &args.checkpoint,

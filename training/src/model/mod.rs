@@ -1,7 +1,8 @@
 //! Building blocks of the 3D RevGAN (seed 000; `shared/MODELS.md` §1): the model [`RevGanConfig`]
 //! (saved beside the weights), the parameter-free instance normalisation, the per-domain encoder
 //! and decoder, the F/G functions of the reversible coupling, and the 3-D PatchGAN discriminator.
-//! The reversible core and the generator pair are in [`crate::revgan`].
+//! The reversible core and the generator pair are in [`revgan`], the layers in [`generator`] and
+//! [`discriminator`].
 //!
 //! Where a constant comes from is written next to it: "MODELS.md §1" means the reference code
 //! `tychovdo/RevGAN` (3-D variant) as summarised there; "seed 000" the paper itself; "PyTorch" the
@@ -9,11 +10,18 @@
 //!
 //! Tensors are `[batch N, channels C, depth D, height H, width W]` (NCDHW, as ONNX and the daemon).
 
+pub mod discriminator;
+pub mod generator;
+pub mod revgan;
+
+pub use discriminator::{Discriminator, Discriminators};
+pub use generator::{skip_conv, skip_taps, Coupling, Decoder, Encoder};
+pub use revgan::{CoreSegment, Direction, RevBlock, RevGan, RevGanError};
+
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
-use burn::tensor::activation::{leaky_relu, relu, tanh};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 use burn::tensor::Tensor;
@@ -48,20 +56,24 @@ pub const DISC_KERNEL: usize = 4;
 /// - The generator accepts any D, H, W: odd sizes are edge-padded by one voxel at the end of that
 ///   axis before the stride-2 encoder and the output is cropped back (the reference needs even
 ///   sizes; our daemon's tiles at a volume's edge can be odd). Even sizes are untouched.
-#[derive(Config, Debug, PartialEq)]
+#[derive(Config, Debug, PartialEq, clap::Args)]
 pub struct RevGanConfig {
     /// Generator base channels (MODELS.md §1: ngf = 32 for the chest-CT runs).
     #[config(default = 32)]
+    #[arg(long, default_value_t = 32, help = "Generator base channels (reference: 32)", long_help = None)]
     pub ngf: usize,
     /// Discriminator base channels (pix2pix/CycleGAN default ndf = 64).
     #[config(default = 64)]
+    #[arg(long, default_value_t = 64, help = "Discriminator base channels (reference: 64)", long_help = None)]
     pub ndf: usize,
     /// Reversible blocks in the shared core (seed 000 Table 1: "+2R" = 2; plain rows most likely 0).
     #[config(default = 2)]
+    #[arg(long, default_value_t = 2, help = "Reversible blocks in the shared core (seed 000's \"+2R\" = 2)", long_help = None)]
     pub blocks: usize,
     /// True for the paired (pix2pix) discriminator input cat(source, image), 2 channels; false for
     /// the unpaired (CycleGAN) one, 1 channel (MODELS.md §1).
     #[config(default = true)]
+    #[arg(skip = true)]
     pub conditional: bool,
     /// Global residual connection (a departure from seed 000, off by default): the generator's
     /// output is `source + decoder(...)`, with the decoder's last Conv3d zero-initialised so that
@@ -72,6 +84,7 @@ pub struct RevGanConfig {
     /// the VDSR-style global skip (Kim et al., CVPR 2016). The ablation table in the README trains
     /// both.
     #[config(default = false)]
+    #[arg(long, help = "Global residual generator: output = source + decoder (see `RevGanConfig::residual`)", long_help = None)]
     pub residual: bool,
     /// In-plane size k of a learnable linear skip filter (odd, 3..=15; 0 = the plain identity
     /// skip), used with `residual`: the output is `skip(source) + decoder(...)`, the skip being
@@ -80,14 +93,17 @@ pub struct RevGanConfig {
     /// can. The A→B skip starts as the classical baseline (Gaussian σ = `skip_sigma`), the B→A
     /// skip as the identity (a delta), so the generators start as baseline and identity.
     #[config(default = 0)]
+    #[arg(long, default_value_t = 0, help = "With --residual: a learnable in-plane k×k linear skip filter instead of the identity skip (odd, 3..=15; the A→B one starts as the baseline Gaussian). 0 = identity skip", long_help = None)]
     pub skip_kernel: usize,
     /// σ (px) of the A→B skip's starting Gaussian: the least-squares fit of a Gaussian MTF to the
     /// Hann/ramp filter ratio (`ct-train export-baseline`, 0.7849 px).
     #[config(default = 0.7849)]
+    #[arg(skip = RevGanConfig::new().skip_sigma)]
     pub skip_sigma: f64,
     /// Depth (z taps, odd, 1..=15) of the learnable skip filter: 1 for kernel models (kernel
     /// differences are in-plane), more for super-resolution, where the skip sharpens along z too.
     #[config(default = 1)]
+    #[arg(long, default_value_t = 1, help = "With --skip-kernel: z taps of the skip filter (odd; 1 = in-plane only)", long_help = None)]
     pub skip_depth: usize,
     /// Factor on the decoder's output in a residual generator (1 = none): `skip(source) +
     /// branch_scale · decoder(...)`, the residual scaling of EDSR (Lim et al., CVPRW 2017). With a
@@ -95,6 +111,7 @@ pub struct RevGanConfig {
     /// last convolution's weights at once and throw the output far off (measured here: L1 from
     /// 0.002 to 0.08 in one step); a small factor keeps the branch a refinement.
     #[config(default = 1.0)]
+    #[arg(long, default_value_t = 1.0, help = "With --residual: factor on the decoder branch (residual scaling; 1 = none)", long_help = None)]
     pub branch_scale: f64,
 }
 
@@ -154,7 +171,7 @@ impl RevGanConfig {
     /// 2, the k3 stride-2 convolution 1, each of the 4 k3 convolutions per reversible block (two in
     /// F, two in G) 1 voxel at half resolution = 2 input voxels, the k3 s2 transposed convolution at
     /// most 2, and the final k5 convolution 2: `7 + 8 * blocks`. Instance normalisation is global
-    /// per tile, so this bounds only the convolutional part (see `export_model`).
+    /// per tile, so this bounds only the convolutional part (see `export::trained`).
     pub fn receptive_radius(&self) -> usize {
         7 + 8 * self.blocks
     }
@@ -168,7 +185,9 @@ pub fn normal_init() -> Initializer {
     }
 }
 
-fn zero_bias<B: Backend>(conv_bias: Option<Param<Tensor<B, 1>>>) -> Option<Param<Tensor<B, 1>>> {
+pub(crate) fn zero_bias<B: Backend>(
+    conv_bias: Option<Param<Tensor<B, 1>>>,
+) -> Option<Param<Tensor<B, 1>>> {
     conv_bias.map(|b| {
         let [c] = b.dims();
         Param::from_tensor(Tensor::zeros([c], &b.device()))
@@ -222,173 +241,6 @@ pub fn instance_norm<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
 /// `[N, C, D, H, W] -> [N, C, D + 2p, H + 2p, W + 2p]`
 pub fn replication_pad<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
     x.pad([(p, p), (p, p), (p, p)], PadMode::Edge)
-}
-
-/// Per-domain encoder: ReplicationPad3d(2), Conv3d(1→ngf, k5), IN, ReLU, Conv3d(ngf→2ngf, k3, s2,
-/// zero pad 1), IN, ReLU (MODELS.md §1).
-#[derive(Module, Debug)]
-pub struct Encoder<B: Backend> {
-    pub conv_in: Conv3d<B>,
-    pub conv_down: Conv3d<B>,
-}
-
-impl<B: Backend> Encoder<B> {
-    pub fn new(ngf: usize, device: &B::Device) -> Self {
-        Self {
-            conv_in: conv3d(1, ngf, OUTER_KERNEL, 1, 0, false, device),
-            conv_down: conv3d(ngf, 2 * ngf, DOWN_KERNEL, 2, 1, false, device),
-        }
-    }
-
-    /// `[N, 1, D, H, W]` (D, H, W even) `-> [N, 2ngf, D/2, H/2, W/2]`
-    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = relu(instance_norm(
-            self.conv_in.forward(replication_pad(x, OUTER_PAD)),
-        ));
-        relu(instance_norm(self.conv_down.forward(x)))
-    }
-}
-
-/// Per-domain decoder: ConvTranspose3d(2ngf→ngf, k3, s2, p1, output padding 1), IN, ReLU,
-/// ReplicationPad3d(2), Conv3d(ngf→1, k5), Tanh (MODELS.md §1).
-#[derive(Module, Debug)]
-pub struct Decoder<B: Backend> {
-    pub conv_up: ConvTranspose3d<B>,
-    pub conv_out: Conv3d<B>,
-    /// The learnable linear skip of a residual generator ([`RevGanConfig::skip_kernel`]).
-    pub skip: Option<Conv3d<B>>,
-}
-
-/// A learnable skip filter Conv3d(1→1, d×k×k, no padding, zero bias) whose weights are `taps`
-/// (row-major d×k×k).
-pub fn skip_conv<B: Backend>(d: usize, k: usize, taps: Vec<f32>, device: &B::Device) -> Conv3d<B> {
-    let mut c = Conv3dConfig::new([1, 1], [d, k, k])
-        .with_padding(PaddingConfig3d::Explicit(0, 0, 0))
-        .with_bias(true)
-        .init(device);
-    c.weight = Param::from_tensor(Tensor::from_data(
-        burn::tensor::TensorData::new(taps, [1, 1, d, k, k]),
-        device,
-    ));
-    c.bias = zero_bias(c.bias);
-    c
-}
-
-/// d×k×k taps: in the middle z plane a separable sampled Gaussian normalised to sum 1 (σ in px),
-/// or a centred delta when `sigma` is `None`; zero elsewhere.
-pub fn skip_taps(d: usize, k: usize, sigma: Option<f64>) -> Vec<f32> {
-    let r = (k / 2) as i64;
-    let g: Vec<f64> = match sigma {
-        Some(s) => {
-            let raw: Vec<f64> = (-r..=r)
-                .map(|i| (-((i * i) as f64) / (2.0 * s * s)).exp())
-                .collect();
-            let sum: f64 = raw.iter().sum();
-            raw.iter().map(|v| v / sum).collect()
-        }
-        None => (-r..=r).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
-    };
-    let plane: Vec<f32> = g
-        .iter()
-        .flat_map(|a| g.iter().map(move |b| (a * b) as f32))
-        .collect();
-    let mut out = vec![0f32; d * k * k];
-    out[(d / 2) * k * k..(d / 2 + 1) * k * k].copy_from_slice(&plane);
-    out
-}
-
-impl<B: Backend> Decoder<B> {
-    /// `zero_out` zero-initialises the last convolution (residual generators start as their skip);
-    /// `skip` is the learnable skip filter, if any.
-    pub fn new(ngf: usize, zero_out: bool, skip: Option<Conv3d<B>>, device: &B::Device) -> Self {
-        let mut conv_up = ConvTranspose3dConfig::new([2 * ngf, ngf], [DOWN_KERNEL; 3])
-            .with_stride([2; 3])
-            .with_padding([1; 3])
-            .with_padding_out([1; 3])
-            .with_bias(true)
-            .with_initializer(normal_init())
-            .init(device);
-        conv_up.bias = zero_bias(conv_up.bias);
-        Self {
-            conv_up,
-            conv_out: conv3d(ngf, 1, OUTER_KERNEL, 1, 0, zero_out, device),
-            skip,
-        }
-    }
-
-    /// The skip path of a residual generator: the learnable filter after edge padding,
-    /// or the source itself. `[N, 1, D, H, W] -> [N, 1, D, H, W]`
-    pub fn skip_forward(&self, src: Tensor<B, 5>) -> Tensor<B, 5> {
-        match &self.skip {
-            Some(c) => {
-                let (rz, r) = (c.kernel_size[0] / 2, c.kernel_size[2] / 2);
-                c.forward(src.pad([(rz, rz), (r, r), (r, r)], PadMode::Edge))
-            }
-            None => src,
-        }
-    }
-
-    /// `[N, 2ngf, D/2, H/2, W/2] -> [N, 1, D, H, W]`, values in (-1, 1)
-    pub fn forward(&self, h: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = relu(instance_norm(self.conv_up.forward(h)));
-        tanh(self.conv_out.forward(replication_pad(x, OUTER_PAD)))
-    }
-}
-
-/// F or G of an additive coupling: IN, ReplicationPad(1), Conv3d(k3), IN, ReLU, ReplicationPad(1),
-/// Conv3d(k3) whose weight and bias start at zero, so every block starts as the identity
-/// (MODELS.md §1). Channels: `ngf → ngf → ngf` (half of the core's 2ngf).
-#[derive(Module, Debug)]
-pub struct Coupling<B: Backend> {
-    pub conv1: Conv3d<B>,
-    pub conv2: Conv3d<B>,
-}
-
-impl<B: Backend> Coupling<B> {
-    pub fn new(channels: usize, device: &B::Device) -> Self {
-        Self {
-            conv1: conv3d(channels, channels, CORE_KERNEL, 1, 0, false, device),
-            conv2: conv3d(channels, channels, CORE_KERNEL, 1, 0, true, device),
-        }
-    }
-
-    /// `[N, ngf, d, h, w] -> [N, ngf, d, h, w]`
-    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = self.conv1.forward(replication_pad(instance_norm(x), 1));
-        let x = relu(instance_norm(x));
-        self.conv2.forward(replication_pad(x, 1))
-    }
-}
-
-/// 3-D PatchGAN discriminator, n_layers = 2 (MODELS.md §1): Conv3d(k4, s2, p1, ndf) + LeakyReLU(0.2);
-/// Conv3d(k4, s2, p1, 2ndf) + IN + LeakyReLU; Conv3d(k4, s1, p1, 4ndf) + IN + LeakyReLU;
-/// Conv3d(k4, s1, p1, 1). Outputs logits (paired: BCE with a sigmoid; unpaired: LSGAN).
-#[derive(Module, Debug)]
-pub struct Discriminator<B: Backend> {
-    pub conv1: Conv3d<B>,
-    pub conv2: Conv3d<B>,
-    pub conv3: Conv3d<B>,
-    pub conv4: Conv3d<B>,
-}
-
-impl<B: Backend> Discriminator<B> {
-    pub fn new(in_channels: usize, ndf: usize, device: &B::Device) -> Self {
-        Self {
-            conv1: conv3d(in_channels, ndf, DISC_KERNEL, 2, 1, false, device),
-            conv2: conv3d(ndf, 2 * ndf, DISC_KERNEL, 2, 1, false, device),
-            conv3: conv3d(2 * ndf, 4 * ndf, DISC_KERNEL, 1, 1, false, device),
-            conv4: conv3d(4 * ndf, 1, DISC_KERNEL, 1, 1, false, device),
-        }
-    }
-
-    /// `[N, Cin, D, H, W] -> [N, 1, D/4 - 2, H/4 - 2, W/4 - 2]` patch logits (D, H, W multiples
-    /// of 4, at least 16)
-    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = leaky_relu(self.conv1.forward(x), LEAKY_SLOPE);
-        let x = leaky_relu(instance_norm(self.conv2.forward(x)), LEAKY_SLOPE);
-        let x = leaky_relu(instance_norm(self.conv3.forward(x)), LEAKY_SLOPE);
-        self.conv4.forward(x)
-    }
 }
 
 /// Burn initialises parameters lazily, on first use, so the order of random draws (and with a

@@ -309,7 +309,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<NiftiVolume, NiftiError> {
     })
 }
 
-/// How [`write`] stores voxels.
+/// How [`write()`] stores voxels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteType {
     /// Values rounded and clamped to int16 (HU).

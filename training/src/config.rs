@@ -1,0 +1,285 @@
+//! Configuration of a training run, in Burn's style: one [`TrainConfig`] (a `burn::config::Config`,
+//! saved as `train.json` beside the weights, and a `clap::Args` the `train` command flattens), the
+//! run's enums ([`TaskArg`], [`ModeArg`], [`SkipInit`]) and the HU window that maps HU onto the
+//! networks' [-1, 1] ([`HuWindow`], the one definition of that mapping and of the seed's window).
+//!
+//! The bottom layer of the crate: it imports nothing from the other modules.
+
+use burn::config::Config;
+
+/// The seed's HU window as saved in `train.json` ([`HuWindow::SEED`]).
+pub const HU_WINDOW: [f32; 2] = [HuWindow::SEED.lo, HuWindow::SEED.hi];
+
+/// An HU window whose low end is not below its high end.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("invalid HU window [{0}, {1}]: the low end must be below the high end")]
+pub struct WindowError(pub f32, pub f32);
+
+/// Linear map of an HU window onto [-1, 1] (seed 000: [-1150, 350]), clipping outside it. The one
+/// definition of the HU <-> model-unit mapping: training, export, evaluation and the validation
+/// pictures all go through it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HuWindow {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Default for HuWindow {
+    fn default() -> Self {
+        Self::SEED
+    }
+}
+
+impl HuWindow {
+    /// The seed's window (seed 000: "uniformly redistributed from [-1150, 350] HU" to [-1, 1]).
+    pub const SEED: HuWindow = HuWindow {
+        lo: -1150.0,
+        hi: 350.0,
+    };
+    /// [`Self::SEED`] as a command-line value (`--hu-window`, `--window`).
+    pub const SEED_ARG: &'static str = "-1150,350";
+
+    pub fn new(lo: f32, hi: f32) -> Result<Self, WindowError> {
+        if lo.is_finite() && hi.is_finite() && lo < hi {
+            Ok(Self { lo, hi })
+        } else {
+            Err(WindowError(lo, hi))
+        }
+    }
+
+    /// `[lo, hi]`, as saved in `train.json`.
+    pub fn to_array(self) -> [f32; 2] {
+        [self.lo, self.hi]
+    }
+
+    /// HU -> [-1, 1] (clipped to the window).
+    pub fn to_unit(&self, hu: f32) -> f32 {
+        self.to_unit_unclipped(hu.clamp(self.lo, self.hi))
+    }
+
+    /// HU -> model units by the same linear map, without clipping (thresholds outside the window).
+    pub fn to_unit_unclipped(&self, hu: f32) -> f32 {
+        (hu - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
+    }
+
+    /// [-1, 1] -> HU.
+    pub fn to_hu(&self, v: f32) -> f32 {
+        (v + 1.0) * 0.5 * (self.hi - self.lo) + self.lo
+    }
+}
+
+/// What a model translates.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskArg {
+    /// Sharp to soft reconstruction kernel (same grid).
+    Kernel,
+    /// Low to high resolution; the source is resampled onto the high-resolution grid first (MODELS.md
+    /// §1: "the network sees equal input and output sizes").
+    Superres,
+}
+
+/// How a learnable skip filter starts (`--skip-init`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipInit {
+    /// A→B: the baseline Gaussian (`RevGanConfig::skip_sigma`); B→A: the identity.
+    Baseline,
+    /// Both directions: the least-squares linear filter on the training pairs ([`crate::lsq`]).
+    Lsq,
+}
+
+/// Paired (pix2pix loss) or unpaired (CycleGAN loss) training.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeArg {
+    Paired,
+    Unpaired,
+}
+
+/// Everything that decides a training run (saved as `train.json`; a resumed run must match).
+#[derive(Config, Debug, PartialEq, clap::Args)]
+pub struct TrainConfig {
+    /// What the model translates.
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub task: TaskArg,
+    /// Paired (pix2pix loss) or unpaired (CycleGAN loss) training.
+    #[arg(long, value_enum, default_value = "paired")]
+    pub mode: ModeArg,
+    /// Plain autodiff through the core instead of the reversible backward.
+    #[config(default = false)]
+    #[arg(long, help = "Plain autodiff through the core (reference for tests and the memory benchmark)", long_help = None)]
+    pub naive: bool,
+    /// Optimizer steps (iterations of one G step and one D step, batch 1).
+    #[config(default = 1000)]
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Cubic patch edge in voxels (seed 000: 64 kernel, 128 super-resolution; smaller on the CPU).
+    #[config(default = 32)]
+    #[arg(long, default_value_t = 32, help = "Cubic patch edge (multiple of 4, at least 16)", long_help = None)]
+    pub patch: usize,
+    #[config(default = 0)]
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Adam learning rate (MODELS.md §1: 2e-4).
+    #[config(default = 2e-4)]
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Adam betas (MODELS.md §1: (0.5, 0.999)).
+    #[config(default = 0.5)]
+    #[arg(long, default_value_t = 0.5)]
+    pub beta1: f32,
+    #[config(default = 0.999)]
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f32,
+    /// Paired L1 weight (MODELS.md §1: λ = 100).
+    #[config(default = 100.0)]
+    #[arg(long, default_value_t = 100.0, help = "Paired L1 weight", long_help = None)]
+    pub lambda_l1: f64,
+    /// Unpaired cycle weight (MODELS.md §1: λ = 10 per direction).
+    #[config(default = 10.0)]
+    #[arg(long, default_value_t = 10.0, help = "Unpaired cycle weight", long_help = None)]
+    pub lambda_cycle: f64,
+    /// Weight of the adversarial term in the generator loss (MODELS.md §1: 1). 0 trains the
+    /// generators on the L1 / cycle term alone and skips the discriminators (a departure, used
+    /// where the figure of merit is PSNR, which an adversarial term trades away).
+    #[config(default = 1.0)]
+    #[arg(long, default_value_t = 1.0, help = "Adversarial weight in the generator loss; 0 = L1 / cycle only, discriminators untrained", long_help = None)]
+    pub lambda_gan: f64,
+    /// Keep the learnable skip filters fixed at their starting taps (with `--skip-init lsq`: the
+    /// least-squares filter, which is already the best linear map in the squared-error sense; Adam
+    /// moves each of its hundreds of taps by about the learning rate per step, which undoes it).
+    #[config(default = false)]
+    #[arg(long, help = "With --skip-kernel: keep the skip filters at their starting taps (train the branch only)", long_help = None)]
+    pub freeze_skip: bool,
+    /// Unpaired image pool size (MODELS.md §1: 50).
+    #[config(default = 50)]
+    #[arg(long, default_value_t = 50)]
+    pub pool_size: usize,
+    /// Steps of linear learning-rate decay at the end; `None` = steps / 6.
+    #[arg(long, help = "Steps of linear learning-rate decay at the end (default: steps / 6)", long_help = None)]
+    pub decay_steps: Option<u64>,
+    /// Steps of linear learning-rate warm-up at the start (0 = none, as the reference). Adam's
+    /// first steps move every weight by about the learning rate whatever its gradient, which
+    /// throws a zero-started residual branch far off at once; a warm-up avoids that.
+    #[config(default = 0)]
+    #[arg(long, default_value_t = 0, help = "Steps of linear learning-rate warm-up at the start (default: none)", long_help = None)]
+    pub warmup_steps: u64,
+    /// Steps between checkpoints (and validation pictures); 0 counts as 1.
+    #[config(default = 100)]
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// HU window mapped onto [-1, 1] as "LO,HI" (seed 000: -1150,350). Input outside it is clipped,
+    /// so a model meant to keep bone and metal faithful needs a wider one.
+    #[config(default = "HU_WINDOW")]
+    #[arg(long, default_value = HuWindow::SEED_ARG, value_parser = parse_window)]
+    pub hu_window: [f32; 2],
+    /// Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case;
+    /// saved as given, as the description of the training data in the manifest's provenance.
+    #[config(default = "String::new()")]
+    #[arg(long, help = "Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case", long_help = None)]
+    pub data: String,
+    /// Target grid / source grid per axis (z, y, x), measured from the data: `[1, 1, 1]` for the
+    /// kernel task, `[4, 2, 2]` for `ct-train synth`'s thick-slice source.
+    #[config(default = "[1, 1, 1]")]
+    #[arg(skip = [1usize, 1, 1])]
+    pub scale: [usize; 3],
+    /// Start of the learnable skip filters (only with `RevGanConfig::skip_kernel` > 0).
+    #[config(default = "SkipInit::Baseline")]
+    #[arg(long, value_enum, default_value = "baseline", help = "With --skip-kernel: start the skip filters as the baseline Gaussian / identity, or as the least-squares linear filters fitted on the training pairs", long_help = None)]
+    pub skip_init: SkipInit,
+}
+
+impl TrainConfig {
+    /// Learning rate at `step` (0-based): linear from lr / warm-up steps up to lr over the warm-up,
+    /// constant, then linear to 0 over the last decay steps.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let warm = if step < self.warmup_steps {
+            (step + 1) as f64 / self.warmup_steps as f64
+        } else {
+            1.0
+        };
+        warm * self.decayed_lr(step)
+    }
+
+    fn decayed_lr(&self, step: u64) -> f64 {
+        let decay = self
+            .decay_steps
+            .unwrap_or(self.steps / 6)
+            .clamp(1, self.steps.max(1));
+        let start = self.steps.saturating_sub(decay);
+        if step < start {
+            self.lr
+        } else {
+            self.lr * (self.steps - step) as f64 / (decay + 1) as f64
+        }
+    }
+}
+
+/// Parses "LO,HI" into an HU window (LO < HI, both finite).
+pub fn parse_window(s: &str) -> Result<[f32; 2], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    match v[..] {
+        [lo, hi] if lo.is_finite() && hi.is_finite() && lo < hi => Ok([lo, hi]),
+        _ => Err(format!("{s:?}: expected LO,HI with LO < HI")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_maps_onto_unit_range() {
+        let w = HuWindow::default();
+        assert_eq!(w.to_unit(-1150.0), -1.0);
+        assert_eq!(w.to_unit(350.0), 1.0);
+        assert_eq!(w.to_unit(-2000.0), -1.0);
+        assert_eq!(w.to_unit(3000.0), 1.0);
+        assert!((w.to_hu(w.to_unit(-400.0)) + 400.0).abs() < 1e-3);
+        assert!(HuWindow::new(10.0, -10.0).is_err());
+    }
+
+    #[test]
+    fn the_seed_window_is_one_value() {
+        assert_eq!(parse_window(HuWindow::SEED_ARG), Ok(HU_WINDOW));
+        assert_eq!(HuWindow::SEED.to_array(), HU_WINDOW);
+        assert_eq!(
+            TrainConfig::new(TaskArg::Kernel, ModeArg::Paired).hu_window,
+            HU_WINDOW
+        );
+    }
+
+    #[test]
+    fn lr_schedule_decays_linearly_to_zero() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+            .with_steps(12)
+            .with_decay_steps(Some(3));
+        assert_eq!(c.lr_at(0), 2e-4);
+        assert_eq!(c.lr_at(8), 2e-4);
+        assert!((c.lr_at(9) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
+        assert!((c.lr_at(11) - 2e-4 / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn lr_warms_up_linearly() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+            .with_steps(100)
+            .with_warmup_steps(4);
+        assert!((c.lr_at(0) - 2e-4 / 4.0).abs() < 1e-12);
+        assert!((c.lr_at(2) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
+        assert_eq!(c.lr_at(3), 2e-4);
+        assert_eq!(c.lr_at(50), 2e-4);
+    }
+}

@@ -1,0 +1,191 @@
+//! Run files and checkpoints: `model.json` and `train.json` (read with neutral defaults for fields
+//! an older `ct-train` did not write), `checkpoint/` (weights, optimizer states, image pools,
+//! `state.json`), replaced atomically.
+
+use super::{
+    io_err, TrainError, Trainer, CHECKPOINT_DIR, DISC_FILE, GEN_FILE, MODEL_CONFIG, OPT_D_FILE,
+    OPT_G_FILE, POOL_A_FILE, POOL_B_FILE, STATE_FILE, TRAIN_CONFIG,
+};
+use crate::config::{ModeArg, TaskArg, TrainConfig};
+use crate::model::{param_shapes, RevGan, RevGanConfig};
+use burn::module::Module;
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use std::path::{Path, PathBuf};
+
+/// Progress saved with every checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Wall-clock seconds spent training, summed over resumes.
+    pub seconds: f64,
+    /// Backend the last steps ran on.
+    pub device: String,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Writes `dir/{generators,discriminators,optim_g,optim_d}.mpk` and `dir/state.json`.
+    pub fn save(&self, dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        self.gen
+            .clone()
+            .save_file(dir.join(GEN_FILE), &rec)
+            .map_err(|e| ck(e.to_string()))?;
+        self.disc
+            .clone()
+            .save_file(dir.join(DISC_FILE), &rec)
+            .map_err(|e| ck(e.to_string()))?;
+        rec.record(self.opt_g.to_record(), dir.join(OPT_G_FILE))
+            .map_err(|e| ck(e.to_string()))?;
+        rec.record(self.opt_d.to_record(), dir.join(OPT_D_FILE))
+            .map_err(|e| ck(e.to_string()))?;
+        self.pool_a.save(&dir.join(POOL_A_FILE))?;
+        self.pool_b.save(&dir.join(POOL_B_FILE))?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| ck(e.to_string()))?;
+        let p = dir.join(STATE_FILE);
+        std::fs::write(&p, json).map_err(io_err(&p))?;
+        Ok(())
+    }
+
+    /// Loads a checkpoint written by [`Self::save`] into this (freshly built) trainer.
+    pub fn load(&mut self, dir: &Path) -> Result<TrainState, TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            reason: format!("{reason} (was it written by a different architecture?)"),
+        };
+        let state = read_state(dir)?;
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let (gs, ds) = (param_shapes(&self.gen), param_shapes(&self.disc));
+        self.gen = self
+            .gen
+            .clone()
+            .load_file(dir.join(GEN_FILE), &rec, &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.disc = self
+            .disc
+            .clone()
+            .load_file(dir.join(DISC_FILE), &rec, &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        if param_shapes(&self.gen) != gs || param_shapes(&self.disc) != ds {
+            return Err(ck(
+                "parameter shapes differ from this run's architecture".into()
+            ));
+        }
+        let og = rec
+            .load(dir.join(OPT_G_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_g = self.opt_g.clone().load_record(og);
+        let od = rec
+            .load(dir.join(OPT_D_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_d = self.opt_d.clone().load_record(od);
+        let inner = self.device.clone();
+        for (pool, file) in [
+            (&mut self.pool_a, POOL_A_FILE),
+            (&mut self.pool_b, POOL_B_FILE),
+        ] {
+            let p = dir.join(file);
+            if p.exists() {
+                pool.load(&p, &inner)?;
+            } else {
+                tracing::warn!(checkpoint = %dir.display(), "no {file} in the checkpoint: the image pool starts empty");
+            }
+        }
+        self.step = state.step;
+        Ok(state)
+    }
+}
+
+/// Reads `dir/state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: p,
+        reason: e.to_string(),
+    })
+}
+
+/// Loads only the generators of a run directory (for export and evaluation).
+pub fn load_generators<B: Backend>(
+    run: &Path,
+    device: &B::Device,
+) -> Result<(RevGanConfig, TrainConfig, TrainState, RevGan<B>), TrainError> {
+    let (model_cfg, cfg) = read_configs(run)?;
+    let ck = run.join(CHECKPOINT_DIR);
+    let state = read_state(&ck)?;
+    let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let fresh = RevGan::<B>::new(&model_cfg, device);
+    let expected = param_shapes(&fresh);
+    let mismatch = |reason: String| TrainError::Checkpoint {
+        path: ck.clone(),
+        reason: format!(
+            "{reason}: the weights do not match the architecture in {} ({model_cfg:?})",
+            run.join(MODEL_CONFIG).display()
+        ),
+    };
+    let gen = fresh
+        .load_file(ck.join(GEN_FILE), &rec, device)
+        .map_err(|e| mismatch(e.to_string()))?;
+    if param_shapes(&gen) != expected {
+        return Err(mismatch("parameter shapes differ".into()));
+    }
+    Ok((model_cfg, cfg, state, gen))
+}
+
+/// Reads `run/model.json` and `run/train.json`.
+pub fn read_configs(run: &Path) -> Result<(RevGanConfig, TrainConfig), TrainError> {
+    let load_err = |p: PathBuf, e: String| TrainError::Checkpoint { path: p, reason: e };
+    let mp = run.join(MODEL_CONFIG);
+    let tp = run.join(TRAIN_CONFIG);
+    let m: RevGanConfig =
+        load_with_defaults(&mp, &RevGanConfig::new()).map_err(|e| load_err(mp.clone(), e))?;
+    // `task` and `mode` have no defaults: the saved file's own values fill them first.
+    let t: TrainConfig =
+        load_with_defaults(&tp, &TrainConfig::new(TaskArg::Kernel, ModeArg::Paired))
+            .map_err(|e| load_err(tp.clone(), e))?;
+    Ok((m, t))
+}
+
+/// Reads a saved config, taking fields the file lacks (written by an older `ct-train`, before the
+/// option existed) from `defaults`, which are that option's neutral values.
+fn load_with_defaults<C: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &Path,
+    defaults: &C,
+) -> Result<C, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let mut merged = serde_json::to_value(defaults).map_err(|e| e.to_string())?;
+    match (&mut merged, saved) {
+        (serde_json::Value::Object(m), serde_json::Value::Object(s)) => m.extend(s),
+        _ => return Err("not a JSON object".into()),
+    }
+    serde_json::from_value(merged).map_err(|e| e.to_string())
+}
+
+/// Replaces `run/checkpoint` atomically (write beside, then rename).
+pub fn checkpoint<B: AutodiffBackend>(
+    t: &Trainer<B>,
+    run: &Path,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let tmp = run.join(".checkpoint.tmp");
+    let old = run.join(".checkpoint.old");
+    let dst = run.join(CHECKPOINT_DIR);
+    let _ = std::fs::remove_dir_all(&tmp);
+    t.save(&tmp, state)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(&dst, &old).map_err(io_err(&dst))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! One training iteration's generator half: the paired (pix2pix) and unpaired (CycleGAN) generator
+//! losses and their gradients, with the reversible core's memory-efficient backward
+//! ([`crate::model::revgan`]) or plain autodiff (`naive`). Gradients are accumulated into one
+//! [`GradientsParams`] for both directions; the caller takes the optimizer step.
+//!
+//! Tensors: patches are `[1, 1, P, P, P]` (model units); discriminator outputs are patch logits
+//! `[1, 1, P/4 - 2, P/4 - 2, P/4 - 2]`; losses are `[1]`.
+
+use super::TrainError;
+use crate::config::TrainConfig;
+use crate::losses::{bce_logits, l1, mse_const};
+use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+
+pub(crate) fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().elem::<f64>()
+}
+
+/// Loss values of one step (for the CSV and the progress line).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepLosses {
+    /// Generator adversarial terms A→B and B→A.
+    pub gan_ab: f64,
+    pub gan_ba: f64,
+    /// L1 (paired) or cycle (unpaired) terms, already weighted by λ: A→B (or A→B→A) and B→A.
+    pub rec_ab: f64,
+    pub rec_ba: f64,
+    /// Discriminator losses.
+    pub d_a: f64,
+    pub d_b: f64,
+}
+
+impl StepLosses {
+    pub fn generator(&self) -> f64 {
+        self.gan_ab + self.gan_ba + self.rec_ab + self.rec_ba
+    }
+}
+
+/// The core as a tracked tensor (`naive`) or a detached [`CoreSegment`] whose leaf stands in.
+fn core_stage<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    dir: Direction,
+    h: Tensor<B, 5>,
+    naive: bool,
+) -> (Tensor<B, 5>, Option<CoreSegment<B>>) {
+    if naive {
+        (gen.core_forward(dir, h), None)
+    } else {
+        let seg = gen.core_detached(dir, h);
+        (seg.leaf.clone(), Some(seg))
+    }
+}
+
+/// Backward of a stage loss whose graph may read a core segment's leaf: merges the generators'
+/// gradients into `acc`, then runs the reversible backward and the encoder's backward.
+fn backward_stage<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    loss: Tensor<B, 1>,
+    seg: Option<CoreSegment<B>>,
+    acc: &mut GradientsParams,
+) -> Result<B::Gradients, TrainError> {
+    let mut grads = loss.backward();
+    gen.absorb(&mut grads, acc);
+    if let Some(seg) = seg {
+        let sur = gen.core_surrogate(seg, &grads, acc)?;
+        let mut g = sur.backward();
+        gen.absorb(&mut g, acc);
+    }
+    Ok(grads)
+}
+
+/// Generator gradients of one paired direction: `BCE(D(src, fake), 1) + λ·|fake − tgt|`.
+/// Returns (gan, weighted L1, fake) values.
+pub fn paired_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    disc: &Discriminators<B>,
+    dir: Direction,
+    src: Tensor<B, 5>,
+    tgt: Tensor<B, 5>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
+    let h = gen.encode(dir, src.clone());
+    let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
+    let fake = gen.decode(dir, core_out, src.clone());
+    let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
+    let gan = (cfg.lambda_gan > 0.0).then(|| {
+        bce_logits(
+            disc.target(dir)
+                .forward(Tensor::cat(vec![src, fake.clone()], 1)),
+            1.0,
+        )
+    });
+    let values = (gan.as_ref().map_or(0.0, scalar), scalar(&rec));
+    backward_stage(gen, with_adversarial(rec, gan, cfg), seg, acc)?;
+    Ok((values.0, values.1, fake.inner()))
+}
+
+/// Generator gradients of one unpaired cycle `src → fake → rec`:
+/// `MSE(D(fake), 1) + λ·|rec − src|`. Returns (gan, weighted cycle, fake) values.
+pub fn unpaired_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    disc: &Discriminators<B>,
+    dir: Direction,
+    src: Tensor<B, 5>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
+    let back = dir.reverse();
+    if cfg.naive {
+        let fake = gen.forward_even(dir, src.clone());
+        let rec = gen.forward_even(back, fake.clone());
+        let gan = adversarial(disc.target(dir), fake.clone(), cfg);
+        let cyc = l1(rec, src) * cfg.lambda_cycle;
+        let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
+        backward_stage(gen, with_adversarial(cyc, gan, cfg), None, acc)?;
+        return Ok((values.0, values.1, fake.inner()));
+    }
+    // Stage 1: src -> fake (its core detached); stage 2: fake (as a leaf) -> rec.
+    let h1 = gen.encode(dir, src.clone());
+    let (o1, seg1) = core_stage(gen, dir, h1, false);
+    let fake = gen.decode(dir, o1, src.clone());
+    let gan = adversarial(disc.target(dir), fake.clone(), cfg);
+    // The fake image enters stage 2 twice when the generator is residual (encoder input and skip);
+    // each path gets its own leaf, since each backward pass consumes the graph it walks.
+    let fake_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
+    let skip_leaf = Tensor::<B, 5>::from_inner(fake.clone().inner()).require_grad();
+    let h2 = gen.encode(back, fake_leaf.clone());
+    let (o2, seg2) = core_stage(gen, back, h2, false);
+    let rec = gen.decode(back, o2, skip_leaf.clone());
+    let cyc = l1(rec, src) * cfg.lambda_cycle;
+    let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
+    // Stage 2's backward (its core, then its encoder) gives the gradient at the fake image ...
+    let mut grads = cyc.backward();
+    let g_skip = skip_leaf.grad(&grads);
+    gen.absorb(&mut grads, acc);
+    let sur2 = match seg2 {
+        Some(seg) => gen.core_surrogate(seg, &grads, acc)?,
+        None => return Err(RevGanError::MissingGradient("the cycle's core").into()),
+    };
+    let mut g2 = sur2.backward();
+    let mut g_fake = fake_leaf
+        .grad(&g2)
+        .ok_or(RevGanError::MissingGradient("the translated image"))?;
+    if let Some(g) = g_skip {
+        g_fake = g_fake + g;
+    }
+    gen.absorb(&mut g2, acc);
+    // ... which stage 1 backpropagates together with the adversarial term.
+    let through = (fake.clone() * Tensor::from_inner(g_fake)).sum();
+    let stage1 = with_adversarial(through, gan, cfg);
+    backward_stage(gen, stage1, seg1, acc)?;
+    Ok((values.0, values.1, fake.inner()))
+}
+
+/// The unpaired generator's adversarial term `MSE(D(fake), 1)` (LSGAN), or `None` when
+/// `lambda_gan` is 0.
+fn adversarial<B: AutodiffBackend>(
+    disc: &Discriminator<B>,
+    fake: Tensor<B, 5>,
+    cfg: &TrainConfig,
+) -> Option<Tensor<B, 1>> {
+    (cfg.lambda_gan > 0.0).then(|| mse_const(disc.forward(fake), 1.0))
+}
+
+/// `rest + lambda_gan · gan` (just `rest` without an adversarial term).
+fn with_adversarial<B: Backend>(
+    rest: Tensor<B, 1>,
+    gan: Option<Tensor<B, 1>>,
+    cfg: &TrainConfig,
+) -> Tensor<B, 1> {
+    match gan {
+        Some(g) => g * cfg.lambda_gan + rest,
+        None => rest,
+    }
+}

@@ -1,0 +1,219 @@
+//! Tests of the trainer: the reversible step against plain autodiff, frozen skips, training without
+//! the adversarial term, older run configs, checkpoint round trips.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::config::TaskArg;
+use crate::data::rng::Rng;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+
+type A = Autodiff<Flex>;
+
+fn tiny(mode: ModeArg, naive: bool) -> Trainer<A> {
+    let m = RevGanConfig::new()
+        .with_ngf(2)
+        .with_ndf(2)
+        .with_blocks(1)
+        .with_conditional(mode == ModeArg::Paired);
+    let t = TrainConfig::new(TaskArg::Kernel, mode)
+        .with_patch(16)
+        .with_steps(4)
+        .with_naive(naive)
+        .with_pool_size(2);
+    Trainer::new(m, t, Default::default()).unwrap()
+}
+
+/// Runs `f` on a one-thread rayon pool: burn-flex's threaded reductions split work as threads
+/// steal it, so their float sums can differ in the last bits from run to run, and Adam's first
+/// step (about ±lr on every weight whatever the gradient's size) turns that into visible
+/// differences on these tiny networks. Tests comparing two computations pin the order.
+fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// A tensor's values (for comparing weights before and after a step).
+fn vals<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+fn patch(seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..16 * 16 * 16)
+        .map(|_| r.uniform() as f32 * 2.0 - 1.0)
+        .collect()
+}
+
+/// The reversible and the naive training steps give the same losses and the same weights.
+#[test]
+fn reversible_step_equals_naive_step() {
+    one_thread(reversible_equals_naive)
+}
+
+fn reversible_equals_naive() {
+    for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+        let mut r = tiny(mode, false);
+        let mut n = tiny(mode, true);
+        for s in 0..2 {
+            let lr = r.step(patch(s), patch(s + 10)).unwrap();
+            let ln = n.step(patch(s), patch(s + 10)).unwrap();
+            assert!(
+                (lr.generator() - ln.generator()).abs() < 1e-4,
+                "{lr:?} {ln:?}"
+            );
+        }
+        // Compare the core's weights after two optimizer steps.
+        let wr: Vec<f32> = vals(r.gen.core[0].f.conv2.weight.val());
+        let wn: Vec<f32> = vals(n.gen.core[0].f.conv2.weight.val());
+        let d = wr
+            .iter()
+            .zip(&wn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "{mode:?}: weights differ by {d}");
+    }
+}
+
+/// `freeze_skip`: the skip filters keep their taps through steps, a checkpoint and a resume,
+/// while the rest of the generator learns.
+#[test]
+fn frozen_skip_filters_do_not_move() {
+    let m = RevGanConfig::new()
+        .with_ngf(2)
+        .with_ndf(2)
+        .with_blocks(1)
+        .with_residual(true)
+        .with_skip_kernel(3)
+        .with_skip_depth(3);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+        .with_patch(16)
+        .with_steps(4)
+        .with_freeze_skip(true);
+    let mut tr = Trainer::<A>::new(m.clone(), t.clone(), Default::default()).unwrap();
+    tr.freeze_skips();
+    let taps = |tr: &Trainer<A>| -> Vec<f32> {
+        let c = tr.gen.dec_b.skip.as_ref().unwrap();
+        vals(c.weight.val())
+    };
+    // The decoder's last conv: zero at the start, so the first gradients reach only it.
+    let branch = |tr: &Trainer<A>| -> Vec<f32> { vals(tr.gen.dec_b.conv_out.weight.val()) };
+    let (s0, b0) = (taps(&tr), branch(&tr));
+    tr.step(patch(1), patch(2)).unwrap();
+    assert_eq!(taps(&tr), s0);
+    assert_ne!(branch(&tr), b0);
+    let dir = tempfile::tempdir().unwrap();
+    let state = TrainState {
+        step: tr.step,
+        seconds: 0.0,
+        device: "cpu".into(),
+    };
+    tr.save(dir.path(), &state).unwrap();
+    let mut back = Trainer::<A>::new(m, t, Default::default()).unwrap();
+    back.load(dir.path()).unwrap();
+    back.freeze_skips();
+    back.step(patch(3), patch(4)).unwrap();
+    assert_eq!(taps(&back), s0);
+}
+
+/// `lambda_gan = 0`: no adversarial loss, the discriminators stay as they were, the
+/// generators still learn; reversible and naive steps still agree.
+#[test]
+fn without_the_adversarial_term_only_the_generators_learn() {
+    one_thread(adversarial_off)
+}
+
+fn adversarial_off() {
+    let weights = |t: &Trainer<A>| -> (Vec<f32>, Vec<f32>) {
+        let d = vals(t.disc.a.conv1.weight.val());
+        let g = vals(t.gen.enc_a.conv_in.weight.val());
+        (d, g)
+    };
+    for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+        let mut runs = Vec::new();
+        for naive in [false, true] {
+            let mut t = tiny(mode, naive);
+            t.cfg.lambda_gan = 0.0;
+            let (d0, g0) = weights(&t);
+            let l = t.step(patch(1), patch(2)).unwrap();
+            let (d1, g1) = weights(&t);
+            assert_eq!(d0, d1, "{mode:?}: a discriminator changed");
+            assert_ne!(g0, g1, "{mode:?}: the generator did not learn");
+            assert_eq!((l.gan_ab, l.gan_ba, l.d_a, l.d_b), (0.0, 0.0, 0.0, 0.0));
+            assert!(l.rec_ab > 0.0 && l.rec_ba > 0.0, "{l:?}");
+            runs.push((l, g1));
+        }
+        let (r, n) = (&runs[0], &runs[1]);
+        assert!(
+            (r.0.generator() - n.0.generator()).abs() < 1e-4,
+            "{r:?} {n:?}"
+        );
+    }
+}
+
+#[test]
+fn configs_of_older_runs_load_with_neutral_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    // model.json / train.json as ct-train wrote them before the residual options existed.
+    std::fs::write(
+        dir.path().join(MODEL_CONFIG),
+        r#"{"ngf": 16, "ndf": 32, "blocks": 2, "conditional": true}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(TRAIN_CONFIG),
+        r#"{"task": "superres", "mode": "unpaired", "steps": 250, "patch": 32}"#,
+    )
+    .unwrap();
+    let (m, t) = read_configs(dir.path()).unwrap();
+    assert_eq!(
+        (m.ngf, m.blocks, m.residual, m.skip_kernel),
+        (16, 2, false, 0)
+    );
+    assert_eq!(
+        (t.task, t.mode, t.steps),
+        (TaskArg::Superres, ModeArg::Unpaired, 250)
+    );
+    assert_eq!(t.scale, [1, 1, 1]);
+    std::fs::write(dir.path().join(MODEL_CONFIG), "[1, 2]").unwrap();
+    let e = read_configs(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("model.json") && e.contains("JSON object"), "{e}");
+}
+
+#[test]
+fn checkpoint_round_trip() {
+    // Unpaired runs also need their image pool back to continue exactly.
+    for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = tiny(mode, false);
+        t.step(patch(1), patch(2)).unwrap();
+        t.step(patch(5), patch(6)).unwrap();
+        let st = TrainState {
+            step: 2,
+            seconds: 0.5,
+            device: "cpu".into(),
+        };
+        t.save(dir.path(), &st).unwrap();
+        let mut u = tiny(mode, false);
+        assert_eq!(u.load(dir.path()).unwrap(), st);
+        assert_eq!(u.pool_a.len(), t.pool_a.len());
+        if mode == ModeArg::Unpaired {
+            assert_eq!(u.pool_a.len(), 2);
+        }
+        let w = |m: &Trainer<A>| -> Vec<f32> { vals(m.gen.enc_a.conv_in.weight.val()) };
+        assert_eq!(w(&t), w(&u));
+        // Same next steps from both (the pool answers the same from the second on).
+        for k in [3, 7] {
+            let l1 = t.step(patch(k), patch(k + 1)).unwrap();
+            let l2 = u.step(patch(k), patch(k + 1)).unwrap();
+            assert!(
+                (l1.generator() - l2.generator()).abs() < 1e-6
+                    && (l1.d_a + l1.d_b - l2.d_a - l2.d_b).abs() < 1e-6,
+                "{mode:?}: {l1:?} vs {l2:?}"
+            );
+        }
+    }
+}
