@@ -1,7 +1,8 @@
 //! Writes the seed corpus of every fuzz target into `fuzz/corpus/<target>/`, made with the project's own
 //! writers and files: an association request, a C-STORE command and its P-DATA, the documented
 //! configuration, the shipped model manifests, and phantom CT datasets in both little-endian syntaxes.
-//! Run from the repository root: `cargo run --manifest-path fuzz/Cargo.toml --bin make_corpus`.
+//! Run from the repository root: `cargo run -p ct-harmonizer --example make_fuzz_corpus` (an example
+//! of the main crate, built with its tests; scripts/fuzz.sh runs it).
 
 use ct_harmonizer::dicom::dimse;
 use ct_harmonizer::samples::{phantom_slice, SeriesSpec};
