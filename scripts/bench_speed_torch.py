@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `scripts/bench_speed.sh`: seconds per training step of the same 3D RevGAN
-as `ct-train train --mode paired --naive` (MODELS.md section 1; training/src/model.rs, revgan.rs and
-train.rs are the Burn side), on the CPU, with plain autograd.
+as `ct-train train --mode paired --naive` (MODELS.md section 1; training/src/model/ and
+training/src/trainer/ are the Burn side), on the CPU, with plain autograd.
 
 One step = one generator step (both directions: conditional PatchGAN BCE + 100 * L1) and one
 discriminator step (0.5 * (BCE(real, 1) + BCE(fake, 0)) for each direction), batch 1, Adam 2e-4
