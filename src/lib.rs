@@ -12,7 +12,8 @@
 //! config events           settings; named log events
 //! dicom/                  headers, pre-parser (guard), files -> headers -> series, geometry, slabs
 //!                         of HU, writer toolkit (UIDs, Part 10), DIMSE codec
-//! model/  samples         manifest, ONNX Runtime, tiling, Translator; test/demo fixtures (testkit)
+//! model/  samples         manifest, ONNX Runtime, tiling, Translator (translate_slabs, the one
+//!                         driver over a volume; translate_volume); test/demo fixtures (testkit)
 //! harmonize/              THE core: a complete series + a model -> a derived series (derive, template)
 //! ---- feature "daemon" from here on ----
 //! spool/  outbox          durable instance store; durable job queue

@@ -571,7 +571,7 @@ impl Processor {
             //   of step 1); passing float slabs would change the next model's input and its tags;
             // - flat memory: the next model's z-tiles overlap (valid margin), so streaming the
             //   previous model's output slabs into it needs a second slab cache over that output,
-            //   and a whole volume in memory (600 slices of 512x512 f32: 600 MiB, 8x that after
+            //   and a whole volume in memory (600 slices of 512x512 f32: 600 MiB, more after
             //   a superres model) breaks the bounded-slab property. The hand-over reads each
             //   written header once (read_series keeps the data sets) like any series.
             if step + 1 < rule.models.len() {
