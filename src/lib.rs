@@ -12,7 +12,8 @@
 //! config events           settings; named log events
 //! dicom/                  headers, pre-parser (guard), files -> headers -> series, geometry, slabs
 //!                         of HU, writer toolkit (UIDs, Part 10), DIMSE codec
-//! model/  samples         manifest, ONNX Runtime, tiling, Translator; test/demo fixtures (testkit)
+//! model/  samples         manifest, ONNX Runtime, tiling, Translator (translate_slabs, the one
+//!                         driver over a volume; translate_volume); test/demo fixtures (testkit)
 //! harmonize/              THE core: a complete series + a model -> a derived series (derive, template)
 //! ---- feature "daemon" from here on ----
 //! spool/  outbox          durable instance store; durable job queue
@@ -34,8 +35,10 @@
 //!                                       time or expected count, hands its files over to a version
 //!                                       folder of the spool
 //!   --ReadySeries, tokio mpsc (16)-->   pipeline::Processor (its own thread: it owns the ONNX
-//!                                       sessions): re-reads the version's headers (dicom::files),
-//!                                       route::route picks the rule and plan (plain calls), then
+//!                                       sessions): reads the version's headers once
+//!                                       (dicom::files::scan_keeping: each SliceHeader keeps its
+//!                                       routing tags and header data set), route::route picks the
+//!                                       rule and plan from them (plain calls), then
 //!                                       per model harmonize::process_series (plain call; inside, a
 //!                                       reader, the inference and a writer thread over bounded
 //!                                       std channels of `translate.slabs_in_flight` slabs); chained

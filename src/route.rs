@@ -2,14 +2,11 @@
 //! (harmonize with a chain of models, pass the original through, or drop). The last rule has no
 //! conditions, so every series gets a plan; the matching rule is logged for every series.
 
-use dicom_dictionary_std::tags;
-use std::path::Path;
-
 use crate::config::Rule;
-use crate::dicom::header::{first_frame_text, open_header};
-use crate::dicom::VolumeError;
+use crate::dicom::SliceHeader;
 
-/// What rules can match on, read from the series' first instance and the association.
+/// What rules can match on: the series' first instance's routing attributes (read with its header
+/// by the scan, [`crate::dicom::header::RouteTags`]) and the association.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SeriesInfo {
     pub modality: String,
@@ -23,44 +20,19 @@ pub struct SeriesInfo {
 }
 
 impl SeriesInfo {
-    /// Reads the tags rules match on from one instance of the series.
-    pub fn read(path: &Path, calling_ae: &str, called_ae: &str) -> Result<Self, VolumeError> {
-        let obj = open_header(path)?;
-        let text = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches('\0').trim().to_string())
-                .unwrap_or_default()
-        };
-        // Enhanced CT keeps these in its functional groups (the first frame's stand for the series).
-        let or_frame = |v: String, group, tag| {
-            if v.is_empty() {
-                first_frame_text(&obj, group, tag).unwrap_or_default()
-            } else {
-                v
-            }
-        };
-        let slice_thickness = or_frame(
-            text(tags::SLICE_THICKNESS),
-            tags::PIXEL_MEASURES_SEQUENCE,
-            tags::SLICE_THICKNESS,
-        );
-        Ok(Self {
-            modality: text(tags::MODALITY),
-            convolution_kernel: or_frame(
-                text(tags::CONVOLUTION_KERNEL),
-                tags::CT_RECONSTRUCTION_SEQUENCE,
-                tags::CONVOLUTION_KERNEL,
-            ),
-            manufacturer: text(tags::MANUFACTURER),
-            station_name: text(tags::STATION_NAME),
-            series_description: text(tags::SERIES_DESCRIPTION),
-            slice_thickness: slice_thickness.parse().ok(),
+    /// The routing attributes of one instance of the series (no file is opened: the scan read them).
+    pub fn from_header(h: &SliceHeader, calling_ae: &str, called_ae: &str) -> Self {
+        let r = &h.route;
+        Self {
+            modality: r.modality.clone(),
+            convolution_kernel: r.convolution_kernel.clone(),
+            manufacturer: r.manufacturer.clone(),
+            station_name: r.station_name.clone(),
+            series_description: r.series_description.clone(),
+            slice_thickness: r.slice_thickness,
             calling_ae: calling_ae.trim().to_string(),
             called_ae: called_ae.trim().to_string(),
-        })
+        }
     }
 }
 

@@ -6,8 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use ct_harmonizer::config::Settings;
-use ct_harmonizer::dicom::slab::Slab;
-use ct_harmonizer::model::{ModelDir, OutSlab, Translator};
+use ct_harmonizer::model::{volume_slabs, Control, ModelDir, OutSlab, Translator};
 use ct_harmonizer::samples::Rng;
 use std::path::PathBuf;
 
@@ -20,22 +19,27 @@ fn translator(tile: [usize; 3]) -> Translator {
     Translator::open(ModelDir::open(&dir).unwrap(), &s).unwrap()
 }
 
-/// Runs the volume through `t` slab by slab, as `process` does, and returns the whole output.
+/// Runs the volume through `t` slab by slab, as `process` does (the model's one driver,
+/// `translate_slabs`), and returns the whole output.
 fn run(t: &mut Translator, vol: &[f32], dims: [usize; 3]) -> Vec<f32> {
     let [d, h, w] = dims;
+    let tiles = t.plan(0, d).unwrap();
     let mut out = Vec::new();
-    for zt in t.plan(0, d).unwrap() {
-        let slab = Slab {
-            z0: zt.start,
-            depth: zt.len,
-            rows: h,
-            columns: w,
-            hu: vol[zt.start * h * w..(zt.start + zt.len) * h * w].to_vec(),
-        };
-        let o: OutSlab = t.translate(&slab, zt).unwrap();
-        assert_eq!(o.z0 * h * w, out.len());
-        out.extend(o.hu);
-    }
+    t.translate_slabs(
+        volume_slabs(vol, dims, tiles),
+        &Control::none(),
+        |_, o: OutSlab| {
+            assert_eq!(o.z0 * h * w, out.len());
+            out.extend(o.hu);
+            true
+        },
+    )
+    .unwrap();
+    // `translate_volume` (eval's and the tests' entry point) places the same slabs.
+    assert_eq!(
+        t.translate_volume(vol, dims, &Control::none()).unwrap(),
+        out
+    );
     out
 }
 

@@ -143,6 +143,8 @@ mod tests {
             convolution_kernel: None,
             gantry_tilt: None,
             frame,
+            route: Default::default(),
+            dataset: None,
         }
     }
 

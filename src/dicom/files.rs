@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dicom::header::read_header;
+use crate::dicom::header::{read_header, read_header_keeping};
 use crate::dicom::{SliceHeader, VolumeError};
 use crate::events;
 
@@ -71,15 +71,32 @@ fn collect(
 
 /// Reads every file's header under `paths`.
 pub fn scan(paths: &[PathBuf]) -> Result<Scan, IngestError> {
+    scan_with(paths, false)
+}
+
+/// Like [`scan`], and keeps each image's header data set ([`SliceHeader::dataset`]) so that the
+/// harmonize core never opens a header again: for one series at a time (the daemon's processing
+/// stage), not for a whole folder of series.
+pub fn scan_keeping(paths: &[PathBuf]) -> Result<Scan, IngestError> {
+    scan_with(paths, true)
+}
+
+fn scan_with(paths: &[PathBuf], keep: bool) -> Result<Scan, IngestError> {
     let mut files = Vec::new();
     let mut scan = Scan::default();
     for p in paths {
         collect(p, &mut files, &mut scan.skipped)?;
     }
     for f in files {
-        match read_header(&f) {
+        let read = if keep {
+            read_header_keeping(&f)
+        } else {
+            read_header(&f)
+        };
+        match read {
             Ok(h) if h.is_image() => scan.images.push(h),
             Ok(h) => {
+                drop(h.dataset);
                 let note = format!("not an image (SOP class {})", h.sop_class_uid);
                 events::FileSkipped {
                     path: &f.display().to_string(),
@@ -130,5 +147,41 @@ mod tests {
         assert!(s.images.is_empty() && s.rejected.is_empty());
         assert_eq!(s.skipped.len(), 1);
         assert!(s.skipped[0].1.contains("not a regular file"));
+    }
+}
+
+/// Memory the kept header data sets cost: `CT_HARMONIZER_MEASURE_DIR` names a folder of one series
+/// (600 slices, say); prints the resident set after a plain scan and after a keeping one.
+/// `cargo test -p ct-harmonizer --lib kept_dataset_memory -- --ignored --nocapture`
+#[cfg(test)]
+mod measure {
+    fn rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    #[ignore]
+    fn kept_dataset_memory() {
+        let dir = std::path::PathBuf::from(std::env::var("CT_HARMONIZER_MEASURE_DIR").unwrap());
+        let plain = super::scan(std::slice::from_ref(&dir)).unwrap();
+        let n = plain.images.len();
+        let before = rss_kib();
+        drop(plain);
+        let plain = super::scan(std::slice::from_ref(&dir)).unwrap();
+        let with_plain = rss_kib();
+        drop(plain);
+        let kept = super::scan_keeping(std::slice::from_ref(&dir)).unwrap();
+        let with_kept = rss_kib();
+        println!(
+            "{n} files: rss {before} KiB; headers only {with_plain} KiB; headers + data sets {with_kept} KiB ({} KiB more, {} B per file)",
+            with_kept as i64 - with_plain as i64,
+            (with_kept as i64 - with_plain as i64) * 1024 / n.max(1) as i64
+        );
+        assert_eq!(kept.images.len(), n);
     }
 }

@@ -234,6 +234,8 @@ mod tests {
             convolution_kernel: None,
             gantry_tilt: None,
             frame: None,
+            route: Default::default(),
+            dataset: None,
         }
     }
 

@@ -4,6 +4,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::VolumeError;
 
@@ -39,6 +40,66 @@ pub struct SliceHeader {
     /// Frame number (1-based, as ReferencedFrameNumber counts) of this slice in a multi-frame file;
     /// None for a single-frame file. The geometry fields then are that frame's (functional groups).
     pub frame: Option<u32>,
+    /// What routing rules match on, read with the rest of the header (see [`RouteTags`]).
+    pub route: RouteTags,
+    /// The header data set itself (no pixel data), when the scan was asked to keep it
+    /// ([`crate::dicom::files::scan_keeping`]): the harmonize core expands frames and templates the
+    /// derived instances from it instead of opening the file again. Shared by the frames of a
+    /// multi-frame file.
+    pub dataset: Option<Arc<InMemDicomObject>>,
+}
+
+/// The attributes routing rules match on, as the routing stage has always read them: text trimmed
+/// of padding, empty when absent; for Enhanced CT, ConvolutionKernel and SliceThickness from the
+/// first frame's functional groups when the top level has none (the first frame stands for the
+/// series).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteTags {
+    pub modality: String,
+    pub convolution_kernel: String,
+    pub manufacturer: String,
+    pub station_name: String,
+    pub series_description: String,
+    pub slice_thickness: Option<f64>,
+}
+
+impl RouteTags {
+    /// Reads the routing attributes of an opened header.
+    pub fn read(obj: &InMemDicomObject) -> Self {
+        let text = |tag| {
+            obj.element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches('\0').trim().to_string())
+                .unwrap_or_default()
+        };
+        // Enhanced CT keeps these in its functional groups (the first frame's stand for the series).
+        let or_frame = |v: String, group, tag| {
+            if v.is_empty() {
+                first_frame_text(obj, group, tag).unwrap_or_default()
+            } else {
+                v
+            }
+        };
+        let slice_thickness = or_frame(
+            text(tags::SLICE_THICKNESS),
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::SLICE_THICKNESS,
+        );
+        Self {
+            modality: text(tags::MODALITY),
+            convolution_kernel: or_frame(
+                text(tags::CONVOLUTION_KERNEL),
+                tags::CT_RECONSTRUCTION_SEQUENCE,
+                tags::CONVOLUTION_KERNEL,
+            ),
+            manufacturer: text(tags::MANUFACTURER),
+            station_name: text(tags::STATION_NAME),
+            series_description: text(tags::SERIES_DESCRIPTION),
+            slice_thickness: slice_thickness.parse().ok(),
+        }
+    }
 }
 
 impl SliceHeader {
@@ -78,6 +139,8 @@ pub fn open_full(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
 
 /// Opens a DICOM file's header (stops before PixelData), after the guard.
 pub fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
+    #[cfg(test)]
+    opens::count(path);
     guard_file(path)?;
     OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -92,6 +155,27 @@ pub fn open_header(path: &Path) -> Result<DefaultDicomObject, VolumeError> {
 pub fn read_header(path: &Path) -> Result<SliceHeader, VolumeError> {
     let obj = open_header(path)?;
     header_from_object(&obj, path)
+}
+
+/// Reads the header fields of one file and keeps its header data set in
+/// [`SliceHeader::dataset`], so that nothing after the scan opens the file's header again.
+pub fn read_header_keeping(path: &Path) -> Result<SliceHeader, VolumeError> {
+    let obj = open_header(path)?;
+    let mut h = header_from_object(&obj, path)?;
+    let mut dataset = obj.into_inner();
+    // Private attributes are most of a scanner's header (CSA and the like) and no reader of the
+    // kept data set uses them: the derived instance drops them at the top level, the template's
+    // sanitizer skips them. Dropping them here keeps a long series' data sets small.
+    let private: Vec<Tag> = dataset
+        .iter()
+        .map(|e| e.header().tag)
+        .filter(|t| t.group() % 2 == 1)
+        .collect();
+    for t in private {
+        dataset.remove_element(t);
+    }
+    h.dataset = Some(Arc::new(dataset));
+    Ok(h)
 }
 
 /// Extracts a [`SliceHeader`] from an opened object.
@@ -159,6 +243,8 @@ pub fn header_from_object(
         convolution_kernel: text(tags::CONVOLUTION_KERNEL),
         gantry_tilt: float(tags::GANTRY_DETECTOR_TILT),
         frame: None,
+        route: RouteTags::read(obj),
+        dataset: None,
     })
 }
 
@@ -307,10 +393,40 @@ pub fn expand_frames(
     Ok(out)
 }
 
-/// Opens a multi-frame file again and expands it into one header per frame ([`expand_frames`]).
+/// Expands a multi-frame file into one header per frame ([`expand_frames`]), from the header data
+/// set the scan kept, else by opening the file again.
 pub fn read_frames(h: &SliceHeader) -> Result<Vec<SliceHeader>, VolumeError> {
-    let obj = open_header(&h.path)?;
-    expand_frames(&obj, h)
+    match &h.dataset {
+        Some(obj) => expand_frames(obj, h),
+        None => {
+            let obj = open_header(&h.path)?;
+            expand_frames(&obj, h)
+        }
+    }
+}
+
+/// Test hook: how many times each file's header was opened (tests in other modules check that a
+/// stage reads a file once).
+#[cfg(test)]
+pub mod opens {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static OPENS: Mutex<Option<HashMap<PathBuf, usize>>> = Mutex::new(None);
+
+    pub(super) fn count(path: &Path) {
+        let mut m = OPENS.lock().unwrap_or_else(|p| p.into_inner());
+        *m.get_or_insert_with(HashMap::new)
+            .entry(path.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Header opens of `path` so far (paths are per test: each test has its own folder).
+    pub fn of(path: &Path) -> usize {
+        let m = OPENS.lock().unwrap_or_else(|p| p.into_inner());
+        m.as_ref().and_then(|m| m.get(path).copied()).unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +470,8 @@ mod tests {
             convolution_kernel: None,
             gantry_tilt: None,
             frame: None,
+            route: Default::default(),
+            dataset: None,
         }
     }
 

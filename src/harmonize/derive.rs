@@ -155,6 +155,20 @@ impl DerivedPlan {
     }
 }
 
+/// The header data set of a source slice: the one the scan kept, else the file's header, opened
+/// again (the one-shot `process` command does not keep data sets, see
+/// [`crate::dicom::files::scan_keeping`]).
+fn source_dataset(h: &SliceHeader) -> Result<InMemDicomObject, DeriveError> {
+    if let Some(obj) = &h.dataset {
+        return Ok(InMemDicomObject::clone(obj));
+    }
+    let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
+        path: h.path.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(obj.into_inner())
+}
+
 /// Writes one derived series slab by slab into a hidden partial folder, then publishes it.
 pub struct SeriesWriter {
     plan: DerivedPlan,
@@ -252,11 +266,7 @@ impl SeriesWriter {
             let h = h.clone();
             return self.frame_template(&h, frame);
         }
-        let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
-            path: h.path.clone(),
-            source: Box::new(source),
-        })?;
-        let mut obj = obj.into_inner();
+        let mut obj = source_dataset(h)?;
         let notes = sanitize(&mut obj);
         let series_uid = h.series_uid.clone();
         self.log_repairs(&series_uid, notes);
@@ -285,11 +295,7 @@ impl SeriesWriter {
     ) -> Result<InMemDicomObject, DeriveError> {
         if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
             self.enhanced = None;
-            let obj = header::open_header(&h.path).map_err(|source| DeriveError::Source {
-                path: h.path.clone(),
-                source: Box::new(source),
-            })?;
-            let mut base = obj.into_inner();
+            let mut base = source_dataset(h)?;
             let frames = classic_from_enhanced(&mut base);
             let notes = sanitize(&mut base);
             self.log_repairs(&h.series_uid, notes);

@@ -275,30 +275,20 @@ pub fn process_series(
             },
         );
         let mut shots = Vec::new();
-        let mut infer_result: Result<(), SeriesError> = Ok(());
-        for (zt, slab) in slab_rx {
-            match translator.translate_with(&slab, zt, control) {
-                Ok(o) => {
-                    for &k in picks.iter().filter(|&&k| k >= o.z0 && k < o.z0 + o.depth) {
-                        shots.push(
-                            capture(&slab, &o, k, [sz, sy, sx])
-                                .placed(geometry.orientation, positions.get(k).copied()),
-                        );
-                    }
-                    if out_tx.send(o).is_err() {
-                        break;
-                    }
+        let infer_result = translator
+            .translate_slabs(slab_rx, control, |slab, o| {
+                for &k in picks.iter().filter(|&&k| k >= o.z0 && k < o.z0 + o.depth) {
+                    shots.push(
+                        capture(slab, &o, k, [sz, sy, sx])
+                            .placed(geometry.orientation, positions.get(k).copied()),
+                    );
                 }
-                Err(TranslateError::Cancelled { .. }) => {
-                    infer_result = Err(cancelled());
-                    break;
-                }
-                Err(e) => {
-                    infer_result = Err(e.into());
-                    break;
-                }
-            }
-        }
+                out_tx.send(o).is_ok()
+            })
+            .map_err(|e| match e {
+                TranslateError::Cancelled { .. } => cancelled(),
+                e => e.into(),
+            });
         drop(out_tx);
         let worker = || SeriesError::Worker {
             series_uid: uid.clone(),

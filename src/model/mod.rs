@@ -50,6 +50,30 @@ pub enum TranslateError {
     Cancelled { model: String },
 }
 
+/// The input slabs of z-tiles `tiles` cut from a volume in memory (`hu`, z-major, `dims` =
+/// [depth, rows, columns], `tiles` within `depth`), for [`Translator::translate_slabs`].
+pub fn volume_slabs(
+    hu: &[f32],
+    dims: [usize; 3],
+    tiles: Vec<AxisTile>,
+) -> impl Iterator<Item = (AxisTile, Slab)> + '_ {
+    let [_, rows, columns] = dims;
+    let plane = rows * columns;
+    tiles.into_iter().map(move |zt| {
+        let values = hu
+            .get(zt.start * plane..(zt.start + zt.len) * plane)
+            .unwrap_or_default();
+        let slab = Slab {
+            z0: zt.start,
+            depth: zt.len,
+            rows,
+            columns,
+            hu: values.to_vec(),
+        };
+        (zt, slab)
+    })
+}
+
 /// What long work checks between its steps (slabs, tiles): a heartbeat to show it is making
 /// progress, and a cancellation flag (set when the daemon stops) to give up at the next step.
 #[derive(Clone, Default)]
@@ -180,6 +204,69 @@ impl Translator {
             model: m.name.clone(),
             source,
         })
+    }
+
+    /// Runs the translator over a volume's input slabs (one per z-tile of [`Translator::plan`]
+    /// along z, in order), handing each output slab, with the input slab it came from, to `sink`;
+    /// stops early when `sink` returns false. The one loop that drives a translator over a volume:
+    /// the harmonize core feeds it slabs read from DICOM as they are decoded (memory bounded by
+    /// the slabs in flight), [`Translator::translate_volume`] slabs cut from a volume in memory.
+    pub fn translate_slabs(
+        &mut self,
+        slabs: impl IntoIterator<Item = (AxisTile, Slab)>,
+        control: &Control,
+        mut sink: impl FnMut(&Slab, OutSlab) -> bool,
+    ) -> Result<(), TranslateError> {
+        for (zt, slab) in slabs {
+            let o = self.translate_with(&slab, zt, control)?;
+            if !sink(&slab, o) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Translates a whole volume held in memory (`hu`, z-major, `dims` = [depth, rows, columns])
+    /// through [`Translator::translate_slabs`], slab by slab as the daemon does; returns the output
+    /// volume, of dimensions `dims` times the model's scale. For evaluation and tests: the daemon
+    /// and `process` stream slabs from DICOM instead.
+    pub fn translate_volume(
+        &mut self,
+        hu: &[f32],
+        dims: [usize; 3],
+        control: &Control,
+    ) -> Result<Vec<f32>, TranslateError> {
+        let [d, h, w] = dims;
+        let [sz, sy, sx] = self.model.manifest.scale();
+        if hu.len() != d * h * w {
+            return Err(TranslateError::Inference {
+                model: self.model.manifest.name.clone(),
+                reason: format!("{} values for a {d}x{h}x{w} volume", hu.len()),
+            });
+        }
+        let slabs = volume_slabs(hu, dims, self.plan(0, d)?);
+        let mut out = vec![0f32; d * sz * h * sy * w * sx];
+        let mut misplaced = None;
+        self.translate_slabs(slabs, control, |_, o| {
+            let start = o.z0 * o.rows * o.columns;
+            match out.get_mut(start..start + o.hu.len()) {
+                Some(dst) => {
+                    dst.copy_from_slice(&o.hu);
+                    true
+                }
+                None => {
+                    misplaced = Some(o.z0);
+                    false
+                }
+            }
+        })?;
+        if let Some(z0) = misplaced {
+            return Err(TranslateError::Inference {
+                model: self.model.manifest.name.clone(),
+                reason: format!("output slab at z {z0} falls outside the output volume"),
+            });
+        }
+        Ok(out)
     }
 
     /// Translates the input slab read for z-tile `zt` and returns the output for its core.

@@ -14,5 +14,5 @@ pub use ct_harmonizer::model::manifest::{
     hex, EvaluationRow, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind,
     Provenance, Task, Tensors,
 };
-pub use ct_harmonizer::model::{TranslateError, Translator};
+pub use ct_harmonizer::model::{Control, TranslateError, Translator};
 pub use ct_harmonizer::samples::{read_inv3, Rng, SampleError, SeriesSpec, CRANIUM_INV3};

@@ -2,7 +2,7 @@
 
 use super::EvalError;
 use crate::data::{load_volume, Volume};
-use crate::lib_bridge::{Slab, Translator};
+use crate::lib_bridge::{Control, Translator};
 use std::path::{Path, PathBuf};
 
 /// One held-out case.
@@ -81,28 +81,9 @@ pub fn run_model(t: &mut Translator, input: &Volume) -> Result<Volume, EvalError
     let [nz, ny, nx] = input.shape;
     let [sz, sy, sx] = t.manifest().scale();
     let (oy, ox) = (ny * sy, nx * sx);
-    let mut out = vec![0f32; nz * sz * oy * ox];
-    let plane = ny * nx;
-    for zt in t.plan(0, nz).map_err(terr)? {
-        let slab = Slab {
-            z0: zt.start,
-            depth: zt.len,
-            rows: ny,
-            columns: nx,
-            hu: input.values[zt.start * plane..(zt.start + zt.len) * plane].to_vec(),
-        };
-        let o = t.translate(&slab, zt).map_err(terr)?;
-        if o.rows != oy || o.columns != ox {
-            return Err(EvalError::Shape(format!(
-                "model {}: output slab {}x{} where {oy}x{ox} was expected",
-                dir.display(),
-                o.rows,
-                o.columns
-            )));
-        }
-        let start = o.z0 * oy * ox;
-        out[start..start + o.hu.len()].copy_from_slice(&o.hu);
-    }
+    let out = t
+        .translate_volume(&input.values, input.shape, &Control::none())
+        .map_err(terr)?;
     Ok(Volume::new(
         format!("{} -> {}", input.name, t.manifest().name),
         [nz * sz, oy, ox],
