@@ -9,18 +9,23 @@
 //!
 //! ```text
 //! util preview audit      clock, folder fsync, DN parsing, heartbeat cell; preview PNG; audit records
-//! config events           settings; named log events
+//! config                  settings
+//! metrics                 counters, gauges, stage heartbeats (feature "daemon"; reads the job queue
+//!                         through metrics::JobQueue, which the outbox implements)
+//! events                  one struct per log event; emit() logs and counts (the stages' events
+//!                         with feature "daemon")
 //! dicom/                  headers, pre-parser (guard), files -> headers -> series, geometry, slabs
 //!                         of HU, writer toolkit (UIDs, Part 10), DIMSE codec
 //! model/  samples         manifest, ONNX Runtime, tiling, Translator (translate_slabs, the one
 //!                         driver over a volume; translate_volume); test/demo fixtures (testkit)
 //! harmonize/              THE core: a complete series + a model -> a derived series (derive, template)
 //! ---- feature "daemon" from here on ----
-//! spool/  outbox          durable instance store; durable job queue
-//! metrics tls             counters and stage heartbeats; DICOM TLS
+//! spool/  outbox          durable instance store; durable job queue (parsed once, indexed in memory)
+//! tls                     DICOM TLS
 //! series  route           completion on quiet time (Arrival, ReadySeries); routing rules -> plan
 //! ingest/ forward/        C-STORE SCP and watched folder; C-STORE SCU / folder delivery
-//! pipeline jobs           processing stage; operator's `jobs` command
+//! pipeline jobs supervisor  processing stage; operator's `jobs` command; the tasks and threads of
+//!                         `serve` (stages, association tasks, the processing thread) and their stop
 //! status http systemd     operator's `status`; /healthz, /metrics; notify and watchdog
 //! daemon process          `serve`; `process` (the one-shot command, no daemon needed)
 //! ```
@@ -48,6 +53,12 @@
 //!                                       C-STORE SCU or folder copy, back-off, dead letter
 //!   --> the spool version is deleted once every destination acknowledged
 //! ```
+//!
+//! `daemon::serve` starts every stage under a `supervisor::Supervisor`: one task per stage (series,
+//! forward, SCP, watch, HTTP, systemd), the SCP's association tasks in a tracker, the processing
+//! thread; a stage that ends while the daemon runs is logged (`stage_ended`); at shutdown the signal
+//! goes to every stage, and stages, associations (a C-STORE in flight is answered) and the thread are
+//! awaited within their deadlines.
 //!
 //! `process` reads files and folders (dicom::files), groups them (dicom::series) and calls the same
 //! harmonize::process_series per series. Around the stages: `config` (settings), `events` (named
