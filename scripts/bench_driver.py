@@ -56,7 +56,13 @@ class Bench:
         self.model_dir = self.models_dir / args.model
         self.python = sys.executable
         self.reference = ROOT / "scripts" / "bench_reference.py"
-        self.env = dict(os.environ, CT_HARMONIZER__MODELS__DIR=str(self.models_dir))
+        # The model both sides run: the Rust side takes it as its default model (without it,
+        # `process` ran the configured default, revgan-kernel, against the reference's baseline).
+        self.env = dict(
+            os.environ,
+            CT_HARMONIZER__MODELS__DIR=str(self.models_dir),
+            CT_HARMONIZER__MODELS__DEFAULT=args.model,
+        )
         self.raw = []  # (label, dict) of every timed run
         self.quiet_budget = float(args.quiet_wait)
         self.waited = 0.0
