@@ -31,6 +31,19 @@ impl Volume {
         }
     }
 
+    /// A volume of unit spacing whose value at (z, y, x) is `f(z, y, x)` (synthetic test volumes).
+    pub fn from_fn(
+        name: impl Into<String>,
+        shape: [usize; 3],
+        f: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
+        let [d, h, w] = shape;
+        let values = (0..d * h * w)
+            .map(|i| f(i / (h * w), (i / w) % h, i % w))
+            .collect();
+        Self::new(name, shape, [1.0, 1.0, 1.0], values)
+    }
+
     pub fn len(&self) -> usize {
         self.values.len()
     }

@@ -339,15 +339,7 @@ mod tests {
     use std::path::Path;
 
     fn vol(shape: [usize; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume {
-        let mut hu = Vec::new();
-        for z in 0..shape[0] {
-            for y in 0..shape[1] {
-                for x in 0..shape[2] {
-                    hu.push(f(z, y, x));
-                }
-            }
-        }
-        Volume::new("t", shape, [1.0, 1.0, 1.0], hu)
+        Volume::from_fn("t", shape, f)
     }
 
     #[test]
