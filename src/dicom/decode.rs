@@ -118,33 +118,15 @@ fn options() -> ConvertOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn header(frames: u32, frame: Option<u32>) -> SliceHeader {
         SliceHeader {
-            path: PathBuf::from("/nonexistent/enhanced.dcm"),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            sop_class_uid: crate::dicom::header::ENHANCED_CT_IMAGE_STORAGE.into(),
-            sop_instance_uid: "1.2.3.4".into(),
-            study_uid: "1.2".into(),
-            series_uid: "1.2.3".into(),
-            modality: Some("CT".into()),
-            instance_number: None,
-            image_position: None,
-            image_orientation: None,
-            pixel_spacing: None,
-            slice_thickness: None,
-            rows: Some(4),
-            columns: Some(4),
-            samples_per_pixel: 1,
             number_of_frames: frames,
-            rescale_slope: 1.0,
-            rescale_intercept: 0.0,
-            convolution_kernel: None,
-            gantry_tilt: None,
             frame,
-            route: Default::default(),
-            dataset: None,
+            ..SliceHeader::test_slice(
+                "/nonexistent/enhanced.dcm",
+                crate::dicom::header::ENHANCED_CT_IMAGE_STORAGE,
+            )
         }
     }
 

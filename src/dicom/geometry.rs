@@ -204,7 +204,6 @@ pub fn sort_and_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     const LIMITS: GeometryLimits = GeometryLimits {
         spacing_tolerance: 0.1,
@@ -213,29 +212,13 @@ mod tests {
 
     fn slice(i: usize, pos: [f64; 3], iop: [f64; 6]) -> SliceHeader {
         SliceHeader {
-            path: PathBuf::from(format!("f{i}.dcm")),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            sop_class_uid: crate::dicom::header::CT_IMAGE_STORAGE.into(),
             sop_instance_uid: format!("1.2.3.{i}"),
-            study_uid: "1.2".into(),
-            series_uid: "1.2.3".into(),
-            modality: Some("CT".into()),
             instance_number: Some(i as i64),
             image_position: Some(pos),
             image_orientation: Some(iop),
             pixel_spacing: Some([0.5, 0.5]),
             slice_thickness: Some(1.0),
-            rows: Some(4),
-            columns: Some(4),
-            samples_per_pixel: 1,
-            number_of_frames: 1,
-            rescale_slope: 1.0,
-            rescale_intercept: 0.0,
-            convolution_kernel: None,
-            gantry_tilt: None,
-            frame: None,
-            route: Default::default(),
-            dataset: None,
+            ..SliceHeader::test_slice(&format!("f{i}.dcm"), crate::dicom::header::CT_IMAGE_STORAGE)
         }
     }
 

@@ -429,6 +429,39 @@ pub mod opens {
     }
 }
 
+/// A 4x4 CT slice header with no geometry, for the unit tests of this layer (one place that lists
+/// every field, so a new field is one edit).
+#[cfg(test)]
+impl SliceHeader {
+    pub(crate) fn test_slice(path: &str, sop_class_uid: &str) -> Self {
+        SliceHeader {
+            path: std::path::PathBuf::from(path),
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            sop_class_uid: sop_class_uid.into(),
+            sop_instance_uid: "1.2.3.4".into(),
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            modality: Some("CT".into()),
+            instance_number: None,
+            image_position: None,
+            image_orientation: None,
+            pixel_spacing: None,
+            slice_thickness: None,
+            rows: Some(4),
+            columns: Some(4),
+            samples_per_pixel: 1,
+            number_of_frames: 1,
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            convolution_kernel: None,
+            gantry_tilt: None,
+            frame: None,
+            route: Default::default(),
+            dataset: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,29 +482,9 @@ mod tests {
 
     fn base(frames: u32) -> SliceHeader {
         SliceHeader {
-            path: PathBuf::from("enhanced.dcm"),
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            sop_class_uid: ENHANCED_CT_IMAGE_STORAGE.into(),
-            sop_instance_uid: "1.2.3.4".into(),
-            study_uid: "1.2".into(),
-            series_uid: "1.2.3".into(),
-            modality: Some("CT".into()),
             instance_number: Some(1),
-            image_position: None,
-            image_orientation: None,
-            pixel_spacing: None,
-            slice_thickness: None,
-            rows: Some(4),
-            columns: Some(4),
-            samples_per_pixel: 1,
             number_of_frames: frames,
-            rescale_slope: 1.0,
-            rescale_intercept: 0.0,
-            convolution_kernel: None,
-            gantry_tilt: None,
-            frame: None,
-            route: Default::default(),
-            dataset: None,
+            ..SliceHeader::test_slice("enhanced.dcm", ENHANCED_CT_IMAGE_STORAGE)
         }
     }
 
