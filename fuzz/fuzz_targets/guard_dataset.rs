@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, bytes)) = data.split_first() else {
         return;
     };
-    let ts_uid = ct_harmonizer::ingest::scp::ACCEPTED_TRANSFER_SYNTAXES
-        [usize::from(pick) % ct_harmonizer::ingest::scp::ACCEPTED_TRANSFER_SYNTAXES.len()];
+    let ts_uid = ct_harmonizer::dicom::decode::ACCEPTED_TRANSFER_SYNTAXES
+        [usize::from(pick) % ct_harmonizer::dicom::decode::ACCEPTED_TRANSFER_SYNTAXES.len()];
     if check_dataset(bytes, ts_uid, &Limits::default()).is_ok() {
         if let Some(ts) = TransferSyntaxRegistry.get(ts_uid) {
             let _ = InMemDicomObject::read_dataset_with_ts(bytes, ts);

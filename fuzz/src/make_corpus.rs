@@ -83,7 +83,7 @@ fn main() -> Res<()> {
     }
 
     // C-STORE data sets: the first byte picks the transfer syntax (its index in the SCP's list).
-    let accepted = ct_harmonizer::ingest::scp::ACCEPTED_TRANSFER_SYNTAXES;
+    let accepted = ct_harmonizer::dicom::decode::ACCEPTED_TRANSFER_SYNTAXES;
     let spec = SeriesSpec::axial("fuzz-corpus", 8, 8, 2, [2.0, 0.8, 0.8]);
     let obj = spec.dataset(0, &phantom_slice(0, 8, 8, 20.0, 5));
     for (name, uid) in [("explicit_le", EXPLICIT), ("implicit_le", IMPLICIT)] {

@@ -10,6 +10,22 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use super::{SliceHeader, VolumeError};
 
+/// Transfer syntaxes the C-STORE SCP accepts (stored as received; decoded here when a series is
+/// processed).
+pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.5",    // RLE Lossless
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline
+    "1.2.840.10008.1.2.4.51", // JPEG Extended
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
+];
+
 /// Fails with a clear error when this build cannot decode the slice's transfer syntax.
 pub fn check_transfer_syntax(h: &SliceHeader) -> Result<(), VolumeError> {
     let uid = h.transfer_syntax.trim_end_matches('\0');

@@ -174,20 +174,8 @@ pub enum ScpError {
 /// Verification SOP class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
-/// Transfer syntaxes we accept (stored as received; decoded later).
-pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
-    "1.2.840.10008.1.2",      // Implicit VR Little Endian
-    "1.2.840.10008.1.2.5",    // RLE Lossless
-    "1.2.840.10008.1.2.4.70", // JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.57", // JPEG Lossless
-    "1.2.840.10008.1.2.4.50", // JPEG Baseline
-    "1.2.840.10008.1.2.4.51", // JPEG Extended
-    "1.2.840.10008.1.2.4.90", // JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91", // JPEG 2000
-    "1.2.840.10008.1.2.4.80", // JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81", // JPEG-LS Near-Lossless
-];
+/// Transfer syntaxes we accept (stored as received; decoded later): the DICOM layer's list.
+pub use crate::dicom::decode::ACCEPTED_TRANSFER_SYNTAXES;
 
 /// Largest command set buffered (a real one is under 200 bytes).
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
