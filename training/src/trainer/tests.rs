@@ -217,3 +217,80 @@ fn checkpoint_round_trip() {
         }
     }
 }
+
+/// The loss values (as `f64` bit patterns) of three steps of the tiny paired and unpaired
+/// trainers, reversible backward, one thread, as the trainer computed them before the options of
+/// issue 12 (SSIM cycle, identity, perceptual/style, `k`, `lr_g`/`lr_d`, amortised) existed.
+/// With every new option at its default the same run gives the same bits.
+#[test]
+fn default_options_reproduce_the_losses_of_before() {
+    let got: Vec<Vec<u64>> = one_thread(|| {
+        let mut out = Vec::new();
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let mut t = tiny(mode, false);
+            for s in 0..3 {
+                let l = t.step(patch(s), patch(s + 10)).unwrap();
+                out.push(
+                    [l.gan_ab, l.gan_ba, l.rec_ab, l.rec_ba, l.d_a, l.d_b]
+                        .map(f64::to_bits)
+                        .to_vec(),
+                );
+            }
+        }
+        out
+    });
+    assert_eq!(got, golden_losses());
+}
+
+fn golden_losses() -> Vec<Vec<u64>> {
+    vec![
+        vec![
+            4604338942144151552,
+            4604650653690626048,
+            4632422989189611520,
+            4632443223317413888,
+            4604581754899005440,
+            4604452058697826304,
+        ],
+        vec![
+            4603799291851440128,
+            4605630482833473536,
+            4632476719767355392,
+            4632497368359501824,
+            4604340998896615424,
+            4604512851812417536,
+        ],
+        vec![
+            4604111737300451328,
+            4605162055446560768,
+            4632333650648629248,
+            4632449621208072192,
+            4604323883988811776,
+            4604486472123285504,
+        ],
+        vec![
+            4607806742762356736,
+            4607417208555962368,
+            4617490719341281280,
+            4617452306227527680,
+            4603624831890489344,
+            4603964693189492736,
+        ],
+        vec![
+            4607454941454270464,
+            4605926845777444864,
+            4617466910190075904,
+            4617487775678070784,
+            4603728255776718848,
+            4602722355108642816,
+        ],
+        vec![
+            4607330099639877632,
+            4607828095192268800,
+            4617474474701225984,
+            4617389627622293504,
+            4603095172765450240,
+            4603845260349538304,
+        ],
+    ]
+}
