@@ -183,7 +183,7 @@ pub struct TrainConfig {
     /// Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case;
     /// saved as given, as the description of the training data in the manifest's provenance.
     #[config(default = "String::new()")]
-    #[arg(long, help = "Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case", long_help = None)]
+    #[arg(long, default_value = "", hide_default_value = true, help = "Training data: DIR/{source,target} (or sharp/soft, low/high), or one such folder per case (required unless --unpaired-a/--unpaired-b)", long_help = None)]
     pub data: String,
     /// Target grid / source grid per axis (z, y, x), measured from the data: `[1, 1, 1]` for the
     /// kernel task, `[4, 2, 2]` for `ct-train synth`'s thick-slice source.
@@ -194,30 +194,172 @@ pub struct TrainConfig {
     #[config(default = "SkipInit::Baseline")]
     #[arg(long, value_enum, default_value = "baseline", help = "With --skip-kernel: start the skip filters as the baseline Gaussian / identity, or as the least-squares linear filters fitted on the training pairs", long_help = None)]
     pub skip_init: SkipInit,
+    // Options of issue 12 (seed 002-004). Each default is the training of before, bit for bit.
+    /// Unpaired cycle loss: `l1` (CycleGAN) or `ssim` (`1 − 3-D SSIM`, seed 004), times
+    /// `lambda_cycle`.
+    #[config(default = "CycleLoss::L1")]
+    #[arg(long, value_enum, default_value = "l1", help = "Unpaired cycle loss: l1, or ssim (1 - 3-D SSIM, seed 004); times --lambda-cycle", long_help = None)]
+    pub cycle_loss: CycleLoss,
+    /// Unpaired identity loss `lambda_identity · lambda_cycle · |G_ab(b) − b|₁` (+ B→A); CycleGAN's
+    /// 0.5 (seed 004). 0 = off.
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Unpaired identity loss weight, a factor of --lambda-cycle (CycleGAN: 0.5); 0 = off", long_help = None)]
+    pub lambda_identity: f64,
+    /// Unpaired cycle-perceptual loss weight (seed 003): L1 between the source domain's
+    /// discriminator features of an input and of its cycle reconstruction. 0 = off.
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Unpaired cycle-perceptual loss weight (seed 003; discriminator features); 0 = off", long_help = None)]
+    pub lambda_perceptual: f64,
+    /// Unpaired cycle-style loss weight (seed 003): squared distance of the Gram matrices of
+    /// those features. 0 = off.
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Unpaired cycle-style loss weight (seed 003; Gram matrices of discriminator features); 0 = off", long_help = None)]
+    pub lambda_style: f64,
+    /// Generator steps per discriminator step (seed 004: 4 worked best); 1 = every step.
+    #[config(default = 1)]
+    #[arg(long = "k", default_value_t = 1, help = "Generator:discriminator update ratio: the discriminators step once per K generator steps (seed 004: 4)", long_help = None)]
+    pub k: u64,
+    /// Generator learning rate (default: `lr`; seed 004: 1e-4), same schedule.
+    #[arg(long, help = "Generator learning rate (default: --lr)", long_help = None)]
+    pub lr_g: Option<f64>,
+    /// Discriminator learning rate (default: `lr`; seed 004: 1e-3), same schedule.
+    #[arg(long, help = "Discriminator learning rate (default: --lr)", long_help = None)]
+    pub lr_d: Option<f64>,
+    /// HA-GAN's amortisation (seed 002): every step also trains on the whole training volume
+    /// box-averaged to low resolution, with its own L1 / cycle term and a term tying the patch's
+    /// output to the low-resolution output at the patch's position.
+    #[config(default = false)]
+    #[arg(long, help = "HA-GAN amortised training: a low-resolution whole volume plus one high-resolution patch at its position per step", long_help = None)]
+    pub amortised: bool,
+    /// Low-resolution factor of the amortised mode, the same on every axis; 0 = per axis, the
+    /// smallest factor that brings the volume within the patch edge.
+    #[config(default = 0)]
+    #[arg(long, default_value_t = 0, help = "With --amortised: downsampling factor of the whole volume (0 = per axis, the smallest that fits the patch)", long_help = None)]
+    pub amortised_factor: usize,
+    /// Weight of the amortised mode's low-resolution terms, relative to the patch's.
+    #[config(default = 1.0)]
+    #[arg(long, default_value_t = 1.0, help = "With --amortised: weight of the low-resolution whole-volume terms", long_help = None)]
+    pub lambda_lowres: f64,
+    /// Unpaired training on two separate sets: domain A (source) volumes, a DICOM series folder,
+    /// a `.nii`/`.nii.gz` file or a folder of such (one case each).
+    #[arg(long, help = "Unpaired data, domain A (source): a series folder, NIfTI file or a folder of them (with --unpaired-b, instead of --data)", long_help = None)]
+    pub unpaired_a: Option<String>,
+    /// Domain B (target) volumes of the unpaired sets.
+    #[arg(long, help = "Unpaired data, domain B (target): as --unpaired-a", long_help = None)]
+    pub unpaired_b: Option<String>,
+}
+
+/// The unpaired cycle loss (`--cycle-loss`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CycleLoss {
+    /// `|x̂ − x|₁` (CycleGAN).
+    L1,
+    /// `1 − SSIM(x̂, x)`, 3-D, Gaussian window σ 1.5 (seed 004).
+    Ssim,
+}
+
+/// An option of issue 12 out of its range, or given where it has no meaning.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OptionError {
+    #[error("--k 0: the generator:discriminator update ratio must be at least 1 (1 = a discriminator step every step)")]
+    ZeroK,
+    #[error("--{name} {value}: expected a finite weight >= 0")]
+    Weight { name: &'static str, value: f64 },
+    #[error("--{name} {value}: expected a finite learning rate > 0")]
+    LearningRate { name: &'static str, value: f64 },
+    #[error("--{name}: applies to --mode unpaired only")]
+    UnpairedOnly { name: &'static str },
+    #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
+    UnpairedSets,
+}
+
+impl TrainConfig {
+    /// Checks the options of issue 12 (their defaults always pass).
+    pub fn check_options(&self) -> Result<(), OptionError> {
+        if self.k == 0 {
+            return Err(OptionError::ZeroK);
+        }
+        for (name, value) in [
+            ("lambda-identity", self.lambda_identity),
+            ("lambda-perceptual", self.lambda_perceptual),
+            ("lambda-style", self.lambda_style),
+            ("lambda-lowres", self.lambda_lowres),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(OptionError::Weight { name, value });
+            }
+        }
+        for (name, value) in [("lr-g", self.lr_g), ("lr-d", self.lr_d)] {
+            if let Some(value) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(OptionError::LearningRate { name, value });
+            }
+        }
+        if self.mode == ModeArg::Paired {
+            let set = [
+                ("lambda-identity", self.lambda_identity > 0.0),
+                ("lambda-perceptual", self.lambda_perceptual > 0.0),
+                ("lambda-style", self.lambda_style > 0.0),
+                ("cycle-loss", self.cycle_loss != CycleLoss::L1),
+            ];
+            if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(OptionError::UnpairedOnly { name });
+            }
+        }
+        let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
+        if sets.0 != sets.1
+            || (sets.0 && (self.mode != ModeArg::Unpaired || self.task != TaskArg::Kernel))
+        {
+            return Err(OptionError::UnpairedSets);
+        }
+        Ok(())
+    }
+
+    /// Whether the unpaired data come from two separate sets (`--unpaired-a/-b`).
+    pub fn separate_domains(&self) -> bool {
+        self.unpaired_a.is_some() && self.unpaired_b.is_some()
+    }
+
+    /// Generator learning rate at `step`: [`Self::lr_at`]'s schedule on `lr_g` (default `lr`).
+    pub fn lr_g_at(&self, step: u64) -> f64 {
+        self.scheduled(self.lr_g.unwrap_or(self.lr), step)
+    }
+
+    /// Discriminator learning rate at `step`: [`Self::lr_at`]'s schedule on `lr_d` (default `lr`).
+    pub fn lr_d_at(&self, step: u64) -> f64 {
+        self.scheduled(self.lr_d.unwrap_or(self.lr), step)
+    }
 }
 
 impl TrainConfig {
     /// Learning rate at `step` (0-based): linear from lr / warm-up steps up to lr over the warm-up,
     /// constant, then linear to 0 over the last decay steps.
     pub fn lr_at(&self, step: u64) -> f64 {
+        self.scheduled(self.lr, step)
+    }
+
+    /// The schedule of [`Self::lr_at`] on a base rate `lr`.
+    fn scheduled(&self, lr: f64, step: u64) -> f64 {
         let warm = if step < self.warmup_steps {
             (step + 1) as f64 / self.warmup_steps as f64
         } else {
             1.0
         };
-        warm * self.decayed_lr(step)
+        warm * self.decayed_lr(lr, step)
     }
 
-    fn decayed_lr(&self, step: u64) -> f64 {
+    fn decayed_lr(&self, lr: f64, step: u64) -> f64 {
         let decay = self
             .decay_steps
             .unwrap_or(self.steps / 6)
             .clamp(1, self.steps.max(1));
         let start = self.steps.saturating_sub(decay);
         if step < start {
-            self.lr
+            lr
         } else {
-            self.lr * (self.steps - step) as f64 / (decay + 1) as f64
+            lr * (self.steps - step) as f64 / (decay + 1) as f64
         }
     }
 }
@@ -270,6 +412,55 @@ mod tests {
         assert_eq!(c.lr_at(8), 2e-4);
         assert!((c.lr_at(9) - 2e-4 * 3.0 / 4.0).abs() < 1e-12);
         assert!((c.lr_at(11) - 2e-4 / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn issue_12_options_default_to_todays_training_and_are_checked() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_steps(12);
+        assert_eq!(c.check_options(), Ok(()));
+        assert_eq!((c.k, c.cycle_loss, c.amortised), (1, CycleLoss::L1, false));
+        for s in 0..12 {
+            assert_eq!(c.lr_g_at(s).to_bits(), c.lr_at(s).to_bits());
+            assert_eq!(c.lr_d_at(s).to_bits(), c.lr_at(s).to_bits());
+        }
+        let sep = c.clone().with_lr_g(Some(1e-4)).with_lr_d(Some(1e-3));
+        assert_eq!(sep.lr_g_at(0), 1e-4);
+        assert_eq!(sep.lr_d_at(0), 1e-3);
+        assert!((sep.lr_d_at(11) - 1e-3 / 3.0).abs() < 1e-15);
+        let e = c.clone().with_k(0).check_options().unwrap_err();
+        assert_eq!(e, OptionError::ZeroK);
+        assert!(e.to_string().contains("--k 0"), "{e}");
+        assert!(matches!(
+            c.clone().with_lambda_style(-1.0).check_options(),
+            Err(OptionError::Weight {
+                name: "lambda-style",
+                ..
+            })
+        ));
+        assert!(matches!(
+            c.clone().with_lr_d(Some(0.0)).check_options(),
+            Err(OptionError::LearningRate { name: "lr-d", .. })
+        ));
+        let paired = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        assert_eq!(
+            paired
+                .clone()
+                .with_cycle_loss(CycleLoss::Ssim)
+                .check_options(),
+            Err(OptionError::UnpairedOnly { name: "cycle-loss" })
+        );
+        assert_eq!(
+            c.clone().with_unpaired_a(Some("x".into())).check_options(),
+            Err(OptionError::UnpairedSets)
+        );
+        let both = c
+            .with_unpaired_a(Some("x".into()))
+            .with_unpaired_b(Some("y".into()));
+        assert_eq!(both.check_options(), Ok(()));
+        assert!(both.separate_domains());
+        let mut superres = both;
+        superres.task = TaskArg::Superres;
+        assert_eq!(superres.check_options(), Err(OptionError::UnpairedSets));
     }
 
     #[test]

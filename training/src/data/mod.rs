@@ -9,6 +9,7 @@
 //! and, for the super-resolution pairs, [`crate::resample`]; nothing here knows about models or
 //! training.
 
+pub mod amortised;
 pub mod load;
 pub mod nifti;
 pub mod pairs;

@@ -38,6 +38,20 @@ impl<B: Backend> Discriminator<B> {
         let x = leaky_relu(instance_norm(self.conv3.forward(x)), LEAKY_SLOPE);
         self.conv4.forward(x)
     }
+
+    /// The three intermediate feature maps φ_1..φ_3 (the activations after the first three
+    /// layers, the same computation as [`Self::forward`] before its last convolution): the
+    /// feature extractor of the cycle-perceptual and cycle-style losses (seed 003, with our own
+    /// discriminator since no pre-trained network is available offline) and of the Fréchet
+    /// distance ([`crate::fd`]).
+    ///
+    /// `[N, Cin, D, H, W] -> [[N, ndf, D/2, ..], [N, 2ndf, D/4, ..], [N, 4ndf, D/4 - 1, ..]]`
+    pub fn features(&self, x: Tensor<B, 5>) -> [Tensor<B, 5>; 3] {
+        let f1 = leaky_relu(self.conv1.forward(x), LEAKY_SLOPE);
+        let f2 = leaky_relu(instance_norm(self.conv2.forward(f1.clone())), LEAKY_SLOPE);
+        let f3 = leaky_relu(instance_norm(self.conv3.forward(f2.clone())), LEAKY_SLOPE);
+        [f1, f2, f3]
+    }
 }
 
 /// Both discriminators: `a` judges domain A images, `b` domain B images.

@@ -45,9 +45,13 @@ mod tests;
 pub use checkpoint::{load_generators, read_configs, read_state, TrainState};
 pub use pool::ImagePool;
 pub use run::{run, train, TrainArgs};
-pub use step::{paired_generator, unpaired_generator, StepLosses};
+pub use step::{
+    cycle_term, identity_generator, lowres_generator, paired_generator, unpaired_generator,
+    StepLosses,
+};
 
-use crate::config::{ModeArg, TrainConfig};
+use crate::config::{CycleLoss, ModeArg, OptionError, TrainConfig};
+use crate::data::amortised::{AmortisedSample, LowRes};
 use crate::data::rng::step_rng;
 use crate::data::DataError;
 use crate::losses::{bce_logits, mse_const};
@@ -102,6 +106,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("{0}")]
     Options(String),
+    #[error(transparent)]
+    Option(#[from] OptionError),
     #[error("settings: {0}")]
     Settings(String),
     #[error("progress bar template: {0}")]
@@ -127,6 +133,9 @@ pub struct Trainer<B: AutodiffBackend> {
     pool_b: ImagePool<B::InnerBackend>,
     pub device: B::Device,
     pub step: u64,
+    /// Discriminator steps taken by this trainer since it was built or loaded (not saved: with
+    /// `k`, which steps train the discriminators follows from the step number).
+    pub d_steps: u64,
 }
 
 /// Serialises seeding and weight initialisation (see [`Trainer::new`]).
@@ -149,6 +158,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Self, TrainError> {
         model_cfg.validate()?;
         check_patch(cfg.patch)?;
+        cfg.check_options()?;
         // The backend's generator is process-wide: hold a lock from seeding to the last draw so
         // concurrent trainers (tests) still get the weights their seed fixes.
         let (gen, disc) = {
@@ -169,6 +179,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             disc,
             device,
             step: 0,
+            d_steps: 0,
         })
     }
 
@@ -178,10 +189,107 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// One iteration on the patches `(a, b)` (each `patch`³, model units): a G step on both
-    /// directions, then a D step.
+    /// directions, then a D step (every `k`-th iteration).
     pub fn step(&mut self, a: Vec<f32>, b: Vec<f32>) -> Result<StepLosses, TrainError> {
+        self.step_with(a, b, None)
+    }
+
+    /// One amortised iteration (HA-GAN, seed 002): [`Self::step`] on the high-resolution patches
+    /// plus, before the generator update, the low-resolution whole-volume terms
+    /// ([`lowres_generator`]; unpaired: a low-resolution cycle without adversarial term), weighted
+    /// by `lambda_lowres` and added to `rec_ab` / `rec_ba`.
+    pub fn step_amortised(&mut self, s: AmortisedSample) -> Result<StepLosses, TrainError> {
+        let (a, b) = (s.a.patch.clone(), s.b.patch.clone());
+        self.step_with(a, b, Some(s))
+    }
+
+    /// A whole low-resolution volume as a `[1, 1, d, h, w]` tensor.
+    fn low_tensor(&self, low: &LowRes) -> Tensor<B, 5> {
+        let [d, h, w] = low.shape;
+        Tensor::from_data(
+            TensorData::new(low.values.clone(), [1, 1, d, h, w]),
+            &self.device,
+        )
+    }
+
+    /// The low-resolution terms of an amortised step (see [`Self::step_amortised`]).
+    fn amortised_terms(
+        &self,
+        s: &AmortisedSample,
+        fakes: [&Tensor<B::InnerBackend, 5>; 2],
+        acc: &mut GradientsParams,
+    ) -> Result<[f64; 2], TrainError> {
+        let paired = self.cfg.mode == ModeArg::Paired;
+        let (la, lb) = (self.low_tensor(&s.a.low), self.low_tensor(&s.b.low));
+        let rec_weight = if paired {
+            self.cfg.lambda_l1
+        } else {
+            self.cfg.lambda_cycle
+        };
+        let weight = self.cfg.lambda_lowres * rec_weight;
+        let mut out = [0.0; 2];
+        for (i, dir) in [Direction::AtoB, Direction::BtoA].into_iter().enumerate() {
+            let (src, tgt, view) = match dir {
+                Direction::AtoB => (la.clone(), lb.clone(), &s.a),
+                Direction::BtoA => (lb.clone(), la.clone(), &s.b),
+            };
+            let anchor = step::Anchor {
+                fake_patch: fakes[i].clone(),
+                factor: s.factor,
+                cells: s.cells,
+                low_origin: view.low_origin(s.factor),
+            };
+            if paired {
+                out[i] += lowres_generator(
+                    &self.gen,
+                    dir,
+                    src,
+                    step::LowTerms {
+                        target: Some(tgt),
+                        anchor: Some(anchor),
+                        weight,
+                    },
+                    &self.cfg,
+                    acc,
+                )?;
+            } else {
+                // The low-resolution cycle: plain L1, no adversarial or feature terms (the
+                // discriminators judge high-resolution patches).
+                let mut low_cfg = self.cfg.clone();
+                low_cfg.lambda_gan = 0.0;
+                low_cfg.cycle_loss = CycleLoss::L1;
+                low_cfg.lambda_perceptual = 0.0;
+                low_cfg.lambda_style = 0.0;
+                low_cfg.lambda_cycle *= self.cfg.lambda_lowres;
+                let (_, cyc, _) =
+                    unpaired_generator(&self.gen, &self.disc, dir, src.clone(), &low_cfg, acc)?;
+                out[i] += cyc;
+                out[i] += lowres_generator(
+                    &self.gen,
+                    dir,
+                    src,
+                    step::LowTerms {
+                        target: None,
+                        anchor: Some(anchor),
+                        weight,
+                    },
+                    &self.cfg,
+                    acc,
+                )?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn step_with(
+        &mut self,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        amortised: Option<AmortisedSample>,
+    ) -> Result<StepLosses, TrainError> {
         let mut rng = step_rng(self.cfg.seed ^ POOL_STREAM, self.step);
-        let lr = self.cfg.lr_at(self.step);
+        let lr = self.cfg.lr_g_at(self.step);
+        let lr_d = self.cfg.lr_d_at(self.step);
         let (a, b) = (self.tensor(a), self.tensor(b));
         let mut acc = GradientsParams::new();
         let mut l = StepLosses::default();
@@ -224,10 +332,26 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &mut acc,
             )?;
         }
+        if !paired && self.cfg.lambda_identity > 0.0 {
+            l.rec_ab +=
+                identity_generator(&self.gen, Direction::AtoB, b.clone(), &self.cfg, &mut acc)?;
+            l.rec_ba +=
+                identity_generator(&self.gen, Direction::BtoA, a.clone(), &self.cfg, &mut acc)?;
+        }
+        if let Some(s) = &amortised {
+            let [low_ab, low_ba] = self.amortised_terms(s, [&fake_b, &fake_a], &mut acc)?;
+            l.rec_ab += low_ab;
+            l.rec_ba += low_ba;
+        }
         self.gen = self.opt_g.step(lr, self.gen.clone(), acc);
 
         if self.cfg.lambda_gan <= 0.0 {
             // No adversarial term: the discriminators are neither used nor trained.
+            self.step += 1;
+            return Ok(l);
+        }
+        if !(self.step + 1).is_multiple_of(self.cfg.k.max(1)) {
+            // Seed 004's update ratio: the discriminators step once per k generator steps.
             self.step += 1;
             return Ok(l);
         }
@@ -257,7 +381,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         l.d_a = scalar(&d_a);
         l.d_b = scalar(&d_b);
         let grads = GradientsParams::from_grads((d_a + d_b).backward(), &self.disc);
-        self.disc = self.opt_d.step(lr, self.disc.clone(), grads);
+        self.disc = self.opt_d.step(lr_d, self.disc.clone(), grads);
+        self.d_steps += 1;
         self.step += 1;
         Ok(l)
     }

@@ -9,8 +9,9 @@ use super::{
     TRAIN_CONFIG,
 };
 use crate::config::{ModeArg, SkipInit, TrainConfig};
+use crate::data::amortised::{load_domain, AmortisedSampler, DomainSampler, DomainSets};
 use crate::data::rng::{step_rng, Rng};
-use crate::data::{load_pairs, PatchSampler};
+use crate::data::{load_pairs, PatchSampler, TrainingData};
 use crate::model::{check_patch, Direction, RevGanConfig};
 use burn::config::Config;
 use burn::tensor::backend::AutodiffBackend;
@@ -155,14 +156,44 @@ pub fn train<B: AutodiffBackend>(
             run.display()
         )));
     }
+    cfg.check_options()?;
+    if cfg.data.is_empty() && !cfg.separate_domains() {
+        return Err(TrainError::Options(
+            "no training data: give --data DIR (or --unpaired-a DIR and --unpaired-b DIR)".into(),
+        ));
+    }
     let data_dir = PathBuf::from(&cfg.data);
-    let data = load_pairs(&data_dir, cfg.hu_window, cfg.task)?;
-    cfg.scale = data.scale;
+    let data = if let (Some(da), Some(db)) = (&cfg.unpaired_a, &cfg.unpaired_b) {
+        // Two separate sets: nothing to pair, nothing to fit a least-squares filter on.
+        if model_cfg.skip_kernel > 0 && cfg.skip_init == SkipInit::Lsq {
+            return Err(TrainError::Options(
+                "--skip-init lsq needs paired data (--data), not --unpaired-a/--unpaired-b".into(),
+            ));
+        }
+        let sets = DomainSets {
+            a: load_domain(Path::new(da), cfg.hu_window)?,
+            b: load_domain(Path::new(db), cfg.hu_window)?,
+            paired: false,
+        };
+        tracing::info!(
+            a = sets.a.len(),
+            b = sets.b.len(),
+            "unpaired sets: {da} (domain A), {db} (domain B)"
+        );
+        Data::Sets(sets)
+    } else {
+        let data = load_pairs(&data_dir, cfg.hu_window, cfg.task)?;
+        cfg.scale = data.scale;
+        Data::Pairs(data)
+    };
     if args.resume {
         check_resume_matches(run, &model_cfg, &cfg)?;
     }
     // Least-squares starting filters (fitted before the sampler takes the volumes).
-    let fits = if model_cfg.skip_kernel > 0 && cfg.skip_init == SkipInit::Lsq && !args.resume {
+    let fits = if let (Data::Pairs(data), true) = (
+        &data,
+        model_cfg.skip_kernel > 0 && cfg.skip_init == SkipInit::Lsq && !args.resume,
+    ) {
         let (d, k) = (model_cfg.skip_depth, model_cfg.skip_kernel);
         let fit = |reverse| {
             crate::lsq::fit_filter(&data.pairs, reverse, d, k, crate::lsq::SAMPLES, cfg.seed)
@@ -185,7 +216,7 @@ pub fn train<B: AutodiffBackend>(
     } else {
         None
     };
-    let sampler = PatchSampler::new(data.pairs, cfg.patch)?.with_air_hu(-1000.0, cfg.hu_window);
+    let sampler = Sampling::new(data, &cfg)?;
     std::fs::create_dir_all(run).map_err(io_err(run))?;
     let mp = run.join(MODEL_CONFIG);
     let tp = run.join(TRAIN_CONFIG);
@@ -226,7 +257,7 @@ pub fn train<B: AutodiffBackend>(
     let val: Vec<(Vec<f32>, Vec<f32>)> = {
         let mut rng = Rng::new(cfg.seed ^ VAL_SEED);
         (0..VAL_PATCHES)
-            .map(|_| sampler.sample(&mut rng, true))
+            .map(|_| sampler.patches(&mut rng))
             .collect()
     };
     let bar = indicatif::ProgressBar::new(cfg.steps);
@@ -243,9 +274,8 @@ pub fn train<B: AutodiffBackend>(
     while t.step < cfg.steps {
         let step = t.step;
         let mut rng = step_rng(cfg.seed, step);
-        let (a, b) = sampler.sample(&mut rng, cfg.mode == ModeArg::Paired);
         let t0 = Instant::now();
-        let l = t.step(a, b)?;
+        let l = sampler.step(&mut t, &mut rng)?;
         let dt = t0.elapsed().as_secs_f64();
         writeln!(
             csv,
@@ -288,4 +318,74 @@ pub fn train<B: AutodiffBackend>(
         checkpoint(&t, run, &state)?;
     }
     Ok(state)
+}
+
+/// The training data: paired cases (`--data`) or two separate unpaired sets.
+enum Data {
+    Pairs(TrainingData),
+    Sets(DomainSets),
+}
+
+/// Where each step's patches come from: the patch sampler of before (`--data`), two separate
+/// unpaired sets (`--unpaired-a/-b`), or the amortised sampler (`--amortised`, either data).
+enum Sampling {
+    Patches(PatchSampler, bool),
+    Domains(DomainSampler),
+    Amortised(AmortisedSampler),
+}
+
+impl Sampling {
+    fn new(data: Data, cfg: &TrainConfig) -> Result<Self, TrainError> {
+        let w = cfg.hu_window;
+        Ok(match (data, cfg.amortised) {
+            (Data::Pairs(d), false) => Sampling::Patches(
+                PatchSampler::new(d.pairs, cfg.patch)?.with_air_hu(-1000.0, w),
+                cfg.mode == ModeArg::Paired,
+            ),
+            (Data::Sets(s), false) => Sampling::Domains(DomainSampler::new(s, cfg.patch, w)?),
+            (data, true) => {
+                let mut sets = match data {
+                    Data::Pairs(d) => DomainSets::from_pairs(d.pairs),
+                    Data::Sets(s) => s,
+                };
+                // Unpaired training on paired cases draws the two domains independently.
+                sets.paired &= cfg.mode == ModeArg::Paired;
+                let s = AmortisedSampler::new(sets, cfg.patch, cfg.amortised_factor, w)?;
+                tracing::info!(
+                    factor = ?s.factor(),
+                    cells = ?s.cells(),
+                    "amortised: whole volumes at low resolution plus one patch per step"
+                );
+                Sampling::Amortised(s)
+            }
+        })
+    }
+
+    /// One training step on a fresh draw.
+    fn step<B: AutodiffBackend>(
+        &self,
+        t: &mut Trainer<B>,
+        rng: &mut Rng,
+    ) -> Result<super::StepLosses, TrainError> {
+        match self {
+            Sampling::Patches(s, paired) => {
+                let (a, b) = s.sample(rng, *paired);
+                t.step(a, b)
+            }
+            Sampling::Domains(s) => {
+                let (a, b) = s.sample(rng);
+                t.step(a, b)
+            }
+            Sampling::Amortised(s) => t.step_amortised(s.sample(rng)),
+        }
+    }
+
+    /// `(a, b)` patches for the validation pictures (paired where the data are).
+    fn patches(&self, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Sampling::Patches(s, _) => s.sample(rng, true),
+            Sampling::Domains(s) => s.sample(rng),
+            Sampling::Amortised(s) => s.sample_patches(rng),
+        }
+    }
 }

@@ -7,8 +7,8 @@
 //! `[1, 1, P/4 - 2, P/4 - 2, P/4 - 2]`; losses are `[1]`.
 
 use super::TrainError;
-use crate::config::TrainConfig;
-use crate::losses::{bce_logits, l1, mse_const};
+use crate::config::{CycleLoss, TrainConfig};
+use crate::losses::{bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style};
 use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -113,7 +113,7 @@ pub fn unpaired_generator<B: AutodiffBackend>(
         let fake = gen.forward_even(dir, src.clone());
         let rec = gen.forward_even(back, fake.clone());
         let gan = adversarial(disc.target(dir), fake.clone(), cfg);
-        let cyc = l1(rec, src) * cfg.lambda_cycle;
+        let cyc = cycle_term(disc.target(back), rec, src, cfg);
         let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
         backward_stage(gen, with_adversarial(cyc, gan, cfg), None, acc)?;
         return Ok((values.0, values.1, fake.inner()));
@@ -130,7 +130,7 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     let h2 = gen.encode(back, fake_leaf.clone());
     let (o2, seg2) = core_stage(gen, back, h2, false);
     let rec = gen.decode(back, o2, skip_leaf.clone());
-    let cyc = l1(rec, src) * cfg.lambda_cycle;
+    let cyc = cycle_term(disc.target(back), rec, src, cfg);
     let values = (gan.as_ref().map_or(0.0, scalar), scalar(&cyc));
     // Stage 2's backward (its core, then its encoder) gives the gradient at the fake image ...
     let mut grads = cyc.backward();
@@ -153,6 +153,122 @@ pub fn unpaired_generator<B: AutodiffBackend>(
     let stage1 = with_adversarial(through, gan, cfg);
     backward_stage(gen, stage1, seg1, acc)?;
     Ok((values.0, values.1, fake.inner()))
+}
+
+/// The unpaired cycle term of a reconstruction `rec` of `src`: `λ_cycle·|rec − src|₁` (or
+/// `λ_cycle·(1 − SSIM)` with `cycle_loss = ssim`, seed 004), plus the cycle-perceptual and
+/// cycle-style terms (seed 003) on the feature maps of `phi`, the discriminator of `src`'s domain.
+/// With the defaults it is the plain L1 term, computed as before.
+pub fn cycle_term<B: AutodiffBackend>(
+    phi: &Discriminator<B>,
+    rec: Tensor<B, 5>,
+    src: Tensor<B, 5>,
+    cfg: &TrainConfig,
+) -> Tensor<B, 1> {
+    let perceptual_on = cfg.lambda_perceptual > 0.0 || cfg.lambda_style > 0.0;
+    let features = perceptual_on.then(|| (phi.features(src.clone()), phi.features(rec.clone())));
+    let mut cyc = match cfg.cycle_loss {
+        CycleLoss::L1 => l1(rec, src) * cfg.lambda_cycle,
+        CycleLoss::Ssim => ssim_loss(rec, src) * cfg.lambda_cycle,
+    };
+    if let Some((fx, fr)) = features {
+        if cfg.lambda_perceptual > 0.0 {
+            cyc = cyc + perceptual(&fx, &fr) * cfg.lambda_perceptual;
+        }
+        if cfg.lambda_style > 0.0 {
+            cyc = cyc + style(&fx, &fr) * cfg.lambda_style;
+        }
+    }
+    cyc
+}
+
+/// Generator gradients of the unpaired identity loss of direction `dir` (CycleGAN, seed 004):
+/// `lambda_identity·lambda_cycle·|G(x) − x|₁` with `x` from `dir`'s target domain. Returns its
+/// value.
+pub fn identity_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    dir: Direction,
+    x: Tensor<B, 5>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<f64, TrainError> {
+    let h = gen.encode(dir, x.clone());
+    let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
+    let same = gen.decode(dir, core_out, x.clone());
+    let loss = l1(same, x) * (cfg.lambda_identity * cfg.lambda_cycle);
+    let value = scalar(&loss);
+    backward_stage(gen, loss, seg, acc)?;
+    Ok(value)
+}
+
+/// Where a high-resolution patch's translation sits in the low-resolution whole volume (the
+/// amortised mode's position): the patch's translation (no gradient), the factor per axis, the
+/// low-resolution voxels the patch covers and their first index.
+pub struct Anchor<B: Backend> {
+    pub fake_patch: Tensor<B, 5>,
+    pub factor: [usize; 3],
+    pub cells: [usize; 3],
+    pub low_origin: [usize; 3],
+}
+
+/// What the low-resolution term of [`lowres_generator`] compares: a paired low-resolution
+/// target, the patch's [`Anchor`], and the weight of their sum.
+pub struct LowTerms<B: AutodiffBackend> {
+    pub target: Option<Tensor<B, 5>>,
+    pub anchor: Option<Anchor<B::InnerBackend>>,
+    pub weight: f64,
+}
+
+/// Generator gradients of the amortised mode's low-resolution term for `dir` (HA-GAN, seed 002):
+/// the generator on the whole low-resolution source `low`, then
+/// `weight·(|G(low) − target|₁ + |G(low)[at the patch] − boxavg(G(patch))|₁)`, the first part
+/// when a paired low-resolution `target` is given, the second (the position term: the whole
+/// volume's translation must agree with the patch's at the patch's place) when `anchor` is.
+/// Returns its value.
+pub fn lowres_generator<B: AutodiffBackend>(
+    gen: &RevGan<B>,
+    dir: Direction,
+    low: Tensor<B, 5>,
+    terms: LowTerms<B>,
+    cfg: &TrainConfig,
+    acc: &mut GradientsParams,
+) -> Result<f64, TrainError> {
+    let LowTerms {
+        target,
+        anchor,
+        weight,
+    } = terms;
+    let h = gen.encode(dir, low.clone());
+    let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
+    let fake = gen.decode(dir, core_out, low.clone());
+    let mut loss: Option<Tensor<B, 1>> = target.map(|t| l1(fake.clone(), t));
+    if let Some(a) = anchor {
+        let (c, o) = (a.cells, a.low_origin);
+        let span = [c[0] * a.factor[0], c[1] * a.factor[1], c[2] * a.factor[2]];
+        let patch = a
+            .fake_patch
+            .slice([0..1, 0..1, 0..span[0], 0..span[1], 0..span[2]]);
+        let pooled = Tensor::<B, 5>::from_inner(box_down(patch, a.factor));
+        let at = fake.slice([
+            0..1,
+            0..1,
+            o[0]..o[0] + c[0],
+            o[1]..o[1] + c[1],
+            o[2]..o[2] + c[2],
+        ]);
+        let t = l1(at, pooled);
+        loss = Some(match loss {
+            Some(l) => l + t,
+            None => t,
+        });
+    }
+    let Some(loss) = loss else {
+        return Ok(0.0);
+    };
+    let loss = loss * weight;
+    let value = scalar(&loss);
+    backward_stage(gen, loss, seg, acc)?;
+    Ok(value)
 }
 
 /// The unpaired generator's adversarial term `MSE(D(fake), 1)` (LSGAN), or `None` when
