@@ -131,3 +131,182 @@ pub fn box_down<B: Backend>(x: Tensor<B, 5>, f: [usize; 3]) -> Tensor<B, 5> {
     let x = x.mean_dim(5).mean_dim(3).mean_dim(1);
     x.reshape([n, c, d2, h2, w2])
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::data::rng::{Rng, RngExt};
+    use burn::backend::{Autodiff, Flex};
+
+    type B = Flex;
+    type A = Autodiff<Flex>;
+
+    fn t5<BB: Backend>(v: Vec<f32>, shape: [usize; 5]) -> Tensor<BB, 5> {
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    fn vals<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    /// A smooth random volume in [-1, 1] (a sum of a few waves), `n`³.
+    fn smooth(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        let k: Vec<f64> = (0..9).map(|_| r.uniform() * 0.8 + 0.2).collect();
+        let mut out = Vec::with_capacity(n * n * n);
+        for z in 0..n {
+            for y in 0..n {
+                for x in 0..n {
+                    let (z, y, x) = (z as f64, y as f64, x as f64);
+                    let v = (k[0] * z + k[1] * y).sin() * 0.4
+                        + (k[2] * x + k[3] * z).cos() * 0.3
+                        + (k[4] * y + k[5] * x + k[6]).sin() * 0.2;
+                    out.push(v as f32);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn gram_of_a_known_feature_map() {
+        // C = 2 channels of M = 2 voxels: rows (1, 2) and (3, 4); F·Fᵀ = [[5, 11], [11, 25]],
+        // divided by C·M = 4.
+        let f = t5::<B>(vec![1.0, 2.0, 3.0, 4.0], [1, 2, 1, 1, 2]);
+        assert_eq!(vals(gram(f)), vec![1.25, 2.75, 2.75, 6.25]);
+        // Two samples are separate matrices; the spatial layout does not matter.
+        let f = t5::<B>(
+            vec![1.0, 0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 1.0],
+            [2, 2, 2, 1, 1],
+        );
+        assert_eq!(vals(gram(f)), vec![0.25, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn ssim_of_identical_shifted_and_constant_volumes() {
+        let n = 16;
+        let x = smooth(n, 1);
+        let same = ssim3d(
+            t5::<B>(x.clone(), [1, 1, n, n, n]),
+            t5(x.clone(), [1, 1, n, n, n]),
+        );
+        assert!((vals(same)[0] - 1.0).abs() < 1e-6);
+        // Shifted by one voxel along x (wrapping): lower, and the same figure as the evaluation's
+        // SSIM (whose reflected border does not reach the positions averaged here).
+        let shifted: Vec<f32> = (0..n * n * n)
+            .map(|i| x[i - i % n + (i % n + 1) % n])
+            .collect();
+        let s = vals(ssim3d(
+            t5::<B>(x.clone(), [1, 1, n, n, n]),
+            t5(shifted.clone(), [1, 1, n, n, n]),
+        ))[0];
+        assert!(s < 0.99 && s > 0.0, "{s}");
+        let reference = crate::metrics::ssim3d(&x, &shifted, [n, n, n]);
+        assert!(
+            (f64::from(s) - reference).abs() < 1e-4,
+            "{s} vs {reference}"
+        );
+        // Constant volumes a and b: the contrast-structure term is (0 + C2) / (0 + C2) = 1, so
+        // SSIM = (2ab + C1) / (a² + b² + C1), C1 = (0.01·2)².
+        let (a, b) = (0.5f32, 0.3f32);
+        let c = vals(ssim3d(
+            t5::<B>(vec![a; 12 * 12 * 12], [1, 1, 12, 12, 12]),
+            t5(vec![b; 12 * 12 * 12], [1, 1, 12, 12, 12]),
+        ))[0];
+        let c1 = 4e-4f64;
+        let expected = (2.0 * 0.5 * 0.3 + c1) / (0.25 + 0.09 + c1);
+        assert!((f64::from(c) - expected).abs() < 1e-5, "{c} vs {expected}");
+        assert!((expected - 0.882_491).abs() < 1e-6);
+        let loss = vals(ssim_loss(
+            t5::<B>(vec![a; 1728], [1, 1, 12, 12, 12]),
+            t5(vec![b; 1728], [1, 1, 12, 12, 12]),
+        ))[0];
+        assert!((f64::from(loss) - (1.0 - expected)).abs() < 1e-5);
+    }
+
+    /// Central finite differences of `f` at `x` along a few coordinates against autodiff.
+    fn gradient_check(
+        f: impl Fn(Tensor<A, 5>) -> Tensor<A, 1>,
+        x: Vec<f32>,
+        shape: [usize; 5],
+        coords: &[usize],
+        h: f32,
+        tol: f64,
+    ) {
+        let xt = t5::<A>(x.clone(), shape).require_grad();
+        let loss = f(xt.clone());
+        let grads = loss.backward();
+        let g = vals(xt.grad(&grads).unwrap());
+        for &i in coords {
+            let at = |d: f32| {
+                let mut v = x.clone();
+                v[i] += d;
+                f64::from(vals(f(t5::<A>(v, shape)))[0])
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
+            let an = f64::from(g[i]);
+            assert!(
+                (fd - an).abs() <= tol * an.abs().max(fd.abs()).max(1e-3),
+                "coordinate {i}: finite difference {fd} vs autodiff {an}"
+            );
+        }
+    }
+
+    #[test]
+    fn style_and_ssim_losses_pass_a_finite_difference_gradient_check() {
+        let mut r = Rng::new(3);
+        // Style: features x against fixed features y, 3 channels of 2×2×2.
+        let shape = [1, 3, 2, 2, 2];
+        let x: Vec<f32> = (0..24).map(|_| r.uniform() as f32 * 2.0 - 1.0).collect();
+        let y: Vec<f32> = (0..24).map(|_| r.uniform() as f32 * 2.0 - 1.0).collect();
+        let style_of = |xt: Tensor<A, 5>| {
+            let yt = t5::<A>(y.clone(), shape);
+            style(&[xt.clone(), xt], &[yt.clone(), yt])
+        };
+        gradient_check(style_of, x, shape, &[0, 5, 11, 17, 23], 1e-2, 2e-2);
+        // SSIM loss: a 12³ volume against a smooth reference.
+        let n = 12;
+        let reference = smooth(n, 7);
+        let x: Vec<f32> = reference
+            .iter()
+            .map(|v| v + (r.uniform() as f32 - 0.5) * 0.3)
+            .collect();
+        let ssim_of = |xt: Tensor<A, 5>| ssim_loss(xt, t5::<A>(reference.clone(), [1, 1, n, n, n]));
+        gradient_check(
+            ssim_of,
+            x,
+            [1, 1, n, n, n],
+            &[0, 300, 870, 1000, 1500],
+            2e-2,
+            5e-2,
+        );
+    }
+
+    #[test]
+    fn perceptual_is_zero_for_equal_features_and_layer_averaged() {
+        let f = t5::<B>(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 1, 2, 2]);
+        let g = t5::<B>(vec![2.0, 2.0, 3.0, 2.0], [1, 1, 1, 2, 2]);
+        assert_eq!(vals(perceptual(&[f.clone()], &[f.clone()]))[0], 0.0);
+        // Layer 1: mean |f - g| = 3/4; layer 2: 0; weights 1/2.
+        let p = vals(perceptual(&[f.clone(), f.clone()], &[g, f]))[0];
+        assert!((p - 0.375).abs() < 1e-7, "{p}");
+    }
+
+    #[test]
+    fn box_down_averages_blocks() {
+        let v: Vec<f32> = (0..2 * 4 * 6).map(|i| i as f32).collect();
+        let d = vals(box_down(t5::<B>(v.clone(), [1, 1, 2, 4, 6]), [2, 2, 3]));
+        // Block (0, 0, 0): z 0..2, y 0..2, x 0..3.
+        let mut s = 0.0;
+        for z in 0..2 {
+            for y in 0..2 {
+                for x in 0..3 {
+                    s += v[(z * 4 + y) * 6 + x];
+                }
+            }
+        }
+        assert_eq!(d.len(), 4);
+        assert!((d[0] - s / 12.0).abs() < 1e-5);
+    }
+}
