@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
-use crate::config::TaskArg;
+use crate::config::{CycleLoss, TaskArg};
 use crate::data::rng::Rng;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
@@ -293,4 +293,195 @@ fn golden_losses() -> Vec<Vec<u64>> {
             4603845260349538304,
         ],
     ]
+}
+
+/// `k`: over N steps the discriminators step once per k generator steps (at steps k, 2k, ...),
+/// and stay untouched in between; the generators learn every step.
+#[test]
+fn discriminators_step_once_per_k_generator_steps() {
+    for (k, n) in [(4u64, 9u64), (3, 7), (1, 3)] {
+        let mut t = tiny(ModeArg::Unpaired, false);
+        t.cfg.k = k;
+        // A budget beyond n, so no step has a learning rate of 0.
+        t.cfg.steps = 1000;
+        let mut d_changed = Vec::new();
+        for s in 0..n {
+            let d0 = vals(t.disc.a.conv1.weight.val());
+            let g0 = vals(t.gen.enc_a.conv_in.weight.val());
+            let l = t.step(patch(s), patch(s + 10)).unwrap();
+            assert_ne!(
+                vals(t.gen.enc_a.conv_in.weight.val()),
+                g0,
+                "k {k}, step {s}"
+            );
+            let changed = vals(t.disc.a.conv1.weight.val()) != d0;
+            assert_eq!(changed, l.d_a != 0.0, "k {k}, step {s}: {l:?}");
+            d_changed.push(changed);
+        }
+        let expected: Vec<bool> = (1..=n).map(|s| s % k == 0).collect();
+        assert_eq!(d_changed, expected, "k {k}");
+        assert_eq!(t.d_steps, n / k, "k {k}");
+    }
+}
+
+#[test]
+fn zero_update_ratio_is_refused() {
+    let m = RevGanConfig::new().with_ngf(2).with_ndf(2).with_blocks(1);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired)
+        .with_patch(16)
+        .with_k(0);
+    let e = Trainer::<A>::new(m, t, Default::default())
+        .err()
+        .expect("k = 0 accepted");
+    assert!(e.to_string().contains("--k 0"), "{e}");
+}
+
+/// Separate learning rates: with lr_d = 0+ (tiny) the discriminators barely move while the
+/// generators move as with the common rate.
+#[test]
+fn separate_learning_rates_reach_their_optimizers() {
+    let run = |lr_g: Option<f64>, lr_d: Option<f64>| {
+        let mut t = tiny(ModeArg::Paired, false);
+        t.cfg.lr_g = lr_g;
+        t.cfg.lr_d = lr_d;
+        let (d0, g0) = (
+            vals(t.disc.a.conv1.weight.val()),
+            vals(t.gen.enc_a.conv_in.weight.val()),
+        );
+        t.step(patch(1), patch(2)).unwrap();
+        let dist = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        (
+            dist(&vals(t.gen.enc_a.conv_in.weight.val()), &g0),
+            dist(&vals(t.disc.a.conv1.weight.val()), &d0),
+        )
+    };
+    // Step 0 of 4 with a decay of 4 / 6 = 0 -> 1 step: the rates are the base rates scaled alike.
+    let (g, d) = run(Some(1e-3), Some(1e-6));
+    let (g_ref, d_ref) = run(None, None);
+    // Adam moves each weight by about the learning rate on its first step.
+    assert!(g > 2.0 * g_ref, "{g} vs {g_ref}");
+    assert!(d < 0.1 * d_ref, "{d} vs {d_ref}");
+}
+
+/// Every new unpaired loss on at once (SSIM cycle, identity, perceptual, style): the reversible
+/// step still equals plain autodiff, and the terms add to the cycle figures.
+#[test]
+fn new_unpaired_losses_reversible_equals_naive() {
+    one_thread(|| {
+        let with = |t: &mut Trainer<A>| {
+            t.cfg.cycle_loss = CycleLoss::Ssim;
+            t.cfg.lambda_identity = 0.5;
+            t.cfg.lambda_perceptual = 1.0;
+            t.cfg.lambda_style = 10.0;
+        };
+        let mut plain = tiny(ModeArg::Unpaired, false);
+        let mut r = tiny(ModeArg::Unpaired, false);
+        let mut n = tiny(ModeArg::Unpaired, true);
+        with(&mut r);
+        with(&mut n);
+        for s in 0..2 {
+            let lp = plain.step(patch(s), patch(s + 10)).unwrap();
+            let lr = r.step(patch(s), patch(s + 10)).unwrap();
+            let ln = n.step(patch(s), patch(s + 10)).unwrap();
+            assert!(
+                (lr.generator() - ln.generator()).abs() < 1e-4,
+                "{lr:?} {ln:?}"
+            );
+            assert_ne!(lr.rec_ab, lp.rec_ab);
+        }
+        let wr = vals(r.gen.core[0].f.conv2.weight.val());
+        let wn = vals(n.gen.core[0].f.conv2.weight.val());
+        let d = wr
+            .iter()
+            .zip(&wn)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "weights differ by {d}");
+    });
+}
+
+/// A perceptual-only run differs from the plain one by exactly the perceptual term at step 0
+/// (same weights, same inputs): the option reaches the loss.
+#[test]
+fn perceptual_term_is_added_to_the_cycle_figure() {
+    one_thread(|| {
+        let mut plain = tiny(ModeArg::Unpaired, false);
+        let mut p = tiny(ModeArg::Unpaired, false);
+        p.cfg.lambda_perceptual = 2.0;
+        // The extra term, computed by hand from the same weights before the step.
+        let src = p.tensor(patch(0));
+        let rec = p.gen.forward_even(
+            Direction::BtoA,
+            p.gen.forward_even(Direction::AtoB, src.clone()),
+        );
+        let phi = &p.disc.a;
+        let extra =
+            scalar(&(crate::losses::perceptual(&phi.features(src), &phi.features(rec)) * 2.0));
+        let lp = plain.step(patch(0), patch(10)).unwrap();
+        let l = p.step(patch(0), patch(10)).unwrap();
+        assert!(extra > 0.0);
+        assert!(
+            (l.rec_ab - lp.rec_ab - extra).abs() < 1e-5,
+            "{l:?} {lp:?} {extra}"
+        );
+    });
+}
+
+/// Amortised steps (paired and unpaired): they run on a low-resolution whole volume plus a patch,
+/// add their low-resolution terms, and the reversible step equals plain autodiff.
+#[test]
+fn amortised_step_reversible_equals_naive() {
+    use crate::data::amortised::{AmortisedSampler, DomainSets};
+    use crate::volume::Volume;
+    one_thread(|| {
+        let vol = |name: &str, seed: u64, shape: [usize; 3]| {
+            let mut r = Rng::new(seed);
+            let n = shape.iter().product();
+            Volume::new(
+                name,
+                shape,
+                [1.0; 3],
+                (0..n).map(|_| r.uniform() as f32 * 1.6 - 0.8).collect(),
+            )
+        };
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let sets = DomainSets {
+                a: vec![vol("a", 1, [16, 32, 48])],
+                b: vec![vol("b", 2, [16, 32, 48])],
+                paired: mode == ModeArg::Paired,
+            };
+            let s = AmortisedSampler::new(sets, 16, 0, [-1150.0, 350.0]).unwrap();
+            assert_eq!(s.factor(), [1, 2, 3]);
+            let mut r = tiny(mode, false);
+            let mut n = tiny(mode, true);
+            let mut plain = tiny(mode, false);
+            r.cfg.amortised = true;
+            n.cfg.amortised = true;
+            for step in 0..2 {
+                let d = s.sample(&mut Rng::new(step));
+                let lp = plain.step(d.a.patch.clone(), d.b.patch.clone()).unwrap();
+                let lr = r.step_amortised(d.clone()).unwrap();
+                let ln = n.step_amortised(d).unwrap();
+                assert!(
+                    (lr.generator() - ln.generator()).abs() < 1e-4,
+                    "{mode:?}: {lr:?} {ln:?}"
+                );
+                // The low-resolution terms add to the reconstruction figures.
+                assert!(lr.rec_ab > lp.rec_ab, "{mode:?}: {lr:?} {lp:?}");
+            }
+            let wr = vals(r.gen.enc_a.conv_in.weight.val());
+            let wn = vals(n.gen.enc_a.conv_in.weight.val());
+            let dmax = wr
+                .iter()
+                .zip(&wn)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(dmax < 1e-5, "{mode:?}: weights differ by {dmax}");
+        }
+    });
 }
