@@ -281,7 +281,7 @@ pub fn train<B: AutodiffBackend>(
             csv,
             "{},{:.6e},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3}",
             step + 1,
-            cfg.lr_at(step),
+            cfg.lr_g_at(step),
             l.gan_ab,
             l.gan_ba,
             l.rec_ab,
