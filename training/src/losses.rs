@@ -2,6 +2,10 @@
 //! the paired (pix2pix) discriminators, least squares against a constant for the unpaired (LSGAN,
 //! CycleGAN) ones, and L1 for the reconstruction and cycle terms. Each reduces a `[N, C, D, H, W]`
 //! tensor to its mean, a `[1]` tensor. The weights (λ) are in [`crate::config::TrainConfig`].
+//!
+//! Issue 12 adds the differentiable 3-D SSIM and its cycle loss (seed 004), the Gram matrix and
+//! the cycle-perceptual / cycle-style losses on feature maps (seed 003), and the box average of the
+//! amortised mode's low-resolution view (seed 002).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv3d;

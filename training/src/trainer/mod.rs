@@ -11,6 +11,11 @@
 //!   decay to 0 over the last `decay_steps` (default: 1/6 of the steps, the reference's 25 decay
 //!   epochs of 150).
 //!
+//! Options of issue 12, all off by default ([`TrainConfig`]): the SSIM cycle loss, the identity
+//! loss, the cycle-perceptual and cycle-style losses on discriminator features (unpaired), the
+//! G:D update ratio `k`, separate G/D learning rates, and HA-GAN's amortised mode
+//! ([`Trainer::step_amortised`], data from [`crate::data::amortised`]).
+//!
 //! The reversible core is trained with the memory-efficient backward of [`crate::model::revgan`] unless
 //! `--naive` asks for plain autodiff (the reference in tests and in the memory benchmark).
 //!
