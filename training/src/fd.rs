@@ -286,7 +286,7 @@ pub fn load_discriminators<B: Backend>(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::data::rng::{Rng, RngExt};
+    use crate::data::rng::Rng;
 
     /// Standard normal draws (Box-Muller on the crate's generator).
     fn normal(rng: &mut Rng) -> f64 {
