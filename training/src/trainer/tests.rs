@@ -485,3 +485,48 @@ fn amortised_step_reversible_equals_naive() {
         }
     });
 }
+
+/// `train` on two separate unpaired sets (different cases per domain), amortised: one step runs,
+/// and a run without any data is refused with a clear message.
+#[test]
+fn trains_on_two_separate_unpaired_sets() {
+    use crate::data::nifti::{write, WriteType};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (d, hu) in [(&a, 0.0f32), (&b, 40.0)] {
+        std::fs::create_dir_all(d).unwrap();
+        for case in 0..2 {
+            let mut r = Rng::new(case);
+            let v: Vec<f32> = (0..16 * 16 * 32)
+                .map(|_| hu + r.uniform() as f32 * 100.0)
+                .collect();
+            let p = d.join(format!("case{case}.nii.gz"));
+            write(&p, [16, 16, 32], [1.0; 3], &v, WriteType::Float32).unwrap();
+        }
+    }
+    let model = RevGanConfig::new().with_ngf(2).with_ndf(2).with_blocks(0);
+    let mut cfg = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired)
+        .with_patch(16)
+        .with_steps(1)
+        .with_amortised(true)
+        .with_k(2);
+    cfg.unpaired_a = Some(a.display().to_string());
+    cfg.unpaired_b = Some(b.display().to_string());
+    let args = TrainArgs {
+        out: dir.path().join("run"),
+        model,
+        train: cfg,
+        resume: false,
+        force: false,
+    };
+    let st = train::<A>(&args, Default::default(), "cpu").unwrap();
+    assert_eq!(st.step, 1);
+    let (_, saved) = read_configs(&args.out).unwrap();
+    assert!(saved.amortised && saved.separate_domains());
+    let mut none = args.clone();
+    none.train.unpaired_a = None;
+    none.train.unpaired_b = None;
+    none.out = dir.path().join("none");
+    let e = train::<A>(&none, Default::default(), "cpu").unwrap_err();
+    assert!(e.to_string().contains("no training data"), "{e}");
+}
