@@ -321,8 +321,21 @@ impl AmortisedSampler {
                 ),
             });
         }
-        let low_a = sets.a.iter().map(|v| LowRes::of(v, factor)).collect();
-        let low_b = sets.b.iter().map(|v| LowRes::of(v, factor)).collect();
+        let low_a: Vec<LowRes> = sets.a.iter().map(|v| LowRes::of(v, factor)).collect();
+        let low_b: Vec<LowRes> = sets.b.iter().map(|v| LowRes::of(v, factor)).collect();
+        let cells = factor.map(|f| patch / f);
+        let vols = sets.a.iter().zip(&low_a).chain(sets.b.iter().zip(&low_b));
+        for (v, low) in vols {
+            if low.shape.iter().zip(cells).any(|(&n, c)| n < c) {
+                return Err(DataError::Training {
+                    path: PathBuf::from(&v.name),
+                    reason: format!(
+                        "volume {:?} at factor {factor:?} is {:?} voxels, smaller than a {patch}^3                          patch's {cells:?} low-resolution voxels",
+                        v.shape, low.shape
+                    ),
+                });
+            }
+        }
         let air = HuWindow::new(window[0], window[1])?.to_unit_unclipped(super::sampler::AIR_HU);
         Ok(Self {
             sets,
@@ -471,6 +484,15 @@ mod tests {
         assert!(seen.len() > 5, "positions vary: {seen:?}");
         let e = AmortisedSampler::new(sets, 16, 9, [-1150.0, 350.0]).unwrap_err();
         assert!(e.to_string().contains("factor"), "{e}");
+        // Factor 3 on a 16-voxel axis: 5 low-resolution voxels, rounded to an even 4, fewer than
+        // the patch's 5 cells.
+        let small = DomainSets {
+            a: vec![coded("s", [16, 30, 30], 0.0)],
+            b: vec![coded("t", [16, 30, 30], 0.0)],
+            paired: true,
+        };
+        let e = AmortisedSampler::new(small, 16, 3, [-1150.0, 350.0]).unwrap_err();
+        assert!(e.to_string().contains("smaller than a 16^3"), "{e}");
     }
 
     #[test]
