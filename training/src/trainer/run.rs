@@ -36,6 +36,23 @@ pub struct TrainArgs {
     /// Start a new run even if --out already holds one (it is replaced).
     #[arg(long)]
     pub force: bool,
+    /// Where to train: `auto` is CUDA when built with it and a device exists, else LibTorch's CPU
+    /// kernels when built with `--features tch`, else burn-flex. Not saved with the run: a
+    /// checkpoint continues on any backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// `--backend` of `ct-train train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    /// Burn's own CPU backend (always built).
+    Flex,
+    /// Burn's LibTorch backend on the CPU (`--features tch`).
+    Tch,
+    /// Burn's CUDA backend (`--features cuda`; falls back to the CPU without a device).
+    Cuda,
 }
 
 impl TrainArgs {
@@ -53,14 +70,35 @@ impl TrainArgs {
 /// Runs `ct-train train`: on CUDA when built with `--features cuda` and a device can be created
 /// (else on the CPU, said in one log line), otherwise on the CPU.
 pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
+    let want = args.backend;
+    let not_built = |name: &str, feature: &str| {
+        TrainError::Options(format!(
+            "--backend {name}: this ct-train was built without the `{feature}` feature"
+        ))
+    };
+    if want == BackendArg::Cuda && !cfg!(feature = "cuda") {
+        return Err(not_built("cuda", "cuda"));
+    }
+    if want == BackendArg::Tch && !cfg!(feature = "tch") {
+        return Err(not_built("tch", "tch"));
+    }
     #[cfg(feature = "cuda")]
-    {
+    if matches!(want, BackendArg::Auto | BackendArg::Cuda) {
         if let Some(device) = cuda_device() {
             tracing::info!("training on CUDA device {device:?}");
             return train::<burn::backend::Autodiff<burn_cuda::Cuda>>(args, device, "cuda");
         }
         tracing::warn!(
             "built with CUDA support but no CUDA device could be created; training on the CPU"
+        );
+    }
+    #[cfg(feature = "tch")]
+    if want != BackendArg::Flex {
+        tracing::info!("training on the CPU with LibTorch's kernels (burn-tch)");
+        return train::<burn::backend::Autodiff<burn_tch::LibTorch<f32>>>(
+            args,
+            burn_tch::LibTorchDevice::Cpu,
+            "cpu-libtorch",
         );
     }
     train::<burn::backend::Autodiff<CpuBackend>>(args, Default::default(), "cpu")
