@@ -20,7 +20,8 @@
 # out/bench-speed/results.txt.
 # Environment: BENCH_SPEED_PATCH (32), BENCH_SPEED_NGF (32), BENCH_SPEED_NDF (64),
 # BENCH_SPEED_BLOCKS (2), BENCH_SPEED_STEPS (6), BENCH_SPEED_WARMUP (2), BENCH_SPEED_REPS (3),
-# BENCH_SPEED_TORCH ("pypi debian"), PY, TORCH_PYPI_VERSION (2.9.1).
+# BENCH_SPEED_TORCH ("pypi debian"), PY, TORCH_PYPI_VERSION (2.9.1), BENCH_SPEED_TCH (1: also time
+# Burn on its LibTorch backend, `ct-train --backend tch`, built by scripts/build_tch.sh; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -100,13 +101,25 @@ trap 'rm -rf "$TMP"' EXIT
 # median of the numbers on stdin
 median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) {print "nan"} else if (NR % 2) {print v[(NR+1)/2]} else {print (v[NR/2]+v[NR/2+1])/2}}'; }
 
-# burn_step THREADS [--naive]: median seconds per step after the warm-up (losses.csv column 9).
+# Burn on LibTorch's CPU kernels (a second binary: the feature links libtorch).
+TCH_BIN=""
+if [[ ${BENCH_SPEED_TCH:-1} == 1 ]]; then
+  if TCH_BIN=$(bash scripts/build_tch.sh); then :; else
+    echo "bench-speed: ct-train with --features tch could not be built: its rows are skipped" >&2
+    TCH_BIN=""
+  fi
+fi
+
+# burn_step THREADS [--naive] [--bin B] [train options]: median seconds per step after the
+# warm-up (losses.csv column 9). The threads bound rayon (burn-flex) and OpenMP (LibTorch).
 burn_step() {
   local threads=$1; shift
+  local bin=$BIN backend=(--backend flex)
+  if [[ ${1:-} == --bin ]]; then bin=$2; backend=(); shift 2; fi
   rm -rf "$TMP/run"
-  RAYON_NUM_THREADS=$threads RUST_LOG=warn "$BIN" train --data "$DATA" --out "$TMP/run" --task kernel --mode paired \
+  RAYON_NUM_THREADS=$threads OMP_NUM_THREADS=$threads RUST_LOG=warn "$bin" train --data "$DATA" --out "$TMP/run" --task kernel --mode paired \
     --blocks "$BLOCKS" --steps "$STEPS" --patch "$PATCH" --ngf "$NGF" --ndf "$NDF" --seed 1 \
-    --checkpoint-every 1000000 "$@" >/dev/null 2>&1
+    --checkpoint-every 1000000 "${backend[@]}" "$@" >/dev/null 2>&1
   tail -n +2 "$TMP/run/losses.csv" | awk -F, -v w="$WARMUP" '$1 > w {print $9}' | median
 }
 
@@ -120,20 +133,29 @@ torch_step() {
 
 CORES=$(nproc)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
-declare -a R_N1 R_NN R_REV
-declare -A T1 TN Q1 QN QREV
+declare -a R_N1 R_NN R_REV R_L1 R_LN
+declare -A T1 TN Q1 QN QREV L1 LN
 for ((r = 1; r <= REPS; r++)); do
   b1=$(burn_step 1 --naive)
   bn=$(burn_step "$CORES" --naive)
   br=$(burn_step "$CORES")
   R_N1+=("$b1"); R_NN+=("$bn"); R_REV+=("$br")
   msg="bench-speed: rep $r: burn naive $b1 s (1 thread) $bn s ($CORES), burn reversible $br s ($CORES)"
+  if [[ -n $TCH_BIN ]]; then
+    l1=$(burn_step 1 --bin "$TCH_BIN" --naive --backend tch)
+    ln=$(burn_step "$CORES" --bin "$TCH_BIN" --naive --backend tch)
+    R_L1+=("$l1"); R_LN+=("$ln")
+    msg+=", burn libtorch naive $l1 s (1 thread) $ln s ($CORES)"
+  fi
   for side in "${TORCH_SIDES[@]}"; do
     t1=$(torch_step "$side" 1)
     tn=$(torch_step "$side" "$CORES")
     msg+=", torch ${TVER[$side]} $t1 s (1 thread) $tn s ($CORES)"
     T1[$side]+=" $t1"; TN[$side]+=" $tn"
     Q1[$side]+=" $(ratio "$b1" "$t1")"; QN[$side]+=" $(ratio "$bn" "$tn")"; QREV[$side]+=" $(ratio "$br" "$tn")"
+    if [[ -n $TCH_BIN ]]; then
+      L1[$side]+=" $(ratio "$l1" "$t1")"; LN[$side]+=" $(ratio "$ln" "$tn")"
+    fi
   done
   echo "$msg" >&2
 done
@@ -148,6 +170,12 @@ med() { printf '%s\n' "$@" | median; }
   printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, --naive, 1 thread" "$(med "${R_N1[@]}")"
   printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, --naive, $CORES threads" "$(med "${R_NN[@]}")"
   printf '| %-44s | %10.3f |\n' "Burn 0.21 flex, reversible, $CORES threads" "$(med "${R_REV[@]}")"
+  if [[ -n $TCH_BIN ]]; then
+    printf '| %-44s | %10.3f |\n' "Burn 0.21 LibTorch (tch), --naive, 1 thread" "$(med "${R_L1[@]}")"
+    printf '| %-44s | %10.3f |\n' "Burn 0.21 LibTorch (tch), --naive, $CORES threads" "$(med "${R_LN[@]}")"
+  else
+    printf '| %-44s | %10s |\n' "Burn 0.21 LibTorch (tch): not built" "skipped"
+  fi
   for side in "${TORCH_SIDES[@]}"; do
     # shellcheck disable=SC2086 # the per-side lists are space-separated numbers
     printf '| %-44s | %10.3f |\n' "PyTorch ${TVER[$side]} ($side) CPU, 1 thread" "$(med ${T1[$side]})"
@@ -164,6 +192,10 @@ med() { printf '%s\n' "$@" | median; }
       printf 'ratio Burn naive / PyTorch %s, 1 thread:        %.2f (goal <= 1.5)\n' "${TVER[$side]}" "$(med ${Q1[$side]})"
       printf 'ratio Burn naive / PyTorch %s, %s threads:       %.2f (goal <= 1.5)\n' "${TVER[$side]}" "$CORES" "$(med ${QN[$side]})"
       printf 'ratio Burn reversible / PyTorch %s, %s threads:  %.2f\n' "${TVER[$side]}" "$CORES" "$(med ${QREV[$side]})"
+      if [[ -n $TCH_BIN ]]; then
+        printf 'ratio Burn LibTorch / PyTorch %s, 1 thread:     %.2f (goal <= 1.5)\n' "${TVER[$side]}" "$(med ${L1[$side]})"
+        printf 'ratio Burn LibTorch / PyTorch %s, %s threads:    %.2f (goal <= 1.5)\n' "${TVER[$side]}" "$CORES" "$(med ${LN[$side]})"
+      fi
     }
   done
   ((${#TORCH_SIDES[@]})) || echo "no PyTorch side could be run: no ratio is printed"

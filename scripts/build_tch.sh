@@ -6,7 +6,8 @@
 # here if missing). tch 0.22 is written for PyTorch 2.9.0; 2.9.1 is a patch release of the same ABI,
 # so the version check is bypassed (LIBTORCH_BYPASS_VERSION_CHECK).
 # Not part of the tests or CI. Safe to re-run. Prints the binary's path.
-# Run it: LD_LIBRARY_PATH is not needed (the libtorch folder is linked in as an rpath).
+# target/release/ct-train-tch is a small wrapper that puts the wheel's torch/lib on LD_LIBRARY_PATH
+# (the build adds no rpath) and runs target/release/ct-train-tch.bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_PYPI_VERSION=${TORCH_PYPI_VERSION:-2.9.1}
@@ -20,5 +21,16 @@ fi
 VENV_ABS=$(cd "$VENV" && pwd -P)
 export VIRTUAL_ENV=$VENV_ABS PATH="$VENV_ABS/bin:$PATH" LIBTORCH_USE_PYTORCH=1 LIBTORCH_BYPASS_VERSION_CHECK=1
 cargo build --release --locked -p ct-training --features tch >&2
-cp target/release/ct-train target/release/ct-train-tch
+TORCH_LIB=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+cp target/release/ct-train target/release/ct-train-tch.bin
+cat >target/release/ct-train-tch <<WRAP
+#!/bin/sh
+# ct-train built with --features tch (scripts/build_tch.sh): libtorch from $VENV_ABS
+export LD_LIBRARY_PATH="$TORCH_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "$PWD/target/release/ct-train-tch.bin" "\$@"
+WRAP
+chmod +x target/release/ct-train-tch
+# Put back the ordinary binary (other scripts run target/release/ct-train; only ct-training is
+# recompiled).
+env -u LIBTORCH_USE_PYTORCH cargo build --release --locked -p ct-training >&2
 echo "$PWD/target/release/ct-train-tch"
