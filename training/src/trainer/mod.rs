@@ -67,7 +67,7 @@ use crate::model::{
 };
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use std::path::{Path, PathBuf};
 use step::scalar;
@@ -154,8 +154,28 @@ fn adam(cfg: &TrainConfig) -> AdamConfig {
         .with_epsilon(1e-8)
 }
 
+/// Moves a module's parameters from the CPU backend to `B` (into `empty`, a module of the same
+/// architecture on `B`) through the full-precision record bytes: exact for f32.
+fn move_module<M1, M2, B>(from: M1, empty: M2, device: &B::Device) -> Result<M2, TrainError>
+where
+    M1: Module<CpuBackend>,
+    M2: Module<B>,
+    B: burn::tensor::backend::Backend,
+{
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    let rec = BinBytesRecorder::<FullPrecisionSettings>::new();
+    let moved = |e: burn::record::RecorderError| {
+        TrainError::Settings(format!(
+            "moving the initial weights to the training device: {e}"
+        ))
+    };
+    let bytes = rec.record(from.into_record(), ()).map_err(moved)?;
+    let record = rec.load(bytes, device).map_err(moved)?;
+    Ok(empty.load_record(record))
+}
+
 impl<B: AutodiffBackend> Trainer<B> {
-    /// Fresh weights, seeded by `cfg.seed`.
+    /// Fresh weights, seeded by `cfg.seed` (drawn on the CPU backend, see the body).
     pub fn new(
         model_cfg: RevGanConfig,
         cfg: TrainConfig,
@@ -164,14 +184,30 @@ impl<B: AutodiffBackend> Trainer<B> {
         model_cfg.validate()?;
         check_patch(cfg.patch)?;
         cfg.check_options()?;
-        // The backend's generator is process-wide: hold a lock from seeding to the last draw so
-        // concurrent trainers (tests) still get the weights their seed fixes.
+        // Weights are drawn on the CPU backend whatever `B` is, then moved to `B` by their record:
+        // one seed gives the same starting weights on burn-flex, LibTorch and CUDA, so runs on
+        // different backends can be compared step by step (issue 13 §2: "losses unchanged for the
+        // same seed"). The CPU generator is process-wide: hold a lock from seeding to the last
+        // draw so concurrent trainers (tests) still get the weights their seed fixes.
         let (gen, disc) = {
             let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            B::seed(&device, cfg.seed);
-            let gen = RevGan::new(&model_cfg, &device);
-            let disc = Discriminators::new(&model_cfg, &device);
-            (gen, disc)
+            if std::any::TypeId::of::<B::InnerBackend>() == std::any::TypeId::of::<CpuBackend>() {
+                // On the CPU backend itself, draw in place (the same values, and parameters made
+                // the way every earlier run and test made them).
+                B::seed(&device, cfg.seed);
+                let gen = RevGan::new(&model_cfg, &device);
+                let disc = Discriminators::new(&model_cfg, &device);
+                (gen, disc)
+            } else {
+                let cpu = Default::default();
+                CpuBackend::seed(&cpu, cfg.seed);
+                let gen = RevGan::<CpuBackend>::new(&model_cfg, &cpu);
+                let disc = Discriminators::<CpuBackend>::new(&model_cfg, &cpu);
+                (
+                    move_module(gen, RevGan::new(&model_cfg, &device), &device)?,
+                    move_module(disc, Discriminators::new(&model_cfg, &device), &device)?,
+                )
+            }
         };
         Ok(Self {
             opt_g: adam(&cfg).init(),

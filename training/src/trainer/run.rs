@@ -37,6 +37,23 @@ pub struct TrainArgs {
     /// Start a new run even if --out already holds one (it is replaced).
     #[arg(long)]
     pub force: bool,
+    /// Where to train: `auto` is CUDA when built with it and a device exists, else LibTorch's CPU
+    /// kernels when built with `--features tch`, else burn-flex. Not saved with the run: a
+    /// checkpoint continues on any backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// `--backend` of `ct-train train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Auto,
+    /// Burn's own CPU backend (always built).
+    Flex,
+    /// Burn's LibTorch backend on the CPU (`--features tch`).
+    Tch,
+    /// Burn's CUDA backend (`--features cuda`; falls back to the CPU without a device).
+    Cuda,
 }
 
 impl TrainArgs {
@@ -54,14 +71,35 @@ impl TrainArgs {
 /// Runs `ct-train train`: on CUDA when built with `--features cuda` and a device can be created
 /// (else on the CPU, said in one log line), otherwise on the CPU.
 pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
+    let want = args.backend;
+    let not_built = |name: &str, feature: &str| {
+        TrainError::Options(format!(
+            "--backend {name}: this ct-train was built without the `{feature}` feature"
+        ))
+    };
+    if want == BackendArg::Cuda && !cfg!(feature = "cuda") {
+        return Err(not_built("cuda", "cuda"));
+    }
+    if want == BackendArg::Tch && !cfg!(feature = "tch") {
+        return Err(not_built("tch", "tch"));
+    }
     #[cfg(feature = "cuda")]
-    {
+    if matches!(want, BackendArg::Auto | BackendArg::Cuda) {
         if let Some(device) = cuda_device() {
             tracing::info!("training on CUDA device {device:?}");
             return train::<burn::backend::Autodiff<burn_cuda::Cuda>>(args, device, "cuda");
         }
         tracing::warn!(
             "built with CUDA support but no CUDA device could be created; training on the CPU"
+        );
+    }
+    #[cfg(feature = "tch")]
+    if want != BackendArg::Flex {
+        tracing::info!("training on the CPU with LibTorch's kernels (burn-tch)");
+        return train::<burn::backend::Autodiff<burn_tch::LibTorch<f32>>>(
+            args,
+            burn_tch::LibTorchDevice::Cpu,
+            "cpu-libtorch",
         );
     }
     train::<burn::backend::Autodiff<CpuBackend>>(args, Default::default(), "cpu")
@@ -386,6 +424,131 @@ impl Sampling {
             Sampling::Patches(s, _) => s.sample(rng, true),
             Sampling::Domains(s) => s.sample(rng),
             Sampling::Amortised(s) => s.sample_patches(rng),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec![
+            "ct-train",
+            "--out",
+            "/nonexistent/run",
+            "--data",
+            "/nonexistent/data",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().train
+    }
+
+    #[test]
+    fn backend_defaults_to_auto_and_parses_each_name() {
+        assert_eq!(args(&[]).backend, BackendArg::Auto);
+        for (name, want) in [
+            ("flex", BackendArg::Flex),
+            ("tch", BackendArg::Tch),
+            ("cuda", BackendArg::Cuda),
+        ] {
+            assert_eq!(args(&["--backend", name]).backend, want);
+        }
+        assert!(Cli::try_parse_from(["ct-train", "--out", "x", "--backend", "gpu"]).is_err());
+    }
+
+    /// A backend this binary was built without is refused before any data is read, naming the
+    /// option and the missing feature.
+    #[test]
+    fn a_backend_not_built_in_is_a_clear_error() {
+        let mut missing = Vec::new();
+        if !cfg!(feature = "tch") {
+            missing.push(("tch", "tch"));
+        }
+        if !cfg!(feature = "cuda") {
+            missing.push(("cuda", "cuda"));
+        }
+        for (name, feature) in missing {
+            let err = run(&args(&["--backend", name])).err().unwrap().to_string();
+            assert!(err.contains(&format!("--backend {name}")), "{err}");
+            assert!(err.contains(&format!("`{feature}` feature")), "{err}");
+        }
+    }
+
+    /// `--backend flex` never reaches another backend: with missing data it fails on the data,
+    /// not on a backend.
+    #[test]
+    fn flex_is_always_available() {
+        let err = run(&args(&["--backend", "flex"]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("feature"), "{err}");
+        assert!(err.contains("/nonexistent/data"), "{err}");
+    }
+}
+
+/// Burn on LibTorch against burn-flex (issue 13 §2: "losses unchanged to 1e-5 for the same
+/// seed"): the same seed gives the same starting weights on both (drawn on the CPU backend), and
+/// three paired and unpaired steps give the same losses. Built and run only with
+/// `--features tch` (`bash scripts/build_tch.sh` sets up the build; `cargo test -p ct-training
+/// --features tch --lib libtorch` with the same environment).
+#[cfg(all(test, feature = "tch"))]
+mod libtorch_tests {
+    use super::*;
+    use crate::config::TaskArg;
+    use crate::data::rng::Rng;
+    use burn::backend::{Autodiff, Flex};
+
+    fn trainer<B: AutodiffBackend>(mode: ModeArg, device: B::Device) -> super::super::Trainer<B> {
+        let m = RevGanConfig::new()
+            .with_ngf(4)
+            .with_ndf(4)
+            .with_blocks(1)
+            .with_conditional(mode == ModeArg::Paired);
+        let t = TrainConfig::new(TaskArg::Kernel, mode)
+            .with_patch(16)
+            .with_steps(3)
+            .with_pool_size(2);
+        super::super::Trainer::new(m, t, device).unwrap()
+    }
+
+    fn patch(seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..16 * 16 * 16)
+            .map(|_| r.uniform() as f32 * 2.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn libtorch_steps_match_flex_to_1e5() {
+        for mode in [ModeArg::Paired, ModeArg::Unpaired] {
+            let mut f = trainer::<Autodiff<Flex>>(mode, Default::default());
+            let mut t =
+                trainer::<Autodiff<burn_tch::LibTorch<f32>>>(mode, burn_tch::LibTorchDevice::Cpu);
+            for s in 0..3 {
+                let (a, b) = (patch(2 * s), patch(2 * s + 1));
+                let lf = f.step(a.clone(), b.clone()).unwrap();
+                let lt = t.step(a, b).unwrap();
+                for (x, y) in [
+                    (lf.gan_ab, lt.gan_ab),
+                    (lf.gan_ba, lt.gan_ba),
+                    (lf.rec_ab, lt.rec_ab),
+                    (lf.rec_ba, lt.rec_ba),
+                    (lf.d_a, lt.d_a),
+                    (lf.d_b, lt.d_b),
+                ] {
+                    let rel = ((x - y) / x.abs().max(1.0)).abs();
+                    assert!(rel <= 1e-5, "{mode:?} step {s}: flex {x} libtorch {y}");
+                }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::{CycleLoss, TaskArg};
 use crate::data::rng::Rng;
 use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 
 type A = Autodiff<Flex>;
@@ -413,15 +414,18 @@ fn perceptual_term_is_added_to_the_cycle_figure() {
         let mut plain = tiny(ModeArg::Unpaired, false);
         let mut p = tiny(ModeArg::Unpaired, false);
         p.cfg.lambda_perceptual = 2.0;
-        // The extra term, computed by hand from the same weights before the step.
-        let src = p.tensor(patch(0));
-        let rec = p.gen.forward_even(
+        // The extra term, computed by hand from the same weights before the step, on the inner
+        // backend: no autodiff graph is left behind on the trainer's parameters (Burn's graph
+        // bookkeeping is shared by every test thread, and an orphaned graph there made this
+        // test fail now and then when the trainer tests ran together).
+        let (gen, phi) = (p.gen.valid(), p.disc.a.valid());
+        let src = p.tensor(patch(0)).inner();
+        let rec = gen.forward_even(
             Direction::BtoA,
-            p.gen.forward_even(Direction::AtoB, src.clone()),
+            gen.forward_even(Direction::AtoB, src.clone()),
         );
-        let phi = &p.disc.a;
-        let extra =
-            scalar(&(crate::losses::perceptual(&phi.features(src), &phi.features(rec)) * 2.0));
+        let extra = (crate::losses::perceptual(&phi.features(src), &phi.features(rec)) * 2.0)
+            .into_scalar() as f64;
         let lp = plain.step(patch(0), patch(10)).unwrap();
         let l = p.step(patch(0), patch(10)).unwrap();
         assert!(extra > 0.0);
@@ -518,6 +522,7 @@ fn trains_on_two_separate_unpaired_sets() {
         train: cfg,
         resume: false,
         force: false,
+        backend: super::run::BackendArg::Flex,
     };
     let st = train::<A>(&args, Default::default(), "cpu").unwrap();
     assert_eq!(st.step, 1);
