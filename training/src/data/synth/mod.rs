@@ -1197,7 +1197,8 @@ mod tests {
         for c in &s {
             let p = c.protocol.as_ref().unwrap();
             assert!(
-                p.source_photons >= 4000.0 && p.source_photons <= 30000.0,
+                p.source_photons >= DEFAULT_SOURCE_PHOTONS[0]
+                    && p.source_photons <= DEFAULT_SOURCE_PHOTONS[1],
                 "{p:?}"
             );
             assert_eq!(p.target_filter, Filter::HannCut(0.8));
