@@ -13,12 +13,13 @@
 //! | `hamming` / `hamming:c` | `0.54 + 0.46 cos(π r/c)` for `r < c`, 0 above | `c ∈ [0.2, 1]` |
 //! | `butterworth:c:n` | `1 / (1 + (r/c)^(2n))` | `c ∈ [0.2, 1]`, `n ∈ [1, 10]` (4 when omitted) |
 //! | `gaussian:c` | `exp(-ln 2 · (r/c)²)` (half height at `c`) | `c ∈ [0.2, 1]` |
-//! | `enhance:g:m` | `sinc(r/2) · (1 + g · (b(r) − b(0)))`, `b(r) = exp(-(r - m)² / (2 · 0.15²))` | `g ∈ [0.1, 1.5]`, `m ∈ [0.2, 0.8]` |
+//! | `enhance:g:m` | `sinc(r/2) · (1 + g · b(r))`, `b(r) = 0.5 (1 + cos(π (r − m)/0.25))` for `|r − m| < 0.25`, 0 else | `g ∈ [0.1, 1.5]`, `m ∈ [0.3, 0.75]` |
 //!
 //! `enhance` is the edge-enhancing sharp kernel of vendors' bone and lung kernels (MTF above 1 at
 //! mid frequencies, e.g. Siemens B70f/B80f, GE BONEPLUS): the Shepp-Logan roll-off times a Gaussian
-//! boost of relative height `g` centred at `m` (less its value at 0, so the DC gain stays 1); with `g = 0.6, m = 0.45` the window peaks at 1.46
-//! (r ≈ 0.46). The soft windows are the classical apodisations (Hann, Hamming: Kak & Slaney,
+//! raised-cosine boost of relative height `g` centred at `m`, zero below `m − 0.25` (the low
+//! frequencies, hence the HU of large uniform regions, stay the Shepp-Logan kernel's); with `g = 0.6, m = 0.45` the window peaks at 1.47
+//! (r = 0.45). The soft windows are the classical apodisations (Hann, Hamming: Kak & Slaney,
 //! *Principles of Computerized Tomographic Imaging*, 1988, §3; Butterworth and Gaussian: the
 //! usual nuclear-medicine/CT smoothing windows), cut-off `c` as a fraction of Nyquist.
 
@@ -33,9 +34,10 @@ pub const ORDER_RANGE: [f64; 2] = [1.0, 10.0];
 /// Documented range of the `enhance` boost height.
 pub const GAIN_RANGE: [f64; 2] = [0.1, 1.5];
 /// Documented range of the `enhance` boost centre (fraction of Nyquist).
-pub const CENTRE_RANGE: [f64; 2] = [0.2, 0.8];
-/// Width (fraction of Nyquist) of the `enhance` boost.
-pub const BOOST_WIDTH: f64 = 0.15;
+pub const CENTRE_RANGE: [f64; 2] = [0.3, 0.75];
+/// Half-width (fraction of Nyquist) of the `enhance` boost: it is 0 below `centre − 0.25`, so the
+/// low frequencies (and the HU of large uniform regions) are the Shepp-Logan kernel's.
+pub const BOOST_HALF_WIDTH: f64 = 0.25;
 
 /// A reconstruction filter: the ramp times one window (module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -254,8 +256,13 @@ impl Filter {
             Self::Butterworth { cutoff, order } => 1.0 / (1.0 + (r / cutoff).powf(2.0 * order)),
             Self::Gaussian(c) => (-(2f64.ln()) * (r / c).powi(2)).exp(),
             Self::Enhance { gain, centre } => {
-                let bump = |r: f64| (-(r - centre).powi(2) / (2.0 * BOOST_WIDTH.powi(2))).exp();
-                sinc_half(r) * (1.0 + gain * (bump(r) - bump(0.0)))
+                let d = (r - centre) / BOOST_HALF_WIDTH;
+                let bump = if d.abs() < 1.0 {
+                    0.5 * (1.0 + (PI * d).cos())
+                } else {
+                    0.0
+                };
+                sinc_half(r) * (1.0 + gain * bump)
             }
         }
     }
@@ -353,6 +360,7 @@ mod tests {
             ("gaussian:-1", "cut-off -1"),
             ("enhance:3:0.5", "gain 3"),
             ("enhance:0.5:0.95", "centre 0.95"),
+            ("enhance:0.5:0.2", "centre 0.2"),
             ("hann:abc", "\"abc\" is not a number"),
             ("ramp:0.5", "at most 0"),
             ("box", "unknown filter \"box\""),
