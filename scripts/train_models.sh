@@ -42,7 +42,7 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 synth() { # synth OUT ARGS...: once
   local out=$1; shift
-  [[ -f $out/synth.toml ]] || "$BIN" synth --out "$out" --size 256 --slices 32 "$@"
+  [[ -f $out/synth.toml ]] || "$BIN" synth --out "$out" --mode shared --size 256 --slices 32 "$@"
 }
 
 # train RUN ARGS...: a new run, or the resumption of an unfinished one

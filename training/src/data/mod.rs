@@ -68,4 +68,14 @@ pub enum DataError {
     },
     #[error(transparent)]
     Window(#[from] WindowError),
+    #[error(
+        "{path}: synth_format {found} is not the format {expected} this ct-train reads (format 1 is \
+         the first `ct-train synth`, before separate acquisitions); regenerate the data with \
+         `ct-train synth` (`--mode shared` gives the shared-sinogram pairs in the new format)"
+    )]
+    SynthFormat {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
 }

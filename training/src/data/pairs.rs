@@ -3,6 +3,12 @@
 //! them), each a DICOM series folder or a `.nii`/`.nii.gz` file, loaded in HU and mapped to model
 //! units through the run's HU window. A super-resolution source is resampled trilinearly onto its
 //! target's grid (the factor is recorded as `scale` in `train.json`).
+//!
+//! An unpaired set as `ct-train synth --unpaired` writes it (`DIR/a/*/source` and `DIR/b/*/target`,
+//! different anatomy per domain) is read as pairs of the i-th case of each domain (the grids must
+//! match); only unpaired training (`--mode unpaired`) makes sense on it. Data from `synth` (a
+//! `synth.toml` in `DIR` or its parent) must be of this `ct-train`'s `synth_format`
+//! ([`crate::data::synth::check_data_format`]).
 
 use super::{load_volume, DataError};
 use crate::config::{HuWindow, TaskArg};
@@ -60,20 +66,34 @@ pub fn load_pairs(
         path: dir.to_owned(),
         reason: e.to_string(),
     })?;
+    crate::data::synth::check_data_format(dir)?;
     let mut cases = Vec::new();
-    if let (Some(a), Some(b)) = (find_member(dir, a_names), find_member(dir, &B_NAMES)) {
-        cases.push((a, b));
-    } else {
-        let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+    let case_dirs = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(d)
             .map_err(|source| DataError::Io {
-                path: dir.to_owned(),
+                path: d.to_owned(),
                 source,
             })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_dir())
             .collect();
         subs.sort();
-        for s in subs {
+        Ok(subs)
+    };
+    if let (Some(a), Some(b)) = (find_member(dir, a_names), find_member(dir, &B_NAMES)) {
+        cases.push((a, b));
+    } else if dir.join("a").is_dir() && dir.join("b").is_dir() {
+        let a: Vec<PathBuf> = case_dirs(&dir.join("a"))?
+            .iter()
+            .filter_map(|s| find_member(s, a_names))
+            .collect();
+        let b: Vec<PathBuf> = case_dirs(&dir.join("b"))?
+            .iter()
+            .filter_map(|s| find_member(s, &B_NAMES))
+            .collect();
+        cases.extend(a.into_iter().zip(b));
+    } else {
+        for s in case_dirs(dir)? {
             if let (Some(a), Some(b)) = (find_member(&s, a_names), find_member(&s, &B_NAMES)) {
                 cases.push((a, b));
             }

@@ -10,6 +10,12 @@
 //! along the chest wall); branching vessel trees (40 HU) and airway trees (air lumen with a soft-tissue
 //! wall, from the trachea down) grown from the hila; and solid or ground-glass nodules. Edges are
 //! partial-volume blended over one voxel.
+//!
+//! With [`PhantomConfig::inserts`] (`ct-train synth`'s independent mode turns it on) a quality
+//! control section lies in the air in front of the chest, as calibration phantoms lie on or under
+//! a patient: a water cylinder (0 HU) holding a Teflon-like rod (900 HU, an edge for the MTF) and a
+//! uniform soft-tissue ROI, and a lung-equivalent foam cylinder (-850 HU, uniform, for lung noise
+//! and NPS). Their geometry is [`InsertGeometry`], recorded per case in `synth.toml`.
 
 use crate::data::rng::Rng;
 use std::f64::consts::PI;
@@ -24,6 +30,81 @@ pub struct PhantomConfig {
     /// Voxel size (z, y, x) in mm.
     pub spacing: [f64; 3],
     pub seed: u64,
+    /// Add the quality-control inserts (module docs).
+    pub inserts: bool,
+}
+
+/// Geometry of the quality-control inserts, in voxels of the phantom's grid: centres `[y, x]`
+/// (fractional, voxel centres at integers), radii in pixels (x spacing), running through every
+/// slice. Recorded per case in `synth.toml` as `[case.inserts]`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct InsertGeometry {
+    pub water_centre: [f64; 2],
+    pub water_radius: f64,
+    pub water_hu: f64,
+    /// The rod: its edge against the water is the MTF edge.
+    pub rod_centre: [f64; 2],
+    pub rod_radius: f64,
+    pub rod_hu: f64,
+    /// Uniform soft-tissue (water) ROI for noise and NPS, clear of the rod and the wall.
+    pub soft_roi_centre: [f64; 2],
+    pub soft_roi_radius: f64,
+    pub lung_centre: [f64; 2],
+    pub lung_radius: f64,
+    pub lung_hu: f64,
+    /// Uniform lung-density ROI inside the foam cylinder.
+    pub lung_roi_centre: [f64; 2],
+    pub lung_roi_radius: f64,
+}
+
+/// The inserts in mm (x, y from the image centre; radius) of a field of view: water, rod, soft ROI,
+/// lung foam, lung ROI.
+fn insert_mm(fov: [f64; 3]) -> [(f64, f64, f64); 5] {
+    let (w, h) = (fov[2], fov[1]);
+    let s = w.min(h);
+    // Centred 0.415 h in front of the centre: the cylinders span -0.485 h .. -0.345 h, clear of
+    // the field of view's edge (-0.5 h) and of the body (its outline reaches -0.333 h at most).
+    let y = -0.415 * h;
+    [
+        (-0.17 * w, y, 0.07 * s),
+        (-0.17 * w + 0.028 * s, y, 0.022 * s),
+        (-0.17 * w - 0.033 * s, y, 0.02 * s),
+        (0.17 * w, y, 0.07 * s),
+        (0.17 * w, y, 0.042 * s),
+    ]
+}
+
+/// Rod, water and lung-foam values (HU).
+const ROD_HU: f64 = 900.0;
+const WATER_HU: f64 = 0.0;
+const FOAM_HU: f64 = -850.0;
+
+/// The inserts' geometry in voxels (None without inserts).
+pub fn insert_geometry(cfg: &PhantomConfig) -> Option<InsertGeometry> {
+    if !cfg.inserts {
+        return None;
+    }
+    let [nz, ny, nx] = cfg.shape;
+    let [dz, dy, dx] = cfg.spacing;
+    let fov = [nz as f64 * dz, ny as f64 * dy, nx as f64 * dx];
+    let m = insert_mm(fov);
+    let px =
+        |(x, y, _): (f64, f64, f64)| [(y + fov[1] / 2.0) / dy - 0.5, (x + fov[2] / 2.0) / dx - 0.5];
+    Some(InsertGeometry {
+        water_centre: px(m[0]),
+        water_radius: m[0].2 / dx,
+        water_hu: WATER_HU,
+        rod_centre: px(m[1]),
+        rod_radius: m[1].2 / dx,
+        rod_hu: ROD_HU,
+        soft_roi_centre: px(m[2]),
+        soft_roi_radius: m[2].2 / dx,
+        lung_centre: px(m[3]),
+        lung_radius: m[3].2 / dx,
+        lung_hu: FOAM_HU,
+        lung_roi_centre: px(m[4]),
+        lung_roi_radius: m[4].2 / dx,
+    })
 }
 
 impl PhantomConfig {
@@ -35,6 +116,7 @@ impl PhantomConfig {
             shape: [slices, size, size],
             spacing: [px.max(1.25), px, px],
             seed,
+            inserts: false,
         }
     }
 }
@@ -467,6 +549,25 @@ pub fn chest(cfg: &PhantomConfig) -> Volume {
         stamp(&mut hu, s, s.r + wall, -50.0, in_lung);
         stamp(&mut hu, s, s.r, -1000.0, in_lung);
     }
+    if cfg.inserts {
+        let m = insert_mm(fov);
+        for (k, val) in [(0, WATER_HU), (1, ROD_HU), (3, FOAM_HU)] {
+            let (cx, cy, r) = m[k];
+            for z in 0..nz {
+                for y in 0..ny {
+                    for x in 0..nx {
+                        let p = pos(z, y, x);
+                        let d = ((p[0] - cx).powi(2) + (p[1] - cy).powi(2)).sqrt();
+                        let w = smooth_step(d - r, pix) as f32;
+                        if w > 0.0 {
+                            let i = (z * ny + y) * nx + x;
+                            hu[i] = hu[i] * (1.0 - w) + val as f32 * w;
+                        }
+                    }
+                }
+            }
+        }
+    }
     Volume::new(
         format!("phantom chest seed {}", cfg.seed),
         cfg.shape,
@@ -507,5 +608,44 @@ mod tests {
             .sum::<f64>()
             / plane as f64;
         assert!(diff < 150.0, "{diff}");
+        assert!(insert_geometry(&cfg).is_none());
+    }
+
+    /// The inserts sit in air in front of the body, at the recorded voxel positions, uniform where
+    /// the ROIs are recorded.
+    #[test]
+    fn inserts_are_where_the_geometry_says() {
+        let cfg = PhantomConfig {
+            inserts: true,
+            ..PhantomConfig::chest(128, 2, 5)
+        };
+        let v = chest(&cfg);
+        let g = insert_geometry(&cfg).unwrap();
+        let at = |c: [f64; 2]| v.values[v.idx(1, c[0].round() as usize, c[1].round() as usize)];
+        assert_eq!(at(g.rod_centre), 900.0);
+        assert_eq!(at(g.soft_roi_centre), 0.0);
+        assert_eq!(at(g.lung_roi_centre), -850.0);
+        // Every pixel of the ROIs is uniform; the rod's edge is inside the water.
+        for (c, r, hu) in [
+            (g.soft_roi_centre, g.soft_roi_radius, 0.0),
+            (g.lung_roi_centre, g.lung_roi_radius, -850.0),
+        ] {
+            for y in 0..128 {
+                for x in 0..128 {
+                    if (y as f64 - c[0]).hypot(x as f64 - c[1]) <= r {
+                        assert_eq!(v.values[v.idx(0, y, x)], hu, "{y} {x}");
+                    }
+                }
+            }
+        }
+        let dist = (g.rod_centre[1] - g.water_centre[1]).abs() + g.rod_radius;
+        assert!(dist + 2.0 < g.water_radius);
+        // Without inserts the same place is air.
+        let plain = chest(&PhantomConfig::chest(128, 2, 5));
+        let c = g.rod_centre;
+        assert_eq!(
+            plain.values[plain.idx(1, c[0] as usize, c[1] as usize)],
+            -1000.0
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Run files and checkpoints: `model.json` and `train.json` (read with neutral defaults for fields
 //! an older `ct-train` did not write), `checkpoint/` (weights, optimizer states, image pools,
-//! `state.json`), replaced atomically.
+//! `state.json`, and `synth_format.json` when the data came from `ct-train synth`), replaced
+//! atomically. Resuming refuses a checkpoint trained on another `synth_format` than the data's.
 
 use super::{
     io_err, TrainError, Trainer, CHECKPOINT_DIR, DISC_FILE, GEN_FILE, MODEL_CONFIG, OPT_D_FILE,
@@ -48,6 +49,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map_err(|e| ck(e.to_string()))?;
         self.pool_a.save(&dir.join(POOL_A_FILE))?;
         self.pool_b.save(&dir.join(POOL_B_FILE))?;
+        write_synth_stamp(dir, Path::new(&self.cfg.data))?;
         let json = serde_json::to_string_pretty(state).map_err(|e| ck(e.to_string()))?;
         let p = dir.join(STATE_FILE);
         std::fs::write(&p, json).map_err(io_err(&p))?;
@@ -61,6 +63,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             reason: format!("{reason} (was it written by a different architecture?)"),
         };
         let state = read_state(dir)?;
+        check_synth_stamp(dir, Path::new(&self.cfg.data))?;
         let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         let (gs, ds) = (param_shapes(&self.gen), param_shapes(&self.disc));
         self.gen = self
@@ -101,6 +104,58 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.step = state.step;
         Ok(state)
     }
+}
+
+/// File of a checkpoint recording the `synth_format` of its training data.
+pub const SYNTH_STAMP_FILE: &str = "synth_format.json";
+
+/// Records in checkpoint `dir` the `synth_format` of `data` (nothing when `data` is not `synth`'s).
+pub fn write_synth_stamp(dir: &Path, data: &Path) -> Result<(), TrainError> {
+    if data.as_os_str().is_empty() {
+        return Ok(());
+    }
+    if let Some((_, f)) = crate::data::synth::data_format(data)? {
+        let p = dir.join(SYNTH_STAMP_FILE);
+        let json = serde_json::json!({ "synth_format": f, "data": data.display().to_string() });
+        std::fs::write(&p, format!("{json:#}\n")).map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
+/// Refuses checkpoint `dir` when `data` is `synth`'s and the checkpoint was trained on another
+/// `synth_format` (a checkpoint without [`SYNTH_STAMP_FILE`] predates the formats: format 1).
+pub fn check_synth_stamp(dir: &Path, data: &Path) -> Result<(), TrainError> {
+    if data.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let Some((toml_path, want)) = crate::data::synth::data_format(data)? else {
+        return Ok(());
+    };
+    let p = dir.join(SYNTH_STAMP_FILE);
+    let found = match std::fs::read_to_string(&p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+        Err(e) => return Err(io_err(&p)(e)),
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("synth_format").and_then(|f| f.as_u64()))
+            .and_then(|f| u32::try_from(f).ok())
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: p.clone(),
+                reason: "no whole-number synth_format".into(),
+            })?,
+    };
+    if found != want {
+        return Err(TrainError::Checkpoint {
+            path: p,
+            reason: format!(
+                "checkpoint trained on `ct-train synth` data of synth_format {found}, but {} is \
+                 synth_format {want}: a checkpoint of an older synth format cannot be resumed on \
+                 this data; start a new run (--force)",
+                toml_path.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads `dir/state.json`.
@@ -188,4 +243,42 @@ pub fn checkpoint<B: AutodiffBackend>(
     std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod synth_format_tests {
+    use super::*;
+
+    /// Bad input: a checkpoint from an older `synth` format (no stamp, or stamp 1) is refused on
+    /// current data, naming the file and the value; a matching stamp and non-synth data pass.
+    #[test]
+    fn checkpoint_of_an_older_synth_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, ck) = (dir.path().join("data"), dir.path().join("checkpoint"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&ck).unwrap();
+        // Not synth's data: nothing to check, nothing written.
+        write_synth_stamp(&ck, &data).unwrap();
+        assert!(!ck.join(SYNTH_STAMP_FILE).exists());
+        check_synth_stamp(&ck, &data).unwrap();
+        let fmt = crate::data::synth::SYNTH_FORMAT;
+        std::fs::write(data.join("synth.toml"), format!("synth_format = {fmt}\n")).unwrap();
+        // A checkpoint from before the formats (no stamp) is format 1.
+        let e = check_synth_stamp(&ck, &data).unwrap_err().to_string();
+        assert!(
+            e.contains("synth_format 1")
+                && e.contains(SYNTH_STAMP_FILE)
+                && e.contains("synth.toml"),
+            "{e}"
+        );
+        write_synth_stamp(&ck, &data).unwrap();
+        check_synth_stamp(&ck, &data).unwrap();
+        std::fs::write(ck.join(SYNTH_STAMP_FILE), "{\"synth_format\": 1}").unwrap();
+        let e = check_synth_stamp(&ck, &data).unwrap_err().to_string();
+        assert!(
+            e.contains("synth_format 1") && e.contains(&format!("synth_format {fmt}")),
+            "{e}"
+        );
+    }
 }

@@ -2,51 +2,11 @@
 //! a radix-2 FFT, Joseph's parallel-beam projector, Poisson counting noise and filtered
 //! back-projection of one noisy sinogram with two filters.
 
-use super::{SynthError, MU_WATER_PER_MM};
+pub use super::filters::Filter;
+use super::MU_WATER_PER_MM;
 use crate::data::rng::Rng;
 use rayon::prelude::*;
-use serde::Serialize;
 use std::f64::consts::PI;
-
-/// Reconstruction filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Filter {
-    Ramp,
-    SheppLogan,
-    Hann,
-    Hamming,
-}
-
-impl Filter {
-    pub fn parse(s: &str) -> Result<Self, SynthError> {
-        match s.to_ascii_lowercase().as_str() {
-            "ramp" | "ram-lak" => Ok(Self::Ramp),
-            "shepp-logan" | "shepp_logan" => Ok(Self::SheppLogan),
-            "hann" | "hanning" => Ok(Self::Hann),
-            "hamming" => Ok(Self::Hamming),
-            _ => Err(SynthError::Invalid(format!(
-                "unknown filter {s:?}; use ramp, shepp-logan, hann or hamming"
-            ))),
-        }
-    }
-
-    /// Window multiplying the ramp at `f` cycles per detector bin, `f ∈ [0, 0.5]`.
-    pub fn window(self, f: f64) -> f64 {
-        match self {
-            Self::Ramp => 1.0,
-            Self::SheppLogan => {
-                if f == 0.0 {
-                    1.0
-                } else {
-                    (PI * f).sin() / (PI * f)
-                }
-            }
-            Self::Hann => 0.5 * (1.0 + (2.0 * PI * f).cos()),
-            Self::Hamming => 0.54 + 0.46 * (2.0 * PI * f).cos(),
-        }
-    }
-}
 
 /// In-place iterative radix-2 complex FFT (`inverse` = conjugate twiddles, with 1/n scaling).
 pub(crate) fn fft(re: &mut [f64], im: &mut [f64], inverse: bool) {
@@ -124,6 +84,8 @@ pub struct Scanner {
     /// (cos θ, sin θ) per view.
     trig: Vec<(f64, f64)>,
     pad: usize,
+    /// The band-limited ramp's spectrum (length `pad`).
+    ramp_h: Vec<f64>,
     /// Ramp × window spectra (length `pad`) for the sharp and the soft filter.
     sharp_h: Vec<f64>,
     soft_h: Vec<f64>,
@@ -155,26 +117,33 @@ impl Scanner {
             }
         }
         fft(&mut hr, &mut hi, false);
-        let spectrum = |f: Filter| -> Vec<f64> {
-            (0..pad)
-                .map(|k| {
-                    let fr = k.min(pad - k) as f64 / pad as f64;
-                    hr[k] * f.window(fr)
-                })
-                .collect()
-        };
-        Self {
+        let mut sc = Self {
             rows,
             cols,
             views,
             bins,
             trig,
             pad,
-            sharp_h: spectrum(sharp),
-            soft_h: spectrum(soft),
+            ramp_h: hr,
+            sharp_h: Vec::new(),
+            soft_h: Vec::new(),
             sharp,
             soft,
-        }
+        };
+        sc.sharp_h = sc.spectrum(sharp);
+        sc.soft_h = sc.spectrum(soft);
+        sc
+    }
+
+    /// Ramp × window of `f` on the zero-padded FFT grid.
+    pub fn spectrum(&self, f: Filter) -> Vec<f64> {
+        let pad = self.pad;
+        (0..pad)
+            .map(|k| {
+                let fr = k.min(pad - k) as f64 / pad as f64;
+                self.ramp_h[k] * f.window(fr)
+            })
+            .collect()
     }
 
     /// Parallel-beam projections (Joseph's method) of `img` (row-major, rows × cols, values per
@@ -303,15 +272,10 @@ impl Scanner {
         (a, b)
     }
 
-    /// Simulates one acquisition of an HU slice with `pixel_mm` pixels: returns the (sharp, soft)
-    /// reconstructions in HU. `photons = None` gives the noise-free reconstructions.
-    pub fn simulate(
-        &self,
-        hu: &[f32],
-        pixel_mm: f64,
-        photons: Option<f64>,
-        seed: u64,
-    ) -> (Vec<f32>, Vec<f32>) {
+    /// One acquisition of an HU slice with `pixel_mm` pixels: line integrals of the linear
+    /// attenuation (pixel units, `views × bins`), with Poisson counting noise at `photons` incident
+    /// photons per ray when given (`None`: noise-free).
+    pub fn acquire(&self, hu: &[f32], pixel_mm: f64, photons: Option<f64>, seed: u64) -> Vec<f64> {
         let mu_px = MU_WATER_PER_MM * pixel_mm;
         let img: Vec<f64> = hu
             .iter()
@@ -329,13 +293,78 @@ impl Scanner {
                     }
                 });
         }
+        sino
+    }
+
+    /// Filters two sinograms with two filters at once (one complex FFT per view: `a` travels as the
+    /// real part, `b` as the imaginary part, and the two spectra are separated by symmetry).
+    fn filter_pair(&self, sa: &[f64], ha: &[f64], sb: &[f64], hb: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (bins, pad) = (self.bins, self.pad);
+        let mut qa = vec![0.0; sa.len()];
+        let mut qb = vec![0.0; sb.len()];
+        qa.par_chunks_mut(bins)
+            .zip(qb.par_chunks_mut(bins))
+            .zip(sa.par_chunks(bins).zip(sb.par_chunks(bins)))
+            .for_each(|((oa, ob), (pa, pb))| {
+                let mut re = vec![0.0; pad];
+                let mut im = vec![0.0; pad];
+                re[..bins].copy_from_slice(pa);
+                im[..bins].copy_from_slice(pb);
+                fft(&mut re, &mut im, false);
+                let (xr, xi) = (re.clone(), im.clone());
+                for k in 0..pad {
+                    let m = (pad - k) % pad;
+                    // A = (X_k + conj X_-k) / 2, B = (X_k - conj X_-k) / 2i.
+                    let (ar, ai) = (0.5 * (xr[k] + xr[m]), 0.5 * (xi[k] - xi[m]));
+                    let (br, bi) = (0.5 * (xi[k] + xi[m]), -0.5 * (xr[k] - xr[m]));
+                    // Y = Ha·A + i·Hb·B
+                    re[k] = ha[k] * ar - hb[k] * bi;
+                    im[k] = ha[k] * ai + hb[k] * br;
+                }
+                fft(&mut re, &mut im, true);
+                oa.copy_from_slice(&re[..bins]);
+                ob.copy_from_slice(&im[..bins]);
+            });
+        (qa, qb)
+    }
+
+    /// Filtered back-projection of two sinograms (from [`Self::acquire`]) with their own filters;
+    /// returns the two images in HU.
+    pub fn reconstruct_pair(
+        &self,
+        sa: &[f64],
+        fa: Filter,
+        sb: &[f64],
+        fb: Filter,
+        pixel_mm: f64,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (ha, hb) = (self.spectrum(fa), self.spectrum(fb));
+        let (qa, qb) = self.filter_pair(sa, &ha, sb, &hb);
+        let (a, b) = self.backproject(&qa, &qb);
+        (to_hu(a, pixel_mm), to_hu(b, pixel_mm))
+    }
+
+    /// Simulates one acquisition of an HU slice with `pixel_mm` pixels: returns the (sharp, soft)
+    /// reconstructions in HU of the one noisy sinogram (the shared mode). `photons = None` gives
+    /// the noise-free reconstructions.
+    pub fn simulate(
+        &self,
+        hu: &[f32],
+        pixel_mm: f64,
+        photons: Option<f64>,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let sino = self.acquire(hu, pixel_mm, photons, seed);
         let (qs, qo) = self.filter(&sino);
         let (a, b) = self.backproject(&qs, &qo);
-        let to_hu = |v: Vec<f64>| -> Vec<f32> {
-            v.iter()
-                .map(|&m| ((m / mu_px - 1.0) * 1000.0) as f32)
-                .collect()
-        };
-        (to_hu(a), to_hu(b))
+        (to_hu(a, pixel_mm), to_hu(b, pixel_mm))
     }
+}
+
+/// Back-projected attenuation (per pixel) to HU.
+fn to_hu(v: Vec<f64>, pixel_mm: f64) -> Vec<f32> {
+    let mu_px = MU_WATER_PER_MM * pixel_mm;
+    v.iter()
+        .map(|&m| ((m / mu_px - 1.0) * 1000.0) as f32)
+        .collect()
 }
