@@ -149,10 +149,7 @@ pub fn fit_fir(
         .fold((f64::INFINITY, 0f64), |(a, b), &p| (a.min(p), b.max(p)));
     let condition = (pmax / pmin).powi(2);
     if !condition.is_finite() || condition > MAX_CONDITION {
-        let tap = pivots
-            .iter()
-            .position(|&p| p == pmin)
-            .unwrap_or_default();
+        let tap = pivots.iter().position(|&p| p == pmin).unwrap_or_default();
         return Err(LsqError::IllConditioned { condition, tap });
     }
     let ws = cholesky_substitute(&l, rs, m);
@@ -436,9 +433,7 @@ mod tests {
     fn fir_recovers_a_known_3d_kernel_applied_to_noise() {
         let (d, k) = (3, 5);
         let mut rng = Rng::new(17);
-        let kernel: Vec<f32> = (0..d * k * k)
-            .map(|_| rng.uniform() as f32 - 0.5)
-            .collect();
+        let kernel: Vec<f32> = (0..d * k * k).map(|_| rng.uniform() as f32 - 0.5).collect();
         let src = Volume::from_fn("noise", [10, 28, 28], |_, _, _| 0.0);
         let src = Volume::new(
             "noise",
