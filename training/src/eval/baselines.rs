@@ -135,7 +135,7 @@ pub struct TvTuning {
     pub lambda: f64,
     /// The Gaussian tuned after TV at that λ (its `mse` is the baseline's tuning MSE).
     pub gaussian: GaussianTuning,
-    /// Every (λ, MSE) tried, in order.
+    /// Every (λ, MSE) of the search (central slices, coarse Gaussian), in order.
     pub tried: Vec<(f64, f64)>,
 }
 
@@ -152,47 +152,94 @@ impl TvTuning {
     }
 }
 
-/// Tunes TV + Gaussian: for each λ of [`TV_LAMBDAS`], TV-denoise the sources and tune the
-/// Gaussian on them ([`tune_gaussian`], minimum MSE on [-1, 1]); then try λ·2^(±1/2) around the
-/// best (a geometric refinement) and keep the lowest MSE.
-pub fn tune_tv(pairs: &[(&Volume, &Volume)], w: HuWindow) -> TvTuning {
-    let at = |lambda: f64| {
-        let den: Vec<Volume> = pairs
+/// Central slices of each tuning volume used in the λ search of [`tune_tv`].
+pub const TV_SEARCH_SLICES: usize = 8;
+
+/// Coarse Gaussian search of the λ grid: in-plane σ over 0..=2.5 step 0.1 with no z blur, then z
+/// σ over 0..=2 step 0.25; returns (σxy, σz, MSE).
+fn coarse_gaussian(pairs: &[(&Volume, &Volume)], w: HuWindow) -> (f64, f64, f64) {
+    let targets: Vec<Vec<f32>> = pairs
+        .iter()
+        .map(|(_, t)| t.values.iter().map(|&v| w.to_unit(v)).collect())
+        .collect();
+    let cost = |sxy: f64, sz: f64| -> f64 {
+        pairs
             .iter()
+            .zip(&targets)
+            .map(|((s, _), t)| {
+                let u: Vec<f32> = gaussian_blur(&s.values, s.shape, sxy, sz)
+                    .iter()
+                    .map(|&v| w.to_unit(v))
+                    .collect();
+                mse(&u, t)
+            })
+            .sum::<f64>()
+            / pairs.len().max(1) as f64
+    };
+    let mut best = (0.0, 0.0, cost(0.0, 0.0));
+    for i in 1..=25 {
+        let s = f64::from(i) * 0.1;
+        let c = cost(s, 0.0);
+        if c < best.2 {
+            best = (s, 0.0, c);
+        }
+    }
+    for i in 1..=8 {
+        let s = f64::from(i) * 0.25;
+        let c = cost(best.0, s);
+        if c < best.2 {
+            best = (best.0, s, c);
+        }
+    }
+    best
+}
+
+/// Tunes TV + Gaussian. The λ search runs on the central [`TV_SEARCH_SLICES`] slices of each
+/// tuning volume with a coarse Gaussian search per λ ([`TV_LAMBDAS`], then λ·2^(±1/2) around the
+/// best: a geometric refinement); the Gaussian after TV at the chosen λ is then tuned in full
+/// ([`tune_gaussian`]) on the whole tuning volumes. All on the tuning set, minimum MSE on [-1, 1].
+pub fn tune_tv(pairs: &[(&Volume, &Volume)], w: HuWindow) -> TvTuning {
+    let central = |v: &Volume| {
+        let n = v.shape[0].min(TV_SEARCH_SLICES);
+        let z0 = (v.shape[0] - n) / 2;
+        v.crop([z0, 0, 0], [n, v.shape[1], v.shape[2]])
+    };
+    let small: Vec<(Volume, Volume)> = pairs
+        .iter()
+        .map(|(s, t)| (central(s), central(t)))
+        .collect();
+    let denoised = |ps: &[(&Volume, &Volume)], lambda: f64| -> Vec<Volume> {
+        ps.iter()
             .map(|(s, _)| Volume::new(s.name.clone(), s.shape, s.spacing, tv_denoise(s, lambda)))
-            .collect();
-        let p: Vec<(&Volume, &Volume)> = den.iter().zip(pairs).map(|(d, (_, t))| (d, *t)).collect();
-        tune_gaussian(&p, w)
+            .collect()
     };
-    let mut tried = Vec::new();
-    let mut best: Option<(f64, GaussianTuning)> = None;
-    let mut consider = |lambda: f64, best: &mut Option<(f64, GaussianTuning)>| {
-        let g = at(lambda);
-        tried.push((lambda, g.mse));
-        if best.as_ref().is_none_or(|(_, b)| g.mse < b.mse) {
-            *best = Some((lambda, g));
-        }
+    let search = |lambda: f64| {
+        let sp: Vec<(&Volume, &Volume)> = small.iter().map(|(s, t)| (s, t)).collect();
+        let den = denoised(&sp, lambda);
+        let p: Vec<(&Volume, &Volume)> = den.iter().zip(&small).map(|(d, (_, t))| (d, t)).collect();
+        coarse_gaussian(&p, w).2
     };
+    let mut tried: Vec<(f64, f64)> = Vec::new();
     for l in TV_LAMBDAS {
-        consider(l, &mut best);
+        tried.push((l, search(l)));
     }
-    if let Some((l, _)) = best {
-        for f in [std::f64::consts::FRAC_1_SQRT_2, std::f64::consts::SQRT_2] {
-            consider(l * f, &mut best);
-        }
+    let best = |tried: &[(f64, f64)]| {
+        tried
+            .iter()
+            .copied()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(TV_LAMBDAS[0], |(l, _)| l)
+    };
+    let l0 = best(&tried);
+    for f in [std::f64::consts::FRAC_1_SQRT_2, std::f64::consts::SQRT_2] {
+        tried.push((l0 * f, search(l0 * f)));
     }
-    let (lambda, gaussian) = best.unwrap_or((
-        0.0,
-        GaussianTuning {
-            sigma_xy: 0.0,
-            sigma_z: 0.0,
-            mse: f64::INFINITY,
-            volumes: 0,
-        },
-    ));
+    let lambda = best(&tried);
+    let den = denoised(pairs, lambda);
+    let p: Vec<(&Volume, &Volume)> = den.iter().zip(pairs).map(|(d, (_, t))| (d, *t)).collect();
     TvTuning {
         lambda,
-        gaussian,
+        gaussian: tune_gaussian(&p, w),
         tried,
     }
 }
