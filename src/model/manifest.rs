@@ -137,6 +137,32 @@ pub struct EvaluationRow {
     pub mae: f64,
     pub psnr: f64,
     pub ssim: f64,
+    // Physics figures of `ct-train eval` (issue 11); optional, so manifests written before them
+    // still load and rows without them are written as before.
+    /// Emphysema index error (points, output − target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ei_error: Option<f64>,
+    /// Perc15 error (HU, output − target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perc15_error: Option<f64>,
+    /// Noise std ratio (output / target) in soft-tissue ROIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_ratio_soft: Option<f64>,
+    /// Noise std ratio (output / target) in lung ROIs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_ratio_lung: Option<f64>,
+    /// NPS peak-frequency ratio (output / target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nps_peak_ratio: Option<f64>,
+    /// Relative L2 distance of the output's NPS to the target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nps_distance: Option<f64>,
+    /// MTF50 ratio (output / target) on the rod phantom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtf50_ratio: Option<f64>,
+    /// Share of texture features with CCC >= 0.85.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ccc_share: Option<f64>,
 }
 
 impl Manifest {

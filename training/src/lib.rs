@@ -8,7 +8,8 @@
 //!   run's enums and the HU window ([`config::HuWindow`], the one HU <-> model-unit mapping);
 //! - [`volume`]: the one [`volume::Volume`] type;
 //! - [`resample`] (separable filters, upsampling) and [`metrics`] (MAE, PSNR, SSIM, lung mask,
-//!   emphysema index);
+//!   emphysema index) beside [`physics`] (ROIs, noise and NPS, MTF, radiomic texture, CCC and
+//!   Bland–Altman);
 //! - [`data`]: loading (DICOM, NIfTI, InVesalius), training pairs, the one patch sampler, the one
 //!   random generator ([`data::rng`]), and `ct-train synth`'s simulation ([`data::synth`]);
 //! - [`model`] (generators, discriminators, the reversible core), [`losses`], [`lsq`] (the
@@ -32,6 +33,7 @@ pub mod losses;
 pub mod lsq;
 pub mod metrics;
 pub mod model;
+pub mod physics;
 pub mod plots;
 pub mod resample;
 pub mod trainer;

@@ -8,9 +8,15 @@
 //! accumulated over voxels drawn at random (fixed seed) and solved by Cholesky factorisation, with
 //! a tiny ridge term (1e-9 of the mean diagonal) against exactly collinear neighbourhoods (air).
 //! Borders are skipped: only voxels whose whole neighbourhood lies inside the volume are drawn.
+//!
+//! `ct-train eval`'s best linear baseline ([`fit_fir`], [`apply_fir`]) is the same regression in 3-D
+//! (3×9×9 by default) on HU volumes, solved robustly: centred and standardised normal equations,
+//! no ridge, and a clear error for a constant source or an ill-conditioned system instead of a
+//! filter fitted to rounding noise.
 
 use crate::data::rng::{Rng, RngExt};
 use crate::data::PairedVolume;
+use crate::volume::Volume;
 use rayon::prelude::*;
 
 /// Errors fitting a filter.
@@ -20,6 +26,10 @@ pub enum LsqError {
     TooSmall { d: usize, k: usize },
     #[error("the least-squares system is not positive definite (pivot {0}); the training volumes may be constant")]
     Singular(usize),
+    #[error("the least-squares filter is undetermined: the source volumes are constant over the {samples} drawn voxels (every tap has variance 0)")]
+    Constant { samples: usize },
+    #[error("the least-squares system is ill-conditioned (condition number {condition:.3e} > {max:.0e}, near tap {tap}): the source volumes do not determine the filter", max = MAX_CONDITION)]
+    IllConditioned { condition: f64, tap: usize },
 }
 
 /// A fitted filter and how well it does on the voxels it was fitted on.
@@ -49,10 +59,185 @@ pub fn fit_filter(
     samples: usize,
     seed: u64,
 ) -> Result<FilterFit, LsqError> {
-    let (rz, r) = (d / 2, k / 2);
-    let usable: Vec<&PairedVolume> = pairs
+    let vols: Vec<(&Volume, &Volume)> = pairs
         .iter()
-        .filter(|p| p.a.shape[0] >= d && p.a.shape[1] >= k && p.a.shape[2] >= k)
+        .map(|p| if reverse { (&p.b, &p.a) } else { (&p.a, &p.b) })
+        .collect();
+    let sys = normal_equations(&vols, d, k, samples, seed)?;
+    let n = sys.n;
+    let mut a = sys.ata.clone();
+    let ridge = 1e-9 * (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
+    for i in 0..n - 1 {
+        a[i * n + i] += ridge;
+    }
+    let w = cholesky_solve(a, sys.atb.clone(), n)?;
+    Ok(sys.finish(&vols, w))
+}
+
+/// Largest condition number (of the standardised normal matrix) [`fit_fir`] accepts: beyond it
+/// f64 sums of squares no longer determine the taps to single precision.
+pub const MAX_CONDITION: f64 = 1e12;
+
+/// The strongest linear baseline of `ct-train eval`: `target ≈ filter(source) + bias` with a
+/// d×k×k FIR over `(source, target)` pairs in HU, solved robustly. The normal equations are
+/// centred (the bias is eliminated: `b = mean(t) - w·mean(f)`) and standardised to a correlation
+/// matrix, which is factorised by Cholesky **without** a ridge; a constant source (every tap with
+/// zero variance over the drawn voxels) is [`LsqError::Constant`], and a system whose condition
+/// number, estimated from the Cholesky pivots as `(max Lᵢᵢ / min Lᵢᵢ)²` (a lower bound of the
+/// 2-norm condition number; Golub & Van Loan, *Matrix Computations*, 4th ed., §3.5.4 and §4.2),
+/// exceeds [`MAX_CONDITION`] is [`LsqError::IllConditioned`]: the fit is then not unique and the
+/// baseline is refused rather than reported from noise.
+pub fn fit_fir(
+    pairs: &[(&Volume, &Volume)],
+    d: usize,
+    k: usize,
+    samples: usize,
+    seed: u64,
+) -> Result<FilterFit, LsqError> {
+    let sys = normal_equations(pairs, d, k, samples, seed)?;
+    let n = sys.n;
+    let m = n - 1;
+    let total = sys.ata[n * n - 1];
+    // Means of the taps and of the target, then the centred covariances.
+    let mean: Vec<f64> = (0..m).map(|i| sys.ata[i * n + m] / total).collect();
+    let mean_t = sys.atb[m] / total;
+    let mut cov = vec![0f64; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            cov[i * m + j] = sys.ata[i * n + j] / total - mean[i] * mean[j];
+        }
+    }
+    let rhs: Vec<f64> = (0..m)
+        .map(|i| sys.atb[i] / total - mean[i] * mean_t)
+        .collect();
+    let var: Vec<f64> = (0..m).map(|i| cov[i * m + i].max(0.0)).collect();
+    let vmax = var.iter().copied().fold(0.0, f64::max);
+    // Relative to the squared mean, a variance under 1e-12 is rounding in the sums (a constant
+    // volume gives exactly that).
+    let scale2 = mean.iter().map(|v| v * v).fold(1.0, f64::max);
+    if vmax <= 1e-12 * scale2 {
+        return Err(LsqError::Constant {
+            samples: sys.picks.len(),
+        });
+    }
+    let sd: Vec<f64> = var.iter().map(|v| v.sqrt()).collect();
+    if let Some(i) = sd.iter().position(|&s| s * s <= 1e-12 * vmax) {
+        return Err(LsqError::IllConditioned {
+            condition: f64::INFINITY,
+            tap: i,
+        });
+    }
+    let mut corr = vec![0f64; m * m];
+    for i in 0..m {
+        for j in 0..m {
+            corr[i * m + j] = cov[i * m + j] / (sd[i] * sd[j]);
+        }
+    }
+    let rs: Vec<f64> = (0..m).map(|i| rhs[i] / sd[i]).collect();
+    let (l, pivots) = match cholesky(corr, m) {
+        Ok(v) => v,
+        Err(LsqError::Singular(j)) => {
+            return Err(LsqError::IllConditioned {
+                condition: f64::INFINITY,
+                tap: j,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let (pmin, pmax) = pivots
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &p| (a.min(p), b.max(p)));
+    let condition = (pmax / pmin).powi(2);
+    if !condition.is_finite() || condition > MAX_CONDITION {
+        let tap = pivots.iter().position(|&p| p == pmin).unwrap_or_default();
+        return Err(LsqError::IllConditioned { condition, tap });
+    }
+    let ws = cholesky_substitute(&l, rs, m);
+    let mut w: Vec<f64> = ws.iter().zip(&sd).map(|(w, s)| w / s).collect();
+    let bias = mean_t - w.iter().zip(&mean).map(|(a, b)| a * b).sum::<f64>();
+    w.push(bias);
+    Ok(sys.finish(pairs, w))
+}
+
+/// Applies a d×k×k filter (`taps` row-major z, y, x, plus `bias`) to `v`, borders clamped
+/// (edge voxels repeated).
+pub fn apply_fir(v: &Volume, taps: &[f32], bias: f32, d: usize, k: usize) -> Vec<f32> {
+    let [nz, ny, nx] = v.shape;
+    let (rz, r) = ((d / 2) as isize, (k / 2) as isize);
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
+    let mut out = vec![0f32; v.len()];
+    out.par_chunks_mut(ny * nx).enumerate().for_each(|(z, o)| {
+        for y in 0..ny {
+            for x in 0..nx {
+                let mut acc = f64::from(bias);
+                for dz in 0..d {
+                    let zz = clamp(z as isize + dz as isize - rz, nz);
+                    for dy in 0..k {
+                        let yy = clamp(y as isize + dy as isize - r, ny);
+                        let row = &v.values[(zz * ny + yy) * nx..(zz * ny + yy + 1) * nx];
+                        let t = &taps[(dz * k + dy) * k..(dz * k + dy + 1) * k];
+                        for (dx, &w) in t.iter().enumerate() {
+                            let xx = clamp(x as isize + dx as isize - r, nx);
+                            acc += f64::from(w) * f64::from(row[xx]);
+                        }
+                    }
+                }
+                o[y * nx + x] = acc as f32;
+            }
+        }
+    });
+    out
+}
+
+/// The normal equations of a d×k×k filter plus bias over randomly drawn voxels.
+struct System {
+    n: usize,
+    d: usize,
+    k: usize,
+    picks: Vec<(usize, usize, usize, usize)>,
+    /// Indices into the caller's pairs of the volumes large enough for the filter.
+    usable: Vec<usize>,
+    /// `AᵀA` (full, symmetric; the last row/column is the bias feature 1) and `Aᵀt`.
+    ata: Vec<f64>,
+    atb: Vec<f64>,
+}
+
+/// The neighbourhood of voxel `p` of `src` in `f` (plus the bias feature 1); returns the target and
+/// the source values at the voxel.
+fn features(
+    src: &Volume,
+    dst: &Volume,
+    (d, k): (usize, usize),
+    &(_, z, y, x): &(usize, usize, usize, usize),
+    f: &mut Vec<f64>,
+) -> (f64, f64) {
+    let (rz, r) = (d / 2, k / 2);
+    let [_, ny, nx] = src.shape;
+    f.clear();
+    for dz in 0..d {
+        for dy in 0..k {
+            let row = ((z + dz - rz) * ny + (y + dy - r)) * nx + (x - r);
+            f.extend(src.values[row..row + k].iter().map(|&v| f64::from(v)));
+        }
+    }
+    f.push(1.0);
+    let at = (z * ny + y) * nx + x;
+    (f64::from(dst.values[at]), f64::from(src.values[at]))
+}
+
+fn normal_equations(
+    pairs: &[(&Volume, &Volume)],
+    d: usize,
+    k: usize,
+    samples: usize,
+    seed: u64,
+) -> Result<System, LsqError> {
+    let (rz, r) = (d / 2, k / 2);
+    let usable: Vec<usize> = (0..pairs.len())
+        .filter(|&i| {
+            let s = pairs[i].0.shape;
+            s[0] >= d && s[1] >= k && s[2] >= k
+        })
         .collect();
     if usable.is_empty() {
         return Err(LsqError::TooSmall { d, k });
@@ -61,8 +246,8 @@ pub fn fit_filter(
     let mut rng = Rng::new(seed);
     let picks: Vec<(usize, usize, usize, usize)> = (0..samples)
         .map(|_| {
-            let c = rng.below(usable.len());
-            let [nz, ny, nx] = usable[c].a.shape;
+            let c = usable[rng.below(usable.len())];
+            let [nz, ny, nx] = pairs[c].0.shape;
             (
                 c,
                 rz + rng.below(nz - 2 * rz),
@@ -72,25 +257,6 @@ pub fn fit_filter(
         })
         .collect();
     let n = d * k * k + 1;
-    let features = |&(c, z, y, x): &(usize, usize, usize, usize), f: &mut Vec<f64>| -> (f64, f64) {
-        let pv = usable[c];
-        let (src, dst) = if reverse {
-            (&pv.b, &pv.a)
-        } else {
-            (&pv.a, &pv.b)
-        };
-        let [_, ny, nx] = src.shape;
-        f.clear();
-        for dz in 0..d {
-            for dy in 0..k {
-                let row = ((z + dz - rz) * ny + (y + dy - r)) * nx + (x - r);
-                f.extend(src.values[row..row + k].iter().map(|&v| f64::from(v)));
-            }
-        }
-        f.push(1.0);
-        let at = (z * ny + y) * nx + x;
-        (f64::from(dst.values[at]), f64::from(src.values[at]))
-    };
     // Normal equations, accumulated in parallel chunks (upper triangle).
     let (ata, atb) = picks
         .par_chunks(4096)
@@ -99,7 +265,8 @@ pub fn fit_filter(
             let mut atb = vec![0f64; n];
             let mut f = Vec::with_capacity(n);
             for p in chunk {
-                let (t, _) = features(p, &mut f);
+                let (src, dst) = pairs[p.0];
+                let (t, _) = features(src, dst, (d, k), p, &mut f);
                 for i in 0..n {
                     let fi = f[i];
                     atb[i] += fi * t;
@@ -119,38 +286,52 @@ pub fn fit_filter(
                 (a, b)
             },
         );
-    let mut a = ata;
+    let mut ata = ata;
     for i in 0..n {
         for j in 0..i {
-            a[i * n + j] = a[j * n + i];
+            ata[i * n + j] = ata[j * n + i];
         }
     }
-    let ridge = 1e-9 * (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
-    for i in 0..n - 1 {
-        a[i * n + i] += ridge;
-    }
-    let w = cholesky_solve(a, atb, n)?;
-    // Errors on the drawn voxels.
-    let (mut err, mut ident) = (0f64, 0f64);
-    let mut f = Vec::with_capacity(n);
-    for p in &picks {
-        let (t, s) = features(p, &mut f);
-        let y: f64 = f.iter().zip(&w).map(|(a, b)| a * b).sum();
-        err += (y - t).abs();
-        ident += (s - t).abs();
-    }
-    Ok(FilterFit {
-        taps: w[..n - 1].iter().map(|&v| v as f32).collect(),
-        bias: w[n - 1] as f32,
-        mae: err / samples.max(1) as f64,
-        identity_mae: ident / samples.max(1) as f64,
-        samples,
+    Ok(System {
+        n,
+        d,
+        k,
+        picks,
+        usable,
+        ata,
+        atb,
     })
 }
 
-/// Solves `A x = b` for a symmetric positive definite `A` (n×n, row-major).
-fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>, LsqError> {
-    // A = L Lᵀ, L stored in the lower triangle of `a`.
+impl System {
+    /// The fit from the solution `w` (taps then bias), with its errors on the drawn voxels.
+    fn finish(&self, pairs: &[(&Volume, &Volume)], w: Vec<f64>) -> FilterFit {
+        let n = self.n;
+        let (mut err, mut ident) = (0f64, 0f64);
+        let mut f = Vec::with_capacity(n);
+        for p in &self.picks {
+            let (src, dst) = pairs[p.0];
+            let (t, s) = features(src, dst, (self.d, self.k), p, &mut f);
+            let y: f64 = f.iter().zip(&w).map(|(a, b)| a * b).sum();
+            err += (y - t).abs();
+            ident += (s - t).abs();
+        }
+        debug_assert!(!self.usable.is_empty());
+        let samples = self.picks.len();
+        FilterFit {
+            taps: w[..n - 1].iter().map(|&v| v as f32).collect(),
+            bias: w[n - 1] as f32,
+            mae: err / samples.max(1) as f64,
+            identity_mae: ident / samples.max(1) as f64,
+            samples,
+        }
+    }
+}
+
+/// Cholesky factor `L` (lower triangle of the returned n×n matrix) of a symmetric positive
+/// definite `A`, and its pivots `Lᵢᵢ`.
+fn cholesky(mut a: Vec<f64>, n: usize) -> Result<(Vec<f64>, Vec<f64>), LsqError> {
+    let mut pivots = vec![0f64; n];
     for j in 0..n {
         let mut s = a[j * n + j];
         for p in 0..j {
@@ -160,6 +341,7 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>
             return Err(LsqError::Singular(j));
         }
         let l = s.sqrt();
+        pivots[j] = l;
         a[j * n + j] = l;
         for i in j + 1..n {
             let mut t = a[i * n + j];
@@ -169,6 +351,11 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>
             a[i * n + j] = t / l;
         }
     }
+    Ok((a, pivots))
+}
+
+/// Solves `L Lᵀ x = b` with the factor of [`cholesky`].
+fn cholesky_substitute(a: &[f64], mut b: Vec<f64>, n: usize) -> Vec<f64> {
     for i in 0..n {
         let mut t = b[i];
         for p in 0..i {
@@ -183,7 +370,13 @@ fn cholesky_solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Result<Vec<f64>
         }
         b[i] = t / a[i * n + i];
     }
-    Ok(b)
+    b
+}
+
+/// Solves `A x = b` for a symmetric positive definite `A` (n×n, row-major).
+fn cholesky_solve(a: Vec<f64>, b: Vec<f64>, n: usize) -> Result<Vec<f64>, LsqError> {
+    let (l, _) = cholesky(a, n)?;
+    Ok(cholesky_substitute(&l, b, n))
 }
 
 #[cfg(test)]
@@ -233,5 +426,55 @@ mod tests {
             fit_filter(&[pv], false, 3, 9, 10, 0),
             Err(LsqError::TooSmall { d: 3, k: 9 })
         );
+    }
+
+    /// A random 3-D kernel applied to white noise is recovered tap by tap (the LS FIR of eval).
+    #[test]
+    fn fir_recovers_a_known_3d_kernel_applied_to_noise() {
+        let (d, k) = (3, 5);
+        let mut rng = Rng::new(17);
+        let kernel: Vec<f32> = (0..d * k * k).map(|_| rng.uniform() as f32 - 0.5).collect();
+        let src = Volume::from_fn("noise", [10, 28, 28], |_, _, _| 0.0);
+        let src = Volume::new(
+            "noise",
+            src.shape,
+            [1.0; 3],
+            (0..src.len())
+                .map(|_| 40.0 * rng.normal() as f32 + 30.0)
+                .collect(),
+        );
+        let dst = Volume::new(
+            "target",
+            src.shape,
+            [1.0; 3],
+            apply_fir(&src, &kernel, -12.5, d, k),
+        );
+        let fit = fit_fir(&[(&src, &dst)], d, k, 20_000, 5).unwrap();
+        for (a, b) in fit.taps.iter().zip(&kernel) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        assert!((fit.bias + 12.5).abs() < 1e-2, "{}", fit.bias);
+        assert!(fit.mae < 1e-3 && fit.identity_mae > 1.0, "{fit:?}");
+        // The applied fit reproduces the target inside the borders.
+        let out = apply_fir(&src, &fit.taps, fit.bias, d, k);
+        let i = src.idx(5, 14, 14);
+        assert!((out[i] - dst.values[i]).abs() < 1e-2);
+    }
+
+    #[test]
+    fn fir_on_a_constant_volume_is_a_clear_error() {
+        let c = Volume::from_fn("c", [6, 16, 16], |_, _, _| 40.0);
+        let t = Volume::from_fn("t", [6, 16, 16], |z, y, x| (z + y + x) as f32);
+        let e = fit_fir(&[(&c, &t)], 3, 9, 2000, 1).unwrap_err();
+        assert_eq!(e, LsqError::Constant { samples: 2000 });
+        assert!(e.to_string().contains("constant"), "{e}");
+        // A source that varies along x only leaves the taps of one column collinear.
+        let ramp = Volume::from_fn("r", [6, 16, 16], |_, _, x| x as f32);
+        let e = fit_fir(&[(&ramp, &t)], 1, 3, 2000, 1).unwrap_err();
+        assert!(
+            matches!(e, LsqError::IllConditioned { .. }),
+            "{e}: a one-dimensional ramp does not determine a 1x3x3 filter"
+        );
+        assert!(e.to_string().contains("ill-conditioned"), "{e}");
     }
 }

@@ -6,8 +6,9 @@
 //!   Gaussian MTF to the Hann/ramp filter ratio.
 //! - `synth --out DIR [--source cranium|phantom|DIR|file.nii] [--photons N] [--seed S]`: paired
 //!   (sharp, soft) data by FBP simulation and thick-slice sources (`ct_training::data::synth`).
-//! - `eval --pairs DIR --model models/NAME ... --csv FILE [--tune DIR]`: metrics table of models and
-//!   baselines (`ct_training::eval`).
+//! - `eval --pairs DIR --model models/NAME ... --csv FILE [--tune DIR] [--baselines LIST]
+//!   [--fir DxKxK] [--no-physics]`: metrics table of models and baselines, physics figures and
+//!   plots (`ct_training::eval`).
 //! - `train --data DIR --out RUN --task kernel|superres --mode paired|unpaired --blocks N [--naive]
 //!   [--steps S] [--patch P] [--ngf C] [--seed S] [--resume]`: trains a 3D RevGAN
 //!   (`ct_training::trainer`).
@@ -45,7 +46,8 @@ enum Command {
     },
     /// Simulate paired (sharp, soft) kernel data and thick-slice super-resolution sources (DESIGN §5).
     Synth(ct_training::data::synth::SynthArgs),
-    /// Evaluate models and baselines on held-out pairs: MAE, PSNR, 3-D SSIM, emphysema index.
+    /// Evaluate models and baselines on held-out pairs: MAE, PSNR, 3-D SSIM, emphysema index, noise,
+    /// NPS, MTF, Perc15, Bland-Altman and texture CCC.
     Eval(ct_training::eval::EvalArgs),
     /// Train a 3D RevGAN (paired or unpaired, reversible core) with checkpoints and a loss CSV.
     Train(ct_training::trainer::TrainArgs),

@@ -8,6 +8,11 @@
 //!   slice of input | output | target, grey levels on [-1, 1] (the trainer maps the seed window
 //!   [-1150, 350] HU there, whatever the model's own window).
 //!
+//! - `<csv stem>-nps.png` ([`nps_png`]) and `<csv stem>-bland-altman.png` ([`bland_altman_png`]),
+//!   drawn by `ct-train eval`: the mean noise power spectra of the target and of each method, and
+//!   the Bland–Altman plot of the emphysema index (difference output − target against their mean,
+//!   per case, with the bias and the 95 % limits of agreement), one panel per method.
+//!
 //! Text needs a TrueType font: the first of [`FONT_PATHS`] that exists (Debian's
 //! `fonts-dejavu-core`, installed by `scripts/setup.sh`). Without one the curves are still drawn,
 //! without axis labels or legend, and one warning says so.
@@ -244,6 +249,175 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Draws NPS curves (`(label, frequency in cycles/mm, NPS in HU²·mm²)`) into `out` (PNG,
+/// 900×560); the curve labelled `target` is black and thick.
+pub fn nps_png(out: &Path, curves: &[(&str, &[f64], &[f64])]) -> Result<(), PlotError> {
+    let (w, h) = (900u32, 560u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let draw_err = |e: String| PlotError::Draw {
+        path: out.to_owned(),
+        reason: e,
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
+        draw_nps(&root, curves, font()).map_err(|e| draw_err(e.to_string()))?;
+        root.present().map_err(|e| draw_err(e.to_string()))?;
+    }
+    write_rgb_png(out, w, h, &buf)
+}
+
+fn draw_nps<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    curves: &[(&str, &[f64], &[f64])],
+    text: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let fmax = curves
+        .iter()
+        .flat_map(|c| c.1.iter())
+        .copied()
+        .fold(0.0, f64::max)
+        .max(1e-6);
+    let pmax = curves
+        .iter()
+        .flat_map(|c| c.2.iter())
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-6)
+        * 1.05;
+    let mut b = ChartBuilder::on(area);
+    b.margin(12);
+    if text {
+        b.caption(
+            "noise power spectrum (soft-tissue ROIs)",
+            ("sans-serif", 18),
+        )
+        .x_label_area_size(36)
+        .y_label_area_size(60);
+    }
+    let mut chart = b.build_cartesian_2d(0.0..fmax, 0.0..pmax)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc("frequency (cycles/mm)").y_desc("NPS (HU² mm²)");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw()?;
+    let mut k = 0;
+    for (label, f, p) in curves {
+        let (c, width) = if *label == "target" {
+            (BLACK, 3)
+        } else {
+            k += 1;
+            (COLORS[(k - 1) % COLORS.len()], 2)
+        };
+        let s = chart.draw_series(LineSeries::new(
+            f.iter().copied().zip(p.iter().copied()),
+            c.stroke_width(width),
+        ))?;
+        if text {
+            let l = (*label).to_owned();
+            s.label(l).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(width))
+            });
+        }
+    }
+    if text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// One Bland–Altman panel: a title, the per-case points `(mean, difference)` and the
+/// `(bias, lower, upper)` lines.
+pub type BlandAltmanPanel = (String, Vec<(f64, f64)>, (f64, f64, f64));
+
+/// Draws Bland–Altman panels (one per method, side by side) of quantity `what` into `out` (PNG,
+/// 420 px per panel × 420).
+pub fn bland_altman_png(
+    out: &Path,
+    what: &str,
+    panels: &[BlandAltmanPanel],
+) -> Result<(), PlotError> {
+    let n = panels.len().max(1);
+    let (w, h) = (420 * n as u32, 420u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let draw_err = |e: String| PlotError::Draw {
+        path: out.to_owned(),
+        reason: e,
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
+        let areas = root.split_evenly((1, n));
+        let text = font();
+        // One y range for every panel, so the methods compare at a glance.
+        let span = panels
+            .iter()
+            .flat_map(|(_, p, (b, lo, hi))| p.iter().map(|q| q.1).chain([*b, *lo, *hi]))
+            .filter(|v| v.is_finite())
+            .fold(0.5f64, |a, v| a.max(v.abs()))
+            * 1.15;
+        for (area, panel) in areas.iter().zip(panels) {
+            draw_ba(area, what, panel, span, text).map_err(|e| draw_err(e.to_string()))?;
+        }
+        root.present().map_err(|e| draw_err(e.to_string()))?;
+    }
+    write_rgb_png(out, w, h, &buf)
+}
+
+fn draw_ba<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    what: &str,
+    (title, pts, (bias, lo, hi)): &BlandAltmanPanel,
+    span: f64,
+    text: bool,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (xmin, xmax) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
+    let (xmin, xmax) = if xmin.is_finite() && xmax > xmin {
+        let pad = 0.1 * (xmax - xmin);
+        (xmin - pad, xmax + pad)
+    } else if xmin.is_finite() {
+        (xmin - 1.0, xmin + 1.0)
+    } else {
+        (0.0, 1.0)
+    };
+    let mut b = ChartBuilder::on(area);
+    b.margin(12);
+    if text {
+        let t: String = title.chars().take(40).collect();
+        b.caption(t, ("sans-serif", 15))
+            .x_label_area_size(36)
+            .y_label_area_size(48);
+    }
+    let mut chart = b.build_cartesian_2d(xmin..xmax, -span..span)?;
+    let mut mesh = chart.configure_mesh();
+    if text {
+        mesh.x_desc(format!("mean {what}"))
+            .y_desc("output − target");
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw()?;
+    for (v, c) in [(*bias, COLORS[0]), (*lo, COLORS[1]), (*hi, COLORS[1])] {
+        chart.draw_series(LineSeries::new([(xmin, v), (xmax, v)], c.stroke_width(2)))?;
+    }
+    chart.draw_series(
+        pts.iter()
+            .map(|&(x, y)| Circle::new((x, y), 4, BLACK.filled())),
+    )?;
+    Ok(())
+}
+
 fn write_rgb_png(out: &Path, w: u32, h: u32, rgb: &[u8]) -> Result<(), PlotError> {
     write_png(out, w, h, png::ColorType::Rgb, rgb)
 }
@@ -389,5 +563,30 @@ mod tests {
         assert_eq!(at(GAP, GAP), 0);
         assert_eq!(at(2 * GAP + 6, GAP), 128);
         assert_eq!(at(3 * GAP + 12, GAP), 255);
+    }
+
+    #[test]
+    fn nps_and_bland_altman_pictures_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let f: Vec<f64> = (0..33).map(|i| f64::from(i) / 64.0).collect();
+        let a: Vec<f64> = f.iter().map(|x| 100.0 * x * (-8.0 * x).exp()).collect();
+        let b: Vec<f64> = f.iter().map(|x| 60.0 * x * (-12.0 * x).exp()).collect();
+        let p = dir.path().join("nps.png");
+        nps_png(&p, &[("target", &f, &a), ("gaussian", &f, &b)]).unwrap();
+        let q = dir.path().join("ba.png");
+        let panel = (
+            "m".to_string(),
+            vec![(5.0, 0.1), (7.0, -0.3), (9.0, 0.2)],
+            (0.0, -0.5, 0.5),
+        );
+        bland_altman_png(&q, "EI (%)", &[panel.clone(), panel]).unwrap();
+        for png in [p, q] {
+            let d = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+            let mut r = d.read_info().unwrap();
+            let mut px = vec![0; r.output_buffer_size().unwrap()];
+            r.next_frame(&mut px).unwrap();
+            let drawn = px.chunks(3).filter(|p| p.iter().any(|&c| c < 200)).count();
+            assert!(drawn > 300, "{}: {drawn} drawn pixels", png.display());
+        }
     }
 }

@@ -7,11 +7,17 @@
 //!
 //! **Methods.** Models run through the daemon's own inference code (`ModelDir::open`, which checks the
 //! ONNX hash, then `Translator::open`, `plan` and `translate` slab by slab with the valid-core tiling),
-//! so the figures are what the daemon would produce. Baselines: for kernels the identity (the sharp
-//! input itself) and a Gaussian low-pass whose in-plane σ and z σ are tuned separately, in that order,
-//! by grid search on the `--tune` volumes (minimum MSE; edge padding, kernels truncated at
-//! `ceil(3σ)` as the shipped baseline does); for super-resolution trilinear and tricubic (Keys,
-//! a = -0.5) upsampling, voxel centres aligned (`src = (dst + 0.5)/f - 0.5`, edges clamped).
+//! so the figures are what the daemon would produce. Baselines for kernels, each tuned or fitted on
+//! the `--tune` volumes only (a set of cases disjoint from the held-out ones, on the same voxel
+//! grid: another grid is an error naming both, `--allow-grid-mismatch` turns it into a warning),
+//! selected by `--baselines`: the identity (the sharp input itself); a Gaussian low-pass whose
+//! in-plane σ and z σ are tuned separately, in that order, by grid search (minimum MSE; edge
+//! padding, kernels truncated at `ceil(3σ)` as the shipped baseline does); the best linear filter,
+//! a least-squares d×k×k FIR plus bias (`--fir 3x9x9`, [`crate::lsq::fit_fir`]: a constant or
+//! ill-conditioned tuning set is an error, not a baseline); and TV denoising (Chambolle 2004)
+//! followed by the Gaussian, λ and σ tuned jointly ([`baselines::tune_tv`]). For super-resolution
+//! trilinear and tricubic (Keys, a = -0.5) upsampling, voxel centres aligned
+//! (`src = (dst + 0.5)/f - 0.5`, edges clamped).
 //!
 //! **Metrics** ([`crate::metrics`]). Output and target are mapped through the HU window to [-1, 1] and clipped, as the
 //! networks see them. MAE; PSNR with data range 2 (`10 log10(4 / MSE)`); 3-D SSIM with a Gaussian
@@ -24,17 +30,32 @@
 //! body — restricted to in-plane connected regions of at least 300 mm² (this drops the trachea, main
 //! bronchi and bowel gas). Reported only when the mask holds at least 1 % of the volume (not for
 //! head CT).
-
+//!
+//! **Physics figures** ([`figures`], [`crate::physics`]; off with `--no-physics`), on ROIs fixed per
+//! case from the target (`--roi` side, `--max-rois` per class): noise std in soft-tissue and lung
+//! ROIs (output / target ratio), the radially averaged NPS of the soft-tissue ROIs (peak and mean
+//! frequency ratio, relative L2 distance to the target's), Perc15 of the lung (error in HU) with the
+//! emphysema index, both with Bland–Altman bias and limits of agreement over the cases (mean rows),
+//! MTF50 on a simulated rod phantom ([`edge`]; ratio to the soft reconstruction's), and texture
+//! reproducibility: the share of (feature, ROI class) with Lin's CCC ≥ 0.85 between output and
+//! target over the ROIs (34 IBSI first-order and GLCM features × soft tissue and lung).
+//! `ct-train eval` also draws `<csv stem>-nps.png` (mean NPS curves) and
+//! `<csv stem>-bland-altman.png` (emphysema index per method) beside the CSV.
 //!
 //! Files: this module (options, the run, the CLI), [`cases`] (held-out cases, running a model),
-//! [`baselines`] (the tuned classical baselines), [`report`] (table, CSV, manifest rows).
+//! [`baselines`] (the tuned classical baselines) and [`tv`] (TV denoising), [`figures`] and
+//! [`edge`] (physics figures, the MTF phantom), [`report`] (table, CSV, manifest rows).
 
 pub mod baselines;
 pub mod cases;
+pub mod edge;
+pub mod figures;
 pub mod report;
+pub mod tv;
 
-pub use baselines::{tune_gaussian, GaussianTuning};
+pub use baselines::{fit_linear, tune_gaussian, tune_tv, GaussianTuning, LinearTuning, TvTuning};
 pub use cases::{load_cases, run_model, Case};
+pub use figures::{Physics, PhysicsOptions};
 pub use report::{format_table, manifest_rows, record_in_manifest, write_csv, EvalReport, Row};
 
 use crate::config::HuWindow;
@@ -44,9 +65,13 @@ use crate::lib_bridge::{
     ConfigError, Manifest, ManifestError, ModelDir, ModelKind, Settings, Task, TranslateError,
     Translator,
 };
+use crate::lsq::LsqError;
 use crate::metrics::{lung_mask, metrics, Metrics};
-use crate::resample::{gaussian_blur, upsample, Interp};
-use std::path::PathBuf;
+use crate::physics::NpsCurve;
+use crate::resample::{upsample, Interp};
+use figures::{ccc_counts, mean_physics, CaseRef, ClassFeatures};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Errors evaluating. Each names the file or folder and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +91,25 @@ pub enum EvalError {
     Pairs { path: PathBuf, reason: String },
     #[error("{0}")]
     Shape(String),
+    #[error("tuning case {tuning} is on another grid than held-out case {case}: voxel size {tuning_grid} against {case_grid}; the baselines are tuned in voxels and do not transfer (tune on cases of the held-out grid, or pass --allow-grid-mismatch)")]
+    Grid {
+        tuning: PathBuf,
+        tuning_grid: String,
+        case: PathBuf,
+        case_grid: String,
+    },
+    #[error("{what} fitted on {path} ({cases}): {source}")]
+    Baseline {
+        what: &'static str,
+        path: PathBuf,
+        cases: String,
+        #[source]
+        source: LsqError,
+    },
+    #[error("{0}")]
+    Option(String),
+    #[error(transparent)]
+    Plot(Box<crate::plots::PlotError>),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -79,11 +123,141 @@ pub struct EvalOptions {
     pub pairs: PathBuf,
     pub models: Vec<PathBuf>,
     pub csv: PathBuf,
-    /// Volumes for tuning the Gaussian baseline (the eval pairs themselves when `None`).
+    /// Volumes for tuning the baselines (the eval pairs themselves when `None`).
     pub tune: Option<PathBuf>,
     pub window: HuWindow,
     /// Daemon settings file (defaults + environment when `None`).
     pub config: Option<PathBuf>,
+    /// Which kernel baselines run beside the identity.
+    pub baselines: Baselines,
+    /// Support of the least-squares FIR: (depth in z, in-plane size).
+    pub fir: (usize, usize),
+    /// Voxels drawn for the least-squares fit.
+    pub fir_samples: usize,
+    /// Physics figures (`None`: MAE, PSNR, SSIM and the emphysema index only).
+    pub physics: Option<PhysicsOptions>,
+    /// Warn instead of failing when the tuning cases are on another voxel grid.
+    pub allow_grid_mismatch: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            pairs: PathBuf::new(),
+            models: Vec::new(),
+            csv: PathBuf::new(),
+            tune: None,
+            window: HuWindow::default(),
+            config: None,
+            baselines: Baselines::default(),
+            fir: (3, 9),
+            fir_samples: DEFAULT_FIR_SAMPLES,
+            physics: Some(PhysicsOptions::default()),
+            allow_grid_mismatch: false,
+        }
+    }
+}
+
+/// Voxels drawn for the least-squares FIR by default (a 3×9×9 filter has 244 unknowns).
+pub const DEFAULT_FIR_SAMPLES: usize = 100_000;
+
+/// The kernel baselines that run (the identity always does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Baselines {
+    pub gaussian: bool,
+    pub linear: bool,
+    pub tv: bool,
+}
+
+impl Default for Baselines {
+    fn default() -> Self {
+        Self {
+            gaussian: true,
+            linear: true,
+            tv: true,
+        }
+    }
+}
+
+impl Baselines {
+    /// Parses a comma-separated list of `identity`, `gaussian`, `linear`, `tv`.
+    pub fn parse(s: &str) -> Result<Self, EvalError> {
+        let mut b = Self {
+            gaussian: false,
+            linear: false,
+            tv: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "identity" => {}
+                "gaussian" => b.gaussian = true,
+                "linear" => b.linear = true,
+                "tv" => b.tv = true,
+                other => {
+                    return Err(EvalError::Option(format!(
+                        "--baselines {s:?}: unknown baseline {other:?}; use identity, gaussian, linear, tv"
+                    )))
+                }
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Parses `--fir DxKxK` (in-plane sides equal and odd, depth odd).
+pub fn parse_fir(s: &str) -> Result<(usize, usize), EvalError> {
+    let v: Vec<Option<usize>> = s.split('x').map(|p| p.trim().parse().ok()).collect();
+    match v.as_slice() {
+        [Some(d), Some(k), Some(k2)] if k == k2 && d % 2 == 1 && k % 2 == 1 => Ok((*d, *k)),
+        _ => Err(EvalError::Option(format!(
+            "--fir {s:?}: expected DxKxK with odd D and K, e.g. 3x9x9"
+        ))),
+    }
+}
+
+fn grid_text(v: &Volume) -> String {
+    format!(
+        "{:.4}x{:.4}x{:.4} mm (z, y, x; shape {:?})",
+        v.spacing[0], v.spacing[1], v.spacing[2], v.shape
+    )
+}
+
+/// Same voxel size within 1 % on every axis.
+fn same_grid(a: &Volume, b: &Volume) -> bool {
+    a.spacing
+        .iter()
+        .zip(&b.spacing)
+        .all(|(x, y)| (x - y).abs() <= 0.01 * x.abs().max(y.abs()))
+}
+
+/// Refuses (or, when allowed, warns about) tuning cases on another voxel grid than a held-out
+/// case.
+fn check_grids(
+    tune_dir: &Path,
+    tuning: &[&Case],
+    pairs_dir: &Path,
+    held_out: &[&Case],
+    allow: bool,
+) -> Result<(), EvalError> {
+    for c in held_out {
+        for t in tuning {
+            if same_grid(&t.soft, &c.soft) {
+                continue;
+            }
+            let e = EvalError::Grid {
+                tuning: tune_dir.join(&t.name),
+                tuning_grid: grid_text(&t.soft),
+                case: pairs_dir.join(&c.name),
+                case_grid: grid_text(&c.soft),
+            };
+            if !allow {
+                return Err(e);
+            }
+            tracing::warn!("{e}");
+            break;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn task_name(t: Task) -> &'static str {
@@ -114,41 +288,152 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let w = o.window;
 
     let kernel_cases: Vec<&Case> = cases.iter().filter(|c| c.sharp.is_some()).collect();
-    let (tuning, tuned_on, tuned_on_label) = if kernel_cases.is_empty() {
-        (None, String::new(), String::new())
-    } else if let Some(t) = &o.tune {
-        let tc = load_cases(t)?;
-        let pairs: Vec<(&Volume, &Volume)> = tc
+    let same_as_pairs = |t: &Path| {
+        std::fs::canonicalize(t)
+            .ok()
+            .is_some_and(|a| std::fs::canonicalize(&o.pairs).ok() == Some(a))
+    };
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut tuning = None;
+    let mut linear = None;
+    let mut tv = None;
+    let (mut tuned_on, mut tuned_on_label) = (String::new(), String::new());
+    if !kernel_cases.is_empty() {
+        let loaded;
+        let (tune_cases, tune_dir): (Vec<&Case>, PathBuf) = match &o.tune {
+            Some(t) if !same_as_pairs(t) => {
+                loaded = load_cases(t)?;
+                let tc: Vec<&Case> = loaded.iter().filter(|c| c.sharp.is_some()).collect();
+                if tc.is_empty() {
+                    return Err(EvalError::Pairs {
+                        path: t.clone(),
+                        reason: "no case with both `sharp` and `soft` to tune the baselines on"
+                            .into(),
+                    });
+                }
+                check_grids(t, &tc, &o.pairs, &kernel_cases, o.allow_grid_mismatch)?;
+                tuned_on = t.display().to_string();
+                tuned_on_label = data_label(t);
+                (tc, t.clone())
+            }
+            _ => {
+                tracing::warn!(
+                    "no --tune volumes apart from the evaluation set: the baselines are tuned on the evaluation set"
+                );
+                tuned_on = format!("{} (the evaluation set itself)", o.pairs.display());
+                tuned_on_label = format!("{} (the evaluation set itself)", data_label(&o.pairs));
+                (kernel_cases.clone(), o.pairs.clone())
+            }
+        };
+        let pairs: Vec<(&Volume, &Volume)> = tune_cases
             .iter()
             .filter_map(|c| c.sharp.as_ref().map(|s| (s, &c.soft)))
             .collect();
-        if pairs.is_empty() {
-            return Err(EvalError::Pairs {
-                path: t.clone(),
-                reason: "no case with both `sharp` and `soft` to tune the Gaussian on".into(),
-            });
+        let names = tune_cases
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut timed = |what: &str, started: Instant| {
+            let s = started.elapsed().as_secs_f64();
+            tracing::info!(baseline = what, seconds = s, "tuned");
+            timings.push((format!("tune {what}"), s));
+        };
+        if o.baselines.gaussian {
+            let t0 = Instant::now();
+            tuning = Some(tune_gaussian(&pairs, w));
+            timed("gaussian", t0);
         }
-        (
-            Some(tune_gaussian(&pairs, w)),
-            t.display().to_string(),
-            data_label(t),
-        )
-    } else {
-        tracing::warn!("no --tune volumes: the Gaussian baseline is tuned on the evaluation set");
-        let pairs: Vec<(&Volume, &Volume)> = kernel_cases
-            .iter()
-            .filter_map(|c| c.sharp.as_ref().map(|s| (s, &c.soft)))
-            .collect();
-        (
-            Some(tune_gaussian(&pairs, w)),
-            format!("{} (the evaluation set itself)", o.pairs.display()),
-            format!("{} (the evaluation set itself)", data_label(&o.pairs)),
+        if o.baselines.linear {
+            let t0 = Instant::now();
+            let (d, k) = o.fir;
+            linear = Some(fit_linear(&pairs, d, k, o.fir_samples).map_err(|source| {
+                EvalError::Baseline {
+                    what: "the best linear filter",
+                    path: tune_dir.clone(),
+                    cases: names.clone(),
+                    source,
+                }
+            })?);
+            timed("linear", t0);
+        }
+        if o.baselines.tv {
+            let t0 = Instant::now();
+            tv = Some(tune_tv(&pairs, w));
+            timed("tv", t0);
+        }
+    }
+    let gaussian_label =
+        |g: &GaussianTuning| format!("gaussian sxy={:.3} sz={:.2}", g.sigma_xy, g.sigma_z);
+    let linear_label = |l: &LinearTuning| {
+        format!(
+            "best linear {}x{}x{} (least squares)",
+            l.depth, l.size, l.size
         )
     };
+    let tv_label = |t: &TvTuning| {
+        format!(
+            "tv lambda={:.1} + gaussian sxy={:.3} sz={:.2}",
+            t.lambda, t.gaussian.sigma_xy, t.gaussian.sigma_z
+        )
+    };
+    // The kernel methods as (label, output of an input volume), models included.
+    let baseline_outputs = |v: &Volume| -> Vec<(String, Volume)> {
+        let mk = |values: Vec<f32>| Volume::new(v.name.clone(), v.shape, v.spacing, values);
+        let mut out = vec![("identity (sharp input)".to_string(), v.clone())];
+        if let Some(g) = &tuning {
+            out.push((gaussian_label(g), mk(g.apply(v))));
+        }
+        if let Some(l) = &linear {
+            out.push((linear_label(l), mk(l.apply(v))));
+        }
+        if let Some(t) = &tv {
+            out.push((tv_label(t), mk(t.apply(v))));
+        }
+        out
+    };
 
+    // MTF50 of every kernel method on the simulated rod phantom.
+    let mut mtf: Vec<(String, (f64, f64))> = Vec::new();
+    let mut edge_settings = None;
+    if let (Some(_), Some(first)) = (o.physics, kernel_cases.first()) {
+        let t0 = Instant::now();
+        let e = edge::edge_phantom(&o.pairs, first.soft.spacing);
+        if let Some(target) = e.mtf50(&e.soft) {
+            let mut outs = baseline_outputs(&e.sharp);
+            for t in translators
+                .iter_mut()
+                .filter(|t| t.manifest().task == Task::Kernel)
+            {
+                let label = format!("{} {}", t.manifest().name, t.manifest().version);
+                outs.push((label, run_model(t, &e.sharp)?));
+            }
+            for (label, v) in outs {
+                if let Some(m) = e.mtf50(&v) {
+                    mtf.push((label, (m, target)));
+                }
+            }
+        }
+        edge_settings = Some(e.settings);
+        timings.push(("mtf phantom".into(), t0.elapsed().as_secs_f64()));
+    }
+
+    let t_cases = Instant::now();
     let mut rows = Vec::new();
-    for c in &cases {
+    // Per (task, method): the texture features of every case (output, target) and the NPS curves.
+    let mut feats: Vec<((&'static str, String), ClassFeatures, usize)> = Vec::new();
+    let mut target_feats: Vec<ClassFeatures> = Vec::new();
+    let mut nps_out: Vec<(String, NpsCurve)> = Vec::new();
+    let mut nps_target: Vec<NpsCurve> = Vec::new();
+    for (ci, c) in cases.iter().enumerate() {
         let mask = lung_mask(&c.soft);
+        let reference = o.physics.map(|p| CaseRef::new(&c.soft, mask.clone(), p));
+        if let Some(r) = &reference {
+            target_feats.push(r.features.clone());
+            nps_target.extend(r.nps.clone());
+        } else {
+            target_feats.push(ClassFeatures::default());
+        }
         let mut push = |task, method: String, out: &Volume| -> Result<(), EvalError> {
             if out.shape != c.soft.shape {
                 return Err(EvalError::Shape(format!(
@@ -156,24 +441,29 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                     c.name, out.shape, c.soft.shape
                 )));
             }
+            let physics = match &reference {
+                Some(r) => {
+                    let (p, f, nps) = r.measure(out);
+                    feats.push(((task, method.clone()), f, ci));
+                    if task == "kernel" {
+                        nps_out.extend(nps.map(|n| (method.clone(), n)));
+                    }
+                    p
+                }
+                None => Physics::default(),
+            };
             rows.push(Row {
                 case: c.name.clone(),
                 task,
                 method,
                 metrics: metrics(out, &c.soft, &mask, w),
+                physics,
             });
             Ok(())
         };
         if let Some(sharp) = &c.sharp {
-            push("kernel", "identity (sharp input)".into(), sharp)?;
-            if let Some(g) = tuning {
-                let b = gaussian_blur(&sharp.values, sharp.shape, g.sigma_xy, g.sigma_z);
-                let v = Volume::new("gaussian", sharp.shape, sharp.spacing, b);
-                push(
-                    "kernel",
-                    format!("gaussian sxy={:.3} sz={:.2}", g.sigma_xy, g.sigma_z),
-                    &v,
-                )?;
+            for (label, v) in baseline_outputs(sharp) {
+                push("kernel", label, &v)?;
             }
         }
         if let Some(th) = &c.thick {
@@ -191,6 +481,17 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
             let label = format!("{} {}", t.manifest().name, t.manifest().version);
             let out = run_model(t, input)?;
             push(task_name(task), label, &out)?;
+        }
+    }
+    timings.push(("cases".into(), t_cases.elapsed().as_secs_f64()));
+    let mtf_of = |task: &str, method: &str| {
+        (task == "kernel")
+            .then(|| mtf.iter().find(|(m, _)| m == method).map(|(_, v)| *v))
+            .flatten()
+    };
+    if cases.len() == 1 {
+        for r in rows.iter_mut() {
+            r.physics.mtf50 = mtf_of(r.task, &r.method);
         }
     }
     // Means over cases per (task, method).
@@ -214,6 +515,19 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 let v: Vec<f64> = sel.iter().filter_map(|r| f(&r.metrics)).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             };
+            let ei: Vec<(f64, f64)> = sel
+                .iter()
+                .filter_map(|r| r.metrics.ei_output.zip(r.metrics.ei_target))
+                .collect();
+            let mut physics =
+                mean_physics(&sel.iter().map(|r| &r.physics).collect::<Vec<_>>(), &ei);
+            physics.mtf50 = mtf_of(task, &method);
+            let pooled: Vec<(&ClassFeatures, &ClassFeatures)> = feats
+                .iter()
+                .filter(|((t, m), _, _)| *t == task && *m == method)
+                .map(|(_, f, ci)| (f, &target_feats[*ci]))
+                .collect();
+            physics.ccc = ccc_counts(&pooled);
             means.push(Row {
                 case: "mean".into(),
                 task,
@@ -225,15 +539,42 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                     ei_output: avg_opt(&|m| m.ei_output.zip(m.ei_target).map(|(a, _)| a)),
                     ei_target: avg_opt(&|m| m.ei_output.zip(m.ei_target).map(|(_, b)| b)),
                 },
+                physics,
             });
         }
         rows.extend(means);
+    }
+    // Mean NPS curves per kernel method (and the target's), for the plot.
+    let mut nps = Vec::new();
+    if let Some(t) = NpsCurve::average(&nps_target.iter().collect::<Vec<_>>()) {
+        nps.push(("target".to_string(), t));
+    }
+    let mut methods: Vec<&String> = Vec::new();
+    for (m, _) in &nps_out {
+        if !methods.contains(&m) {
+            methods.push(m);
+        }
+    }
+    for m in methods {
+        let curves: Vec<&NpsCurve> = nps_out
+            .iter()
+            .filter(|(x, _)| x == m)
+            .map(|(_, c)| c)
+            .collect();
+        if let Some(c) = NpsCurve::average(&curves) {
+            nps.push((m.clone(), c));
+        }
     }
     Ok(EvalReport {
         rows,
         tuning,
         tuned_on,
         tuned_on_label,
+        linear,
+        tv,
+        edge_settings,
+        nps,
+        timings,
     })
 }
 
@@ -249,10 +590,33 @@ pub struct EvalArgs {
     /// CSV file to write.
     #[arg(long)]
     pub csv: PathBuf,
-    /// Training pairs on which the Gaussian baseline's sigmas are tuned (default: the eval pairs,
-    /// with a warning).
+    /// Tuning pairs, disjoint from --pairs and on the same voxel grid, on which every baseline is
+    /// tuned or fitted (the Gaussian's sigmas, the least-squares FIR, TV's lambda); default: the
+    /// eval pairs, with a warning.
     #[arg(long)]
     pub tune: Option<PathBuf>,
+    /// Kernel baselines beside the identity: comma-separated gaussian, linear (least-squares FIR),
+    /// tv (TV denoising + Gaussian).
+    #[arg(long, default_value = "identity,gaussian,linear,tv")]
+    pub baselines: String,
+    /// Support of the least-squares FIR, DxKxK (z, y, x).
+    #[arg(long, default_value = "3x9x9")]
+    pub fir: String,
+    /// Voxels drawn from the tuning pairs for the least-squares fit.
+    #[arg(long, default_value_t = DEFAULT_FIR_SAMPLES)]
+    pub fir_samples: usize,
+    /// Side (pixels) of the square ROIs of the noise, NPS and texture figures.
+    #[arg(long, default_value_t = 32)]
+    pub roi: usize,
+    /// Most ROIs per class (soft tissue, lung) per case.
+    #[arg(long, default_value_t = 48)]
+    pub max_rois: usize,
+    /// Skip the physics figures (noise, NPS, MTF, Perc15, Bland-Altman, texture CCC) and the plots.
+    #[arg(long)]
+    pub no_physics: bool,
+    /// Warn instead of failing when a tuning case is on another voxel grid than a held-out case.
+    #[arg(long)]
+    pub allow_grid_mismatch: bool,
     /// HU window mapped onto [-1, 1] for the metrics, as "LO,HI".
     #[arg(long, default_value = HuWindow::SEED_ARG)]
     pub window: String,
@@ -282,11 +646,26 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
         tune: a.tune,
         window: HuWindow::new(lo, hi)?,
         config: a.config,
+        baselines: Baselines::parse(&a.baselines)?,
+        fir: parse_fir(&a.fir)?,
+        fir_samples: a.fir_samples.max(1),
+        physics: (!a.no_physics).then_some(PhysicsOptions {
+            roi: a.roi,
+            max_rois: a.max_rois,
+        }),
+        allow_grid_mismatch: a.allow_grid_mismatch,
     };
+    let started = Instant::now();
     let r = evaluate(&o)?;
     print!("{}", format_table(&r));
     write_csv(&o.csv, &r)?;
     println!("wrote {}", o.csv.display());
+    if o.physics.is_some() {
+        for p in report::write_plots(&o.csv, &r)? {
+            println!("wrote {}", p.display());
+        }
+    }
+    println!("evaluation took {:.1} s", started.elapsed().as_secs_f64());
     if a.record {
         let n = r
             .rows
@@ -295,7 +674,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             .filter(|c| *c != "mean")
             .collect::<std::collections::BTreeSet<_>>();
         let dataset = format!(
-            "{} ({} held-out case{}: {}; Gaussian tuned on {})",
+            "{} ({} held-out case{}: {}; baselines tuned on {})",
             data_label(&o.pairs),
             n.len(),
             if n.len() == 1 { "" } else { "s, mean" },
@@ -335,6 +714,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::resample::gaussian_blur;
     use crate::volume::Volume;
     use std::path::Path;
 
@@ -383,6 +763,7 @@ mod tests {
             tune: None,
             window: HuWindow::default(),
             config: None,
+            ..EvalOptions::default()
         };
         let e = evaluate(&o).unwrap_err();
         let msg = e.to_string();
@@ -413,6 +794,7 @@ mod tests {
                 ei_output: None,
                 ei_target: None,
             },
+            physics: Physics::default(),
         };
         let r = EvalReport {
             rows: vec![
@@ -424,6 +806,7 @@ mod tests {
             tuning: None,
             tuned_on: "x".into(),
             tuned_on_label: "x/".into(),
+            ..EvalReport::default()
         };
         let rows = manifest_rows(&r, Task::Kernel, "held-out", &[]);
         assert_eq!(rows.len(), 2);
@@ -440,5 +823,196 @@ mod tests {
             std::fs::read(m.join("model.onnx")).unwrap(),
             std::fs::read(shipped.join("model.onnx")).unwrap()
         );
+    }
+
+    /// A noisy body with a lung (sharp) and its Gaussian-blurred copy (soft), written as a case.
+    fn write_case(dir: &Path, name: &str, seed: u64, spacing: [f64; 3], constant: bool) {
+        use crate::data::nifti::{write, WriteType};
+        let mut rng = crate::lib_bridge::Rng::new(seed);
+        let mut sharp = vol([4, 64, 64], |_, y, x| {
+            let (dy, dx) = (y as f64 - 32.0, x as f64 - 32.0);
+            if (dy * dy + dx * dx).sqrt() > 30.0 {
+                -1000.0
+            } else if (12..30).contains(&y) && (14..50).contains(&x) {
+                -850.0
+            } else {
+                40.0
+            }
+        });
+        if constant {
+            sharp.values.iter_mut().for_each(|v| *v = 40.0);
+        } else {
+            sharp
+                .values
+                .iter_mut()
+                .for_each(|v| *v += 30.0 * rng.normal() as f32);
+        }
+        let soft = gaussian_blur(&sharp.values, sharp.shape, 1.0, 0.0);
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        write(
+            &d.join("sharp.nii"),
+            sharp.shape,
+            spacing,
+            &sharp.values,
+            WriteType::Float32,
+        )
+        .unwrap();
+        write(
+            &d.join("soft.nii"),
+            sharp.shape,
+            spacing,
+            &soft,
+            WriteType::Float32,
+        )
+        .unwrap();
+    }
+
+    fn small_options(dir: &Path) -> EvalOptions {
+        EvalOptions {
+            pairs: dir.join("heldout"),
+            csv: dir.join("out/eval.csv"),
+            tune: Some(dir.join("tune")),
+            fir: (1, 7),
+            fir_samples: 20_000,
+            physics: Some(PhysicsOptions {
+                roi: 16,
+                max_rois: 12,
+            }),
+            ..EvalOptions::default()
+        }
+    }
+
+    #[test]
+    fn tuning_set_on_another_grid_is_a_clear_error_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        write_case(
+            &dir.path().join("heldout"),
+            "case-a",
+            1,
+            [2.0, 0.7, 0.7],
+            false,
+        );
+        write_case(
+            &dir.path().join("tune"),
+            "tune-b",
+            2,
+            [2.0, 0.9, 0.9],
+            false,
+        );
+        let mut o = small_options(dir.path());
+        o.physics = None;
+        let e = evaluate(&o).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, EvalError::Grid { .. }), "{msg}");
+        for want in [
+            "tune/tune-b",
+            "heldout/case-a",
+            "0.9000",
+            "0.7000",
+            "another grid",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+        // Allowed explicitly, the same sets evaluate (with a warning).
+        o.allow_grid_mismatch = true;
+        o.baselines = Baselines::parse("identity,gaussian").unwrap();
+        assert!(evaluate(&o).is_ok());
+    }
+
+    #[test]
+    fn singular_baseline_fit_on_a_constant_tuning_volume_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write_case(
+            &dir.path().join("heldout"),
+            "case-a",
+            1,
+            [2.0, 0.7, 0.7],
+            false,
+        );
+        write_case(&dir.path().join("tune"), "flat", 2, [2.0, 0.7, 0.7], true);
+        let mut o = small_options(dir.path());
+        o.baselines = Baselines::parse("linear").unwrap();
+        o.physics = None;
+        let e = evaluate(&o).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                EvalError::Baseline {
+                    source: LsqError::Constant { .. },
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("best linear filter")
+                && msg.contains("tune")
+                && msg.contains("flat")
+                && msg.contains("constant"),
+            "{msg}"
+        );
+        assert!(Baselines::parse("identity,median").is_err());
+        assert_eq!(parse_fir("3x9x9").unwrap(), (3, 9));
+        assert!(parse_fir("3x9x7").is_err() && parse_fir("2x9x9").is_err());
+    }
+
+    /// Every baseline and every figure on small volumes: the best linear filter matches a target
+    /// that is a Gaussian blur of the input (a linear filter inside its support), the identity
+    /// keeps the input's noise, the CSV and both plots are written.
+    #[test]
+    fn every_baseline_and_figure_on_small_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = [2.0, 0.7, 0.7];
+        write_case(&dir.path().join("heldout"), "case-a", 1, sp, false);
+        write_case(&dir.path().join("heldout"), "case-b", 2, sp, false);
+        write_case(&dir.path().join("tune"), "tune-c", 3, sp, false);
+        let o = small_options(dir.path());
+        let r = evaluate(&o).unwrap();
+        let mean = |prefix: &str| {
+            r.rows
+                .iter()
+                .find(|x| x.case == "mean" && x.method.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no mean row {prefix}: {:?}", r.rows))
+        };
+        let (id, g, l, tv) = (
+            mean("identity"),
+            mean("gaussian"),
+            mean("best linear 1x7x7"),
+            mean("tv "),
+        );
+        assert!(l.metrics.psnr > 60.0, "{:?}", l.metrics);
+        assert!(g.metrics.psnr > id.metrics.psnr + 10.0 && tv.metrics.psnr > id.metrics.psnr);
+        let noise = Physics::ratio(id.physics.noise_soft).unwrap();
+        assert!(noise > 2.0, "identity noise ratio {noise}");
+        let lin = Physics::ratio(l.physics.noise_soft).unwrap();
+        assert!((lin - 1.0).abs() < 0.05, "linear noise ratio {lin}");
+        assert!(l.physics.ccc_share().unwrap() > id.physics.ccc_share().unwrap());
+        assert!(l.physics.ei_ba.is_some() && l.physics.perc15_ba.is_some());
+        let m = Physics::ratio(id.physics.mtf50).unwrap();
+        assert!(m > 1.05, "sharp input MTF50 ratio {m}");
+        assert!(l.physics.nps_distance.unwrap() < id.physics.nps_distance.unwrap());
+        write_csv(&o.csv, &r).unwrap();
+        let csv = std::fs::read_to_string(&o.csv).unwrap();
+        let header = csv.lines().next().unwrap();
+        assert!(header.starts_with(
+            "case,task,method,mae,psnr,ssim,ei_output,ei_target,ei_error,perc15_output"
+        ));
+        assert!(csv
+            .lines()
+            .skip(1)
+            .all(|l| l.split(',').count() == report::CSV_COLUMNS.len()));
+        let pngs = report::write_plots(&o.csv, &r).unwrap();
+        assert_eq!(pngs.len(), 2);
+        let table = format_table(&r);
+        assert!(
+            table.contains("best linear filter") && table.contains("TV (Chambolle)"),
+            "{table}"
+        );
+        let rows = manifest_rows(&r, Task::Kernel, "held-out", &[]);
+        assert!(rows
+            .iter()
+            .all(|e| e.noise_ratio_soft.is_some() && e.ccc_share.is_some()));
     }
 }
