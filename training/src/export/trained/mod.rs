@@ -168,6 +168,7 @@ pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: St
             produces: meta.produces.clone(),
         },
         evaluation: Vec::new(),
+        stages: Vec::new(),
     }
 }
 
