@@ -326,9 +326,7 @@ impl Manifest {
             if name.is_empty() {
                 return Err(bad(format!("stage {i} has no name")));
             }
-            if st.onnx_file.is_empty()
-                || st.onnx_file.contains('/')
-                || st.onnx_file.contains("..")
+            if st.onnx_file.is_empty() || st.onnx_file.contains('/') || st.onnx_file.contains("..")
             {
                 return Err(bad(format!(
                     "stage {name}: onnx_file {:?} must be a plain file name",
@@ -337,7 +335,9 @@ impl Manifest {
             }
             if st.onnx_sha256.len() != 64 || !st.onnx_sha256.bytes().all(|b| b.is_ascii_hexdigit())
             {
-                return Err(bad(format!("stage {name}: onnx_sha256 is not 64 hex digits")));
+                return Err(bad(format!(
+                    "stage {name}: onnx_sha256 is not 64 hex digits"
+                )));
             }
             if st.downsample.contains(&0) {
                 return Err(bad(format!(
@@ -359,7 +359,9 @@ impl Manifest {
             let mut seen = Vec::new();
             for input in &st.inputs {
                 if seen.contains(input) {
-                    return Err(bad(format!("stage {name}: input {input:?} is listed twice")));
+                    return Err(bad(format!(
+                        "stage {name}: input {input:?} is listed twice"
+                    )));
                 }
                 seen.push(*input);
             }
@@ -525,4 +527,178 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// A two-stage manifest whose stage files hold `lr` and `hr` (the daemon's reader hashes them;
+    /// their content is not ONNX here).
+    fn two_stage(lr: &[u8], hr: &[u8]) -> Manifest {
+        let stage = |name: &str, file: &str, bytes: &[u8], down, inputs, patch, margin| Stage {
+            name: name.into(),
+            onnx_file: file.into(),
+            onnx_sha256: sha(bytes),
+            downsample: down,
+            inputs,
+            patch,
+            valid_margin: margin,
+        };
+        Manifest {
+            name: "megan-test".into(),
+            version: "0.1.0".into(),
+            kind: ModelKind::Trained,
+            task: Task::Kernel,
+            description: "test".into(),
+            onnx_file: "hr.onnx".into(),
+            onnx_sha256: sha(hr),
+            provenance: Provenance {
+                program: "test".into(),
+                data: "none".into(),
+                steps: 1,
+                seed: 0,
+            },
+            tensors: Tensors {
+                input: "input".into(),
+                output: "output".into(),
+                layout: "NCDHW".into(),
+                dtype: "float32".into(),
+                patch: [64, 160, 160],
+                dynamic_spatial: true,
+                scale: [1.0; 3],
+                valid_margin: [17; 3],
+            },
+            intensity: Intensity {
+                hu_window: [-1150.0, 350.0],
+                clip_input: true,
+            },
+            kernels: Kernels {
+                accepts: Vec::new(),
+                produces: "SOFT".into(),
+            },
+            evaluation: Vec::new(),
+            stages: vec![
+                stage(
+                    "lr",
+                    "lr.onnx",
+                    lr,
+                    [4, 4, 4],
+                    vec![StageInput::Source],
+                    [96, 160, 160],
+                    [16; 3],
+                ),
+                stage(
+                    "hr",
+                    "hr.onnx",
+                    hr,
+                    [1, 1, 1],
+                    vec![StageInput::Source, StageInput::Edges, StageInput::Previous],
+                    [64, 160, 160],
+                    [17; 3],
+                ),
+            ],
+        }
+    }
+
+    fn write_dir(m: &Manifest, files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        // Written without validation, as a hand-edited or corrupted directory would be.
+        std::fs::write(dir.path().join("model.toml"), m.to_toml().unwrap()).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        dir
+    }
+
+    fn invalid(m: &Manifest) -> String {
+        let text = m.to_toml().unwrap();
+        match Manifest::from_toml(&text, Path::new("models/megan-test/model.toml")) {
+            Err(e @ ManifestError::Invalid { .. }) => e.to_string(),
+            other => panic!("expected an invalid manifest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_two_stage_manifest_round_trips_and_opens() {
+        let m = two_stage(b"lr", b"hr");
+        let text = m.to_toml().unwrap();
+        assert!(text.contains("[[stages]]"), "{text}");
+        assert_eq!(Manifest::from_toml(&text, Path::new("m")).unwrap(), m);
+        let dir = write_dir(&m, &[("lr.onnx", b"lr"), ("hr.onnx", b"hr")]);
+        let md = ModelDir::open(dir.path()).unwrap();
+        assert!(md.manifest.is_multi_stage());
+    }
+
+    #[test]
+    fn a_missing_stage_file_is_named() {
+        let m = two_stage(b"lr", b"hr");
+        let dir = write_dir(&m, &[("hr.onnx", b"hr")]);
+        let err = ModelDir::open(dir.path()).unwrap_err();
+        assert!(matches!(err, ManifestError::MissingStage { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("lr.onnx") && msg.contains("of stage lr is missing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_stage_whose_hash_does_not_match_is_refused() {
+        let m = two_stage(b"lr", b"hr");
+        let dir = write_dir(&m, &[("lr.onnx", b"lr, changed"), ("hr.onnx", b"hr")]);
+        let err = ModelDir::open(dir.path()).unwrap_err();
+        match &err {
+            ManifestError::HashMismatch { path, expected, .. } => {
+                assert!(path.ends_with("lr.onnx"));
+                assert_eq!(expected, &sha(b"lr"));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("changed or corrupted"));
+    }
+
+    #[test]
+    fn wrong_scales_are_refused() {
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].downsample = [4, 0, 4];
+        assert!(invalid(&m).contains("stage lr: scale (downsample) [4, 0, 4] has a zero factor"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].downsample = [2, 2, 2];
+        assert!(invalid(&m).contains("the last stage must run on the series grid"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].downsample = [1, 1, 1];
+        assert!(invalid(&m).contains("the low-resolution stage must downsample"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].patch = [16, 160, 160];
+        assert!(invalid(&m).contains("stage lr: valid_margin[0] = 16 leaves no valid core"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.tensors.scale = [2.0, 1.0, 1.0];
+        m.task = Task::Superres;
+        assert!(invalid(&m).contains("must be a kernel model"));
+    }
+
+    #[test]
+    fn stage_layout_rules() {
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].inputs = vec![StageInput::Source, StageInput::Edges];
+        assert!(invalid(&m).contains("must be conditioned on the previous one"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].inputs.push(StageInput::Previous);
+        assert!(invalid(&m).contains("the first stage has no previous stage"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages.truncate(1);
+        assert!(invalid(&m).contains("1 stages: this version runs multi-stage models of exactly 2"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].onnx_file = "other.onnx".into();
+        assert!(invalid(&m).contains("must equal the top-level onnx_file"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].onnx_file = "../lr.onnx".into();
+        assert!(invalid(&m).contains("must be a plain file name"));
+    }
 }

@@ -41,8 +41,8 @@ use std::time::Instant;
 use crate::config::{RuntimeSettings, Settings};
 use crate::dicom::slab::Slab;
 use crate::util::heartbeat::Beat;
-use manifest::{Stage, StageInput};
 pub use manifest::{Manifest, ModelDir};
+use manifest::{Stage, StageInput};
 use stages::{DownsampleError, Downsampler};
 pub use tiling::AxisTile;
 
@@ -305,7 +305,11 @@ impl Translator {
             .last()
             .map(|st| st.inputs.clone())
             .unwrap_or_else(|| vec![StageInput::Source]);
-        let last_name = m.stages.last().map(|st| st.name.as_str()).unwrap_or("model");
+        let last_name = m
+            .stages
+            .last()
+            .map(|st| st.name.as_str())
+            .unwrap_or("model");
         check_channels(&m.name, last_name, &m.onnx_file, &session, &inputs)?;
         let first = match m.stages.first() {
             Some(st) if m.stages.len() > 1 => {
@@ -441,7 +445,10 @@ impl Translator {
                     let data = run_tile(
                         &mut first.session,
                         &name,
-                        (self.model.manifest.tensors.input.as_str(), self.model.manifest.tensors.output.as_str()),
+                        (
+                            self.model.manifest.tensors.input.as_str(),
+                            self.model.manifest.tensors.output.as_str(),
+                        ),
                         &input,
                         vec![1, 1, tz.len, ty.len, tx.len],
                         (&mut self.run_seconds, &mut self.runs),
@@ -599,7 +606,9 @@ impl Translator {
         let m = self.model.manifest.clone();
         if self.first.is_some() {
             let fits = self.previous.as_ref().is_some_and(|p| {
-                p.dims[1] == slab.rows && p.dims[2] == slab.columns && zt.start + zt.len <= p.dims[0]
+                p.dims[1] == slab.rows
+                    && p.dims[2] == slab.columns
+                    && zt.start + zt.len <= p.dims[0]
             });
             if !fits {
                 return Err(TranslateError::NoPreviousStage {

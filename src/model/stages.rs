@@ -206,7 +206,9 @@ mod tests {
         assert!((e[2] - inner).abs() < 1e-6, "{}", e[2]);
         assert!((e[0] - face).abs() < 1e-6, "{}", e[0]);
         // A step of 2 units saturates.
-        let step: Vec<f32> = (0..60).map(|i| if i % 5 < 2 { -1.0 } else { 1.0 }).collect();
+        let step: Vec<f32> = (0..60)
+            .map(|i| if i % 5 < 2 { -1.0 } else { 1.0 })
+            .collect();
         assert_eq!(edge_map(&step, dims)[1], 1.0);
     }
 

@@ -36,6 +36,20 @@ pub struct TrainArgs {
     /// Start a new run even if --out already holds one (it is replaced).
     #[arg(long)]
     pub force: bool,
+    /// Architecture: the 3D RevGAN (seed 000) or MEGAN (seed 001, [`super::megan`]).
+    #[arg(long, value_enum, default_value = "revgan")]
+    pub arch: Arch,
+    #[command(flatten)]
+    pub megan: super::megan::MeganArgs,
+}
+
+/// `--arch` of `ct-train train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// 3D RevGAN (seed 000).
+    Revgan,
+    /// MEGAN multi-scale patch GAN (seed 001): two stages, exported as a multi-stage model.
+    Megan,
 }
 
 impl TrainArgs {
@@ -53,6 +67,16 @@ impl TrainArgs {
 /// Runs `ct-train train`: on CUDA when built with `--features cuda` and a device can be created
 /// (else on the CPU, said in one log line), otherwise on the CPU.
 pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
+    if args.arch == Arch::Megan {
+        return super::megan::train_megan::<burn::backend::Autodiff<CpuBackend>>(
+            &args.out,
+            &args.megan,
+            &args.train,
+            args.force,
+            Default::default(),
+            "cpu",
+        );
+    }
     #[cfg(feature = "cuda")]
     {
         if let Some(device) = cuda_device() {
