@@ -13,7 +13,7 @@ use ct_harmonizer::config::Settings;
 use ct_harmonizer::model::manifest::{Manifest, ModelDir, StageInput};
 use ct_harmonizer::model::stages::{block_mean, edge_map, previous_at};
 use ct_harmonizer::model::{Control, TranslateError, Translator};
-use ct_training::config::TrainConfig;
+use ct_training::config::{ModeArg, TaskArg, TrainConfig};
 use ct_training::data::nifti::{self, WriteType};
 use ct_training::export::trained::{self as export_model, ExportArgs};
 use ct_training::trainer::megan::{load_megan, train_megan, MeganArgs};

@@ -588,7 +588,7 @@ mod tests {
             .with_lr_factor([2, 2, 2])
             .with_patch(28)
             .with_d_accuracy_max(max);
-        let train = TrainConfig::new().with_seed(3);
+        let train = TrainConfig::new(TaskArg::Kernel, crate::config::ModeArg::Paired).with_seed(3);
         let dims = [32, 32, 32];
         let src: Vec<f32> = (0..32 * 32 * 32)
             .map(|i| (((i % 32) / 4 + (i / 1024) / 8) % 2) as f32 * 1.2 - 0.6)
