@@ -76,7 +76,7 @@ fn megan_args(patch: usize) -> (MeganArgs, TrainConfig) {
     };
     (
         args,
-        TrainConfig::new()
+        TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
             .with_steps(4)
             .with_patch(patch)
             .with_seed(5),
