@@ -71,13 +71,13 @@ pub enum TranslateError {
         model: String,
         stage: String,
         #[source]
-        source: DownsampleError,
+        source: Box<DownsampleError>,
     },
-    #[error("model {model}: stage {stage} ({file}) takes {actual} input channels but the manifest lists {expected} inputs")]
+    /// `stage` names the stage and its file, e.g. `hr (hr.onnx)`.
+    #[error("model {model}: stage {stage} takes {actual} input channels but the manifest lists {expected} inputs")]
     StageChannels {
         model: String,
         stage: String,
-        file: String,
         expected: usize,
         actual: i64,
     },
@@ -206,8 +206,7 @@ fn check_channels(
     match session_channels(session) {
         Some(c) if c != inputs.len() as i64 => Err(TranslateError::StageChannels {
             model: model.to_owned(),
-            stage: stage.to_owned(),
-            file: file.to_owned(),
+            stage: format!("{stage} ({file})"),
             expected: inputs.len(),
             actual: c,
         }),
@@ -381,7 +380,7 @@ impl Translator {
                 .as_ref()
                 .map(|f| f.stage.name.clone())
                 .unwrap_or_default(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -405,7 +404,7 @@ impl Translator {
                 return Err(TranslateError::Downsample {
                     model: name,
                     stage: first.stage.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         };
