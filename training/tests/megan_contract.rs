@@ -244,8 +244,7 @@ fn megan_patch_smaller_than_its_receptive_field_is_refused() {
         Default::default(),
         "cpu",
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     let msg = err.to_string();
     assert!(
         msg.contains("patch 16 is smaller than the HR stage's receptive field (27 voxels"),
