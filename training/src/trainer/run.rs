@@ -36,7 +36,7 @@ pub struct TrainArgs {
     /// Start a new run even if --out already holds one (it is replaced).
     #[arg(long)]
     pub force: bool,
-    /// Architecture: the 3D RevGAN (seed 000) or MEGAN (seed 001, [`super::megan`]).
+    /// Architecture: the 3D RevGAN (seed 000) or MEGAN (seed 001, see `trainer::megan`).
     #[arg(long, value_enum, default_value = "revgan")]
     pub arch: Arch,
     #[command(flatten)]
