@@ -227,6 +227,10 @@ pub fn process_series(
     let n_out = plan.slices.len();
     let positions: Vec<[f64; 3]> = plan.slices.iter().map(|s| s.position).collect();
     let z_tiles = translator.plan(0, geometry.slices())?;
+    first_stage(translator, &s.slices, &geometry, control).map_err(|e| match e {
+        SeriesError::Translate(TranslateError::Cancelled { .. }) => cancelled(),
+        e => e,
+    })?;
     let writer = SeriesWriter::create(
         out,
         plan,
@@ -331,6 +335,40 @@ pub fn process_series(
         },
         shots,
     ))
+}
+
+/// The first pass of a multi-stage model (module docs of [`crate::model`]): reads the series slab
+/// by slab (whole blocks of the first stage's factor, at least `translate.tile` z slices), averages
+/// it onto the low-resolution grid and runs the first stage over it. A no-op for a single-stage
+/// model. The series is read twice in all (this pass and the streaming one).
+fn first_stage(
+    translator: &mut Translator,
+    slices: &[crate::dicom::header::SliceHeader],
+    geometry: &crate::dicom::Geometry,
+    control: &Control,
+) -> Result<(), SeriesError> {
+    let dims = [geometry.slices(), geometry.rows, geometry.columns];
+    let Some(mut ds) = translator.downsampler(dims) else {
+        return Ok(());
+    };
+    let chunk = ds.chunk_depth(translator.tile()[0]);
+    let mut reader = SlabReader::new(slices.to_vec(), geometry.rows, geometry.columns);
+    let mut z0 = 0;
+    while z0 < dims[0] {
+        if control.cancelled() {
+            return Err(TranslateError::Cancelled {
+                model: translator.manifest().name.clone(),
+            }
+            .into());
+        }
+        let depth = chunk.min(dims[0] - z0);
+        let slab = reader.read(z0, depth)?;
+        translator.feed(&mut ds, &slab)?;
+        control.beat();
+        z0 += depth;
+    }
+    translator.run_first_stage(dims, ds, control)?;
+    Ok(())
 }
 
 /// Captures output slice `k` and the input under it (nearest-neighbour on the output grid).

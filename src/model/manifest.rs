@@ -1,5 +1,42 @@
 //! The model contract (`models/<name>/model.toml`, DESIGN §3): everything the daemon needs to run a
 //! translator, written by `ct-train export` and read here. The daemon never guesses.
+//!
+//! # Single-stage and multi-stage models
+//!
+//! A single-stage model (every model before MEGAN) is one ONNX file, `onnx_file`, hashed by
+//! `onnx_sha256`, whose one input channel is the source in model units.
+//!
+//! A **multi-stage** model (MEGAN, seed 001; `shared/MODELS.md` §2) adds a `[[stages]]` list, run in
+//! order, each naming its ONNX file and hash, the grid it runs on (`downsample`: series voxels per
+//! stage voxel along z, y, x) and its conditioning inputs (the input channels, in order):
+//! `source` (the series in model units, block-averaged onto the stage's grid), `edges` (the
+//! gradient-magnitude edge map of that source, [`super::stages::edge_map`]) and `previous` (the
+//! previous stage's output, nearest-neighbour up-sampled onto this stage's grid). Version 1 of the
+//! form has exactly two stages: a low-resolution stage that runs over the whole (downsampled)
+//! volume held in memory, then the full-resolution stage (`downsample = [1, 1, 1]`) that runs in
+//! slabs and tiles like a single-stage model. The top-level `onnx_file`, `onnx_sha256` and
+//! `tensors` describe that last stage (so a reader that knows only the single-stage form still
+//! sees the model's output grid); `ModelDir::open` checks every stage file's hash.
+//!
+//! ```toml
+//! [[stages]]
+//! name = "lr"
+//! onnx_file = "lr.onnx"
+//! onnx_sha256 = "…"
+//! downsample = [4, 4, 4]
+//! inputs = ["source"]
+//! patch = [32, 48, 48]
+//! valid_margin = [12, 12, 12]
+//!
+//! [[stages]]
+//! name = "hr"
+//! onnx_file = "hr.onnx"          # = the top-level onnx_file
+//! onnx_sha256 = "…"              # = the top-level onnx_sha256
+//! downsample = [1, 1, 1]
+//! inputs = ["source", "edges", "previous"]
+//! patch = [48, 160, 160]         # = tensors.patch
+//! valid_margin = [13, 13, 13]    # = tensors.valid_margin
+//! ```
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,6 +61,13 @@ pub enum ManifestError {
     #[error("cannot read model file {path}: {source}")]
     ReadOnnx {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file {path} of stage {stage} is missing: {source}")]
+    MissingStage {
+        path: PathBuf,
+        stage: String,
+        #[source]
         source: std::io::Error,
     },
     #[error("model file {path} has sha256 {actual} but its manifest says {expected}: the file was changed or corrupted")]
@@ -76,6 +120,47 @@ pub struct Manifest {
     /// Figures reached on the evaluation set, one row per (data set, method).
     #[serde(default)]
     pub evaluation: Vec<EvaluationRow>,
+    /// The stages of a multi-stage model, in the order they run (module docs); empty for a
+    /// single-stage model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
+}
+
+/// Number of stages of the multi-stage form this version runs (module docs).
+pub const STAGES_SUPPORTED: usize = 2;
+
+/// One input channel of a stage (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageInput {
+    /// The series in model units, block-averaged onto the stage's grid.
+    Source,
+    /// The gradient-magnitude edge map of `source` ([`super::stages::edge_map`]).
+    Edges,
+    /// The previous stage's output, nearest-neighbour up-sampled onto this stage's grid.
+    Previous,
+}
+
+/// One stage of a multi-stage model (module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Stage name, for messages ("lr", "hr").
+    pub name: String,
+    /// ONNX file name, relative to the manifest.
+    pub onnx_file: String,
+    /// Lower-case hex SHA-256 of the ONNX file.
+    pub onnx_sha256: String,
+    /// Series voxels per stage voxel along (z, y, x): the stage runs on the series block-averaged
+    /// by these factors; `[1, 1, 1]` for the last stage.
+    pub downsample: [usize; 3],
+    /// Input channels, in order.
+    pub inputs: Vec<StageInput>,
+    /// Tile size (z, y, x) on the stage's grid.
+    pub patch: [usize; 3],
+    /// Receptive-field radius (z, y, x) on the stage's grid: how much of each tile's output the
+    /// tiler discards at interior tile faces.
+    pub valid_margin: [usize; 3],
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,7 +323,130 @@ impl Manifest {
                 self.onnx_file
             )));
         }
+        if !self.stages.is_empty() {
+            self.validate_stages(path)?;
+        }
         Ok(())
+    }
+
+    /// The rules of the multi-stage form (module docs).
+    fn validate_stages(&self, path: &Path) -> Result<(), ManifestError> {
+        let bad = |reason: String| ManifestError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        if self.stages.len() != STAGES_SUPPORTED {
+            return Err(bad(format!(
+                "{} stages: this version runs multi-stage models of exactly {STAGES_SUPPORTED} \
+                 (a whole-volume low-resolution stage, then the full-resolution stage)",
+                self.stages.len()
+            )));
+        }
+        if self.task != Task::Kernel {
+            return Err(bad(
+                "a multi-stage model must be a kernel model (output grid = input grid)".into(),
+            ));
+        }
+        for (i, st) in self.stages.iter().enumerate() {
+            let name = &st.name;
+            if name.is_empty() {
+                return Err(bad(format!("stage {i} has no name")));
+            }
+            if st.onnx_file.is_empty() || st.onnx_file.contains('/') || st.onnx_file.contains("..")
+            {
+                return Err(bad(format!(
+                    "stage {name}: onnx_file {:?} must be a plain file name",
+                    st.onnx_file
+                )));
+            }
+            if st.onnx_sha256.len() != 64 || !st.onnx_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(bad(format!(
+                    "stage {name}: onnx_sha256 is not 64 hex digits"
+                )));
+            }
+            if st.downsample.contains(&0) {
+                return Err(bad(format!(
+                    "stage {name}: scale (downsample) {:?} has a zero factor",
+                    st.downsample
+                )));
+            }
+            if st.patch.contains(&0) {
+                return Err(bad(format!("stage {name}: patch has a zero dimension")));
+            }
+            for axis in 0..3 {
+                if 2 * st.valid_margin[axis] >= st.patch[axis] {
+                    return Err(bad(format!(
+                        "stage {name}: valid_margin[{axis}] = {} leaves no valid core in patch {}",
+                        st.valid_margin[axis], st.patch[axis]
+                    )));
+                }
+            }
+            let mut seen = Vec::new();
+            for input in &st.inputs {
+                if seen.contains(input) {
+                    return Err(bad(format!(
+                        "stage {name}: input {input:?} is listed twice"
+                    )));
+                }
+                seen.push(*input);
+            }
+            if !st.inputs.contains(&StageInput::Source) {
+                return Err(bad(format!("stage {name}: its inputs must include source")));
+            }
+            let previous = st.inputs.contains(&StageInput::Previous);
+            if i == 0 && previous {
+                return Err(bad(format!(
+                    "stage {name}: the first stage has no previous stage to be conditioned on"
+                )));
+            }
+            if i > 0 && !previous {
+                return Err(bad(format!(
+                    "stage {name}: a later stage must be conditioned on the previous one (input \
+                     \"previous\")"
+                )));
+            }
+        }
+        let (first, last) = (&self.stages[0], &self.stages[self.stages.len() - 1]);
+        if last.downsample != [1, 1, 1] {
+            return Err(bad(format!(
+                "stage {}: the last stage must run on the series grid (scale [1, 1, 1], not {:?})",
+                last.name, last.downsample
+            )));
+        }
+        for axis in 0..3 {
+            // The previous stage's grid must be a whole multiple of this one's.
+            let (f, g) = (first.downsample[axis], last.downsample[axis]);
+            if f % g != 0 {
+                return Err(bad(format!(
+                    "stage {}: scale {:?} is not a whole multiple of stage {}'s {:?} on axis {axis}",
+                    first.name, first.downsample, last.name, last.downsample
+                )));
+            }
+        }
+        if first.downsample == [1, 1, 1] {
+            return Err(bad(format!(
+                "stage {}: the low-resolution stage must downsample (scale [1, 1, 1])",
+                first.name
+            )));
+        }
+        if last.onnx_file != self.onnx_file
+            || !last.onnx_sha256.eq_ignore_ascii_case(&self.onnx_sha256)
+            || last.patch != self.tensors.patch
+            || last.valid_margin != self.tensors.valid_margin
+        {
+            return Err(bad(format!(
+                "stage {}: the last stage's onnx_file, onnx_sha256, patch and valid_margin must \
+                 equal the top-level onnx_file, onnx_sha256, tensors.patch and tensors.valid_margin",
+                last.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// True for a multi-stage model (module docs).
+    pub fn is_multi_stage(&self) -> bool {
+        !self.stages.is_empty()
     }
 
     /// Integer scale factors (z, y, x).
@@ -304,6 +512,21 @@ impl ModelDir {
                 actual,
             });
         }
+        for st in &manifest.stages {
+            let p = dir.join(&st.onnx_file);
+            let actual = sha256_file(&p).map_err(|source| ManifestError::MissingStage {
+                path: p.clone(),
+                stage: st.name.clone(),
+                source,
+            })?;
+            if !actual.eq_ignore_ascii_case(&st.onnx_sha256) {
+                return Err(ManifestError::HashMismatch {
+                    path: p,
+                    expected: st.onnx_sha256.clone(),
+                    actual,
+                });
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
             manifest,
@@ -330,4 +553,178 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    /// A two-stage manifest whose stage files hold `lr` and `hr` (the daemon's reader hashes them;
+    /// their content is not ONNX here).
+    fn two_stage(lr: &[u8], hr: &[u8]) -> Manifest {
+        let stage = |name: &str, file: &str, bytes: &[u8], down, inputs, patch, margin| Stage {
+            name: name.into(),
+            onnx_file: file.into(),
+            onnx_sha256: sha(bytes),
+            downsample: down,
+            inputs,
+            patch,
+            valid_margin: margin,
+        };
+        Manifest {
+            name: "megan-test".into(),
+            version: "0.1.0".into(),
+            kind: ModelKind::Trained,
+            task: Task::Kernel,
+            description: "test".into(),
+            onnx_file: "hr.onnx".into(),
+            onnx_sha256: sha(hr),
+            provenance: Provenance {
+                program: "test".into(),
+                data: "none".into(),
+                steps: 1,
+                seed: 0,
+            },
+            tensors: Tensors {
+                input: "input".into(),
+                output: "output".into(),
+                layout: "NCDHW".into(),
+                dtype: "float32".into(),
+                patch: [64, 160, 160],
+                dynamic_spatial: true,
+                scale: [1.0; 3],
+                valid_margin: [17; 3],
+            },
+            intensity: Intensity {
+                hu_window: [-1150.0, 350.0],
+                clip_input: true,
+            },
+            kernels: Kernels {
+                accepts: Vec::new(),
+                produces: "SOFT".into(),
+            },
+            evaluation: Vec::new(),
+            stages: vec![
+                stage(
+                    "lr",
+                    "lr.onnx",
+                    lr,
+                    [4, 4, 4],
+                    vec![StageInput::Source],
+                    [96, 160, 160],
+                    [16; 3],
+                ),
+                stage(
+                    "hr",
+                    "hr.onnx",
+                    hr,
+                    [1, 1, 1],
+                    vec![StageInput::Source, StageInput::Edges, StageInput::Previous],
+                    [64, 160, 160],
+                    [17; 3],
+                ),
+            ],
+        }
+    }
+
+    fn write_dir(m: &Manifest, files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        // Written without validation, as a hand-edited or corrupted directory would be.
+        std::fs::write(dir.path().join("model.toml"), m.to_toml().unwrap()).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        dir
+    }
+
+    fn invalid(m: &Manifest) -> String {
+        let text = m.to_toml().unwrap();
+        match Manifest::from_toml(&text, Path::new("models/megan-test/model.toml")) {
+            Err(e @ ManifestError::Invalid { .. }) => e.to_string(),
+            other => panic!("expected an invalid manifest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_two_stage_manifest_round_trips_and_opens() {
+        let m = two_stage(b"lr", b"hr");
+        let text = m.to_toml().unwrap();
+        assert!(text.contains("[[stages]]"), "{text}");
+        assert_eq!(Manifest::from_toml(&text, Path::new("m")).unwrap(), m);
+        let dir = write_dir(&m, &[("lr.onnx", b"lr"), ("hr.onnx", b"hr")]);
+        let md = ModelDir::open(dir.path()).unwrap();
+        assert!(md.manifest.is_multi_stage());
+    }
+
+    #[test]
+    fn a_missing_stage_file_is_named() {
+        let m = two_stage(b"lr", b"hr");
+        let dir = write_dir(&m, &[("hr.onnx", b"hr")]);
+        let err = ModelDir::open(dir.path()).unwrap_err();
+        assert!(matches!(err, ManifestError::MissingStage { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("lr.onnx") && msg.contains("of stage lr is missing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_stage_whose_hash_does_not_match_is_refused() {
+        let m = two_stage(b"lr", b"hr");
+        let dir = write_dir(&m, &[("lr.onnx", b"lr, changed"), ("hr.onnx", b"hr")]);
+        let err = ModelDir::open(dir.path()).unwrap_err();
+        match &err {
+            ManifestError::HashMismatch { path, expected, .. } => {
+                assert!(path.ends_with("lr.onnx"));
+                assert_eq!(expected, &sha(b"lr"));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("changed or corrupted"));
+    }
+
+    #[test]
+    fn wrong_scales_are_refused() {
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].downsample = [4, 0, 4];
+        assert!(invalid(&m).contains("stage lr: scale (downsample) [4, 0, 4] has a zero factor"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].downsample = [2, 2, 2];
+        assert!(invalid(&m).contains("the last stage must run on the series grid"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].downsample = [1, 1, 1];
+        assert!(invalid(&m).contains("the low-resolution stage must downsample"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].patch = [16, 160, 160];
+        assert!(invalid(&m).contains("stage lr: valid_margin[0] = 16 leaves no valid core"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.tensors.scale = [2.0, 1.0, 1.0];
+        m.task = Task::Superres;
+        assert!(invalid(&m).contains("must be a kernel model"));
+    }
+
+    #[test]
+    fn stage_layout_rules() {
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].inputs = vec![StageInput::Source, StageInput::Edges];
+        assert!(invalid(&m).contains("must be conditioned on the previous one"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].inputs.push(StageInput::Previous);
+        assert!(invalid(&m).contains("the first stage has no previous stage"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages.truncate(1);
+        assert!(invalid(&m).contains("1 stages: this version runs multi-stage models of exactly 2"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[1].onnx_file = "other.onnx".into();
+        assert!(invalid(&m).contains("must equal the top-level onnx_file"));
+        let mut m = two_stage(b"lr", b"hr");
+        m.stages[0].onnx_file = "../lr.onnx".into();
+        assert!(invalid(&m).contains("must be a plain file name"));
+    }
 }

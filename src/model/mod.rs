@@ -7,9 +7,28 @@
 //! and per-axis scale. Tiles overlap by the valid margin and only their cores are kept ([`tiling`]),
 //! so the stitched output equals a whole-volume pass. The session is owned by one worker
 //! (`Session::run` needs `&mut self`).
+//!
+//! # Multi-stage models (MEGAN)
+//!
+//! A multi-stage manifest ([`manifest`] module docs) names two stages. The translator runs them in
+//! two passes over the series:
+//! 1. [`Translator::downsampler`] + [`Translator::feed`]: the series is read slab by slab (whole
+//!    blocks of the first stage's `downsample` factor) and block-averaged onto the low-resolution
+//!    grid ([`stages::Downsampler`]); [`Translator::run_first_stage`] runs the low-resolution stage
+//!    over that whole downsampled volume (tiled with valid cores like any stage) and keeps its
+//!    output. Memory bound of this pass: two low-resolution volumes (its input and output, 4 bytes a
+//!    voxel each), i.e. `8 · D·H·W / (f_z·f_y·f_x)` bytes (600 slices of 512² at f = 4: 19.7 MB),
+//!    plus one slab being read and one tile's activations.
+//! 2. The full-resolution stage runs exactly like a single-stage model, slab by slab and tile by
+//!    tile ([`Translator::translate_slabs`]); each tile's input channels are the source, its edge
+//!    map ([`stages::edge_map`], computed on the tile) and the low-resolution output up-sampled
+//!    nearest-neighbour ([`stages::previous_at`]). Memory stays that of a single-stage model plus
+//!    the kept low-resolution output: flat in the number of slices but for that `1/(f_z·f_y·f_x)`
+//!    fraction.
 
 pub mod manifest;
 pub mod runtime;
+pub mod stages;
 pub mod tiling;
 
 use ndarray::Array5;
@@ -23,6 +42,8 @@ use crate::config::{RuntimeSettings, Settings};
 use crate::dicom::slab::Slab;
 use crate::util::heartbeat::Beat;
 pub use manifest::{Manifest, ModelDir};
+use manifest::{Stage, StageInput};
+use stages::{DownsampleError, Downsampler};
 pub use tiling::AxisTile;
 
 /// Errors running a model.
@@ -45,6 +66,23 @@ pub enum TranslateError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    #[error("model {model}: stage {stage}: {source}")]
+    Downsample {
+        model: String,
+        stage: String,
+        #[source]
+        source: Box<DownsampleError>,
+    },
+    /// `stage` names the stage and its file, e.g. `hr (hr.onnx)`.
+    #[error("model {model}: stage {stage} takes {actual} input channels but the manifest lists {expected} inputs")]
+    StageChannels {
+        model: String,
+        stage: String,
+        expected: usize,
+        actual: i64,
+    },
+    #[error("model {model}: the low-resolution stage has not run over a {d}x{h}x{w} volume before its full-resolution stage", d = dims[0], h = dims[1], w = dims[2])]
+    NoPreviousStage { model: String, dims: [usize; 3] },
     /// Cancellation was asked (the daemon is stopping): not a failure of the series.
     #[error("model {model}: cancelled (the daemon is stopping)")]
     Cancelled { model: String },
@@ -122,6 +160,21 @@ pub struct OutSlab {
     pub hu: Vec<f32>,
 }
 
+/// The first stage of a multi-stage model, loaded.
+struct FirstStage {
+    stage: Stage,
+    session: Session,
+}
+
+/// The first stage's output for the volume being translated.
+struct Previous {
+    /// The series grid it was computed for.
+    dims: [usize; 3],
+    low_dims: [usize; 3],
+    factor: [usize; 3],
+    values: Vec<f32>,
+}
+
 /// One model, loaded in ONNX Runtime, with its tiling plan.
 pub struct Translator {
     session: Session,
@@ -130,6 +183,104 @@ pub struct Translator {
     device: &'static str,
     run_seconds: f64,
     runs: u64,
+    /// Input channels of `session` (`[source]` for a single-stage model).
+    inputs: Vec<StageInput>,
+    first: Option<FirstStage>,
+    previous: Option<Previous>,
+}
+
+/// Input channels of an ONNX session's first input, when static.
+fn session_channels(session: &Session) -> Option<i64> {
+    let shape = session.inputs().first()?.dtype().tensor_shape()?;
+    shape.get(1).copied().filter(|&c| c > 0)
+}
+
+/// Checks that `session` takes `inputs.len()` channels (when its graph says).
+fn check_channels(
+    model: &str,
+    stage: &str,
+    file: &str,
+    session: &Session,
+    inputs: &[StageInput],
+) -> Result<(), TranslateError> {
+    match session_channels(session) {
+        Some(c) if c != inputs.len() as i64 => Err(TranslateError::StageChannels {
+            model: model.to_owned(),
+            stage: format!("{stage} ({file})"),
+            expected: inputs.len(),
+            actual: c,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `session` on one tile `input` (`[1, C, d, h, w]`) and returns its output values, checked to
+/// be of shape `expected`.
+fn run_tile(
+    session: &mut Session,
+    model: &str,
+    names: (&str, &str),
+    input: &Array5<f32>,
+    expected: Vec<usize>,
+    stats: (&mut f64, &mut u64),
+) -> Result<Vec<f32>, TranslateError> {
+    let fail = |reason: String| TranslateError::Inference {
+        model: model.to_owned(),
+        reason,
+    };
+    let tensor = TensorRef::from_array_view(input).map_err(|e| fail(e.to_string()))?;
+    let started = Instant::now();
+    let outputs = session
+        .run(ort::inputs![names.0 => tensor])
+        .map_err(|e| fail(e.to_string()))?;
+    *stats.0 += started.elapsed().as_secs_f64();
+    *stats.1 += 1;
+    let value = outputs
+        .get(names.1)
+        .ok_or_else(|| fail(format!("no output named {}", names.1)))?;
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| fail(e.to_string()))?;
+    let actual: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    if actual != expected {
+        return Err(TranslateError::OutputShape {
+            model: model.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    Ok(data.to_vec())
+}
+
+/// The input channels of a tile: `src` (its source values, model units, `dims`), then the
+/// channels `inputs` lists, `previous(z, y, x)` giving the previous stage's value at tile voxel
+/// (z, y, x).
+fn stack_inputs(
+    src: Vec<f32>,
+    dims: [usize; 3],
+    inputs: &[StageInput],
+    previous: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    if inputs == [StageInput::Source] {
+        return src;
+    }
+    let n = src.len();
+    let mut buf = Vec::with_capacity(n * inputs.len());
+    for input in inputs {
+        match input {
+            StageInput::Source => buf.extend_from_slice(&src),
+            StageInput::Edges => buf.extend(stages::edge_map(&src, dims)),
+            StageInput::Previous => {
+                let [d, h, w] = dims;
+                for z in 0..d {
+                    for y in 0..h {
+                        buf.extend((0..w).map(|x| previous(z, y, x)));
+                    }
+                }
+            }
+        }
+    }
+    buf
 }
 
 impl Translator {
@@ -148,6 +299,29 @@ impl Translator {
     ) -> Result<Self, TranslateError> {
         let (session, device) = runtime::open_session(&model.onnx_path, runtime_settings)?;
         let m = &model.manifest;
+        let inputs = m
+            .stages
+            .last()
+            .map(|st| st.inputs.clone())
+            .unwrap_or_else(|| vec![StageInput::Source]);
+        let last_name = m
+            .stages
+            .last()
+            .map(|st| st.name.as_str())
+            .unwrap_or("model");
+        check_channels(&m.name, last_name, &m.onnx_file, &session, &inputs)?;
+        let first = match m.stages.first() {
+            Some(st) if m.stages.len() > 1 => {
+                let (session, _) =
+                    runtime::open_session(&model.dir.join(&st.onnx_file), runtime_settings)?;
+                check_channels(&m.name, &st.name, &st.onnx_file, &session, &st.inputs)?;
+                Some(FirstStage {
+                    stage: st.clone(),
+                    session,
+                })
+            }
+            _ => None,
+        };
         let mut tile = m.tensors.patch;
         for (axis, &t) in tile_setting.iter().enumerate() {
             if t != 0 {
@@ -170,7 +344,134 @@ impl Translator {
             device,
             run_seconds: 0.0,
             runs: 0,
+            inputs,
+            first,
+            previous: None,
         })
+    }
+
+    /// True for a multi-stage model: [`Translator::run_first_stage`] must run over each volume
+    /// before its slabs are translated (module docs).
+    pub fn is_multi_stage(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// For a multi-stage model, an empty downsampler of a `dims` volume (z, rows, columns) onto the
+    /// first stage's grid, to fill with [`Translator::feed`]; `None` for a single-stage model.
+    pub fn downsampler(&self, dims: [usize; 3]) -> Option<Downsampler> {
+        self.first
+            .as_ref()
+            .map(|f| Downsampler::new(dims, f.stage.downsample))
+    }
+
+    /// Adds an input slab (HU) of the volume to `ds`, in model units.
+    pub fn feed(&self, ds: &mut Downsampler, slab: &Slab) -> Result<(), TranslateError> {
+        let m = &self.model.manifest;
+        let unit: Vec<f32> = slab.hu.iter().map(|&v| m.hu_to_unit(v)).collect();
+        ds.push(slab.z0, slab.depth, &unit)
+            .map_err(|source| self.downsample_error(source))
+    }
+
+    fn downsample_error(&self, source: DownsampleError) -> TranslateError {
+        TranslateError::Downsample {
+            model: self.model.manifest.name.clone(),
+            stage: self
+                .first
+                .as_ref()
+                .map(|f| f.stage.name.clone())
+                .unwrap_or_default(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Runs the first stage of a multi-stage model over the downsampled volume `ds` (every slice
+    /// fed) and keeps its output for the full-resolution stage of that volume; a no-op for a
+    /// single-stage model.
+    pub fn run_first_stage(
+        &mut self,
+        dims: [usize; 3],
+        ds: Downsampler,
+        control: &Control,
+    ) -> Result<(), TranslateError> {
+        self.previous = None;
+        let name = self.model.manifest.name.clone();
+        let Some(first) = self.first.as_mut() else {
+            return Ok(());
+        };
+        let (low, low_dims) = match ds.finish() {
+            Ok(v) => v,
+            Err(source) => {
+                return Err(TranslateError::Downsample {
+                    model: name,
+                    stage: first.stage.name.clone(),
+                    source: Box::new(source),
+                })
+            }
+        };
+        let st = &first.stage;
+        let plan = |axis: usize| {
+            tiling::axis_tiles(low_dims[axis], st.patch[axis], st.valid_margin[axis]).map_err(
+                |source| TranslateError::Tiling {
+                    model: name.clone(),
+                    source,
+                },
+            )
+        };
+        let (zs, ys, xs) = (plan(0)?, plan(1)?, plan(2)?);
+        let [_, lh, lw] = low_dims;
+        let mut out = vec![0f32; low.len()];
+        for tz in &zs {
+            for ty in &ys {
+                for tx in &xs {
+                    if control.cancelled() {
+                        return Err(TranslateError::Cancelled { model: name });
+                    }
+                    let dims = [tz.len, ty.len, tx.len];
+                    let mut src = Vec::with_capacity(dims.iter().product());
+                    for z in 0..tz.len {
+                        for y in 0..ty.len {
+                            let row = ((tz.start + z) * lh + ty.start + y) * lw + tx.start;
+                            src.extend_from_slice(&low[row..row + tx.len]);
+                        }
+                    }
+                    let buf = stack_inputs(src, dims, &st.inputs, |_, _, _| 0.0);
+                    let c = st.inputs.len();
+                    let input = Array5::from_shape_vec((1, c, tz.len, ty.len, tx.len), buf)
+                        .map_err(|e| TranslateError::Inference {
+                            model: name.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    let data = run_tile(
+                        &mut first.session,
+                        &name,
+                        (
+                            self.model.manifest.tensors.input.as_str(),
+                            self.model.manifest.tensors.output.as_str(),
+                        ),
+                        &input,
+                        vec![1, 1, tz.len, ty.len, tx.len],
+                        (&mut self.run_seconds, &mut self.runs),
+                    )?;
+                    control.beat();
+                    for z in (tz.core_start - tz.start)..(tz.core_end - tz.start) {
+                        for y in (ty.core_start - ty.start)..(ty.core_end - ty.start) {
+                            let src = (z * ty.len + y) * tx.len;
+                            let dst = ((tz.start + z) * lh + ty.start + y) * lw + tx.core_start;
+                            let n = tx.core_end - tx.core_start;
+                            let from = src + tx.core_start - tx.start;
+                            out[dst..dst + n].copy_from_slice(&data[from..from + n]);
+                        }
+                    }
+                }
+            }
+        }
+        self.previous = Some(Previous {
+            dims,
+            low_dims,
+            factor: st.downsample,
+            values: out,
+        });
+        Ok(())
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -244,6 +545,25 @@ impl Translator {
                 reason: format!("{} values for a {d}x{h}x{w} volume", hu.len()),
             });
         }
+        if let Some(mut ds) = self.downsampler(dims) {
+            let chunk = ds.chunk_depth(self.tile[0]);
+            let tiles = (0..d)
+                .step_by(chunk)
+                .map(|z0| {
+                    let len = chunk.min(d - z0);
+                    AxisTile {
+                        start: z0,
+                        len,
+                        core_start: z0,
+                        core_end: z0 + len,
+                    }
+                })
+                .collect();
+            for (_, slab) in volume_slabs(hu, dims, tiles) {
+                self.feed(&mut ds, &slab)?;
+            }
+            self.run_first_stage(dims, ds, control)?;
+        }
         let slabs = volume_slabs(hu, dims, self.plan(0, d)?);
         let mut out = vec![0f32; d * sz * h * sy * w * sx];
         let mut misplaced = None;
@@ -283,6 +603,19 @@ impl Translator {
         control: &Control,
     ) -> Result<OutSlab, TranslateError> {
         let m = self.model.manifest.clone();
+        if self.first.is_some() {
+            let fits = self.previous.as_ref().is_some_and(|p| {
+                p.dims[1] == slab.rows
+                    && p.dims[2] == slab.columns
+                    && zt.start + zt.len <= p.dims[0]
+            });
+            if !fits {
+                return Err(TranslateError::NoPreviousStage {
+                    model: m.name.clone(),
+                    dims: [zt.start + zt.len, slab.rows, slab.columns],
+                });
+            }
+        }
         let [sz, sy, sx] = m.scale();
         let (rows, cols) = (slab.rows, slab.columns);
         let out_rows = rows * sy;
@@ -299,48 +632,42 @@ impl Translator {
                         model: m.name.clone(),
                     });
                 }
-                let mut buf = Vec::with_capacity(lz * ty.len * tx.len);
+                let mut src = Vec::with_capacity(lz * ty.len * tx.len);
                 for z in 0..lz {
                     for y in 0..ty.len {
                         let row = (z * rows + ty.start + y) * cols + tx.start;
-                        buf.extend(slab.hu[row..row + tx.len].iter().map(|v| m.hu_to_unit(*v)));
+                        src.extend(slab.hu[row..row + tx.len].iter().map(|v| m.hu_to_unit(*v)));
                     }
                 }
-                let input =
-                    Array5::from_shape_vec((1, 1, lz, ty.len, tx.len), buf).map_err(|e| {
-                        TranslateError::Inference {
-                            model: m.name.clone(),
-                            reason: e.to_string(),
-                        }
+                let previous = self.previous.as_ref();
+                let buf = stack_inputs(src, [lz, ty.len, tx.len], &self.inputs, |z, y, x| {
+                    previous.map_or(0.0, |p| {
+                        stages::previous_at(
+                            &p.values,
+                            p.low_dims,
+                            p.factor,
+                            zt.start + z,
+                            ty.start + y,
+                            tx.start + x,
+                        )
+                    })
+                });
+                let channels = self.inputs.len();
+                let input = Array5::from_shape_vec((1, channels, lz, ty.len, tx.len), buf)
+                    .map_err(|e| TranslateError::Inference {
+                        model: m.name.clone(),
+                        reason: e.to_string(),
                     })?;
                 let expected = vec![1, 1, lz * sz, ty.len * sy, tx.len * sx];
-                let fail = |reason: String| TranslateError::Inference {
-                    model: m.name.clone(),
-                    reason,
-                };
-                let tensor = TensorRef::from_array_view(&input).map_err(|e| fail(e.to_string()))?;
-                let started = Instant::now();
-                let outputs = self
-                    .session
-                    .run(ort::inputs![m.tensors.input.as_str() => tensor])
-                    .map_err(|e| fail(e.to_string()))?;
-                self.run_seconds += started.elapsed().as_secs_f64();
-                self.runs += 1;
+                let data = run_tile(
+                    &mut self.session,
+                    &m.name,
+                    (m.tensors.input.as_str(), m.tensors.output.as_str()),
+                    &input,
+                    expected,
+                    (&mut self.run_seconds, &mut self.runs),
+                )?;
                 control.beat();
-                let value = outputs
-                    .get(m.tensors.output.as_str())
-                    .ok_or_else(|| fail(format!("no output named {}", m.tensors.output)))?;
-                let (shape, data) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| fail(e.to_string()))?;
-                let actual: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                if actual != expected {
-                    return Err(TranslateError::OutputShape {
-                        model: m.name.clone(),
-                        expected,
-                        actual,
-                    });
-                }
                 let (oh, ow) = (ty.len * sy, tx.len * sx);
                 let zc = ((zt.core_start - zt.start) * sz)..((zt.core_end - zt.start) * sz);
                 let yc = ((ty.core_start - ty.start) * sy)..((ty.core_end - ty.start) * sy);

@@ -12,7 +12,8 @@ pub use ct_harmonizer::dicom::slab::Slab;
 pub use ct_harmonizer::dicom::{SlabReader, VolumeError};
 pub use ct_harmonizer::model::manifest::{
     hex, EvaluationRow, Intensity, Kernels, Manifest, ManifestError, ModelDir, ModelKind,
-    Provenance, Task, Tensors,
+    Provenance, Stage, StageInput, Task, Tensors,
 };
+pub use ct_harmonizer::model::stages;
 pub use ct_harmonizer::model::{Control, TranslateError, Translator};
 pub use ct_harmonizer::samples::{read_inv3, Rng, SampleError, SeriesSpec, CRANIUM_INV3};

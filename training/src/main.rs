@@ -11,7 +11,8 @@
 //!   plots (`ct_training::eval`).
 //! - `train --data DIR --out RUN --task kernel|superres --mode paired|unpaired --blocks N [--naive]
 //!   [--steps S] [--patch P] [--ngf C] [--seed S] [--resume]`: trains a 3D RevGAN
-//!   (`ct_training::trainer`).
+//!   (`ct_training::trainer`); with `--arch megan [--megan-*]` a two-stage MEGAN
+//!   (`ct_training::trainer::megan`).
 //! - `export --checkpoint RUN --out models/NAME [--allow-untrained] [--force]`: writes the trained
 //!   A->B generator as ONNX + manifest (`ct_training::export::trained`).
 
@@ -87,6 +88,19 @@ fn main() -> anyhow::Result<()> {
                     a.out.display()
                 )
             })?;
+            if md.manifest.is_multi_stage() {
+                for st in &md.manifest.stages {
+                    println!(
+                        "wrote {}/{} (stage {}, onnx sha256 {})",
+                        md.dir.display(),
+                        st.onnx_file,
+                        st.name,
+                        st.onnx_sha256
+                    );
+                }
+                println!("wrote {}/{}", md.dir.display(), export::MANIFEST_FILE);
+                return Ok(());
+            }
             println!(
                 "wrote {}/{{{}, {}}} (onnx sha256 {})",
                 md.dir.display(),

@@ -312,6 +312,7 @@ fn baseline_manifest(
             produces: "SOFT".to_owned(),
         },
         evaluation: Vec::new(),
+        stages: Vec::new(),
     }
 }
 

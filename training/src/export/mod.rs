@@ -1,9 +1,11 @@
 //! Writing models in the contract format the daemon reads (`models/<name>/model.onnx` +
 //! `model.toml`, DESIGN §3): [`onnx`] (the hand-declared ONNX messages and a small graph builder,
 //! shared by every exporter), [`baseline`] (the classical Gaussian baseline, `ct-train
-//! export-baseline`) and [`trained`] (a trained generator, `ct-train export`).
+//! export-baseline`), [`trained`] (a trained generator, `ct-train export`) and [`megan`] (a trained
+//! MEGAN as a multi-stage model, `ct-train export` of an `--arch megan` run).
 
 pub mod baseline;
+pub mod megan;
 pub mod onnx;
 pub mod trained;
 

@@ -12,6 +12,7 @@
 
 pub mod discriminator;
 pub mod generator;
+pub mod megan;
 pub mod revgan;
 
 pub use discriminator::{Discriminator, Discriminators};

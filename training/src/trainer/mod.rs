@@ -40,6 +40,7 @@
 //! [`pictures`] (validation pictures), [`run`](mod@run) (the `train` command and its loop).
 
 pub mod checkpoint;
+pub mod megan;
 pub mod pictures;
 pub mod pool;
 pub mod run;

@@ -42,6 +42,11 @@ pub struct TrainArgs {
     /// checkpoint continues on any backend.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+    /// Architecture: the 3D RevGAN (seed 000) or MEGAN (seed 001, see `trainer::megan`).
+    #[arg(long, value_enum, default_value = "revgan")]
+    pub arch: Arch,
+    #[command(flatten)]
+    pub megan: super::megan::MeganArgs,
 }
 
 /// `--backend` of `ct-train train`.
@@ -54,6 +59,15 @@ pub enum BackendArg {
     Tch,
     /// Burn's CUDA backend (`--features cuda`; falls back to the CPU without a device).
     Cuda,
+}
+
+/// `--arch` of `ct-train train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// 3D RevGAN (seed 000).
+    Revgan,
+    /// MEGAN multi-scale patch GAN (seed 001): two stages, exported as a multi-stage model.
+    Megan,
 }
 
 impl TrainArgs {
@@ -82,6 +96,16 @@ pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
     }
     if want == BackendArg::Tch && !cfg!(feature = "tch") {
         return Err(not_built("tch", "tch"));
+    }
+    if args.arch == Arch::Megan {
+        return super::megan::train_megan::<burn::backend::Autodiff<CpuBackend>>(
+            &args.out,
+            &args.megan,
+            &args.train,
+            args.force,
+            Default::default(),
+            "cpu",
+        );
     }
     #[cfg(feature = "cuda")]
     if matches!(want, BackendArg::Auto | BackendArg::Cuda) {

@@ -523,6 +523,15 @@ fn trains_on_two_separate_unpaired_sets() {
         resume: false,
         force: false,
         backend: super::run::BackendArg::Flex,
+        arch: super::run::Arch::Revgan,
+        megan: super::megan::MeganArgs {
+            megan_ngf: 8,
+            megan_ndf: 8,
+            megan_res_blocks: 2,
+            megan_lr_factor: 4,
+            megan_lambda_l1: 10.0,
+            megan_d_accuracy_max: 0.8,
+        },
     };
     let st = train::<A>(&args, Default::default(), "cpu").unwrap();
     assert_eq!(st.step, 1);

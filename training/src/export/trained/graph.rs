@@ -28,9 +28,10 @@ fn values<B: Backend, const D: usize>(
     Ok((dims, data))
 }
 
-/// Builds the generator graph node by node, naming values `v0, v1, ...`.
-struct Writer {
-    g: GraphBuilder,
+/// Builds the generator graph node by node, naming values `v0, v1, ...` (also used by the MEGAN
+/// exporter, [`crate::export::megan`]).
+pub(crate) struct Writer {
+    pub(crate) g: GraphBuilder,
     next: usize,
     /// Cached `InstanceNormalization` scale/bias initializers per channel count.
     norms: std::collections::BTreeMap<usize, (String, String)>,
@@ -38,12 +39,46 @@ struct Writer {
 }
 
 impl Writer {
+    /// An empty graph named `name`.
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            g: GraphBuilder::new(name),
+            next: 0,
+            norms: Default::default(),
+            pads: Default::default(),
+        }
+    }
+
+    /// `InstanceNormalization` with the given per-channel scale and bias (an affine
+    /// InstanceNorm3d); `prefix` names the initializers.
+    pub(crate) fn instance_norm_affine<B: Backend>(
+        &mut self,
+        x: &str,
+        gamma: &Param<Tensor<B, 1>>,
+        beta: &Param<Tensor<B, 1>>,
+        prefix: &str,
+    ) -> Result<String, ExportModelError> {
+        let (gd, gv) = values(gamma, prefix)?;
+        let (bd, bv) = values(beta, prefix)?;
+        let s = self
+            .g
+            .initializer_f32(&format!("{prefix}.gamma"), &gd, &gv)?;
+        let b = self
+            .g
+            .initializer_f32(&format!("{prefix}.beta"), &bd, &bv)?;
+        self.node(
+            "InstanceNormalization",
+            &[x, &s, &b],
+            vec![onnx::attr_float("epsilon", IN_EPSILON as f32)],
+        )
+    }
+
     fn fresh(&mut self, hint: &str) -> String {
         self.next += 1;
         format!("{hint}_{}", self.next)
     }
 
-    fn node(
+    pub(crate) fn node(
         &mut self,
         op: &str,
         inputs: &[&str],
@@ -56,7 +91,7 @@ impl Writer {
     }
 
     /// `Pad` (edge) by `p` on both sides of D, H, W.
-    fn pad_edge(&mut self, x: &str, p: usize) -> Result<String, ExportModelError> {
+    pub(crate) fn pad_edge(&mut self, x: &str, p: usize) -> Result<String, ExportModelError> {
         let pads = match self.pads.get(&p) {
             Some(n) => n.clone(),
             None => {
@@ -73,7 +108,7 @@ impl Writer {
         self.node("Pad", &[x, &pads], vec![onnx::attr_string("mode", "edge")])
     }
 
-    fn conv<B: Backend>(
+    pub(crate) fn conv<B: Backend>(
         &mut self,
         x: &str,
         c: &Conv3d<B>,
@@ -116,7 +151,7 @@ impl Writer {
         )
     }
 
-    fn conv_transpose<B: Backend>(
+    pub(crate) fn conv_transpose<B: Backend>(
         &mut self,
         x: &str,
         c: &ConvTranspose3d<B>,
@@ -178,7 +213,7 @@ impl Writer {
         )
     }
 
-    fn relu(&mut self, x: &str) -> Result<String, ExportModelError> {
+    pub(crate) fn relu(&mut self, x: &str) -> Result<String, ExportModelError> {
         self.node("Relu", &[x], vec![])
     }
 

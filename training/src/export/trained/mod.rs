@@ -31,7 +31,7 @@
 //! to a multiple of 16 (in-plane at least [`IN_PLANE_TILE`]): every kept core is at least as large
 //! as a training patch. For super-resolution the margins and the tile are in input voxels.
 
-mod graph;
+pub(crate) mod graph;
 
 pub use graph::generator_onnx;
 
@@ -168,6 +168,7 @@ pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: St
             produces: meta.produces.clone(),
         },
         evaluation: Vec::new(),
+        stages: Vec::new(),
     }
 }
 
@@ -339,6 +340,13 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
 
 /// Runs `ct-train export`.
 pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
+    if args
+        .checkpoint
+        .join(crate::trainer::megan::MEGAN_CONFIG)
+        .exists()
+    {
+        return run_megan(args);
+    }
     let device = Default::default();
     let (model_cfg, cfg, state, gen) = load_generators::<CpuBackend>(&args.checkpoint, &device)?;
     if state.step == 0 && !args.allow_untrained {
@@ -377,6 +385,36 @@ pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
         provenance: provenance(&cfg, &model_cfg, &state),
     };
     export_generator(&gen, &model_cfg, &meta, &args.out, args.force)
+}
+
+/// `ct-train export` of an `--arch megan` run: the multi-stage model of [`crate::export::megan`].
+fn run_megan(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
+    use crate::export::megan::{export_megan, megan_provenance, MeganMeta};
+    let device = Default::default();
+    let (cfg, train, state, gens) =
+        crate::trainer::megan::load_megan::<CpuBackend>(&args.checkpoint, &device)?;
+    if state.step == 0 && !args.allow_untrained {
+        return Err(refuse(
+            &args.checkpoint,
+            "the checkpoint has 0 training steps; pass --allow-untrained to export it anyway"
+                .into(),
+        ));
+    }
+    let name = args
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| refuse(&args.out, "the output directory needs a name".into()))?;
+    let meta = MeganMeta {
+        name,
+        version: args.version.clone(),
+        hu_window: train.hu_window,
+        accepts: args.accepts.clone(),
+        produces: args.produces.clone().unwrap_or_else(|| "SOFT".to_owned()),
+        provenance: megan_provenance(&cfg, &train, &state),
+    };
+    export_megan(&gens, &cfg, &meta, &args.out, args.force)
 }
 
 #[cfg(test)]
