@@ -34,6 +34,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use std::net::SocketAddr;
@@ -56,6 +57,7 @@ pub use super::accept::MAX_ASSOCIATE_RQ_BYTES;
 use super::accept::{
     is_resource_exhaustion, peek_associate_rq, reject_transient, socket_pair, Gate, RateLimited,
 };
+use super::wire::{PduReader, Received};
 
 /// What the SCP answers to one C-STORE.
 #[derive(Debug)]
@@ -545,8 +547,16 @@ impl Scp {
         let mut sink = Sink::Idle;
         let mut received: usize = 0;
         let mut idle_until = Instant::now() + idle;
+        let read_timeout = Duration::from_secs(s.read_timeout_seconds);
+        // From here on PDUs are read by our reader (values in place, one buffer reused); dicom-ul
+        // sends the responses and the abort. Bytes it read past the negotiation come first.
+        let max_pdu = assoc.acceptor_max_pdu_length();
+        let mut reader = {
+            let (_, read_buffer) = AsyncAssociation::get_mut(&mut assoc);
+            PduReader::new(max_pdu, &read_buffer.split())
+        };
         loop {
-            let pdu = tokio::select! {
+            let next = tokio::select! {
                 _ = shutdown.changed() => {
                     let _ = assoc.abort().await;
                     return;
@@ -561,22 +571,29 @@ impl Scp {
                     let _ = assoc.abort().await;
                     return;
                 }
-                pdu = assoc.receive() => pdu,
+                r = tokio::time::timeout(read_timeout, reader.next(assoc.inner_stream())) => r,
             };
-            let values = match pdu {
-                Ok(Pdu::PData { data: values }) => values,
-                Ok(Pdu::ReleaseRQ) => {
+            let fragment = match next {
+                Ok(Ok(Received::Fragment {
+                    pc,
+                    command,
+                    is_last,
+                    start,
+                    end,
+                    bytes,
+                })) => (pc, command, is_last, start, end, bytes),
+                Ok(Ok(Received::Pdu(Pdu::ReleaseRQ))) => {
                     let _ = assoc.send(&Pdu::ReleaseRP).await;
                     return;
                 }
-                Ok(Pdu::AbortRQ { .. }) => {
+                Ok(Ok(Received::Pdu(Pdu::AbortRQ { .. }))) => {
                     events::AssociationAborted {
                         calling_ae: &calling,
                     }
                     .emit();
                     return;
                 }
-                Ok(other) => {
+                Ok(Ok(Received::Pdu(other))) => {
                     events::UnexpectedPdu {
                         calling_ae: &calling,
                         pdu: &other,
@@ -585,7 +602,7 @@ impl Scp {
                     let _ = assoc.abort().await;
                     return;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     events::AssociationEnded {
                         calling_ae: &calling,
                         reason: &e,
@@ -593,158 +610,161 @@ impl Scp {
                     .emit();
                     return;
                 }
+                Err(_) => {
+                    events::AssociationEnded {
+                        calling_ae: &calling,
+                        reason: &format_args!(
+                            "nothing received for {} s (read timeout)",
+                            read_timeout.as_secs()
+                        ),
+                    }
+                    .emit();
+                    return;
+                }
             };
-            for v in values {
-                let PDataValue {
-                    presentation_context_id: pc,
-                    value_type,
-                    is_last,
-                    data: bytes,
-                } = v;
-                if !contexts.iter().any(|(id, _, _)| *id == pc) {
-                    events::PdataOnUnacceptedContext {
+            let (pc, is_command, is_last, start, end, bytes) = fragment;
+            if start && !contexts.iter().any(|(id, _, _)| *id == pc) {
+                events::PdataOnUnacceptedContext {
+                    calling_ae: &calling,
+                    peer: &peer,
+                    context_id: pc,
+                }
+                .emit();
+                let _ = assoc.abort().await;
+                return;
+            }
+            if is_command {
+                if command.len() + bytes.len() > MAX_COMMAND_BYTES {
+                    events::CommandTooLarge {
                         calling_ae: &calling,
                         peer: &peer,
-                        context_id: pc,
+                        limit: MAX_COMMAND_BYTES,
                     }
                     .emit();
                     let _ = assoc.abort().await;
                     return;
                 }
-                match value_type {
-                    PDataValueType::Command => {
-                        if command.len() + bytes.len() > MAX_COMMAND_BYTES {
-                            events::CommandTooLarge {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                limit: MAX_COMMAND_BYTES,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        command.extend_from_slice(&bytes);
-                        if !is_last {
-                            continue;
-                        }
-                        let cmd = match dimse::decode(&command) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                events::BadCommand {
-                                    calling_ae: &calling,
-                                    reason: &e,
-                                }
-                                .emit();
-                                let _ = assoc.abort().await;
-                                return;
-                            }
-                        };
-                        command.clear();
-                        if cmd.field == dimse::C_ECHO_RQ {
-                            let rsp = dimse::response(
-                                dimse::C_ECHO_RSP,
-                                cmd.message_id,
-                                VERIFICATION,
-                                "",
-                                dimse::SUCCESS,
-                                "",
-                            );
-                            if self
-                                .send_command(&mut assoc, pc, rsp, &calling)
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
-                            let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
-                            sink = self.admit(&settings, ctx, &cmd, &calling);
-                            received = 0;
-                            pending = Some((cmd, pc));
-                        } else {
-                            events::UnsupportedCommand {
-                                calling_ae: &calling,
-                                field: cmd.field,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                    }
-                    PDataValueType::Data => {
-                        let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
-                            events::UnexpectedData {
-                                calling_ae: &calling,
-                                peer: &peer,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        };
-                        if cmd_pc != pc {
-                            events::ContextMismatch {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                command_context: cmd_pc,
-                                data_context: pc,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        if received.saturating_add(bytes.len()) > max_dataset {
-                            events::DatasetTooLarge {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                limit_bytes: max_dataset,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        received += bytes.len();
-                        sink.push(bytes).await;
-                        idle_until = Instant::now() + idle;
-                        if !is_last {
-                            continue;
-                        }
-                        let Some((cmd, cmd_pc)) = pending.take() else {
-                            let _ = assoc.abort().await;
-                            return;
-                        };
-                        let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
-                        let taken = std::mem::replace(&mut sink, Sink::Idle);
-                        let outcome = self
-                            .store(&limits, ctx, &cmd, &calling, &called, taken)
-                            .await;
-                        idle_until = Instant::now() + idle;
-                        let comment = outcome.comment();
-                        if let StoreOutcome::Refused(refusal) = &outcome {
-                            events::InstanceRejected {
-                                calling_ae: &calling,
-                                sop_instance_uid: &cmd.sop_instance,
-                                status: refusal.status(),
-                                reason: &comment,
-                            }
-                            .emit(&self.metrics);
-                        }
-                        let rsp = dimse::response(
-                            dimse::C_STORE_RSP,
-                            cmd.message_id,
-                            &cmd.sop_class,
-                            &cmd.sop_instance,
-                            outcome.status(),
-                            &comment,
-                        );
-                        if self
-                            .send_command(&mut assoc, cmd_pc, rsp, &calling)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                command.extend_from_slice(bytes);
+                if !(end && is_last) {
+                    continue;
                 }
+                let cmd = match dimse::decode(&command) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        events::BadCommand {
+                            calling_ae: &calling,
+                            reason: &e,
+                        }
+                        .emit();
+                        let _ = assoc.abort().await;
+                        return;
+                    }
+                };
+                command.clear();
+                if cmd.field == dimse::C_ECHO_RQ {
+                    let rsp = dimse::response(
+                        dimse::C_ECHO_RSP,
+                        cmd.message_id,
+                        VERIFICATION,
+                        "",
+                        dimse::SUCCESS,
+                        "",
+                    );
+                    if self
+                        .send_command(&mut assoc, pc, rsp, &calling)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
+                    let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
+                    sink = self.admit(&settings, ctx, &cmd, &calling);
+                    received = 0;
+                    pending = Some((cmd, pc));
+                } else {
+                    events::UnsupportedCommand {
+                        calling_ae: &calling,
+                        field: cmd.field,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                }
+                continue;
+            }
+            if start {
+                let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
+                    events::UnexpectedData {
+                        calling_ae: &calling,
+                        peer: &peer,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                };
+                if cmd_pc != pc {
+                    events::ContextMismatch {
+                        calling_ae: &calling,
+                        peer: &peer,
+                        command_context: cmd_pc,
+                        data_context: pc,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            }
+            if received.saturating_add(bytes.len()) > max_dataset {
+                events::DatasetTooLarge {
+                    calling_ae: &calling,
+                    peer: &peer,
+                    limit_bytes: max_dataset,
+                }
+                .emit();
+                let _ = assoc.abort().await;
+                return;
+            }
+            received += bytes.len();
+            sink.push(bytes);
+            idle_until = Instant::now() + idle;
+            if !(end && is_last) {
+                continue;
+            }
+            let Some((cmd, cmd_pc)) = pending.take() else {
+                let _ = assoc.abort().await;
+                return;
+            };
+            let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
+            let taken = std::mem::replace(&mut sink, Sink::Idle);
+            let outcome = self
+                .store(&limits, ctx, &cmd, &calling, &called, taken)
+                .await;
+            idle_until = Instant::now() + idle;
+            let comment = outcome.comment();
+            if let StoreOutcome::Refused(refusal) = &outcome {
+                events::InstanceRejected {
+                    calling_ae: &calling,
+                    sop_instance_uid: &cmd.sop_instance,
+                    status: refusal.status(),
+                    reason: &comment,
+                }
+                .emit(&self.metrics);
+            }
+            let rsp = dimse::response(
+                dimse::C_STORE_RSP,
+                cmd.message_id,
+                &cmd.sop_class,
+                &cmd.sop_instance,
+                outcome.status(),
+                &comment,
+            );
+            if self
+                .send_command(&mut assoc, cmd_pc, rsp, &calling)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
     }
@@ -777,7 +797,8 @@ impl Scp {
     }
 
     /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
-    /// spool file. A refusal is answered once the data set has been received (and discarded).
+    /// spool file (on the async worker: a create in the spool's `.tmp/`, cheap). A refusal is
+    /// answered once the data set has been received (and discarded).
     fn admit(
         &self,
         settings: &Settings,
@@ -799,25 +820,17 @@ impl Scp {
                 sop_class: cmd.sop_class.clone(),
             });
         }
-        let spool = self.spool.clone();
-        let (class, instance, calling) = (
-            cmd.sop_class.clone(),
-            cmd.sop_instance.clone(),
-            calling.to_string(),
-        );
-        let ts = ts_uid.clone();
-        // Opened off the async workers with the first chunk, while the next fragments arrive.
-        Sink::File {
-            writer: Writer::Unopened(Box::new(move || {
-                spool.begin(&class, &instance, &ts, &calling)
-            })),
-            chunk: Vec::new(),
-            spare: Vec::new(),
-            ts_uid,
+        match self
+            .spool
+            .begin(&cmd.sop_class, &cmd.sop_instance, &ts_uid, calling)
+        {
+            Ok(incoming) => Sink::File { incoming, ts_uid },
+            Err(e) => Sink::Discard(spool_refusal(e)),
         }
     }
 
-    /// Checks and commits one received instance (its data set in its spool file).
+    /// Checks and commits one received instance (its data set in its spool file): one task off
+    /// the async workers does the checks, the `fdatasync` and the commit.
     async fn store(
         &self,
         limits: &Limits,
@@ -828,121 +841,134 @@ impl Scp {
         sink: Sink,
     ) -> StoreOutcome {
         use StoreOutcome::Refused;
-        let (mut writer, chunk, ts_uid) = match sink {
+        let (incoming, ts_uid) = match sink {
             Sink::Idle => return Refused(StoreRefusal::NoCommand),
             Sink::Discard(refusal) => return Refused(refusal),
-            Sink::File {
-                writer,
-                chunk,
-                ts_uid,
-                ..
-            } => (writer, chunk, ts_uid),
-        };
-        let mut incoming = match writer.ready().await {
-            Ok((incoming, _)) => incoming,
-            Err(refusal) => return Refused(refusal),
+            Sink::File { incoming, ts_uid } => (incoming, ts_uid),
         };
         if ctx.is_none() {
             return Refused(StoreRefusal::UnknownContext);
         }
-        // The last bytes written, then (in parallel) the data synced to disk and the file checked:
-        // the bounded pre-parser (depth, declared lengths, size, pixel encoding against the
-        // context's transfer syntax), then dicom-rs up to the pixel data, both off the async
-        // workers; the file is read back from the page cache.
-        let written = tokio::task::spawn_blocking(move || {
-            let r = incoming.write(&chunk).and_then(|()| incoming.reopen());
-            (incoming, r)
+        let (spool, recent, limits) = (self.spool.clone(), self.recent.clone(), *limits);
+        let (sop_class, sop_instance) = (cmd.sop_class.clone(), cmd.sop_instance.clone());
+        let finished = tokio::task::spawn_blocking(move || {
+            finish(
+                &spool,
+                &recent,
+                incoming,
+                &ts_uid,
+                &limits,
+                &sop_class,
+                &sop_instance,
+            )
         })
         .await;
-        let (mut incoming, file) = match written {
-            Ok((incoming, Ok(file))) => (incoming, file),
-            Ok((_, Err(e))) => return Refused(spool_refusal(e)),
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
-        };
-        let (path, limits) = (incoming.path().to_path_buf(), *limits);
-        let (synced, checked) = tokio::join!(
-            tokio::task::spawn_blocking(move || {
-                let r = incoming.sync_data();
-                (incoming, r)
-            }),
-            tokio::task::spawn_blocking(move || check_file(file, &path, &ts_uid, &limits)),
-        );
-        let (incoming, synced) = match synced {
-            Ok(x) => x,
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
-        };
-        // A refused data set is answered as such even when its sync failed too.
-        let obj = match checked {
-            Ok(Ok(obj)) => obj,
-            Ok(Err(refusal)) => return Refused(refusal),
-            Err(e) => return Refused(StoreRefusal::ParserTask(e)),
-        };
-        if let Err(e) = synced {
-            return Refused(spool_refusal(e));
-        }
-        let text = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .unwrap_or_default()
-        };
-        let sop_instance = text(tags::SOP_INSTANCE_UID);
-        if sop_instance != cmd.sop_instance || text(tags::SOP_CLASS_UID) != cmd.sop_class {
-            return Refused(StoreRefusal::DatasetMismatch);
-        }
-        let expected = [tags::NUMBER_OF_SERIES_RELATED_INSTANCES]
-            .into_iter()
-            .find_map(|t| text(t).parse::<usize>().ok())
-            .filter(|&n| n > 0);
-        let (study_uid, series_uid) = (
-            text(tags::STUDY_INSTANCE_UID),
-            text(tags::SERIES_INSTANCE_UID),
-        );
-        drop(obj);
-        if self.recent.contains(&study_uid, &series_uid, &sop_instance)
-            && self
-                .spool
-                .series_dir(&study_uid, &series_uid)
-                .is_ok_and(|d| !d.exists())
-        {
-            // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
-            events::RetransmissionAcknowledged {
-                calling_ae: calling,
-                series_uid: &series_uid,
-                sop_instance_uid: &sop_instance,
+        let stored = match finished {
+            Ok(Ok(Finished::Stored(stored))) => stored,
+            Ok(Ok(Finished::Retransmission { series_uid })) => {
+                // Received, acknowledged and delivered before: acknowledged again, nothing kept.
+                events::RetransmissionAcknowledged {
+                    calling_ae: calling,
+                    series_uid: &series_uid,
+                    sop_instance_uid: &cmd.sop_instance,
+                }
+                .emit();
+                return StoreOutcome::Retransmission;
             }
-            .emit();
-            return StoreOutcome::Retransmission;
-        }
-        let spool = self.spool.clone();
-        let (study2, series2) = (study_uid.clone(), series_uid.clone());
-        let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
-        let stored =
-            tokio::task::spawn_blocking(move || spool.commit(incoming, &study2, &series2)).await;
-        match stored {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Refused(spool_refusal(e)),
+            Ok(Err(refusal)) => return Refused(refusal),
             Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
-        }
+        };
         self.metrics.instances_received.inc();
-        crate::audit::instance_stored(bytes);
+        crate::audit::instance_stored(stored.bytes);
         self.metrics
             .last_instance_received_timestamp_seconds
             .set(crate::util::clock::now_seconds());
         let arrival = Arrival {
-            study_uid,
-            series_uid,
-            sop_instance_uid: sop_instance,
+            study_uid: stored.study_uid,
+            series_uid: stored.series_uid,
+            sop_instance_uid: cmd.sop_instance.clone(),
             calling_ae: calling.to_string(),
             called_ae: called.to_string(),
-            expected,
+            expected: stored.expected,
         };
         // Durable already: the series stage learns of it (waiting when it is busy: back-pressure).
         let _ = self.tx.send(arrival).await;
         StoreOutcome::Stored
     }
+}
+
+/// What [`finish`] made of a received instance.
+enum Finished {
+    Stored(Stored),
+    /// An instance of a series delivered before (not kept).
+    Retransmission {
+        series_uid: String,
+    },
+}
+
+/// An instance committed to the spool: what the series stage and the audit need.
+struct Stored {
+    study_uid: String,
+    series_uid: String,
+    expected: Option<usize>,
+    bytes: usize,
+}
+
+/// Off the async workers, for one instance whose data set is in its spool file: the bounded
+/// pre-parser (depth, declared lengths, size, pixel encoding against the context's transfer
+/// syntax) and dicom-rs up to the pixel data, both reading the file back from the page cache;
+/// the data set must name the command's SOP class and instance; then its `fdatasync` and the
+/// commit to the spool (see the durability argument in [`crate::spool`]). A refused data set is
+/// answered as such without a sync.
+fn finish(
+    spool: &Spool,
+    recent: &crate::series::Recent,
+    mut incoming: Incoming,
+    ts_uid: &str,
+    limits: &Limits,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<Finished, StoreRefusal> {
+    let file = incoming.reopen().map_err(spool_refusal)?;
+    let obj = check_file(file, incoming.path(), ts_uid, limits)?;
+    let text = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    if text(tags::SOP_INSTANCE_UID) != sop_instance || text(tags::SOP_CLASS_UID) != sop_class {
+        return Err(StoreRefusal::DatasetMismatch);
+    }
+    let expected = text(tags::NUMBER_OF_SERIES_RELATED_INSTANCES)
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0);
+    let (study_uid, series_uid) = (
+        text(tags::STUDY_INSTANCE_UID),
+        text(tags::SERIES_INSTANCE_UID),
+    );
+    drop(obj);
+    if recent.contains(&study_uid, &series_uid, sop_instance)
+        && spool
+            .series_dir(&study_uid, &series_uid)
+            .is_ok_and(|d| !d.exists())
+    {
+        return Ok(Finished::Retransmission { series_uid });
+    }
+    incoming.sync_data().map_err(spool_refusal)?;
+    let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
+    spool
+        .commit(incoming, &study_uid, &series_uid)
+        .map_err(spool_refusal)?;
+    Ok(Finished::Stored(Stored {
+        study_uid,
+        series_uid,
+        expected,
+        bytes,
+    }))
 }
 
 /// The refusal of a spool error (a full disk or a failed write is logged for the operator).
@@ -983,115 +1009,21 @@ fn check_file(
 enum Sink {
     /// No C-STORE pending.
     Idle,
-    /// Refused at the command: the bytes are counted and dropped.
+    /// Refused at the command, or the spool file could not be opened or written (the temporary
+    /// file is gone): the bytes are counted and dropped, the C-STORE answered with this refusal.
     Discard(StoreRefusal),
-    /// Streamed to the instance's spool file, in chunks written off the async workers while the
-    /// next fragments arrive.
-    File {
-        writer: Writer,
-        chunk: Vec<u8>,
-        /// The buffer of the previous write, reused.
-        spare: Vec<u8>,
-        ts_uid: String,
-    },
+    /// Streamed to the instance's spool file: each fragment written as it arrives, from the
+    /// reader's buffer (page cache writes on the async worker; the sync is done off it).
+    File { incoming: Incoming, ts_uid: String },
 }
-
-type Begin = Box<dyn FnOnce() -> Result<Incoming, SpoolError> + Send>;
-type Written = Result<(Incoming, Vec<u8>), SpoolError>;
-
-/// The spool file of the pending C-STORE.
-enum Writer {
-    /// Not opened yet (opened with the first write).
-    Unopened(Begin),
-    /// Being written (one write at a time, in order); gives back the buffer.
-    Busy(tokio::task::JoinHandle<Written>),
-    /// Opening or writing failed (the temporary file is gone): the rest of the data set is
-    /// dropped and the C-STORE answered with this refusal.
-    Failed(StoreRefusal),
-}
-
-impl Writer {
-    /// Waits for the write in progress; the file and the buffer written, or the answer to give.
-    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), StoreRefusal> {
-        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
-        let done = match state {
-            Writer::Unopened(begin) => {
-                tokio::task::spawn_blocking(move || Ok((begin()?, Vec::new()))).await
-            }
-            Writer::Busy(handle) => handle.await,
-            Writer::Failed(refusal) => return Err(refusal),
-        };
-        match done {
-            Ok(Ok(x)) => Ok(x),
-            Ok(Err(e)) => Err(spool_refusal(e)),
-            Err(e) => Err(StoreRefusal::SpoolTask(e)),
-        }
-    }
-
-    /// Starts writing `buf` (opening the file first when needed); returns at once.
-    async fn start(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
-        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
-        let (mut spare, open): (Option<Vec<u8>>, Result<Incoming, Begin>) = match state {
-            Writer::Unopened(begin) => (None, Err(begin)),
-            busy @ Writer::Busy(_) => {
-                *self = busy;
-                match self.ready().await {
-                    Ok((incoming, spare)) => (Some(spare), Ok(incoming)),
-                    Err(refusal) => {
-                        *self = Writer::Failed(refusal);
-                        return None;
-                    }
-                }
-            }
-            failed @ Writer::Failed(..) => {
-                *self = failed;
-                return None;
-            }
-        };
-        *self = Writer::Busy(tokio::task::spawn_blocking(move || {
-            let mut incoming = match open {
-                Ok(incoming) => incoming,
-                Err(begin) => begin()?,
-            };
-            incoming.write(&buf)?;
-            buf.clear();
-            Ok((incoming, buf))
-        }));
-        spare.take()
-    }
-}
-
-/// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
-const WRITE_CHUNK: usize = 256 * 1024;
 
 impl Sink {
-    async fn push(&mut self, bytes: Vec<u8>) {
-        let Sink::File {
-            writer,
-            chunk,
-            spare,
-            ..
-        } = self
-        else {
+    fn push(&mut self, bytes: &[u8]) {
+        let Sink::File { incoming, .. } = self else {
             return;
         };
-        if matches!(writer, Writer::Failed(..)) {
-            return;
-        }
-        if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
-            *chunk = bytes;
-        } else {
-            if chunk.capacity() == 0 {
-                chunk.reserve(WRITE_CHUNK + bytes.len());
-            }
-            chunk.extend_from_slice(&bytes);
-        }
-        if chunk.len() < WRITE_CHUNK {
-            return;
-        }
-        let buf = std::mem::replace(chunk, std::mem::take(spare));
-        if let Some(back) = writer.start(buf).await {
-            *spare = back;
+        if let Err(e) = incoming.write(bytes) {
+            *self = Sink::Discard(spool_refusal(e));
         }
     }
 }
