@@ -10,14 +10,16 @@
 //! access control, waiting at most `slot_wait_seconds`, beyond which the caller gets A-ASSOCIATE-RJ
 //! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
 //! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
-//! is streamed to its spool temporary file as its fragments arrive (256 KiB writes off the async
-//! workers, overlapping the receipt), up to `max_dataset_mib`, then the association is aborted.
-//! After its last fragment the file goes through the bounded pre-parser ([`crate::dicom::guard`], read back
-//! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
-//! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
-//! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
-//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors
-//! (EMFILE...) back off from 100 ms to 1 s with one log line per 10 s.
+//! is streamed to its spool temporary file as its fragments arrive, up to `max_dataset_mib`, then
+//! the association is aborted. PDUs are read by [`super::wire`]: each fragment goes from one
+//! buffer reused for the association straight into a `write` of the spool file (page cache, on the
+//! async worker: no allocation, copy or thread hand-off per PDU). After its last fragment one task
+//! off the async workers does the rest ([`finish`]): the bounded pre-parser
+//! ([`crate::dicom::guard`], reading the file back from the page cache) and the checks against
+//! the presentation context (accepted, same as the command's, pixel encoding matching the
+//! transfer syntax), dicom-rs up to the pixel data, then the file's `fdatasync` and the commit to
+//! the spool (see the durability argument in [`crate::spool`]). Accept errors (EMFILE...) back off
+//! from 100 ms to 1 s with one log line per 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
 //! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a
@@ -103,17 +105,15 @@ pub enum StoreRefusal {
     UnknownTransferSyntax { ts_uid: String },
     #[error("malformed dataset: {0}")]
     Malformed(#[source] Box<dicom_object::ReadError>),
-    #[error("parser failed: {0}")]
-    ParserTask(#[source] tokio::task::JoinError),
+    /// The parser panicked on the data set (its message).
+    #[error("parser failed: {reason}")]
+    ParserPanicked { reason: String },
     #[error("SOP class or instance differs from the command")]
     DatasetMismatch,
     #[error("{}", spool_comment(.0))]
     Spool(#[source] SpoolError),
     #[error("spool task failed: {0}")]
     SpoolTask(#[source] tokio::task::JoinError),
-    /// The spool file's writer was taken by an earlier answer (never expected).
-    #[error("spool file already answered")]
-    WriterTaken,
     /// A data set with no C-STORE command before it (never expected: the association aborts).
     #[error("data set without a C-STORE command")]
     NoCommand,
@@ -127,12 +127,12 @@ impl StoreRefusal {
             | StoreRefusal::Guard(_)
             | StoreRefusal::UnknownTransferSyntax { .. }
             | StoreRefusal::Malformed(_)
-            | StoreRefusal::ParserTask(_)
+            | StoreRefusal::ParserPanicked { .. }
             | StoreRefusal::NoCommand
             | StoreRefusal::Spool(SpoolError::InvalidUid { .. }) => dimse::CANNOT_UNDERSTAND,
             StoreRefusal::SopClassNotAccepted { .. } => dimse::SOP_CLASS_NOT_SUPPORTED,
             StoreRefusal::DatasetMismatch => dimse::DATASET_MISMATCH,
-            StoreRefusal::Spool(_) | StoreRefusal::SpoolTask(_) | StoreRefusal::WriterTaken => {
+            StoreRefusal::Spool(_) | StoreRefusal::SpoolTask(_) => {
                 dimse::OUT_OF_RESOURCES
             }
         }
@@ -797,8 +797,13 @@ impl Scp {
     }
 
     /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
-    /// spool file (on the async worker: a create in the spool's `.tmp/`, cheap). A refusal is
-    /// answered once the data set has been received (and discarded).
+    /// spool file. A refusal is answered once the data set has been received (and discarded).
+    ///
+    /// The create (and the fragments' writes after it) run on the async worker: they go to the
+    /// page cache and cost microseconds, less than a hand-off to the blocking pool and back, and
+    /// since every instance is synced before the next one is read, an association never has more
+    /// than one data set of dirty pages for the kernel to throttle. The one slow case is a spool
+    /// under its free-space watermark, where `begin` first releases the kept versions.
     fn admit(
         &self,
         settings: &Settings,
@@ -930,7 +935,21 @@ fn finish(
     sop_instance: &str,
 ) -> Result<Finished, StoreRefusal> {
     let file = incoming.reopen().map_err(spool_refusal)?;
-    let obj = check_file(file, incoming.path(), ts_uid, limits)?;
+    // A parser panic refuses this data set (cannot understand), not the spool (out of resources).
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_file(file, incoming.path(), ts_uid, limits)
+    }));
+    let obj = match checked {
+        Ok(checked) => checked?,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            return Err(StoreRefusal::ParserPanicked { reason });
+        }
+    };
     let text = |tag| {
         obj.element_opt(tag)
             .ok()
