@@ -114,6 +114,9 @@ pub enum StoreRefusal {
     Spool(#[source] SpoolError),
     #[error("spool task failed: {0}")]
     SpoolTask(#[source] tokio::task::JoinError),
+    /// The association's spool writer ended (never expected: it ends with the association).
+    #[error("spool writer stopped")]
+    SpoolWriterStopped,
     /// A data set with no C-STORE command before it (never expected: the association aborts).
     #[error("data set without a C-STORE command")]
     NoCommand,
@@ -132,9 +135,9 @@ impl StoreRefusal {
             | StoreRefusal::Spool(SpoolError::InvalidUid { .. }) => dimse::CANNOT_UNDERSTAND,
             StoreRefusal::SopClassNotAccepted { .. } => dimse::SOP_CLASS_NOT_SUPPORTED,
             StoreRefusal::DatasetMismatch => dimse::DATASET_MISMATCH,
-            StoreRefusal::Spool(_) | StoreRefusal::SpoolTask(_) => {
-                dimse::OUT_OF_RESOURCES
-            }
+            StoreRefusal::Spool(_)
+            | StoreRefusal::SpoolTask(_)
+            | StoreRefusal::SpoolWriterStopped => dimse::OUT_OF_RESOURCES,
         }
     }
 }
@@ -519,6 +522,7 @@ impl Scp {
             }
         };
         let _ = assoc.inner_stream().set_nodelay(true);
+        let mut writer = SpoolWriter::start(self.spool.clone(), self.recent.clone());
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
@@ -726,7 +730,7 @@ impl Scp {
                 return;
             }
             received += bytes.len();
-            sink.push(bytes);
+            sink.push(bytes, &mut writer).await;
             idle_until = Instant::now() + idle;
             if !(end && is_last) {
                 continue;
@@ -738,7 +742,7 @@ impl Scp {
             let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
             let taken = std::mem::replace(&mut sink, Sink::Idle);
             let outcome = self
-                .store(&limits, ctx, &cmd, &calling, &called, taken)
+                .store(&limits, ctx, &cmd, &calling, &called, taken, &mut writer)
                 .await;
             idle_until = Instant::now() + idle;
             let comment = outcome.comment();
@@ -796,14 +800,9 @@ impl Scp {
             })
     }
 
-    /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
-    /// spool file. A refusal is answered once the data set has been received (and discarded).
-    ///
-    /// The create (and the fragments' writes after it) run on the async worker: they go to the
-    /// page cache and cost microseconds, less than a hand-off to the blocking pool and back, and
-    /// since every instance is synced before the next one is read, an association never has more
-    /// than one data set of dirty pages for the kernel to throttle. The one slow case is a spool
-    /// under its free-space watermark, where `begin` first releases the kept versions.
+    /// At a C-STORE-RQ: checks the presentation context and SOP class; the association's spool
+    /// writer opens the instance's spool file with the first data set bytes. A refusal is answered
+    /// once the data set has been received (and discarded).
     fn admit(
         &self,
         settings: &Settings,
@@ -825,17 +824,20 @@ impl Scp {
                 sop_class: cmd.sop_class.clone(),
             });
         }
-        match self
-            .spool
-            .begin(&cmd.sop_class, &cmd.sop_instance, &ts_uid, calling)
-        {
-            Ok(incoming) => Sink::File { incoming, ts_uid },
-            Err(e) => Sink::Discard(spool_refusal(e)),
+        Sink::File {
+            open: Some(Open {
+                sop_class: cmd.sop_class.clone(),
+                sop_instance: cmd.sop_instance.clone(),
+                ts_uid,
+                calling: calling.to_string(),
+            }),
+            chunk: Vec::new(),
         }
     }
 
-    /// Checks and commits one received instance (its data set in its spool file): one task off
-    /// the async workers does the checks, the `fdatasync` and the commit.
+    /// Checks and commits one received instance: the last bytes of its data set go to the
+    /// association's spool writer with the order to finish it (checks, `fdatasync`, commit).
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         limits: &Limits,
@@ -844,31 +846,33 @@ impl Scp {
         calling: &str,
         called: &str,
         sink: Sink,
+        writer: &mut SpoolWriter,
     ) -> StoreOutcome {
         use StoreOutcome::Refused;
-        let (incoming, ts_uid) = match sink {
+        let (open, chunk) = match sink {
             Sink::Idle => return Refused(StoreRefusal::NoCommand),
             Sink::Discard(refusal) => return Refused(refusal),
-            Sink::File { incoming, ts_uid } => (incoming, ts_uid),
+            Sink::File { open, chunk } => (open, chunk),
         };
         if ctx.is_none() {
             return Refused(StoreRefusal::UnknownContext);
         }
-        let (spool, recent, limits) = (self.spool.clone(), self.recent.clone(), *limits);
-        let (sop_class, sop_instance) = (cmd.sop_class.clone(), cmd.sop_instance.clone());
-        let finished = tokio::task::spawn_blocking(move || {
-            finish(
-                &spool,
-                &recent,
-                incoming,
-                &ts_uid,
-                &limits,
-                &sop_class,
-                &sop_instance,
-            )
-        })
-        .await;
-        let stored = match finished {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Chunk {
+            open,
+            bytes: chunk,
+            finish: Some(FinishJob {
+                limits: *limits,
+                sop_class: cmd.sop_class.clone(),
+                sop_instance: cmd.sop_instance.clone(),
+                reply,
+            }),
+        };
+        if writer.tx.send(job).await.is_err() {
+            return Refused(StoreRefusal::SpoolWriterStopped);
+        }
+        let stored = match answer.await {
+            Err(_) => return Refused(StoreRefusal::SpoolWriterStopped),
             Ok(Ok(Finished::Stored(stored))) => stored,
             Ok(Ok(Finished::Retransmission { series_uid })) => {
                 // Received, acknowledged and delivered before: acknowledged again, nothing kept.
@@ -881,7 +885,6 @@ impl Scp {
                 return StoreOutcome::Retransmission;
             }
             Ok(Err(refusal)) => return Refused(refusal),
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
         };
         self.metrics.instances_received.inc();
         crate::audit::instance_stored(stored.bytes);
@@ -921,11 +924,13 @@ struct Stored {
 
 /// Off the async workers, for one instance whose data set is in its spool file: the bounded
 /// pre-parser (depth, declared lengths, size, pixel encoding against the context's transfer
-/// syntax) and dicom-rs up to the pixel data, both reading the file back from the page cache;
-/// the data set must name the command's SOP class and instance; then its `fdatasync` and the
-/// commit to the spool (see the durability argument in [`crate::spool`]). A refused data set is
-/// answered as such without a sync.
+/// syntax) and dicom-rs up to the pixel data, both reading the file back from the page cache
+/// while its `fdatasync` runs on the blocking pool; the data set must name the command's SOP
+/// class and instance; then the commit to the spool (see the durability argument in
+/// [`crate::spool`]).
+#[allow(clippy::too_many_arguments)]
 fn finish(
+    pool: &tokio::runtime::Handle,
     spool: &Spool,
     recent: &crate::series::Recent,
     mut incoming: Incoming,
@@ -935,10 +940,22 @@ fn finish(
     sop_instance: &str,
 ) -> Result<Finished, StoreRefusal> {
     let file = incoming.reopen().map_err(spool_refusal)?;
+    let path = incoming.path().to_path_buf();
+    // The data synced while the file is checked (the sync waits on the disk, the check on the
+    // CPU).
+    let (synced_tx, synced_rx) = std::sync::mpsc::channel();
+    pool.spawn_blocking(move || {
+        let r = incoming.sync_data();
+        let _ = synced_tx.send((incoming, r));
+    });
     // A parser panic refuses this data set (cannot understand), not the spool (out of resources).
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        check_file(file, incoming.path(), ts_uid, limits)
+        check_file(file, &path, ts_uid, limits)
     }));
+    let Ok((incoming, synced)) = synced_rx.recv() else {
+        return Err(StoreRefusal::SpoolWriterStopped);
+    };
+    // A refused data set is answered as such even when its sync failed too.
     let obj = match checked {
         Ok(checked) => checked?,
         Err(panic) => {
@@ -977,7 +994,7 @@ fn finish(
     {
         return Ok(Finished::Retransmission { series_uid });
     }
-    incoming.sync_data().map_err(spool_refusal)?;
+    synced.map_err(spool_refusal)?;
     let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
     spool
         .commit(incoming, &study_uid, &series_uid)
@@ -1028,22 +1045,133 @@ fn check_file(
 enum Sink {
     /// No C-STORE pending.
     Idle,
-    /// Refused at the command, or the spool file could not be opened or written (the temporary
-    /// file is gone): the bytes are counted and dropped, the C-STORE answered with this refusal.
+    /// Refused at the command: the bytes are counted and dropped, the C-STORE answered with this
+    /// refusal.
     Discard(StoreRefusal),
-    /// Streamed to the instance's spool file: each fragment written as it arrives, from the
-    /// reader's buffer (page cache writes on the async worker; the sync is done off it).
-    File { incoming: Incoming, ts_uid: String },
+    /// Streamed to the instance's spool file by the association's spool writer, in chunks.
+    File {
+        /// The spool file to open, sent with the first chunk.
+        open: Option<Open>,
+        /// Bytes gathered for the next chunk.
+        chunk: Vec<u8>,
+    },
 }
 
 impl Sink {
-    fn push(&mut self, bytes: &[u8]) {
-        let Sink::File { incoming, .. } = self else {
+    /// Gathers a fragment (copied from the reader's buffer); a full chunk goes to the writer,
+    /// waiting when it has [`WRITER_QUEUE`] chunks to write already (back-pressure).
+    async fn push(&mut self, bytes: &[u8], writer: &mut SpoolWriter) {
+        let Sink::File { open, chunk } = self else {
             return;
         };
-        if let Err(e) = incoming.write(bytes) {
-            *self = Sink::Discard(spool_refusal(e));
+        if chunk.capacity() == 0 {
+            *chunk = writer.buffer();
         }
+        chunk.extend_from_slice(bytes);
+        if chunk.len() < WRITE_CHUNK {
+            return;
+        }
+        let job = Chunk {
+            open: open.take(),
+            bytes: std::mem::replace(chunk, writer.buffer()),
+            finish: None,
+        };
+        // A writer gone (never expected) is answered at the end of the data set.
+        let _ = writer.tx.send(job).await;
+    }
+}
+
+/// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Chunks queued for the spool writer before the association waits for it.
+const WRITER_QUEUE: usize = 4;
+
+/// The spool file of the pending C-STORE, opened with its first chunk.
+struct Open {
+    sop_class: String,
+    sop_instance: String,
+    ts_uid: String,
+    calling: String,
+}
+
+/// The order to finish the instance after this chunk, and where the answer goes.
+struct FinishJob {
+    limits: Limits,
+    sop_class: String,
+    sop_instance: String,
+    reply: tokio::sync::oneshot::Sender<Result<Finished, StoreRefusal>>,
+}
+
+/// Work for the spool writer: open (first chunk), write, finish (last chunk).
+struct Chunk {
+    open: Option<Open>,
+    bytes: Vec<u8>,
+    finish: Option<FinishJob>,
+}
+
+/// The spool writer of one association: one blocking task for the life of the association that
+/// owns the spool file of the pending C-STORE and does its open, writes, checks, `fdatasync` and
+/// commit, in order, while the association's task goes on receiving (a file system that stalls on
+/// a journal commit never stops the async workers). Chunk buffers come back for reuse.
+struct SpoolWriter {
+    tx: mpsc::Sender<Chunk>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl SpoolWriter {
+    /// Starts the writer; it ends when the association drops this handle (a file not finished is
+    /// removed).
+    fn start(spool: Spool, recent: Arc<crate::series::Recent>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let pool = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut file: Option<(Result<Incoming, StoreRefusal>, String)> = None;
+            while let Some(job) = rx.blocking_recv() {
+                if let Some(o) = job.open {
+                    let opened = spool
+                        .begin(&o.sop_class, &o.sop_instance, &o.ts_uid, &o.calling)
+                        .map_err(spool_refusal);
+                    file = Some((opened, o.ts_uid));
+                }
+                if let Some((state, _)) = &mut file {
+                    if let Ok(incoming) = state {
+                        if let Err(e) = incoming.write(&job.bytes) {
+                            // The temporary file goes; the rest of the data set is dropped.
+                            *state = Err(spool_refusal(e));
+                        }
+                    }
+                }
+                let mut buf = job.bytes;
+                buf.clear();
+                let _ = spare_tx.send(buf);
+                if let Some(f) = job.finish {
+                    let answer = match file.take() {
+                        Some((Ok(incoming), ts_uid)) => finish(
+                            &pool,
+                            &spool,
+                            &recent,
+                            incoming,
+                            &ts_uid,
+                            &f.limits,
+                            &f.sop_class,
+                            &f.sop_instance,
+                        ),
+                        Some((Err(refusal), _)) => Err(refusal),
+                        None => Err(StoreRefusal::NoCommand),
+                    };
+                    let _ = f.reply.send(answer);
+                }
+            }
+        });
+        SpoolWriter { tx, spare }
+    }
+
+    /// A chunk buffer: one the writer gave back, else a new one.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK + 64 * 1024))
     }
 }
 
