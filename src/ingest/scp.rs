@@ -11,15 +11,17 @@
 //! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
 //! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
 //! is streamed to its spool temporary file as its fragments arrive, up to `max_dataset_mib`, then
-//! the association is aborted. PDUs are read by [`super::wire`]: each fragment goes from one
-//! buffer reused for the association straight into a `write` of the spool file (page cache, on the
-//! async worker: no allocation, copy or thread hand-off per PDU). After its last fragment one task
-//! off the async workers does the rest ([`finish`]): the bounded pre-parser
-//! ([`crate::dicom::guard`], reading the file back from the page cache) and the checks against
-//! the presentation context (accepted, same as the command's, pixel encoding matching the
-//! transfer syntax), dicom-rs up to the pixel data, then the file's `fdatasync` and the commit to
-//! the spool (see the durability argument in [`crate::spool`]). Accept errors (EMFILE...) back off
-//! from 100 ms to 1 s with one log line per 10 s.
+//! the association is aborted. PDUs are read by [`super::wire`] (each fragment handed over in place
+//! from one buffer reused for the association: no allocation or copy per PDU) and gathered into
+//! 256 KiB chunks for the association's spool writer ([`SpoolWriter`]: one blocking task for the
+//! life of the association, which opens the file, writes the chunks while the next fragments
+//! arrive, and finishes the instance; chunk buffers are reused). After the last fragment the writer
+//! ([`finish`]) runs the bounded pre-parser ([`crate::dicom::guard`], reading the file back from
+//! the page cache while its `fdatasync` runs), checks it against its presentation context
+//! (accepted, same as the command's, pixel encoding matching the transfer syntax), lets dicom-rs
+//! parse its header (up to the pixel data), then commits it to the spool (see the durability
+//! argument in [`crate::spool`]). Accept errors (EMFILE...) back off from 100 ms to 1 s with one
+//! log line per 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
 //! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a

@@ -85,8 +85,8 @@
 //! synced later in batches, the journal trimmed after; replayed at start-up) makes that one sync.
 //! Its limit, measured by `scripts/bench_daemon.py` (row "journal limit": the same 300 files
 //! appended to a file written with zeros beforehand, `fdatasync` each, one writer), 2026-11-29 on
-//! this 2-core VM under load: 109 images/s, against 60 for (b)+(d) and 114 for (b) alone (other
-//! runs: 124-163, 65-91 and 106-145). So the journal's whole gain is the folder commit it avoids
+//! this 2-core VM under load: 109 and 135 images/s, against 60 and 75 for (b)+(d) and 114 and 116
+//! for (b) alone (other runs: 124-163, 65-91 and 106-145). So the journal's whole gain is the folder commit it avoids
 //! (1.5-1.9x on one association), and one sync per instance, 110-165/s here, still leaves one
 //! association under `storescp` (220-860/s on the same runs: it syncs nothing, and `storescu`
 //! waits for each response, so one association never overlaps two instances' syncs). It was not
