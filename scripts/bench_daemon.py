@@ -6,8 +6,12 @@
             associations, run alternately
   durable   the durable limit on this disk in the same run: the same files written from memory
             by one thread, each into a temporary file, fdatasync, renamed into a folder, folder
-            fsync (what `serve` must do per instance before its success status), and with the
-            file sync only; ratios: our ingest / that limit
+            fsync (what `serve` must do per instance before its success status), with the
+            file sync only, and the limit of an arrival journal (each file appended to one
+            preallocated file, fdatasync: one sync per instance, no allocation or folder entry
+            to commit); ratios: our ingest / that limit
+  cpu       CPU time (user + system) of `serve` and of storescp per image during the ingest rows
+            (the measure that the load of a shared machine disturbs least)
   forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
   latency   last instance acknowledged -> last derived instance acknowledged by the destination,
             minus the quiet time (300 slices, default model)
@@ -159,25 +163,37 @@ class Daemon:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ingest(series, senders):
-    """Medians of (ours, storescp, durable limit, ours / storescp, ours / limit), the three run
-    one after the other in each repetition (the disk is shared: its speed drifts)."""
+    """Medians of (ours, storescp, durable limit, ours / storescp, ours / limit, our CPU ms per
+    image, storescp's, ours / storescp's), the three run one after the other in each repetition
+    (the disk is shared: its speed drifts)."""
     folders = split(series, senders) if senders > 1 else [series]
-    ours, theirs, limit = [], [], []
+    ours, theirs, limit, cpu_ours, cpu_theirs = [], [], [], [], []
     n = len(os.listdir(series))
     for _ in range(REPS):
         port = free_port()
         scp = Storescp(port)
+        c = cpu_seconds(scp.p.pid)
         theirs.append(n / storescu(port, "STORESCP", folders))
+        cpu_theirs.append((cpu_seconds(scp.p.pid) - c) / n * 1e3)
         scp.stop()
         port = free_port()
         d = Daemon(port, quiet=3600, rule="drop")
+        c = cpu_seconds(d.p.pid)
         ours.append(n / storescu(port, "CTHARMONIZER", folders))
+        cpu_ours.append((cpu_seconds(d.p.pid) - c) / n * 1e3)
         d.stop()
         limit.append(durable_limit(series, True, reps=1))
     med = statistics.median
     return (med(ours), med(theirs), med(limit), med(o / t for o, t in zip(ours, theirs)),
-            med(o / l for o, l in zip(ours, limit)))
+            med(o / l for o, l in zip(ours, limit)), med(cpu_ours), med(cpu_theirs),
+            med(o / t for o, t in zip(cpu_ours, cpu_theirs)))
 
 
 def forward(series):
@@ -261,6 +277,38 @@ def durable_limit(series, folder_sync, reps=REPS):
     return statistics.median(out)
 
 
+def journal_limit(series, reps=REPS):
+    """images/s of an arrival journal, one thread: each file appended to one file written with
+    zeros beforehand (no block allocation, size unchanged: fdatasync flushes data only), then
+    fdatasync; the spool file written beside it without a sync (synced later, in batches)."""
+    blobs = [f.read_bytes() for f in sorted(series.iterdir())]
+    out = []
+    for _ in range(reps):
+        d = Path(tempfile.mkdtemp(dir=STATE or OUT))
+        (d / "in").mkdir()
+        j = os.open(d / "journal", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            zeros = bytes(1 << 20)
+            for _ in range(sum(len(b) + 4096 for b in blobs) // len(zeros) + 1):
+                os.write(j, zeros)
+            os.fsync(j)
+            os.lseek(j, 0, os.SEEK_SET)
+            t = time.perf_counter()
+            for k, b in enumerate(blobs):
+                os.write(j, b)
+                os.fdatasync(j)
+                fd = os.open(d / "in" / f"{k}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, b)
+                finally:
+                    os.close(fd)
+            out.append(len(blobs) / (time.perf_counter() - t))
+        finally:
+            os.close(j)
+        shutil.rmtree(d, ignore_errors=True)
+    return statistics.median(out)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     series = sample(f"phantom{IMAGES}", IMAGES)
@@ -271,20 +319,24 @@ def main():
     have = {p: Path(p).exists() for p in ("/usr/bin/storescu", "/usr/bin/storescp")}
     if all(have.values()):
         for n in (1, 4):
-            o, t, lim, r_t, r_l = ingest(series, n)
+            o, t, lim, r_t, r_l, c_o, c_t, r_c = ingest(series, n)
             assoc = f"{n} association{'s' if n > 1 else ''}"
             rows.append((f"ingest, {assoc} (img/s) / storescp", o, t, r_t, ">= 1.0"))
             rows.append((f"ingest, {assoc} / durable limit", o, lim, r_l, "(same repetitions)"))
+            rows.append((f"ingest, {assoc}: CPU ms per image", c_o, c_t, r_c, "(ours / storescp's)"))
     else:
         missing = ", ".join(p for p, ok in have.items() if not ok)
         lines.append(f"ingest rows skipped: {missing} missing (no ratio printed that was not measured)")
     full = durable_limit(series, True)
     data_only = durable_limit(series, False)
+    journal = journal_limit(series)
     for name, o, t, r, goal in rows:
         lines.append(f"{name:44} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
     lines.append(f"{'durable limit: write+fdatasync+rename+dir fsync':44} {full:10.1f} {'':>10} {'':>7}  "
                  f"(same {IMAGES} files, 1 thread)")
     lines.append(f"{'durable limit without the dir fsync':44} {data_only:10.1f} {'':>10} {'':>7}")
+    lines.append(f"{'journal limit: append + fdatasync, prealloc.':44} {journal:10.1f} {'':>10} {'':>7}  "
+                 f"(one sync per instance)")
     if ONLY != "ingest":
         rows = []
         o, t = forward(series)

@@ -9,3 +9,4 @@
 pub mod accept;
 pub mod scp;
 pub mod watch;
+pub mod wire;

@@ -10,14 +10,18 @@
 //! access control, waiting at most `slot_wait_seconds`, beyond which the caller gets A-ASSOCIATE-RJ
 //! rejected-transient / local-limit-exceeded. An association that completes no C-STORE for
 //! `association_idle_seconds` is aborted. P-DATA is buffered up to 64 KiB per command; a data set
-//! is streamed to its spool temporary file as its fragments arrive (256 KiB writes off the async
-//! workers, overlapping the receipt), up to `max_dataset_mib`, then the association is aborted.
-//! After its last fragment the file goes through the bounded pre-parser ([`crate::dicom::guard`], read back
-//! from the page cache while the file's `fdatasync` runs) and is checked against its presentation
-//! context (accepted, same as the command's, pixel encoding matching the transfer syntax) before
-//! dicom-rs parses its header (up to the pixel data), off the async workers; only then is it
-//! committed to the spool (see the durability argument in [`crate::spool`]). Accept errors
-//! (EMFILE...) back off from 100 ms to 1 s with one log line per 10 s.
+//! is streamed to its spool temporary file as its fragments arrive, up to `max_dataset_mib`, then
+//! the association is aborted. PDUs are read by [`super::wire`] (each fragment handed over in place
+//! from one buffer reused for the association: no allocation or copy per PDU) and gathered into
+//! 256 KiB chunks for the association's spool writer ([`SpoolWriter`]: one blocking task for the
+//! life of the association, which opens the file, writes the chunks while the next fragments
+//! arrive, and finishes the instance; chunk buffers are reused). After the last fragment the writer
+//! ([`finish`]) runs the bounded pre-parser ([`crate::dicom::guard`], reading the file back from
+//! the page cache while its `fdatasync` runs), checks it against its presentation context
+//! (accepted, same as the command's, pixel encoding matching the transfer syntax), lets dicom-rs
+//! parse its header (up to the pixel data), then commits it to the spool (see the durability
+//! argument in [`crate::spool`]). Accept errors (EMFILE...) back off from 100 ms to 1 s with one
+//! log line per 10 s.
 //!
 //! DICOM TLS (`server.tls`, see [`crate::tls`]): the TLS handshake comes first, under the ARTIM timer
 //! and the handshake permit; a failed handshake (no client certificate, untrusted certificate, a
@@ -34,6 +38,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::AsyncAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use std::net::SocketAddr;
@@ -56,6 +61,7 @@ pub use super::accept::MAX_ASSOCIATE_RQ_BYTES;
 use super::accept::{
     is_resource_exhaustion, peek_associate_rq, reject_transient, socket_pair, Gate, RateLimited,
 };
+use super::wire::{PduReader, Received};
 
 /// What the SCP answers to one C-STORE.
 #[derive(Debug)]
@@ -101,17 +107,18 @@ pub enum StoreRefusal {
     UnknownTransferSyntax { ts_uid: String },
     #[error("malformed dataset: {0}")]
     Malformed(#[source] Box<dicom_object::ReadError>),
-    #[error("parser failed: {0}")]
-    ParserTask(#[source] tokio::task::JoinError),
+    /// The parser panicked on the data set (its message).
+    #[error("parser failed: {reason}")]
+    ParserPanicked { reason: String },
     #[error("SOP class or instance differs from the command")]
     DatasetMismatch,
     #[error("{}", spool_comment(.0))]
     Spool(#[source] SpoolError),
     #[error("spool task failed: {0}")]
     SpoolTask(#[source] tokio::task::JoinError),
-    /// The spool file's writer was taken by an earlier answer (never expected).
-    #[error("spool file already answered")]
-    WriterTaken,
+    /// The association's spool writer ended (never expected: it ends with the association).
+    #[error("spool writer stopped")]
+    SpoolWriterStopped,
     /// A data set with no C-STORE command before it (never expected: the association aborts).
     #[error("data set without a C-STORE command")]
     NoCommand,
@@ -125,14 +132,14 @@ impl StoreRefusal {
             | StoreRefusal::Guard(_)
             | StoreRefusal::UnknownTransferSyntax { .. }
             | StoreRefusal::Malformed(_)
-            | StoreRefusal::ParserTask(_)
+            | StoreRefusal::ParserPanicked { .. }
             | StoreRefusal::NoCommand
             | StoreRefusal::Spool(SpoolError::InvalidUid { .. }) => dimse::CANNOT_UNDERSTAND,
             StoreRefusal::SopClassNotAccepted { .. } => dimse::SOP_CLASS_NOT_SUPPORTED,
             StoreRefusal::DatasetMismatch => dimse::DATASET_MISMATCH,
-            StoreRefusal::Spool(_) | StoreRefusal::SpoolTask(_) | StoreRefusal::WriterTaken => {
-                dimse::OUT_OF_RESOURCES
-            }
+            StoreRefusal::Spool(_)
+            | StoreRefusal::SpoolTask(_)
+            | StoreRefusal::SpoolWriterStopped => dimse::OUT_OF_RESOURCES,
         }
     }
 }
@@ -517,6 +524,7 @@ impl Scp {
             }
         };
         let _ = assoc.inner_stream().set_nodelay(true);
+        let mut writer = SpoolWriter::start(self.spool.clone(), self.recent.clone());
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
@@ -545,8 +553,16 @@ impl Scp {
         let mut sink = Sink::Idle;
         let mut received: usize = 0;
         let mut idle_until = Instant::now() + idle;
+        let read_timeout = Duration::from_secs(s.read_timeout_seconds);
+        // From here on PDUs are read by our reader (values in place, one buffer reused); dicom-ul
+        // sends the responses and the abort. Bytes it read past the negotiation come first.
+        let max_pdu = assoc.acceptor_max_pdu_length();
+        let mut reader = {
+            let (_, read_buffer) = AsyncAssociation::get_mut(&mut assoc);
+            PduReader::new(max_pdu, &read_buffer.split())
+        };
         loop {
-            let pdu = tokio::select! {
+            let next = tokio::select! {
                 _ = shutdown.changed() => {
                     let _ = assoc.abort().await;
                     return;
@@ -561,22 +577,29 @@ impl Scp {
                     let _ = assoc.abort().await;
                     return;
                 }
-                pdu = assoc.receive() => pdu,
+                r = tokio::time::timeout(read_timeout, reader.next(assoc.inner_stream())) => r,
             };
-            let values = match pdu {
-                Ok(Pdu::PData { data: values }) => values,
-                Ok(Pdu::ReleaseRQ) => {
+            let fragment = match next {
+                Ok(Ok(Received::Fragment {
+                    pc,
+                    command,
+                    is_last,
+                    start,
+                    end,
+                    bytes,
+                })) => (pc, command, is_last, start, end, bytes),
+                Ok(Ok(Received::Pdu(Pdu::ReleaseRQ))) => {
                     let _ = assoc.send(&Pdu::ReleaseRP).await;
                     return;
                 }
-                Ok(Pdu::AbortRQ { .. }) => {
+                Ok(Ok(Received::Pdu(Pdu::AbortRQ { .. }))) => {
                     events::AssociationAborted {
                         calling_ae: &calling,
                     }
                     .emit();
                     return;
                 }
-                Ok(other) => {
+                Ok(Ok(Received::Pdu(other))) => {
                     events::UnexpectedPdu {
                         calling_ae: &calling,
                         pdu: &other,
@@ -585,7 +608,7 @@ impl Scp {
                     let _ = assoc.abort().await;
                     return;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     events::AssociationEnded {
                         calling_ae: &calling,
                         reason: &e,
@@ -593,158 +616,161 @@ impl Scp {
                     .emit();
                     return;
                 }
+                Err(_) => {
+                    events::AssociationEnded {
+                        calling_ae: &calling,
+                        reason: &format_args!(
+                            "nothing received for {} s (read timeout)",
+                            read_timeout.as_secs()
+                        ),
+                    }
+                    .emit();
+                    return;
+                }
             };
-            for v in values {
-                let PDataValue {
-                    presentation_context_id: pc,
-                    value_type,
-                    is_last,
-                    data: bytes,
-                } = v;
-                if !contexts.iter().any(|(id, _, _)| *id == pc) {
-                    events::PdataOnUnacceptedContext {
+            let (pc, is_command, is_last, start, end, bytes) = fragment;
+            if start && !contexts.iter().any(|(id, _, _)| *id == pc) {
+                events::PdataOnUnacceptedContext {
+                    calling_ae: &calling,
+                    peer: &peer,
+                    context_id: pc,
+                }
+                .emit();
+                let _ = assoc.abort().await;
+                return;
+            }
+            if is_command {
+                if command.len() + bytes.len() > MAX_COMMAND_BYTES {
+                    events::CommandTooLarge {
                         calling_ae: &calling,
                         peer: &peer,
-                        context_id: pc,
+                        limit: MAX_COMMAND_BYTES,
                     }
                     .emit();
                     let _ = assoc.abort().await;
                     return;
                 }
-                match value_type {
-                    PDataValueType::Command => {
-                        if command.len() + bytes.len() > MAX_COMMAND_BYTES {
-                            events::CommandTooLarge {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                limit: MAX_COMMAND_BYTES,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        command.extend_from_slice(&bytes);
-                        if !is_last {
-                            continue;
-                        }
-                        let cmd = match dimse::decode(&command) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                events::BadCommand {
-                                    calling_ae: &calling,
-                                    reason: &e,
-                                }
-                                .emit();
-                                let _ = assoc.abort().await;
-                                return;
-                            }
-                        };
-                        command.clear();
-                        if cmd.field == dimse::C_ECHO_RQ {
-                            let rsp = dimse::response(
-                                dimse::C_ECHO_RSP,
-                                cmd.message_id,
-                                VERIFICATION,
-                                "",
-                                dimse::SUCCESS,
-                                "",
-                            );
-                            if self
-                                .send_command(&mut assoc, pc, rsp, &calling)
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
-                            let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
-                            sink = self.admit(&settings, ctx, &cmd, &calling);
-                            received = 0;
-                            pending = Some((cmd, pc));
-                        } else {
-                            events::UnsupportedCommand {
-                                calling_ae: &calling,
-                                field: cmd.field,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                    }
-                    PDataValueType::Data => {
-                        let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
-                            events::UnexpectedData {
-                                calling_ae: &calling,
-                                peer: &peer,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        };
-                        if cmd_pc != pc {
-                            events::ContextMismatch {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                command_context: cmd_pc,
-                                data_context: pc,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        if received.saturating_add(bytes.len()) > max_dataset {
-                            events::DatasetTooLarge {
-                                calling_ae: &calling,
-                                peer: &peer,
-                                limit_bytes: max_dataset,
-                            }
-                            .emit();
-                            let _ = assoc.abort().await;
-                            return;
-                        }
-                        received += bytes.len();
-                        sink.push(bytes).await;
-                        idle_until = Instant::now() + idle;
-                        if !is_last {
-                            continue;
-                        }
-                        let Some((cmd, cmd_pc)) = pending.take() else {
-                            let _ = assoc.abort().await;
-                            return;
-                        };
-                        let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
-                        let taken = std::mem::replace(&mut sink, Sink::Idle);
-                        let outcome = self
-                            .store(&limits, ctx, &cmd, &calling, &called, taken)
-                            .await;
-                        idle_until = Instant::now() + idle;
-                        let comment = outcome.comment();
-                        if let StoreOutcome::Refused(refusal) = &outcome {
-                            events::InstanceRejected {
-                                calling_ae: &calling,
-                                sop_instance_uid: &cmd.sop_instance,
-                                status: refusal.status(),
-                                reason: &comment,
-                            }
-                            .emit(&self.metrics);
-                        }
-                        let rsp = dimse::response(
-                            dimse::C_STORE_RSP,
-                            cmd.message_id,
-                            &cmd.sop_class,
-                            &cmd.sop_instance,
-                            outcome.status(),
-                            &comment,
-                        );
-                        if self
-                            .send_command(&mut assoc, cmd_pc, rsp, &calling)
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                command.extend_from_slice(bytes);
+                if !(end && is_last) {
+                    continue;
                 }
+                let cmd = match dimse::decode(&command) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        events::BadCommand {
+                            calling_ae: &calling,
+                            reason: &e,
+                        }
+                        .emit();
+                        let _ = assoc.abort().await;
+                        return;
+                    }
+                };
+                command.clear();
+                if cmd.field == dimse::C_ECHO_RQ {
+                    let rsp = dimse::response(
+                        dimse::C_ECHO_RSP,
+                        cmd.message_id,
+                        VERIFICATION,
+                        "",
+                        dimse::SUCCESS,
+                        "",
+                    );
+                    if self
+                        .send_command(&mut assoc, pc, rsp, &calling)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                } else if cmd.field == dimse::C_STORE_RQ && cmd.has_dataset {
+                    let ctx = contexts.iter().find(|(id, _, _)| *id == pc).cloned();
+                    sink = self.admit(&settings, ctx, &cmd, &calling);
+                    received = 0;
+                    pending = Some((cmd, pc));
+                } else {
+                    events::UnsupportedCommand {
+                        calling_ae: &calling,
+                        field: cmd.field,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                }
+                continue;
+            }
+            if start {
+                let Some(cmd_pc) = pending.as_ref().map(|(_, p)| *p) else {
+                    events::UnexpectedData {
+                        calling_ae: &calling,
+                        peer: &peer,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                };
+                if cmd_pc != pc {
+                    events::ContextMismatch {
+                        calling_ae: &calling,
+                        peer: &peer,
+                        command_context: cmd_pc,
+                        data_context: pc,
+                    }
+                    .emit();
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            }
+            if received.saturating_add(bytes.len()) > max_dataset {
+                events::DatasetTooLarge {
+                    calling_ae: &calling,
+                    peer: &peer,
+                    limit_bytes: max_dataset,
+                }
+                .emit();
+                let _ = assoc.abort().await;
+                return;
+            }
+            received += bytes.len();
+            sink.push(bytes, &mut writer).await;
+            idle_until = Instant::now() + idle;
+            if !(end && is_last) {
+                continue;
+            }
+            let Some((cmd, cmd_pc)) = pending.take() else {
+                let _ = assoc.abort().await;
+                return;
+            };
+            let ctx = contexts.iter().find(|(id, _, _)| *id == cmd_pc).cloned();
+            let taken = std::mem::replace(&mut sink, Sink::Idle);
+            let outcome = self
+                .store(&limits, ctx, &cmd, &calling, &called, taken, &mut writer)
+                .await;
+            idle_until = Instant::now() + idle;
+            let comment = outcome.comment();
+            if let StoreOutcome::Refused(refusal) = &outcome {
+                events::InstanceRejected {
+                    calling_ae: &calling,
+                    sop_instance_uid: &cmd.sop_instance,
+                    status: refusal.status(),
+                    reason: &comment,
+                }
+                .emit(&self.metrics);
+            }
+            let rsp = dimse::response(
+                dimse::C_STORE_RSP,
+                cmd.message_id,
+                &cmd.sop_class,
+                &cmd.sop_instance,
+                outcome.status(),
+                &comment,
+            );
+            if self
+                .send_command(&mut assoc, cmd_pc, rsp, &calling)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
     }
@@ -776,8 +802,9 @@ impl Scp {
             })
     }
 
-    /// At a C-STORE-RQ: checks the presentation context and SOP class, and opens the instance's
-    /// spool file. A refusal is answered once the data set has been received (and discarded).
+    /// At a C-STORE-RQ: checks the presentation context and SOP class; the association's spool
+    /// writer opens the instance's spool file with the first data set bytes. A refusal is answered
+    /// once the data set has been received (and discarded).
     fn admit(
         &self,
         settings: &Settings,
@@ -799,25 +826,20 @@ impl Scp {
                 sop_class: cmd.sop_class.clone(),
             });
         }
-        let spool = self.spool.clone();
-        let (class, instance, calling) = (
-            cmd.sop_class.clone(),
-            cmd.sop_instance.clone(),
-            calling.to_string(),
-        );
-        let ts = ts_uid.clone();
-        // Opened off the async workers with the first chunk, while the next fragments arrive.
         Sink::File {
-            writer: Writer::Unopened(Box::new(move || {
-                spool.begin(&class, &instance, &ts, &calling)
-            })),
+            open: Some(Open {
+                sop_class: cmd.sop_class.clone(),
+                sop_instance: cmd.sop_instance.clone(),
+                ts_uid,
+                calling: calling.to_string(),
+            }),
             chunk: Vec::new(),
-            spare: Vec::new(),
-            ts_uid,
         }
     }
 
-    /// Checks and commits one received instance (its data set in its spool file).
+    /// Checks and commits one received instance: the last bytes of its data set go to the
+    /// association's spool writer with the order to finish it (checks, `fdatasync`, commit).
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         limits: &Limits,
@@ -826,123 +848,165 @@ impl Scp {
         calling: &str,
         called: &str,
         sink: Sink,
+        writer: &mut SpoolWriter,
     ) -> StoreOutcome {
         use StoreOutcome::Refused;
-        let (mut writer, chunk, ts_uid) = match sink {
+        let (open, chunk) = match sink {
             Sink::Idle => return Refused(StoreRefusal::NoCommand),
             Sink::Discard(refusal) => return Refused(refusal),
-            Sink::File {
-                writer,
-                chunk,
-                ts_uid,
-                ..
-            } => (writer, chunk, ts_uid),
-        };
-        let mut incoming = match writer.ready().await {
-            Ok((incoming, _)) => incoming,
-            Err(refusal) => return Refused(refusal),
+            Sink::File { open, chunk } => (open, chunk),
         };
         if ctx.is_none() {
             return Refused(StoreRefusal::UnknownContext);
         }
-        // The last bytes written, then (in parallel) the data synced to disk and the file checked:
-        // the bounded pre-parser (depth, declared lengths, size, pixel encoding against the
-        // context's transfer syntax), then dicom-rs up to the pixel data, both off the async
-        // workers; the file is read back from the page cache.
-        let written = tokio::task::spawn_blocking(move || {
-            let r = incoming.write(&chunk).and_then(|()| incoming.reopen());
-            (incoming, r)
-        })
-        .await;
-        let (mut incoming, file) = match written {
-            Ok((incoming, Ok(file))) => (incoming, file),
-            Ok((_, Err(e))) => return Refused(spool_refusal(e)),
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
-        };
-        let (path, limits) = (incoming.path().to_path_buf(), *limits);
-        let (synced, checked) = tokio::join!(
-            tokio::task::spawn_blocking(move || {
-                let r = incoming.sync_data();
-                (incoming, r)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Chunk {
+            open,
+            bytes: chunk,
+            finish: Some(FinishJob {
+                limits: *limits,
+                sop_class: cmd.sop_class.clone(),
+                sop_instance: cmd.sop_instance.clone(),
+                reply,
             }),
-            tokio::task::spawn_blocking(move || check_file(file, &path, &ts_uid, &limits)),
-        );
-        let (incoming, synced) = match synced {
-            Ok(x) => x,
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
         };
-        // A refused data set is answered as such even when its sync failed too.
-        let obj = match checked {
-            Ok(Ok(obj)) => obj,
-            Ok(Err(refusal)) => return Refused(refusal),
-            Err(e) => return Refused(StoreRefusal::ParserTask(e)),
-        };
-        if let Err(e) = synced {
-            return Refused(spool_refusal(e));
+        if writer.tx.send(job).await.is_err() {
+            return Refused(StoreRefusal::SpoolWriterStopped);
         }
-        let text = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .unwrap_or_default()
-        };
-        let sop_instance = text(tags::SOP_INSTANCE_UID);
-        if sop_instance != cmd.sop_instance || text(tags::SOP_CLASS_UID) != cmd.sop_class {
-            return Refused(StoreRefusal::DatasetMismatch);
-        }
-        let expected = [tags::NUMBER_OF_SERIES_RELATED_INSTANCES]
-            .into_iter()
-            .find_map(|t| text(t).parse::<usize>().ok())
-            .filter(|&n| n > 0);
-        let (study_uid, series_uid) = (
-            text(tags::STUDY_INSTANCE_UID),
-            text(tags::SERIES_INSTANCE_UID),
-        );
-        drop(obj);
-        if self.recent.contains(&study_uid, &series_uid, &sop_instance)
-            && self
-                .spool
-                .series_dir(&study_uid, &series_uid)
-                .is_ok_and(|d| !d.exists())
-        {
-            // Received, acknowledged and delivered before: acknowledged again, nothing to keep.
-            events::RetransmissionAcknowledged {
-                calling_ae: calling,
-                series_uid: &series_uid,
-                sop_instance_uid: &sop_instance,
+        let stored = match answer.await {
+            Err(_) => return Refused(StoreRefusal::SpoolWriterStopped),
+            Ok(Ok(Finished::Stored(stored))) => stored,
+            Ok(Ok(Finished::Retransmission { series_uid })) => {
+                // Received, acknowledged and delivered before: acknowledged again, nothing kept.
+                events::RetransmissionAcknowledged {
+                    calling_ae: calling,
+                    series_uid: &series_uid,
+                    sop_instance_uid: &cmd.sop_instance,
+                }
+                .emit();
+                return StoreOutcome::Retransmission;
             }
-            .emit();
-            return StoreOutcome::Retransmission;
-        }
-        let spool = self.spool.clone();
-        let (study2, series2) = (study_uid.clone(), series_uid.clone());
-        let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
-        let stored =
-            tokio::task::spawn_blocking(move || spool.commit(incoming, &study2, &series2)).await;
-        match stored {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Refused(spool_refusal(e)),
-            Err(e) => return Refused(StoreRefusal::SpoolTask(e)),
-        }
+            Ok(Err(refusal)) => return Refused(refusal),
+        };
         self.metrics.instances_received.inc();
-        crate::audit::instance_stored(bytes);
+        crate::audit::instance_stored(stored.bytes);
         self.metrics
             .last_instance_received_timestamp_seconds
             .set(crate::util::clock::now_seconds());
         let arrival = Arrival {
-            study_uid,
-            series_uid,
-            sop_instance_uid: sop_instance,
+            study_uid: stored.study_uid,
+            series_uid: stored.series_uid,
+            sop_instance_uid: cmd.sop_instance.clone(),
             calling_ae: calling.to_string(),
             called_ae: called.to_string(),
-            expected,
+            expected: stored.expected,
         };
         // Durable already: the series stage learns of it (waiting when it is busy: back-pressure).
         let _ = self.tx.send(arrival).await;
         StoreOutcome::Stored
     }
+}
+
+/// What [`finish`] made of a received instance.
+enum Finished {
+    Stored(Stored),
+    /// An instance of a series delivered before (not kept).
+    Retransmission {
+        series_uid: String,
+    },
+}
+
+/// An instance committed to the spool: what the series stage and the audit need.
+struct Stored {
+    study_uid: String,
+    series_uid: String,
+    expected: Option<usize>,
+    bytes: usize,
+}
+
+/// Off the async workers, for one instance whose data set is in its spool file: the bounded
+/// pre-parser (depth, declared lengths, size, pixel encoding against the context's transfer
+/// syntax) and dicom-rs up to the pixel data, both reading the file back from the page cache
+/// while its `fdatasync` runs on the blocking pool; the data set must name the command's SOP
+/// class and instance; then the commit to the spool (see the durability argument in
+/// [`crate::spool`]).
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    pool: &tokio::runtime::Handle,
+    spool: &Spool,
+    recent: &crate::series::Recent,
+    mut incoming: Incoming,
+    ts_uid: &str,
+    limits: &Limits,
+    sop_class: &str,
+    sop_instance: &str,
+) -> Result<Finished, StoreRefusal> {
+    let file = incoming.reopen().map_err(spool_refusal)?;
+    let path = incoming.path().to_path_buf();
+    // The data synced while the file is checked (the sync waits on the disk, the check on the
+    // CPU).
+    let (synced_tx, synced_rx) = std::sync::mpsc::channel();
+    pool.spawn_blocking(move || {
+        let r = incoming.sync_data();
+        let _ = synced_tx.send((incoming, r));
+    });
+    // A parser panic refuses this data set (cannot understand), not the spool (out of resources).
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_file(file, &path, ts_uid, limits)
+    }));
+    let Ok((incoming, synced)) = synced_rx.recv() else {
+        return Err(StoreRefusal::SpoolWriterStopped);
+    };
+    // A refused data set is answered as such even when its sync failed too.
+    let obj = match checked {
+        Ok(checked) => checked?,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            return Err(StoreRefusal::ParserPanicked { reason });
+        }
+    };
+    let text = |tag| {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    if text(tags::SOP_INSTANCE_UID) != sop_instance || text(tags::SOP_CLASS_UID) != sop_class {
+        return Err(StoreRefusal::DatasetMismatch);
+    }
+    let expected = text(tags::NUMBER_OF_SERIES_RELATED_INSTANCES)
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0);
+    let (study_uid, series_uid) = (
+        text(tags::STUDY_INSTANCE_UID),
+        text(tags::SERIES_INSTANCE_UID),
+    );
+    drop(obj);
+    if recent.contains(&study_uid, &series_uid, sop_instance)
+        && spool
+            .series_dir(&study_uid, &series_uid)
+            .is_ok_and(|d| !d.exists())
+    {
+        return Ok(Finished::Retransmission { series_uid });
+    }
+    synced.map_err(spool_refusal)?;
+    let bytes = usize::try_from(incoming.dataset_bytes()).unwrap_or(usize::MAX);
+    spool
+        .commit(incoming, &study_uid, &series_uid)
+        .map_err(spool_refusal)?;
+    Ok(Finished::Stored(Stored {
+        study_uid,
+        series_uid,
+        expected,
+        bytes,
+    }))
 }
 
 /// The refusal of a spool error (a full disk or a failed write is logged for the operator).
@@ -983,116 +1047,133 @@ fn check_file(
 enum Sink {
     /// No C-STORE pending.
     Idle,
-    /// Refused at the command: the bytes are counted and dropped.
+    /// Refused at the command: the bytes are counted and dropped, the C-STORE answered with this
+    /// refusal.
     Discard(StoreRefusal),
-    /// Streamed to the instance's spool file, in chunks written off the async workers while the
-    /// next fragments arrive.
+    /// Streamed to the instance's spool file by the association's spool writer, in chunks.
     File {
-        writer: Writer,
+        /// The spool file to open, sent with the first chunk.
+        open: Option<Open>,
+        /// Bytes gathered for the next chunk.
         chunk: Vec<u8>,
-        /// The buffer of the previous write, reused.
-        spare: Vec<u8>,
-        ts_uid: String,
     },
 }
 
-type Begin = Box<dyn FnOnce() -> Result<Incoming, SpoolError> + Send>;
-type Written = Result<(Incoming, Vec<u8>), SpoolError>;
-
-/// The spool file of the pending C-STORE.
-enum Writer {
-    /// Not opened yet (opened with the first write).
-    Unopened(Begin),
-    /// Being written (one write at a time, in order); gives back the buffer.
-    Busy(tokio::task::JoinHandle<Written>),
-    /// Opening or writing failed (the temporary file is gone): the rest of the data set is
-    /// dropped and the C-STORE answered with this refusal.
-    Failed(StoreRefusal),
-}
-
-impl Writer {
-    /// Waits for the write in progress; the file and the buffer written, or the answer to give.
-    async fn ready(&mut self) -> Result<(Incoming, Vec<u8>), StoreRefusal> {
-        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
-        let done = match state {
-            Writer::Unopened(begin) => {
-                tokio::task::spawn_blocking(move || Ok((begin()?, Vec::new()))).await
-            }
-            Writer::Busy(handle) => handle.await,
-            Writer::Failed(refusal) => return Err(refusal),
+impl Sink {
+    /// Gathers a fragment (copied from the reader's buffer); a full chunk goes to the writer,
+    /// waiting when it has [`WRITER_QUEUE`] chunks to write already (back-pressure).
+    async fn push(&mut self, bytes: &[u8], writer: &mut SpoolWriter) {
+        let Sink::File { open, chunk } = self else {
+            return;
         };
-        match done {
-            Ok(Ok(x)) => Ok(x),
-            Ok(Err(e)) => Err(spool_refusal(e)),
-            Err(e) => Err(StoreRefusal::SpoolTask(e)),
+        if chunk.capacity() == 0 {
+            *chunk = writer.buffer();
         }
-    }
-
-    /// Starts writing `buf` (opening the file first when needed); returns at once.
-    async fn start(&mut self, mut buf: Vec<u8>) -> Option<Vec<u8>> {
-        let state = std::mem::replace(self, Writer::Failed(StoreRefusal::WriterTaken));
-        let (mut spare, open): (Option<Vec<u8>>, Result<Incoming, Begin>) = match state {
-            Writer::Unopened(begin) => (None, Err(begin)),
-            busy @ Writer::Busy(_) => {
-                *self = busy;
-                match self.ready().await {
-                    Ok((incoming, spare)) => (Some(spare), Ok(incoming)),
-                    Err(refusal) => {
-                        *self = Writer::Failed(refusal);
-                        return None;
-                    }
-                }
-            }
-            failed @ Writer::Failed(..) => {
-                *self = failed;
-                return None;
-            }
+        chunk.extend_from_slice(bytes);
+        if chunk.len() < WRITE_CHUNK {
+            return;
+        }
+        let job = Chunk {
+            open: open.take(),
+            bytes: std::mem::replace(chunk, writer.buffer()),
+            finish: None,
         };
-        *self = Writer::Busy(tokio::task::spawn_blocking(move || {
-            let mut incoming = match open {
-                Ok(incoming) => incoming,
-                Err(begin) => begin()?,
-            };
-            incoming.write(&buf)?;
-            buf.clear();
-            Ok((incoming, buf))
-        }));
-        spare.take()
+        // A writer gone (never expected) is answered at the end of the data set.
+        let _ = writer.tx.send(job).await;
     }
 }
 
 /// Bytes gathered before a write (a few P-DATA fragments; never the whole data set of a CT image).
 const WRITE_CHUNK: usize = 256 * 1024;
+/// Chunks queued for the spool writer before the association waits for it.
+const WRITER_QUEUE: usize = 4;
 
-impl Sink {
-    async fn push(&mut self, bytes: Vec<u8>) {
-        let Sink::File {
-            writer,
-            chunk,
-            spare,
-            ..
-        } = self
-        else {
-            return;
-        };
-        if matches!(writer, Writer::Failed(..)) {
-            return;
-        }
-        if chunk.is_empty() && bytes.len() >= WRITE_CHUNK {
-            *chunk = bytes;
-        } else {
-            if chunk.capacity() == 0 {
-                chunk.reserve(WRITE_CHUNK + bytes.len());
+/// The spool file of the pending C-STORE, opened with its first chunk.
+struct Open {
+    sop_class: String,
+    sop_instance: String,
+    ts_uid: String,
+    calling: String,
+}
+
+/// The order to finish the instance after this chunk, and where the answer goes.
+struct FinishJob {
+    limits: Limits,
+    sop_class: String,
+    sop_instance: String,
+    reply: tokio::sync::oneshot::Sender<Result<Finished, StoreRefusal>>,
+}
+
+/// Work for the spool writer: open (first chunk), write, finish (last chunk).
+struct Chunk {
+    open: Option<Open>,
+    bytes: Vec<u8>,
+    finish: Option<FinishJob>,
+}
+
+/// The spool writer of one association: one blocking task for the life of the association that
+/// owns the spool file of the pending C-STORE and does its open, writes, checks, `fdatasync` and
+/// commit, in order, while the association's task goes on receiving (a file system that stalls on
+/// a journal commit never stops the async workers). Chunk buffers come back for reuse.
+struct SpoolWriter {
+    tx: mpsc::Sender<Chunk>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl SpoolWriter {
+    /// Starts the writer; it ends when the association drops this handle (a file not finished is
+    /// removed).
+    fn start(spool: Spool, recent: Arc<crate::series::Recent>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Chunk>(WRITER_QUEUE);
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        let pool = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut file: Option<(Result<Incoming, StoreRefusal>, String)> = None;
+            while let Some(job) = rx.blocking_recv() {
+                if let Some(o) = job.open {
+                    let opened = spool
+                        .begin(&o.sop_class, &o.sop_instance, &o.ts_uid, &o.calling)
+                        .map_err(spool_refusal);
+                    file = Some((opened, o.ts_uid));
+                }
+                if let Some((state, _)) = &mut file {
+                    if let Ok(incoming) = state {
+                        if let Err(e) = incoming.write(&job.bytes) {
+                            // The temporary file goes; the rest of the data set is dropped.
+                            *state = Err(spool_refusal(e));
+                        }
+                    }
+                }
+                let mut buf = job.bytes;
+                buf.clear();
+                let _ = spare_tx.send(buf);
+                if let Some(f) = job.finish {
+                    let answer = match file.take() {
+                        Some((Ok(incoming), ts_uid)) => finish(
+                            &pool,
+                            &spool,
+                            &recent,
+                            incoming,
+                            &ts_uid,
+                            &f.limits,
+                            &f.sop_class,
+                            &f.sop_instance,
+                        ),
+                        Some((Err(refusal), _)) => Err(refusal),
+                        None => Err(StoreRefusal::NoCommand),
+                    };
+                    let _ = f.reply.send(answer);
+                }
             }
-            chunk.extend_from_slice(&bytes);
-        }
-        if chunk.len() < WRITE_CHUNK {
-            return;
-        }
-        let buf = std::mem::replace(chunk, std::mem::take(spare));
-        if let Some(back) = writer.start(buf).await {
-            *spare = back;
-        }
+        });
+        SpoolWriter { tx, spare }
+    }
+
+    /// A chunk buffer: one the writer gave back, else a new one.
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK + 64 * 1024))
     }
 }
 

@@ -75,6 +75,37 @@
 //! Hence between the Success status and the last destination's acknowledgement, at every instant
 //! and across any crash or power loss, each acknowledged instance is in the incoming folder, a
 //! hand-over folder, a version folder or the quarantine.
+//!
+//! # Why a Success does not wait on an arrival journal instead (issue 13, measured, not built)
+//!
+//! With one association each instance waits for two commits of the file system's journal: the
+//! file's data with its block allocation, (b), then its folder entry, (d). An append-only arrival
+//! journal (each instance appended with its name and a checksum to one preallocated file, one
+//! `fdatasync` per instance or per group of associations; the spool files and their folder entries
+//! synced later in batches, the journal trimmed after; replayed at start-up) makes that one sync.
+//! Its limit, measured by `scripts/bench_daemon.py` (row "journal limit": the same 300 files
+//! appended to a file written with zeros beforehand, `fdatasync` each, one writer), 2026-11-29 on
+//! this 2-core VM under load: 109 and 135 images/s, against 60 and 75 for (b)+(d) and 114 and 116
+//! for (b) alone (other runs: 124-163, 65-91 and 106-145). So the journal's whole gain is the folder commit it avoids
+//! (1.5-1.9x on one association), and one sync per instance, 110-165/s here, still leaves one
+//! association under `storescp` (220-860/s on the same runs: it syncs nothing, and `storescu`
+//! waits for each response, so one association never overlaps two instances' syncs). It was not
+//! built, for that bounded gain against its costs:
+//! - every instance written twice (journal, then spool file: twice the disk bandwidth, and a
+//!   second copy through the page cache, which makes ingest slower where syncs are free, tmpfs);
+//! - a replay must never bring back an instance already handed over or delivered: the journal
+//!   would have to be checkpointed (the files and folders it covers synced, then trimmed) before
+//!   every hand-over ([`Spool::freeze`]) of a series it holds, or a crash after a delivery would
+//!   re-create the instance in the incoming folder and send it again (a duplicate);
+//! - a second on-disk format and its recovery (torn tail, bad checksum, a full journal pushing
+//!   back on the SCP), each a new way to lose or duplicate an instance.
+//!
+//! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
+//! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
+//! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
+//! associations the folder fsync is already shared ([`DirSync`]) and ingest runs above `storescp`;
+//! with one, what was cut is the SCP's CPU path (its module documentation), which bounds ingest
+//! wherever syncs are cheap.
 
 use dicom_object::FileMetaTableBuilder;
 use serde::{Deserialize, Serialize};
