@@ -1,78 +1,16 @@
-//! Total-variation denoising by Chambolle's projection algorithm (A. Chambolle, "An algorithm for
-//! total variation minimization and applications", J. Math. Imaging Vision 20:89–97, 2004), per
-//! axial slice: the classical edge-preserving denoiser of the tuned nonlinear baseline.
-//!
-//! It solves the Rudin–Osher–Fatemi problem `min_u TV(u) + ‖u − f‖² / (2λ)` (λ in HU) through the
-//! dual field `p` (one 2-vector per pixel, |p| ≤ 1):
-//! `p ← (p + τ ∇(div p − f/λ)) / (1 + τ |∇(div p − f/λ)|)`, then `u = f − λ div p`, with forward
-//! differences for ∇ (zero at the last row/column) and `div = −∇*` (Chambolle's eqs. 2.1 and
-//! the discrete divergence below them). Chambolle proves convergence for τ ≤ 1/8; we use τ = 1/8
-//! and a fixed [`TV_ITERATIONS`] iterations (the tuning grid then compares like with like).
+//! Total-variation denoising of a volume, slice by slice: the edge-preserving denoiser of the tuned
+//! nonlinear baseline (Chambolle's projection algorithm for the Rudin–Osher–Fatemi problem, A.
+//! Chambolle, J. Math. Imaging Vision 20:89–97, 2004). The per-slice solver is the one the
+//! simulated scanner's nonlinear reconstruction uses ([`crate::data::synth::ir::tv_denoise`], τ = 1/8,
+//! [`TV_ITERATIONS`] iterations): one implementation for the data and the baseline.
 
+use crate::data::synth::ir::{self, TV_ITERATIONS};
 use crate::volume::Volume;
 use rayon::prelude::*;
 
-/// Iterations of the projection algorithm.
-pub const TV_ITERATIONS: usize = 50;
-const TAU: f64 = 0.125;
-
 /// TV-denoises one rows × cols slice with weight `lambda` (HU).
 pub fn tv_denoise_slice(f: &[f32], rows: usize, cols: usize, lambda: f64) -> Vec<f32> {
-    if lambda <= 0.0 {
-        return f.to_vec();
-    }
-    let n = rows * cols;
-    let fl: Vec<f64> = f.iter().map(|&v| f64::from(v) / lambda).collect();
-    let (mut px, mut py) = (vec![0f64; n], vec![0f64; n]);
-    let mut div = vec![0f64; n];
-    let divergence = |px: &[f64], py: &[f64], div: &mut [f64]| {
-        for y in 0..rows {
-            for x in 0..cols {
-                let i = y * cols + x;
-                let dx = if x == 0 {
-                    px[i]
-                } else if x == cols - 1 {
-                    -px[i - 1]
-                } else {
-                    px[i] - px[i - 1]
-                };
-                let dy = if y == 0 {
-                    py[i]
-                } else if y == rows - 1 {
-                    -py[i - cols]
-                } else {
-                    py[i] - py[i - cols]
-                };
-                div[i] = dx + dy;
-            }
-        }
-    };
-    let mut g = vec![0f64; n];
-    for _ in 0..TV_ITERATIONS {
-        divergence(&px, &py, &mut div);
-        for i in 0..n {
-            g[i] = div[i] - fl[i];
-        }
-        for y in 0..rows {
-            for x in 0..cols {
-                let i = y * cols + x;
-                let gx = if x + 1 < cols { g[i + 1] - g[i] } else { 0.0 };
-                let gy = if y + 1 < rows {
-                    g[i + cols] - g[i]
-                } else {
-                    0.0
-                };
-                let norm = 1.0 + TAU * (gx * gx + gy * gy).sqrt();
-                px[i] = (px[i] + TAU * gx) / norm;
-                py[i] = (py[i] + TAU * gy) / norm;
-            }
-        }
-    }
-    divergence(&px, &py, &mut div);
-    f.iter()
-        .zip(&div)
-        .map(|(&v, d)| (f64::from(v) - lambda * d) as f32)
-        .collect()
+    ir::tv_denoise(f, rows, cols, lambda, TV_ITERATIONS)
 }
 
 /// TV-denoises every axial slice of `v` with weight `lambda` (HU).

@@ -76,42 +76,10 @@ pub fn roi_noise_std(v: &Volume, rois: &[Roi]) -> Option<f64> {
     Some(var.sqrt())
 }
 
-/// In-place iterative radix-2 complex FFT (forward, no scaling); `re.len()` a power of two.
+/// In-place forward radix-2 complex FFT (no scaling; `re.len()` a power of two): the simulated
+/// scanner's.
 pub fn fft(re: &mut [f64], im: &mut [f64]) {
-    let n = re.len();
-    let mut j = 0;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            re.swap(i, j);
-            im.swap(i, j);
-        }
-    }
-    let mut len = 2;
-    while len <= n {
-        let ang = -2.0 * std::f64::consts::PI / len as f64;
-        let (wr, wi) = (ang.cos(), ang.sin());
-        for start in (0..n).step_by(len) {
-            let (mut cr, mut ci) = (1.0f64, 0.0f64);
-            for k in 0..len / 2 {
-                let (a, b) = (start + k, start + k + len / 2);
-                let (xr, xi) = (re[b] * cr - im[b] * ci, re[b] * ci + im[b] * cr);
-                re[b] = re[a] - xr;
-                im[b] = im[a] - xi;
-                re[a] += xr;
-                im[a] += xi;
-                let t = cr * wr - ci * wi;
-                ci = cr * wi + ci * wr;
-                cr = t;
-            }
-        }
-        len <<= 1;
-    }
+    crate::data::synth::scanner::fft(re, im, false)
 }
 
 /// |DFT₂|² of an n×n block zero-padded to pad×pad (row-major result).
