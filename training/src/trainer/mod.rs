@@ -1,5 +1,6 @@
 //! `ct-train train`: trains a 3D RevGAN (seed 000; `shared/MODELS.md` §1) on paired or unpaired
-//! volumes, on the CPU (Burn `flex`) or, built with `--features cuda`, on a CUDA GPU when one exists.
+//! volumes, on the CPU (Burn `flex`, or LibTorch's kernels when built with `--features tch`) or,
+//! built with `--features cuda`, on a CUDA GPU when one exists (`--backend`, [`run`](mod@run)).
 //!
 //! Losses (MODELS.md §1, all configurable):
 //! - paired (pix2pix): `BCE(D_B(a, G_ab(a)), 1) + λ·|G_ab(a) − b|₁` plus the same for B→A, λ = 100;

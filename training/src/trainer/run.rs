@@ -82,8 +82,10 @@ impl TrainArgs {
     }
 }
 
-/// Runs `ct-train train`: on CUDA when built with `--features cuda` and a device can be created
-/// (else on the CPU, said in one log line), otherwise on the CPU.
+/// Runs `ct-train train` on the backend `--backend` picks: with `auto`, CUDA when built with
+/// `--features cuda` and a device can be created (else the CPU, said in one log line), then
+/// LibTorch's CPU kernels when built with `--features tch`, else burn-flex. MEGAN trains on
+/// burn-flex.
 pub fn run(args: &TrainArgs) -> Result<TrainState, TrainError> {
     let want = args.backend;
     let not_built = |name: &str, feature: &str| {
