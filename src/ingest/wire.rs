@@ -338,4 +338,44 @@ mod tests {
         let (_, _, e) = read_all(65_536, &[], &[0x05, 0, 0, 0, 0, 1, 0]).await;
         assert!(matches!(e, WireError::Decode(_)), "{e:?}");
     }
+
+    /// Mutated and truncated streams (deterministic: a xorshift generator): the reader never
+    /// panics, always ends (every call consumes bytes or fails) and never hands over more value
+    /// bytes than it was sent. A cheap stand-in for a fuzz target, which the fuzz crate cannot
+    /// build without the daemon's tokio.
+    #[tokio::test]
+    async fn mutated_and_truncated_streams_end_cleanly() {
+        let mut base = pdata(vec![(1, true, true, vec![3; 40])]);
+        base.extend(pdata(vec![
+            (1, false, false, vec![5; 700]),
+            (3, false, true, vec![]),
+        ]));
+        let mut release = Vec::new();
+        dicom_ul::pdu::write_pdu(&mut release, &Pdu::ReleaseRQ).unwrap();
+        base.extend(&release);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut wire = base.clone();
+            for _ in 0..1 + rand(6) {
+                let at = rand(wire.len());
+                wire[at] = match rand(4) {
+                    0 => 0,
+                    1 => 0xFF,
+                    _ => rand(256) as u8,
+                };
+            }
+            wire.truncate(1 + rand(wire.len()));
+            let split = rand(wire.len().min(12));
+            let max = [16_384u32, 65_536, 1 << 20][rand(3)];
+            let (items, _, _) = read_all(max, &wire[..split], &wire[split..]).await;
+            let handed: usize = items.iter().map(|i| i.3.len()).sum();
+            assert!(handed <= wire.len());
+        }
+    }
 }
