@@ -53,17 +53,7 @@ pub fn megan_onnx<B: Backend>(
     let mut dims = Dim::ncdhw_dynamic();
     dims[1] = Dim::Fixed(channels as i64);
     w.g.input(INPUT, DataType::Float, &dims)?;
-    // Odd axes: edge-pad by one voxel at their end (pads = [0 x 7, D%2, H%2, W%2]).
-    let spatial = w.node("Shape", &[INPUT], vec![onnx::attr_int("start", 2)])?;
-    let two = w.g.initializer_i64("const_two", &[1], &[2])?;
-    let odd = w.node("Mod", &[&spatial, &two], vec![])?;
-    let zeros = w.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
-    let pads = w.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
-    let x = w.node(
-        "Pad",
-        &[INPUT, &pads],
-        vec![onnx::attr_string("mode", "edge")],
-    )?;
+    let (x, spatial) = w.pad_odd_axes(INPUT)?;
 
     let x = w.pad_edge(&x, 1)?;
     let x = w.conv(&x, &gen.conv_in, "conv_in")?;
@@ -89,18 +79,7 @@ pub fn megan_onnx<B: Backend>(
     let x = w.pad_edge(&x, MEGAN_OUT_PAD)?;
     let x = w.conv(&x, &gen.conv_out, "conv_out")?;
     let y = w.node("Tanh", &[&x], vec![])?;
-    // Cut back to the input's D, H, W.
-    let starts =
-        w.g.initializer_i64("const_slice_starts", &[3], &[0, 0, 0])?;
-    let axes = w.g.initializer_i64("const_slice_axes", &[3], &[2, 3, 4])?;
-    w.g.node(
-        "n_crop",
-        "Slice",
-        &[&y, &starts, &spatial, &axes],
-        &[OUTPUT],
-        vec![],
-    )?;
-    w.g.output(OUTPUT, DataType::Float, &Dim::ncdhw_dynamic());
+    w.crop_to_output(&y, &spatial, &Dim::ncdhw_dynamic())?;
     Ok(onnx::model(
         w.g.build()?,
         "ct-train",

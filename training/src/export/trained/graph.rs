@@ -217,6 +217,44 @@ impl Writer {
         self.node("Relu", &[x], vec![])
     }
 
+    /// Edge-pads each odd spatial axis of `x` by one voxel at its end (pads = [0 x 7, D%2, H%2,
+    /// W%2]) so the stride-2 layers see even sizes; returns the padded tensor and `x`'s D, H, W
+    /// (for [`Writer::crop_to_output`]).
+    pub(crate) fn pad_odd_axes(&mut self, x: &str) -> Result<(String, String), ExportModelError> {
+        let spatial = self.node("Shape", &[x], vec![onnx::attr_int("start", 2)])?;
+        let two = self.g.initializer_i64("const_two", &[1], &[2])?;
+        let odd = self.node("Mod", &[&spatial, &two], vec![])?;
+        let zeros = self.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
+        let pads = self.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
+        let padded = self.node("Pad", &[x, &pads], vec![onnx::attr_string("mode", "edge")])?;
+        Ok((padded, spatial))
+    }
+
+    /// Cuts `y` back to the input's D, H, W (`spatial`, from [`Writer::pad_odd_axes`]) as the
+    /// graph's output `OUTPUT` with the shape `dims`.
+    pub(crate) fn crop_to_output(
+        &mut self,
+        y: &str,
+        spatial: &str,
+        dims: &[Dim],
+    ) -> Result<(), ExportModelError> {
+        let starts = self
+            .g
+            .initializer_i64("const_slice_starts", &[3], &[0, 0, 0])?;
+        let axes = self
+            .g
+            .initializer_i64("const_slice_axes", &[3], &[2, 3, 4])?;
+        self.g.node(
+            "n_crop",
+            "Slice",
+            &[y, &starts, spatial, &axes],
+            &[OUTPUT],
+            vec![],
+        )?;
+        self.g.output(OUTPUT, DataType::Float, dims);
+        Ok(())
+    }
+
     fn encoder<B: Backend>(
         &mut self,
         x: &str,
@@ -330,17 +368,7 @@ pub fn generator_onnx<B: Backend>(
         )?
     };
 
-    // Odd axes: edge-pad by one voxel at their end (pads = [0 x 7, D%2, H%2, W%2]).
-    let spatial = w.node("Shape", &[&source], vec![onnx::attr_int("start", 2)])?;
-    let two = w.g.initializer_i64("const_two", &[1], &[2])?;
-    let odd = w.node("Mod", &[&spatial, &two], vec![])?;
-    let zeros = w.g.initializer_i64("const_zero_pads", &[7], &[0; 7])?;
-    let pads = w.node("Concat", &[&zeros, &odd], vec![onnx::attr_int("axis", 0)])?;
-    let x = w.node(
-        "Pad",
-        &[&source, &pads],
-        vec![onnx::attr_string("mode", "edge")],
-    )?;
+    let (x, spatial) = w.pad_odd_axes(&source)?;
 
     let ngf = cfg.ngf;
     let mut h = w.encoder(&x, &gen.enc_a, ngf, "enc_a")?;
@@ -372,18 +400,7 @@ pub fn generator_onnx<B: Backend>(
         y = w.node("Add", &[&y, &skip], vec![])?;
     }
 
-    // Cut back to the input's D, H, W.
-    let starts =
-        w.g.initializer_i64("const_slice_starts", &[3], &[0, 0, 0])?;
-    let axes = w.g.initializer_i64("const_slice_axes", &[3], &[2, 3, 4])?;
-    w.g.node(
-        "n_crop",
-        "Slice",
-        &[&y, &starts, &spatial, &axes],
-        &[OUTPUT],
-        vec![],
-    )?;
-    w.g.output(OUTPUT, DataType::Float, &dims);
+    w.crop_to_output(&y, &spatial, &dims)?;
     Ok(onnx::model(
         w.g.build()?,
         "ct-train",
