@@ -25,26 +25,37 @@ pub struct GaussianTuning {
     pub volumes: usize,
 }
 
-/// Grid search: in-plane σ over 0..=2.5 step 0.05 with no z blur, refined by golden-section search
-/// within one step (to 0.001 px), then z σ over 0..=2 step 0.1 at the best in-plane σ. Pairs are
-/// (sharp, soft).
-pub fn tune_gaussian(pairs: &[(&Volume, &Volume)], w: HuWindow) -> GaussianTuning {
+/// The cost the Gaussian searches minimise: mean over `pairs` (sharp, soft) of the MSE on [-1, 1]
+/// between the blurred source and the target, as a function of (σxy, σz).
+fn blur_cost<'a>(
+    pairs: &'a [(&'a Volume, &'a Volume)],
+    w: HuWindow,
+) -> impl Fn(f64, f64) -> f64 + 'a {
     let targets: Vec<Vec<f32>> = pairs
         .iter()
         .map(|(_, t)| t.values.iter().map(|&v| w.to_unit(v)).collect())
         .collect();
-    let cost = |sxy: f64, sz: f64| -> f64 {
+    move |sxy, sz| {
         pairs
             .iter()
             .zip(&targets)
             .map(|((s, _), t)| {
-                let b = gaussian_blur(&s.values, s.shape, sxy, sz);
-                let u: Vec<f32> = b.iter().map(|&v| w.to_unit(v)).collect();
+                let u: Vec<f32> = gaussian_blur(&s.values, s.shape, sxy, sz)
+                    .iter()
+                    .map(|&v| w.to_unit(v))
+                    .collect();
                 mse(&u, t)
             })
             .sum::<f64>()
             / pairs.len().max(1) as f64
-    };
+    }
+}
+
+/// Grid search: in-plane σ over 0..=2.5 step 0.05 with no z blur, refined by golden-section search
+/// within one step (to 0.001 px), then z σ over 0..=2 step 0.1 at the best in-plane σ. Pairs are
+/// (sharp, soft).
+pub fn tune_gaussian(pairs: &[(&Volume, &Volume)], w: HuWindow) -> GaussianTuning {
+    let cost = blur_cost(pairs, w);
     let mut best = (0.0, 0.0, cost(0.0, 0.0));
     for i in 1..=50 {
         let s = i as f64 * 0.05;
@@ -158,24 +169,7 @@ pub const TV_SEARCH_SLICES: usize = 8;
 /// Coarse Gaussian search of the λ grid: in-plane σ over 0..=2.5 step 0.1 with no z blur, then z
 /// σ over 0..=2 step 0.25; returns (σxy, σz, MSE).
 fn coarse_gaussian(pairs: &[(&Volume, &Volume)], w: HuWindow) -> (f64, f64, f64) {
-    let targets: Vec<Vec<f32>> = pairs
-        .iter()
-        .map(|(_, t)| t.values.iter().map(|&v| w.to_unit(v)).collect())
-        .collect();
-    let cost = |sxy: f64, sz: f64| -> f64 {
-        pairs
-            .iter()
-            .zip(&targets)
-            .map(|((s, _), t)| {
-                let u: Vec<f32> = gaussian_blur(&s.values, s.shape, sxy, sz)
-                    .iter()
-                    .map(|&v| w.to_unit(v))
-                    .collect();
-                mse(&u, t)
-            })
-            .sum::<f64>()
-            / pairs.len().max(1) as f64
-    };
+    let cost = blur_cost(pairs, w);
     let mut best = (0.0, 0.0, cost(0.0, 0.0));
     for i in 1..=25 {
         let s = f64::from(i) * 0.1;
