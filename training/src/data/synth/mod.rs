@@ -64,7 +64,9 @@
 //! phantoms' insert geometry and the measured noise. With `--unpaired`, cases alternate between
 //! the domains and hold one member only: `OUT/unpaired/a/<case>/sharp` (source) and
 //! `OUT/unpaired/b/<case>/soft` (target), different anatomy per domain, for the cycle modes
-//! (`ct-train train --data OUT/unpaired --mode unpaired`).
+//! (`ct-train train --mode unpaired --unpaired-a OUT/unpaired/a --unpaired-b OUT/unpaired/b`);
+//! the thick series of domain A's cases (the super-resolution source) goes to
+//! `OUT/unpaired/a-thick/<case>/thick`.
 //!
 //! **Format.** `synth.toml` carries `synth_format` ([`SYNTH_FORMAT`]; a file without it is format
 //! 1, the first `synth`). Training refuses data and checkpoints of another format
@@ -680,12 +682,22 @@ pub fn run(o: &SynthOptions) -> Result<Vec<CaseSummary>, SynthError> {
             )?;
         }
         let mut thick_shape = None;
-        if o.thick && role != "a" {
+        // The thick series is the super-resolution source, so in an unpaired set it belongs to
+        // domain A's cases, in a folder of its own (`unpaired/a-thick`): `unpaired/a` and
+        // `unpaired/b` then hold exactly the kernel task's two domains.
+        if o.thick && role != "b" {
             let t = stored(&thick_ssp(&pair.soft, THICK_FACTORS, o.ssp));
             let mut spec = base("thick", t.shape, t.spacing, "SIM-SOFT", 4);
             // Thick slice k is centred on thin slices 4k .. 4k+3: centre it there.
             spec.origin[2] = -(THICK_FACTORS[0] as f64 - 1.0) / 2.0 * vol.spacing[0];
-            write_volume(&t, &dir, "thick", o.format, spec)?;
+            let tdir = if role == "a" {
+                let d = o.out.join("unpaired").join("a-thick").join(&name);
+                std::fs::create_dir_all(&d).map_err(io(&d))?;
+                d
+            } else {
+                dir.clone()
+            };
+            write_volume(&t, &tdir, "thick", o.format, spec)?;
             thick_shape = Some(t.shape);
         }
         let noise = measure_noise(&vol, nz / 2, &sim, mix(case_seed, 999_999));
@@ -1342,8 +1354,24 @@ mod tests {
         let b = out.join("unpaired/b").join(&s[1].name);
         assert!(a.join("sharp.nii.gz").is_file() && !a.join("soft.nii.gz").exists());
         assert!(b.join("soft.nii.gz").is_file() && !b.join("sharp.nii.gz").exists());
-        assert!(b.join("thick.nii.gz").is_file());
+        // Each domain folder holds its kernel-task member only (`--unpaired-a/-b` load every
+        // volume below them); the thick series of A's cases is beside, for super-resolution.
+        assert!(!b.join("thick.nii.gz").exists() && !a.join("thick.nii.gz").exists());
+        assert!(out
+            .join("unpaired/a-thick")
+            .join(&s[0].name)
+            .join("thick.nii.gz")
+            .is_file());
         assert_ne!(s[0].name, s[1].name);
+        for (domain, want) in [("a", 1), ("b", 1)] {
+            let v = crate::data::amortised::load_domain(
+                &out.join("unpaired").join(domain),
+                [-1024.0, 3071.0],
+            )
+            .unwrap();
+            assert_eq!(v.len(), want, "domain {domain}");
+            assert_eq!(v[0].shape, [8, 24, 24], "domain {domain}");
+        }
         let d = crate::data::load_pairs(
             &out.join("unpaired"),
             [-1024.0, 3071.0],
