@@ -260,8 +260,8 @@ mod tests {
         assert!(e.contains("case-a") && e.contains("lung_centre"), "{e}");
     }
 
-    /// With inserts every row gets its noise in soft tissue and lung and its MTF50 on the case's
-    /// own rod; the blurred target has a lower MTF50 and less noise than the sharp input. An
+    /// With inserts every row gets its noise in soft tissue and lung, an NPS (lung-foam squares:
+    /// the 128² water insert holds none) and its MTF50 on the case's own rod; the blurred target has a lower MTF50 and less noise than the sharp input. An
     /// insert outside the image is an error naming the case and the insert.
     #[test]
     fn eval_measures_noise_and_mtf_in_the_inserts() {
@@ -286,7 +286,10 @@ mod tests {
         for row in &r.rows {
             let p = &row.physics;
             assert!(
-                p.noise_soft.is_some() && p.noise_lung.is_some() && p.mtf50.is_some(),
+                p.noise_soft.is_some()
+                    && p.noise_lung.is_some()
+                    && p.mtf50.is_some()
+                    && p.nps_distance.is_some(),
                 "{} {}: {p:?}",
                 row.case,
                 row.method
@@ -317,7 +320,8 @@ mod tests {
         assert!((t / 8.46 - 1.0).abs() < 0.1, "{t}");
         assert_eq!(r.roi_notes.len(), 2);
         assert!(
-            r.roi_notes[0].contains("8 px") && r.roi_notes[0].contains("holds no"),
+            r.roi_notes[0].contains("8 squares of 8 px in the lung foam insert")
+                && r.roi_notes[0].contains("holds no"),
             "{:?}",
             r.roi_notes
         );

@@ -44,11 +44,12 @@
 //! on them ([`crate::physics::insert_rois`]): noise std over the water cylinder's region clear of
 //! the rod and over the lung-foam cylinder's (pixel centres 2 px inside the walls, every slice), on
 //! the residual after the per-pixel mean over the slices (ICRU 87 ensemble subtraction, the
-//! inserts being the same on every slice); NPS (on that residual) and texture on square ROIs of the
-//! largest multiple of 4, at least 8 px, that fit those regions, one per slice; a region holding
-//! no such square keeps the automatic search for its squares, with a warning naming the case and
-//! insert (at 128² the water cylinder, 9 px in radius around a 2.8-px rod, holds none), and the
-//! table prints per case what was used. MTF50 comes from each case's own rod
+//! inserts being the same on every slice); the NPS (on that residual) on square ROIs of the
+//! largest multiple of 4, at least 8 px, that fit the water region, one per slice, else the lung
+//! foam's (a region holding no such square is a warning naming the case and the insert: at 128²
+//! the water cylinder, 9 px in radius around a 2.8-px rod, holds none); the table prints per case
+//! what was used. Texture CCC stays on the automatic ROIs (uniform inserts differ by noise only:
+//! their CCC is about 0 for every method). MTF50 comes from each case's own rod
 //! ([`crate::physics::mtf_rod_insert`]) in every row, the mean rows averaging the cases; the rod
 //! phantom stays the figure for cases without inserts. An insert outside the image, or a
 //! malformed `[case.inserts]`, is an error naming `synth.toml`, the case and the insert or key.
@@ -466,7 +467,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 )?;
                 for class in [&rois.soft, &rois.lung] {
                     if let Some(why) = &class.skipped {
-                        tracing::warn!(case = %c.name, "{why}: its square ROIs are searched");
+                        tracing::warn!(case = %c.name, "{why}");
                     }
                 }
                 let r = CaseRef::with_inserts(&c.soft, mask.clone(), p, ins, rois);

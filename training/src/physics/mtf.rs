@@ -86,7 +86,7 @@ pub fn mtf_rod_insert(v: &Volume, rod: Cylinder, water: Cylinder) -> Option<MtfC
     let [cy, cx] = rod.centre;
     let offset = (water.centre[0] - cy).hypot(water.centre[1] - cx);
     let outside = (water.radius - ROD_WALL_MARGIN_PX + offset - radius).min(HALF_WIDTH_PX);
-    if !(radius > 0.0) || !(outside > 0.0) {
+    if !(radius.is_finite() && outside.is_finite() && radius > 0.0 && outside > 0.0) {
         return None;
     }
     let (r0, r1) = ((radius - HALF_WIDTH_PX).max(0.0), radius + outside);
