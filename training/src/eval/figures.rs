@@ -5,6 +5,9 @@ use crate::physics::{
     bland_altman, ccc, features, find_rois, nps_radial, percentile, roi_noise_std, BlandAltman,
     NpsCurve, Roi, RoiSet, FEATURE_NAMES,
 };
+use crate::physics::{
+    ensemble_residual, mtf50, mtf_rod_insert, region_noise_std, InsertClass, InsertRois, Inserts,
+};
 use crate::volume::Volume;
 
 /// CCC threshold of a reproducible feature (Choe et al., Radiology 292:365, 2019; Lin's
@@ -42,7 +45,8 @@ pub struct Physics {
     pub nps_distance: Option<f64>,
     /// 15th percentile of the lung HU (over the target's lung mask).
     pub perc15: Option<(f64, f64)>,
-    /// MTF50 (cycles/mm) on the edge phantom (per method, in mean rows or a single case's row).
+    /// MTF50 (cycles/mm): on the case's rod insert when it has one (every row; mean rows average
+    /// the cases), else on the edge phantom (per method, in mean rows or a single case's row).
     pub mtf50: Option<(f64, f64)>,
     /// Features with CCC ≥ 0.85 and features with a defined CCC (features × ROI classes).
     pub ccc: Option<(usize, usize)>,
@@ -79,11 +83,83 @@ pub struct CaseRef {
     mask: Vec<bool>,
     lung_valid: bool,
     pixel_mm: f64,
+    slices: usize,
     noise_soft: Option<f64>,
     noise_lung: Option<f64>,
     pub nps: Option<NpsCurve>,
     perc15: Option<f64>,
     pub features: ClassFeatures,
+    /// The case's quality-control inserts, when its `synth.toml` records them.
+    inserts: Option<InsertRef>,
+}
+
+/// A case's inserts, their ROIs and the target's MTF50 on the rod.
+#[derive(Debug, Clone)]
+struct InsertRef {
+    ins: Inserts,
+    rois: InsertRois,
+    mtf50: Option<f64>,
+}
+
+impl InsertRef {
+    /// The squares of the NPS: the water insert's, else the lung foam's (none: the automatic
+    /// soft-tissue ROIs).
+    fn nps_class(&self) -> Option<&InsertClass> {
+        [&self.rois.soft, &self.rois.lung]
+            .into_iter()
+            .find(|c| !c.squares.is_empty())
+    }
+}
+
+/// Noise std (soft tissue, lung) and NPS of `v`. With inserts, the noise std of a class is taken
+/// over its insert region and the NPS over the squares of the water insert, else of the lung foam
+/// (at 128² the water cylinder holds none), both on the [`ensemble_residual`] (edges and slow
+/// structure removed; a class without a region keeps its automatic ROIs, and so does the NPS
+/// without insert squares). Without inserts everything is on the automatic ROIs. The texture
+/// features stay on the automatic ROIs in both cases: in a uniform insert the features differ
+/// between ROIs by noise only, and independent noise makes their CCC about 0 for every method
+/// (measured on the realistic held-out pairs: 0 of 34 for every baseline on the lung-foam squares;
+/// the searched uniform soft-tissue squares of `--roi 16` give at most 1 of 34 as well).
+fn noise_figures(
+    v: &Volume,
+    rois: &RoiSet,
+    inserts: Option<&InsertRef>,
+    pixel_mm: f64,
+) -> (Option<f64>, Option<f64>, Option<NpsCurve>) {
+    let Some(i) = inserts else {
+        return (
+            roi_noise_std(v, &rois.soft),
+            roi_noise_std(v, &rois.lung),
+            nps_radial(v, &rois.soft, pixel_mm),
+        );
+    };
+    let mut pixels = i.rois.soft.pixels.clone();
+    pixels.extend_from_slice(&i.rois.lung.pixels);
+    let Some(res) = ensemble_residual(v, &pixels) else {
+        return (None, None, None);
+    };
+    let class = |c: &InsertClass, auto: &[Roi]| {
+        if c.pixels.is_empty() {
+            roi_noise_std(v, auto)
+        } else {
+            region_noise_std(&res, &c.pixels)
+        }
+    };
+    let nps = match i.nps_class() {
+        Some(c) => nps_radial(&res, &c.squares, pixel_mm),
+        None => nps_radial(v, &rois.soft, pixel_mm),
+    };
+    (
+        class(&i.rois.soft, &rois.soft),
+        class(&i.rois.lung, &rois.lung),
+        nps,
+    )
+}
+
+fn rod_mtf50(v: &Volume, ins: &Inserts) -> Option<f64> {
+    mtf_rod_insert(v, ins.rod, ins.water)
+        .as_ref()
+        .and_then(mtf50)
 }
 
 fn class_features(v: &Volume, rois: &RoiSet) -> ClassFeatures {
@@ -108,15 +184,77 @@ fn perc15(v: &Volume, mask: &[bool]) -> Option<f64> {
 impl CaseRef {
     /// ROIs and target figures of a case; `mask` is the target's lung mask.
     pub fn new(target: &Volume, mask: Vec<bool>, o: PhysicsOptions) -> Self {
+        Self::build(target, mask, o, None)
+    }
+
+    /// The same for a case with quality-control inserts ([`crate::physics::insert_rois`]): noise
+    /// and NPS on the inserts' ROIs (see `noise_figures`), MTF50 on the rod, texture on the
+    /// automatic ROIs.
+    pub fn with_inserts(
+        target: &Volume,
+        mask: Vec<bool>,
+        o: PhysicsOptions,
+        ins: Inserts,
+        rois: InsertRois,
+    ) -> Self {
+        let mtf50 = rod_mtf50(target, &ins);
+        Self::build(target, mask, o, Some(InsertRef { ins, rois, mtf50 }))
+    }
+
+    /// What the ROIs of this case are, for the output (`None` without inserts).
+    pub fn insert_note(&self) -> Option<String> {
+        let i = self.inserts.as_ref()?;
+        let region = |c: &InsertClass| {
+            format!(
+                "{} insert, {} px x {} slices",
+                c.insert,
+                c.pixels.len(),
+                self.slices
+            )
+        };
+        let nps = match i.nps_class() {
+            Some(c) => format!(
+                "{} squares of {} px in the {} insert",
+                c.squares.len(),
+                c.side,
+                c.insert
+            ),
+            None => format!("{} automatic soft-tissue squares", self.rois.soft.len()),
+        };
+        let skipped: Vec<&str> = [&i.rois.soft, &i.rois.lung]
+            .into_iter()
+            .filter_map(|c| c.skipped.as_deref())
+            .collect();
+        Some(format!(
+            "noise std: soft tissue over the {}, lung over the {}; NPS: {nps}{}; texture: automatic ROIs ({} soft, {} lung); rod MTF50 of the target: {}",
+            region(&i.rois.soft),
+            region(&i.rois.lung),
+            if skipped.is_empty() { String::new() } else { format!(" ({})", skipped.join("; ")) },
+            self.rois.soft.len(),
+            self.rois.lung.len(),
+            i.mtf50
+                .map(|m| format!("{m:.4} cycles/mm"))
+                .unwrap_or_else(|| "none (rod edge not measurable)".into())
+        ))
+    }
+
+    fn build(
+        target: &Volume,
+        mask: Vec<bool>,
+        o: PhysicsOptions,
+        inserts: Option<InsertRef>,
+    ) -> Self {
         let rois = find_rois(target, &mask, o.roi, o.max_rois);
         let n = mask.iter().filter(|&&m| m).count();
         // The emphysema index's rule (metrics::emphysema_index): a lung holding ≥ 1 % of the volume.
         let lung_valid = n > 0 && n * 100 >= mask.len();
         let pixel_mm = 0.5 * (target.spacing[1] + target.spacing[2]);
+        let (noise_soft, noise_lung, nps) =
+            noise_figures(target, &rois, inserts.as_ref(), pixel_mm);
         Self {
-            noise_soft: roi_noise_std(target, &rois.soft),
-            noise_lung: roi_noise_std(target, &rois.lung),
-            nps: nps_radial(target, &rois.soft, pixel_mm),
+            noise_soft,
+            noise_lung,
+            nps,
             perc15: if lung_valid {
                 perc15(target, &mask)
             } else {
@@ -127,17 +265,20 @@ impl CaseRef {
             mask,
             lung_valid,
             pixel_mm,
+            slices: target.shape[0],
+            inserts,
         }
     }
 
     /// The figures of `out` (same grid as the target), its features and its NPS.
     pub fn measure(&self, out: &Volume) -> (Physics, ClassFeatures, Option<NpsCurve>) {
-        let nps = nps_radial(out, &self.rois.soft, self.pixel_mm);
+        let (noise_soft, noise_lung, nps) =
+            noise_figures(out, &self.rois, self.inserts.as_ref(), self.pixel_mm);
         let both = |a: Option<f64>, b: Option<f64>| a.zip(b);
         let feats = class_features(out, &self.rois);
         let p = Physics {
-            noise_soft: both(roi_noise_std(out, &self.rois.soft), self.noise_soft),
-            noise_lung: both(roi_noise_std(out, &self.rois.lung), self.noise_lung),
+            noise_soft: both(noise_soft, self.noise_soft),
+            noise_lung: both(noise_lung, self.noise_lung),
             nps_peak: both(
                 nps.as_ref().and_then(NpsCurve::peak),
                 self.nps.as_ref().and_then(NpsCurve::peak),
@@ -156,6 +297,10 @@ impl CaseRef {
                 None
             },
             ccc: ccc_counts(&[(&feats, &self.features)]),
+            mtf50: self
+                .inserts
+                .as_ref()
+                .and_then(|i| both(rod_mtf50(out, &i.ins), i.mtf50)),
             ..Physics::default()
         };
         (p, feats, nps)
@@ -222,7 +367,8 @@ pub fn mean_physics(cases: &[&Physics], ei: &[(f64, f64)]) -> Physics {
         nps_mean: pair_mean(&|p| p.nps_mean),
         nps_distance: (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64),
         perc15: pair_mean(&|p| p.perc15),
-        mtf50: None,
+        // The rod inserts' (cases without one have none; the phantom's is set by the caller).
+        mtf50: pair_mean(&|p| p.mtf50),
         ccc: None,
         ei_ba: bland_altman(&eo, &et),
         perc15_ba: bland_altman(&po, &pt),

@@ -39,6 +39,20 @@
 //! MTF50 on a simulated rod phantom ([`edge`]; ratio to the soft reconstruction's), and texture
 //! reproducibility: the share of (feature, ROI class) with Lin's CCC ≥ 0.85 between output and
 //! target over the ROIs (34 IBSI first-order and GLCM features × soft tissue and lung).
+//! **QC inserts.** When the pairs' `synth.toml` records a case's quality-control inserts
+//! (`[case.inserts]`, [`load_inserts`]; realistic `ct-train synth` phantoms), that case is measured
+//! on them ([`crate::physics::insert_rois`]): noise std over the water cylinder's region clear of
+//! the rod and over the lung-foam cylinder's (pixel centres 2 px inside the walls, every slice), on
+//! the residual after the per-pixel mean over the slices (ICRU 87 ensemble subtraction, the
+//! inserts being the same on every slice); the NPS (on that residual) on square ROIs of the
+//! largest multiple of 4, at least 8 px, that fit the water region, one per slice, else the lung
+//! foam's (a region holding no such square is a warning naming the case and the insert: at 128²
+//! the water cylinder, 9 px in radius around a 2.8-px rod, holds none); the table prints per case
+//! what was used. Texture CCC stays on the automatic ROIs (uniform inserts differ by noise only:
+//! their CCC is about 0 for every method). MTF50 comes from each case's own rod
+//! ([`crate::physics::mtf_rod_insert`]) in every row, the mean rows averaging the cases; the rod
+//! phantom stays the figure for cases without inserts. An insert outside the image, or a
+//! malformed `[case.inserts]`, is an error naming `synth.toml`, the case and the insert or key.
 //! `ct-train eval` also draws `<csv stem>-nps.png` (mean NPS curves) and
 //! `<csv stem>-bland-altman.png` (emphysema index per method) beside the CSV.
 //!
@@ -54,7 +68,7 @@ pub mod report;
 pub mod tv;
 
 pub use baselines::{fit_linear, tune_gaussian, tune_tv, GaussianTuning, LinearTuning, TvTuning};
-pub use cases::{load_cases, run_model, Case};
+pub use cases::{load_cases, load_inserts, run_model, Case};
 pub use figures::{Physics, PhysicsOptions};
 pub use report::{format_table, manifest_rows, record_in_manifest, write_csv, EvalReport, Row};
 
@@ -114,6 +128,19 @@ pub enum EvalError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{path}: case {case}: {reason}")]
+    Inserts {
+        path: PathBuf,
+        case: String,
+        reason: String,
+    },
+    #[error("{path}: case {case}: {source}")]
+    InsertRoi {
+        path: PathBuf,
+        case: String,
+        #[source]
+        source: crate::physics::RoiError,
     },
 }
 
@@ -285,6 +312,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         translators.push(t);
     }
     let cases = load_cases(&o.pairs)?;
+    let inserts = load_inserts(&o.pairs, &cases)?;
+    let mut roi_notes = Vec::new();
     let w = o.window;
 
     let kernel_cases: Vec<&Case> = cases.iter().filter(|c| c.sharp.is_some()).collect();
@@ -427,7 +456,26 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let mut nps_target: Vec<NpsCurve> = Vec::new();
     for (ci, c) in cases.iter().enumerate() {
         let mask = lung_mask(&c.soft);
-        let reference = o.physics.map(|p| CaseRef::new(&c.soft, mask.clone(), p));
+        let reference = match (o.physics, inserts[ci]) {
+            (Some(p), Some(ins)) => {
+                let rois = crate::physics::insert_rois(c.soft.shape, &ins, p.max_rois).map_err(
+                    |source| EvalError::InsertRoi {
+                        path: o.pairs.join("synth.toml"),
+                        case: c.name.clone(),
+                        source,
+                    },
+                )?;
+                for class in [&rois.soft, &rois.lung] {
+                    if let Some(why) = &class.skipped {
+                        tracing::warn!(case = %c.name, "{why}");
+                    }
+                }
+                let r = CaseRef::with_inserts(&c.soft, mask.clone(), p, ins, rois);
+                roi_notes.extend(r.insert_note().map(|n| format!("{}: {n}", c.name)));
+                Some(r)
+            }
+            (p, _) => p.map(|p| CaseRef::new(&c.soft, mask.clone(), p)),
+        };
         if let Some(r) = &reference {
             target_feats.push(r.features.clone());
             nps_target.extend(r.nps.clone());
@@ -491,7 +539,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     };
     if cases.len() == 1 {
         for r in rows.iter_mut() {
-            r.physics.mtf50 = mtf_of(r.task, &r.method);
+            r.physics.mtf50 = r.physics.mtf50.or(mtf_of(r.task, &r.method));
         }
     }
     // Means over cases per (task, method).
@@ -521,7 +569,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 .collect();
             let mut physics =
                 mean_physics(&sel.iter().map(|r| &r.physics).collect::<Vec<_>>(), &ei);
-            physics.mtf50 = mtf_of(task, &method);
+            physics.mtf50 = physics.mtf50.or(mtf_of(task, &method));
             let pooled: Vec<(&ClassFeatures, &ClassFeatures)> = feats
                 .iter()
                 .filter(|((t, m), _, _)| *t == task && *m == method)
@@ -573,6 +621,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         linear,
         tv,
         edge_settings,
+        roi_notes,
         nps,
         timings,
     })

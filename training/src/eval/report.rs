@@ -32,6 +32,8 @@ pub struct EvalReport {
     pub tv: Option<TvTuning>,
     /// Scanner settings of the MTF phantom.
     pub edge_settings: Option<String>,
+    /// Per case with quality-control inserts: which ROIs (sizes) and rod the figures used.
+    pub roi_notes: Vec<String>,
     /// Mean NPS (soft-tissue ROIs) of the target ("target") and of each kernel method.
     pub nps: Vec<(String, NpsCurve)>,
     /// Seconds spent per stage (tuning each baseline, the MTF phantom, the cases).
@@ -81,6 +83,9 @@ pub fn format_table(r: &EvalReport) -> String {
     if let Some(e) = &r.edge_settings {
         s.push_str(&format!("MTF50 on the simulated rod phantom: {e}\n"));
     }
+    for n in &r.roi_notes {
+        s.push_str(&format!("QC inserts of {n}\n"));
+    }
     let w = r
         .rows
         .iter()
@@ -129,7 +134,7 @@ pub fn format_table(r: &EvalReport) -> String {
     }
     s.push_str(
         "σsoft, σlung: noise std ratio output/target in uniform ROIs; NPSpk: NPS peak-frequency ratio; \
-         NPSd: relative L2 distance of the NPS; MTF50: ratio on the rod phantom; CCC85: share of the \
+         NPSd: relative L2 distance of the NPS; MTF50: ratio on the case's rod insert, else on the rod phantom; CCC85: share of the \
          n (feature, ROI class) with CCC >= 0.85; BA: Bland-Altman bias [limits of agreement] over cases\n",
     );
     s

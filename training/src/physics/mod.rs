@@ -3,7 +3,8 @@
 //!
 //! - [`roi`]: fixed regions of interest taken from the **target** of each case (no phantom geometry
 //!   needed): uniform soft-tissue squares and uniform lung squares, found on the target smoothed
-//!   in-plane, and used unchanged for every method's output.
+//!   in-plane, and used unchanged for every method's output; or, for the realistic phantoms, the
+//!   regions and squares of their quality-control inserts ([`insert_rois`]: water, lung foam).
 //! - [`nps`]: ROI noise standard deviation and the 2-D noise power spectrum, radially averaged
 //!   (ICRU Report 87, 2012, §4; Boedeker, Cooper & McNitt-Gray, Phys. Med. Biol. 52:4027, 2007;
 //!   Dolly et al., J. Appl. Clin. Med. Phys. 17(3), 2016), its peak and mean frequency and its
@@ -25,8 +26,10 @@ pub mod roi;
 pub mod stats;
 pub mod texture;
 
-pub use mtf::{mtf50, mtf_circular_edge, MtfCurve};
-pub use nps::{nps_radial, roi_noise_std, NpsCurve};
-pub use roi::{find_rois, Roi, RoiSet};
+pub use mtf::{mtf50, mtf_circular_edge, mtf_rod_insert, MtfCurve};
+pub use nps::{ensemble_residual, nps_radial, region_noise_std, roi_noise_std, NpsCurve};
+pub use roi::{
+    find_rois, insert_rois, Cylinder, InsertClass, InsertRois, Inserts, Roi, RoiError, RoiSet,
+};
 pub use stats::{bland_altman, ccc, percentile, BlandAltman};
 pub use texture::{features, FEATURE_NAMES};
