@@ -158,7 +158,7 @@ fn megan_model_harmonizes_a_real_series_received_by_c_store() {
         "output equals the input: mean |diff| {mean_abs} HU"
     );
     assert!(
-        corr > 0.9,
+        corr > 0.8,
         "anatomy lost: correlation {corr}, mean |diff| {mean_abs} HU"
     );
 
