@@ -14,8 +14,13 @@
 //! --fd-features RUN` uses [`FdExtractor`]: the target-domain discriminator (`b`) of a RevGAN
 //! kernel run, fed `patch`³ patches (the run's training patch) on a half-overlapping grid of every
 //! held-out case, in the run's HU window; a paired run's conditional discriminator sees
-//! `[sharp input, candidate]` as in training. The figure is biased by the number of patches (a few
-//! dozen per case against `4·ndf` dimensions): compare rows of one evaluation only.
+//! `[sharp input, candidate]` as in training. Its features are the channel means **and standard
+//! deviations** of φ₁ (`2·ndf` values), not φ₃'s means: φ₂ and φ₃ are instance-normalised per
+//! patch, so their channel means carry little of the image (on the realistic held-out pairs, φ₃
+//! means put the four kernel baselines at 0.00000 to 5 decimals), while φ₁ (first convolution +
+//! LeakyReLU, no normalisation) keeps the intensity (means) and the noise and edge content
+//! (deviations). The figure is biased by the number of patches (a few dozen per case against
+//! `2·ndf` dimensions): compare rows of one evaluation only.
 
 use crate::config::{HuWindow, ModeArg, TaskArg};
 use crate::model::{param_shapes, Direction, Discriminator, Discriminators};
@@ -177,16 +182,19 @@ impl FdExtractor {
                 TensorData::new(data, [chunk.len(), ch, p, p, p]),
                 &dev,
             );
-            let [_, _, f3] = self.disc.features(x);
-            let [n, c, _, _, _] = f3.dims();
-            let pooled = f3.mean_dim(4).mean_dim(3).mean_dim(2).reshape([n, c]);
+            let [f1, _, _] = self.disc.features(x);
+            let [n, c, d, h, w] = f1.dims();
+            let flat = f1.reshape([n, c, d * h * w]);
+            let mean = flat.clone().mean_dim(2);
+            let std = (flat - mean.clone()).powf_scalar(2.0).mean_dim(2).sqrt();
+            let pooled = Tensor::cat(vec![mean, std], 1).reshape([n, 2 * c]);
             let v: Vec<f32> = pooled
                 .into_data()
                 .convert::<f32>()
                 .to_vec()
                 .map_err(|e| FdError::Tensor(format!("{e:?}")))?;
             out.extend(
-                v.chunks(c)
+                v.chunks(2 * c)
                     .map(|r| r.iter().map(|&x| f64::from(x)).collect()),
             );
         }

@@ -151,7 +151,7 @@ pub fn format_table(r: &EvalReport) -> String {
             "FD: Fréchet distance to the target on the features of the discriminator of {run} (not FID: no Inception network offline)\n"
         ));
         for (case, method, d) in &r.fd {
-            s.push_str(&format!("{case:<cw$}  {method:<w$}  FD {d:.5}\n"));
+            s.push_str(&format!("{case:<cw$}  {method:<w$}  FD {d:.4e}\n"));
         }
     }
     s
@@ -256,7 +256,7 @@ pub fn write_csv(path: &Path, r: &EvalReport) -> Result<(), EvalError> {
             ba(p.perc15_ba),
             p.ei_ba.map(|b| b.n.to_string()).unwrap_or_default(),
             p.perc15_ba.map(|b| b.n.to_string()).unwrap_or_default(),
-            opt(r.fd_of(x), 5),
+            r.fd_of(x).map(|d| format!("{d:.6e}")).unwrap_or_default(),
         )
         .map_err(io)?;
     }
