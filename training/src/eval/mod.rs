@@ -273,6 +273,9 @@ pub(crate) fn task_name(t: Task) -> &'static str {
     }
 }
 
+/// Discriminator features of one volume's patches ([`crate::fd::FdExtractor::features`]).
+type FdFeatures = Vec<Vec<f64>>;
+
 /// Runs the evaluation (without printing).
 pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let settings =
@@ -437,8 +440,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let mut nps_target: Vec<NpsCurve> = Vec::new();
     // Fréchet distance: discriminator features of each case's target, and of each kernel
     // method's output at the same patches, per (case, method).
-    let mut fd_target: Vec<Vec<Vec<f64>>> = Vec::new();
-    let mut fd_feats: Vec<((usize, String), Vec<Vec<f64>>)> = Vec::new();
+    let mut fd_target: Vec<FdFeatures> = Vec::new();
+    let mut fd_feats: Vec<((usize, String), FdFeatures)> = Vec::new();
     for (ci, c) in cases.iter().enumerate() {
         let mask = lung_mask(&c.soft);
         let fd_case = match (&fd_x, &c.sharp) {
