@@ -740,6 +740,13 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             n.into_iter().collect::<Vec<_>>().join(", "),
             r.tuned_on_label
         );
+        let dataset = match &o.fd_features {
+            Some(run) => format!(
+                "{dataset}; fd on the discriminator of run {}",
+                data_label(run)
+            ),
+            None => dataset,
+        };
         let manifests = o
             .models
             .iter()
