@@ -248,6 +248,10 @@ pub struct EvaluationRow {
     /// Share of texture features with CCC >= 0.85.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ccc_share: Option<f64>,
+    /// Fréchet distance to the target on our own discriminator's features (`ct-train eval
+    /// --fd-features`; issue 12; not FID: no Inception network offline). Optional, like the above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<f64>,
 }
 
 impl Manifest {

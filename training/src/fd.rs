@@ -10,11 +10,23 @@
 //!
 //! Features ([`disc_features`]): the channel means of the discriminator's last intermediate
 //! feature map φ₃ (`4·ndf` values per patch), the analogue of FID's pooled Inception features.
-//! [`load_discriminators`] reads them from a `ct-train train` run directory. Wiring into `ct-train
-//! eval` is left to `eval` (which owns the report).
+//! [`load_discriminators`] reads them from a `ct-train train` run directory. `ct-train eval
+//! --fd-features RUN` uses [`FdExtractor`]: the target-domain discriminator (`b`) of a RevGAN
+//! kernel run, fed `patch`³ patches (the run's training patch) on a half-overlapping grid of every
+//! held-out case, in the run's HU window; a paired run's conditional discriminator sees
+//! `[sharp input, candidate]` as in training. Its features are the channel means **and standard
+//! deviations** of φ₁ (`2·ndf` values), not φ₃'s means: φ₂ and φ₃ are instance-normalised per
+//! patch, so their channel means carry little of the image (on the realistic held-out pairs, φ₃
+//! means put the four kernel baselines at 0.00000 to 5 decimals), while φ₁ (first convolution +
+//! LeakyReLU, no normalisation) keeps the intensity (means) and the noise and edge content
+//! (deviations). The figure is biased by the number of patches (a few dozen per case against
+//! `2·ndf` dimensions): compare rows of one evaluation only.
 
-use crate::model::{param_shapes, Discriminator, Discriminators};
+use crate::config::{HuWindow, ModeArg, TaskArg};
+use crate::model::{param_shapes, Direction, Discriminator, Discriminators};
 use crate::trainer::{read_configs, CHECKPOINT_DIR};
+use crate::volume::Volume;
+use burn::backend::Flex;
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::Backend;
@@ -39,6 +51,155 @@ pub enum FdError {
     Patch { got: usize, patch: usize },
     #[error("discriminator features: {0}")]
     Tensor(String),
+}
+
+/// Most patches per case [`FdExtractor::features`] takes (evenly spaced over the grid).
+pub const FD_MAX_PATCHES: usize = 64;
+
+/// Patches per discriminator forward pass.
+const FD_BATCH: usize = 8;
+
+/// The feature extractor of `ct-train eval --fd-features RUN` (module docs).
+#[derive(Debug)]
+pub struct FdExtractor {
+    disc: Discriminator<Flex>,
+    conditional: bool,
+    patch: usize,
+    window: HuWindow,
+    /// The run directory, for messages and the report.
+    pub run: PathBuf,
+}
+
+impl FdExtractor {
+    /// Loads the target-domain discriminator of the RevGAN kernel run in `run`; a missing or
+    /// unreadable checkpoint, another task or a MEGAN run is an error naming the path.
+    pub fn load(run: &Path) -> Result<Self, FdError> {
+        let bad = |path: PathBuf, reason: String| FdError::Checkpoint { path, reason };
+        if !run.is_dir() {
+            return Err(bad(run.to_owned(), "no such run directory".into()));
+        }
+        if run.join(crate::trainer::megan::MEGAN_CONFIG).exists() {
+            return Err(bad(
+                run.to_owned(),
+                "a MEGAN run: its discriminators are conditioned on the edge map and the LR stage's output, not a feature extractor for --fd-features; give a RevGAN kernel run".into(),
+            ));
+        }
+        let (_, cfg) = read_configs(run).map_err(|e| bad(run.to_owned(), e.to_string()))?;
+        if cfg.task != TaskArg::Kernel {
+            return Err(bad(
+                run.to_owned(),
+                "trained for another task than kernel: its discriminator judges other images"
+                    .into(),
+            ));
+        }
+        let window = HuWindow::new(cfg.hu_window[0], cfg.hu_window[1])
+            .map_err(|e| bad(run.join(crate::trainer::TRAIN_CONFIG), e.to_string()))?;
+        let discs = load_discriminators::<Flex>(run, &Default::default())?;
+        Ok(Self {
+            disc: discs.target(Direction::AtoB).clone(),
+            conditional: cfg.mode == ModeArg::Paired,
+            patch: cfg.patch,
+            window,
+            run: run.to_owned(),
+        })
+    }
+
+    /// Patch corners (z, y, x) on a half-overlapping grid over `shape`, at most
+    /// [`FD_MAX_PATCHES`] evenly spaced; an error when the volume is smaller than a patch.
+    fn corners(&self, name: &str, shape: [usize; 3]) -> Result<Vec<[usize; 3]>, FdError> {
+        let p = self.patch;
+        if shape.iter().any(|&n| n < p) {
+            return Err(FdError::Tensor(format!(
+                "{name}: volume {shape:?} is smaller than the discriminator's {p}^3 patch ({})",
+                self.run.display()
+            )));
+        }
+        let axis = |n: usize| {
+            let step = (p / 2).max(1);
+            let mut v: Vec<usize> = (0..=(n - p)).step_by(step).collect();
+            if v.last() != Some(&(n - p)) {
+                v.push(n - p);
+            }
+            v
+        };
+        let mut all = Vec::new();
+        for z in axis(shape[0]) {
+            for y in axis(shape[1]) {
+                for x in axis(shape[2]) {
+                    all.push([z, y, x]);
+                }
+            }
+        }
+        if all.len() > FD_MAX_PATCHES {
+            let n = all.len();
+            all = (0..FD_MAX_PATCHES)
+                .map(|i| all[i * n / FD_MAX_PATCHES])
+                .collect();
+        }
+        Ok(all)
+    }
+
+    fn cut(&self, v: &Volume, c: [usize; 3]) -> Vec<f32> {
+        let p = self.patch;
+        let [_, h, w] = v.shape;
+        let mut out = Vec::with_capacity(p * p * p);
+        for z in c[0]..c[0] + p {
+            for y in c[1]..c[1] + p {
+                let row = (z * h + y) * w + c[2];
+                out.extend(
+                    v.values[row..row + p]
+                        .iter()
+                        .map(|&x| self.window.to_unit(x)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Features of `candidate` (HU, the grid of `source`) at the grid's patches; `source` is the
+    /// sharp input a paired run's discriminator is conditioned on (ignored by an unpaired one).
+    pub fn features(&self, source: &Volume, candidate: &Volume) -> Result<Vec<Vec<f64>>, FdError> {
+        if source.shape != candidate.shape {
+            return Err(FdError::Tensor(format!(
+                "{}: shape {:?} differs from the input's {:?}",
+                candidate.name, candidate.shape, source.shape
+            )));
+        }
+        let corners = self.corners(&candidate.name, candidate.shape)?;
+        let p = self.patch;
+        let ch = if self.conditional { 2 } else { 1 };
+        let dev = Default::default();
+        let mut out = Vec::with_capacity(corners.len());
+        for chunk in corners.chunks(FD_BATCH) {
+            let mut data = Vec::with_capacity(chunk.len() * ch * p * p * p);
+            for &c in chunk {
+                if self.conditional {
+                    data.extend(self.cut(source, c));
+                }
+                data.extend(self.cut(candidate, c));
+            }
+            let x = Tensor::<Flex, 5>::from_data(
+                TensorData::new(data, [chunk.len(), ch, p, p, p]),
+                &dev,
+            );
+            let [f1, _, _] = self.disc.features(x);
+            let [n, c, d, h, w] = f1.dims();
+            let flat = f1.reshape([n, c, d * h * w]);
+            let mean = flat.clone().mean_dim(2);
+            let std = (flat - mean.clone()).powf_scalar(2.0).mean_dim(2).sqrt();
+            let pooled = Tensor::cat(vec![mean, std], 1).reshape([n, 2 * c]);
+            let v: Vec<f32> = pooled
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| FdError::Tensor(format!("{e:?}")))?;
+            out.extend(
+                v.chunks(2 * c)
+                    .map(|r| r.iter().map(|&x| f64::from(x)).collect()),
+            );
+        }
+        Ok(out)
+    }
 }
 
 /// Mean and covariance (row-major `d × d`) of a set of feature vectors.

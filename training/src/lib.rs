@@ -16,8 +16,9 @@
 //!   least-squares linear filter that can start a skip filter), [`plots`];
 //! - [`trainer`]: the steps, the reversible step, the image pool, checkpoints, the loop;
 //! - [`export`]: ONNX messages, the Gaussian baseline and trained generators in the contract format;
-//! - [`eval`]: held-out evaluation against the baselines, the report and the manifest rows;
-//! - [`fd`]: the Fréchet distance on our own discriminator's features (no Inception offline).
+//! - [`fd`]: the Fréchet distance on our own discriminator's features (no Inception offline);
+//! - [`eval`]: held-out evaluation against the baselines, the report and the manifest rows
+//!   (with `--fd-features`, the Fréchet distance of [`fd`]).
 //!
 //! New families (MEGAN, HA-GAN's amortised mode, Cycle-MedGAN losses) slot in as siblings: a
 //! `model/<family>.rs`, their loss terms in `losses.rs`, their steps in `trainer/`, their graph in

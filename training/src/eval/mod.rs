@@ -122,6 +122,8 @@ pub enum EvalError {
     },
     #[error("{0}")]
     Option(String),
+    #[error("--fd-features: {0}")]
+    Fd(#[from] crate::fd::FdError),
     #[error(transparent)]
     Plot(Box<crate::plots::PlotError>),
     #[error("cannot write {path}: {source}")]
@@ -165,6 +167,9 @@ pub struct EvalOptions {
     pub physics: Option<PhysicsOptions>,
     /// Warn instead of failing when the tuning cases are on another voxel grid.
     pub allow_grid_mismatch: bool,
+    /// A RevGAN kernel run whose discriminator gives the Fréchet distance's features
+    /// ([`crate::fd::FdExtractor`]; `None`: no FD).
+    pub fd_features: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -181,6 +186,7 @@ impl Default for EvalOptions {
             fir_samples: DEFAULT_FIR_SAMPLES,
             physics: Some(PhysicsOptions::default()),
             allow_grid_mismatch: false,
+            fd_features: None,
         }
     }
 }
@@ -294,6 +300,9 @@ pub(crate) fn task_name(t: Task) -> &'static str {
     }
 }
 
+/// Discriminator features of one volume's patches ([`crate::fd::FdExtractor::features`]).
+type FdFeatures = Vec<Vec<f64>>;
+
 /// Runs the evaluation (without printing).
 pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let settings =
@@ -311,6 +320,10 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         })?;
         translators.push(t);
     }
+    let fd_x = match &o.fd_features {
+        Some(run) => Some(crate::fd::FdExtractor::load(run)?),
+        None => None,
+    };
     let cases = load_cases(&o.pairs)?;
     let inserts = load_inserts(&o.pairs, &cases)?;
     let mut roi_notes = Vec::new();
@@ -454,8 +467,21 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
     let mut target_feats: Vec<ClassFeatures> = Vec::new();
     let mut nps_out: Vec<(String, NpsCurve)> = Vec::new();
     let mut nps_target: Vec<NpsCurve> = Vec::new();
+    // Fréchet distance: discriminator features of each case's target, and of each kernel
+    // method's output at the same patches, per (case, method).
+    let mut fd_target: Vec<FdFeatures> = Vec::new();
+    let mut fd_feats: Vec<((usize, String), FdFeatures)> = Vec::new();
     for (ci, c) in cases.iter().enumerate() {
         let mask = lung_mask(&c.soft);
+        let fd_case = match (&fd_x, &c.sharp) {
+            (Some(x), Some(sharp)) => Some((x, sharp)),
+            _ => None,
+        };
+        if let Some((x, sharp)) = fd_case {
+            fd_target.push(x.features(sharp, &c.soft)?);
+        } else {
+            fd_target.push(Vec::new());
+        }
         let reference = match (o.physics, inserts[ci]) {
             (Some(p), Some(ins)) => {
                 let rois = crate::physics::insert_rois(c.soft.shape, &ins, p.max_rois).map_err(
@@ -500,6 +526,9 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 }
                 None => Physics::default(),
             };
+            if let (Some((x, sharp)), "kernel") = (fd_case, task) {
+                fd_feats.push(((ci, method.clone()), x.features(sharp, out)?));
+            }
             rows.push(Row {
                 case: c.name.clone(),
                 task,
@@ -532,6 +561,28 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         }
     }
     timings.push(("cases".into(), t_cases.elapsed().as_secs_f64()));
+    // FD per case, and of the features pooled over the cases for the "mean" rows.
+    let mut fd = Vec::new();
+    let mut fd_methods: Vec<&String> = Vec::new();
+    for ((ci, m), f) in &fd_feats {
+        let d = crate::fd::frechet_of_features(f, &fd_target[*ci])?;
+        fd.push((cases[*ci].name.clone(), m.clone(), d));
+        if !fd_methods.contains(&m) {
+            fd_methods.push(m);
+        }
+    }
+    if cases.len() > 1 {
+        for m in fd_methods {
+            let mut out = Vec::new();
+            let mut target = Vec::new();
+            for ((ci, _), f) in fd_feats.iter().filter(|((_, x), _)| x == m) {
+                out.extend(f.iter().cloned());
+                target.extend(fd_target[*ci].iter().cloned());
+            }
+            let d = crate::fd::frechet_of_features(&out, &target)?;
+            fd.push(("mean".to_string(), m.clone(), d));
+        }
+    }
     let mtf_of = |task: &str, method: &str| {
         (task == "kernel")
             .then(|| mtf.iter().find(|(m, _)| m == method).map(|(_, v)| *v))
@@ -624,6 +675,8 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
         roi_notes,
         nps,
         timings,
+        fd,
+        fd_features: fd_x.map(|x| x.run.display().to_string()),
     })
 }
 
@@ -672,6 +725,11 @@ pub struct EvalArgs {
     /// ct-harmonizer settings file (ONNX Runtime location, device, tile size).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Fréchet distance of each kernel method's output to the target on the features of this
+    /// RevGAN kernel run's discriminator (its run directory; FID's Inception network is not
+    /// available offline): CSV column `fd`, manifest field `fd`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub fd_features: Option<PathBuf>,
     /// Write the figures into each --model's manifest (`[[evaluation]]`: the model's mean row and
     /// every baseline's of the same task), replacing the rows it held; the ONNX file is untouched.
     #[arg(long)]
@@ -703,6 +761,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             max_rois: a.max_rois,
         }),
         allow_grid_mismatch: a.allow_grid_mismatch,
+        fd_features: a.fd_features,
     };
     let started = Instant::now();
     let r = evaluate(&o)?;
@@ -730,6 +789,13 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
             n.into_iter().collect::<Vec<_>>().join(", "),
             r.tuned_on_label
         );
+        let dataset = match &o.fd_features {
+            Some(run) => format!(
+                "{dataset}; fd on the discriminator of run {}",
+                data_label(run)
+            ),
+            None => dataset,
+        };
         let manifests = o
             .models
             .iter()
@@ -1063,5 +1129,146 @@ mod tests {
         assert!(rows
             .iter()
             .all(|e| e.noise_ratio_soft.is_some() && e.ccc_share.is_some()));
+    }
+
+    /// A noisy 16×32×32 body (sharp) and its Gaussian-blurred copy (soft), deep enough for a 16³
+    /// discriminator patch.
+    fn write_deep_case(dir: &Path, name: &str, seed: u64) {
+        use crate::data::nifti::{write, WriteType};
+        let mut rng = crate::lib_bridge::Rng::new(seed);
+        let mut sharp = vol([16, 32, 32], |_, y, x| {
+            let (dy, dx) = (y as f64 - 16.0, x as f64 - 16.0);
+            if (dy * dy + dx * dx).sqrt() > 15.0 {
+                -1000.0
+            } else if (6..14).contains(&y) {
+                -850.0
+            } else {
+                40.0
+            }
+        });
+        sharp
+            .values
+            .iter_mut()
+            .for_each(|v| *v += 60.0 * rng.normal() as f32);
+        let soft = gaussian_blur(&sharp.values, sharp.shape, 1.2, 0.0);
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let sp = [1.0, 0.7, 0.7];
+        write(
+            &d.join("sharp.nii"),
+            sharp.shape,
+            sp,
+            &sharp.values,
+            WriteType::Float32,
+        )
+        .unwrap();
+        write(
+            &d.join("soft.nii"),
+            sharp.shape,
+            sp,
+            &soft,
+            WriteType::Float32,
+        )
+        .unwrap();
+    }
+
+    /// A paired RevGAN kernel run directory holding only what `--fd-features` reads: model.json,
+    /// train.json (patch 16) and checkpoint/discriminators.mpk (ndf 2, untrained weights).
+    fn write_fd_run(run: &Path) {
+        use crate::config::{ModeArg, TaskArg, TrainConfig};
+        use crate::model::{Discriminators, RevGanConfig};
+        use burn::module::Module;
+        use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+        let ck = run.join(crate::trainer::CHECKPOINT_DIR);
+        std::fs::create_dir_all(&ck).unwrap();
+        let m = RevGanConfig::new().with_ngf(2).with_ndf(2);
+        std::fs::write(run.join("model.json"), serde_json::to_string(&m).unwrap()).unwrap();
+        let mut t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        t.patch = 16;
+        std::fs::write(run.join("train.json"), serde_json::to_string(&t).unwrap()).unwrap();
+        Discriminators::<burn::backend::Flex>::new(&m, &Default::default())
+            .save_file(
+                ck.join("discriminators"),
+                &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+            )
+            .unwrap();
+    }
+
+    /// `--fd-features`: every kernel row (per case and mean) gets a Fréchet distance on the run's
+    /// discriminator features, in the CSV, the table and the manifest rows; the tuned Gaussian
+    /// (the target is a blur of the input) is far nearer the target than the noisy identity.
+    /// Bad runs are clear errors naming the path: missing, no checkpoint, a checkpoint of other
+    /// shapes than model.json, a MEGAN run, a run of another task.
+    #[test]
+    fn frechet_distance_on_a_runs_discriminator_and_bad_runs_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_deep_case(&dir.path().join("heldout"), "case-a", 1);
+        write_deep_case(&dir.path().join("heldout"), "case-b", 2);
+        write_deep_case(&dir.path().join("tune"), "tune-c", 3);
+        let run = dir.path().join("fd-run");
+        write_fd_run(&run);
+        let mut o = small_options(dir.path());
+        o.physics = None;
+        o.baselines = Baselines::parse("identity,gaussian").unwrap();
+        o.fd_features = Some(run.clone());
+        let r = evaluate(&o).unwrap();
+        for row in r.rows.iter().filter(|x| x.task == "kernel") {
+            let d = r.fd_of(row).unwrap_or_else(|| panic!("no FD for {row:?}"));
+            assert!(d.is_finite() && d >= 0.0, "{d}");
+        }
+        let fd = |case: &str, prefix: &str| {
+            r.fd.iter()
+                .find(|(c, m, _)| c == case && m.starts_with(prefix))
+                .map(|x| x.2)
+                .unwrap()
+        };
+        let (id, g) = (fd("mean", "identity"), fd("mean", "gaussian"));
+        assert!(id > 10.0 * g && id > 0.0, "identity {id}, gaussian {g}");
+        assert!(fd("case-a", "identity") > 0.0);
+        write_csv(&o.csv, &r).unwrap();
+        let csv = std::fs::read_to_string(&o.csv).unwrap();
+        assert!(csv.lines().next().unwrap().ends_with(",fd"));
+        assert!(csv
+            .lines()
+            .skip(1)
+            .all(|l| l.split(',').count() == report::CSV_COLUMNS.len() && !l.ends_with(',')));
+        assert!(format_table(&r).contains("not FID"));
+        let rows = manifest_rows(&r, Task::Kernel, "held-out", &[]);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|e| e.fd.is_some()));
+
+        let msg = |o: &EvalOptions| evaluate(o).unwrap_err().to_string();
+        o.fd_features = Some(dir.path().join("no-such-run"));
+        let e = msg(&o);
+        assert!(
+            e.contains("--fd-features") && e.contains("no-such-run"),
+            "{e}"
+        );
+        // A checkpoint of other shapes than its model.json.
+        let other = dir.path().join("other-run");
+        write_fd_run(&other);
+        let m = crate::model::RevGanConfig::new().with_ngf(2).with_ndf(4);
+        std::fs::write(other.join("model.json"), serde_json::to_string(&m).unwrap()).unwrap();
+        o.fd_features = Some(other.clone());
+        let e = msg(&o);
+        assert!(e.contains("other-run") && e.contains("checkpoint"), "{e}");
+        // No checkpoint file.
+        std::fs::remove_file(run.join("checkpoint/discriminators.mpk")).unwrap();
+        o.fd_features = Some(run.clone());
+        let e = msg(&o);
+        assert!(e.contains("fd-run") && e.contains("checkpoint"), "{e}");
+        write_fd_run(&run);
+        std::fs::write(run.join("megan.json"), "{}").unwrap();
+        let e = msg(&o);
+        assert!(e.contains("fd-run") && e.contains("MEGAN"), "{e}");
+        std::fs::remove_file(run.join("megan.json")).unwrap();
+        let t = std::fs::read_to_string(run.join("train.json")).unwrap();
+        std::fs::write(
+            run.join("train.json"),
+            t.replace("\"kernel\"", "\"superres\""),
+        )
+        .unwrap();
+        let e = msg(&o);
+        assert!(e.contains("fd-run") && e.contains("another task"), "{e}");
     }
 }

@@ -38,6 +38,20 @@ pub struct EvalReport {
     pub nps: Vec<(String, NpsCurve)>,
     /// Seconds spent per stage (tuning each baseline, the MTF phantom, the cases).
     pub timings: Vec<(String, f64)>,
+    /// Fréchet distance (case or "mean", method, FD) of the kernel methods with `--fd-features`.
+    pub fd: Vec<(String, String, f64)>,
+    /// The run whose discriminator gave the FD features.
+    pub fd_features: Option<String>,
+}
+
+impl EvalReport {
+    /// The Fréchet distance of `row` (kernel rows with `--fd-features` only).
+    pub fn fd_of(&self, row: &Row) -> Option<f64> {
+        self.fd
+            .iter()
+            .find(|(c, m, _)| *c == row.case && *m == row.method)
+            .map(|x| x.2)
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -137,11 +151,19 @@ pub fn format_table(r: &EvalReport) -> String {
          NPSd: relative L2 distance of the NPS; MTF50: ratio on the case's rod insert, else on the rod phantom; CCC85: share of the \
          n (feature, ROI class) with CCC >= 0.85; BA: Bland-Altman bias [limits of agreement] over cases\n",
     );
+    if let Some(run) = &r.fd_features {
+        s.push_str(&format!(
+            "FD: Fréchet distance to the target on the features of the discriminator of {run} (not FID: no Inception network offline)\n"
+        ));
+        for (case, method, d) in &r.fd {
+            s.push_str(&format!("{case:<cw$}  {method:<w$}  FD {d:.4e}\n"));
+        }
+    }
     s
 }
 
 /// Columns of the CSV, in order (the first nine are the original format's).
-pub const CSV_COLUMNS: [&str; 37] = [
+pub const CSV_COLUMNS: [&str; 38] = [
     "case",
     "task",
     "method",
@@ -179,6 +201,7 @@ pub const CSV_COLUMNS: [&str; 37] = [
     "perc15_ba_upper",
     "ei_ba_n",
     "perc15_ba_n",
+    "fd",
 ];
 
 /// Writes the rows as CSV.
@@ -209,7 +232,7 @@ pub fn write_csv(path: &Path, r: &EvalReport) -> Result<(), EvalError> {
         };
         writeln!(
             f,
-            "{},{},\"{}\",{:.6},{:.4},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},\"{}\",{:.6},{:.4},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             x.case,
             x.task,
             x.method.replace('"', "'"),
@@ -238,6 +261,7 @@ pub fn write_csv(path: &Path, r: &EvalReport) -> Result<(), EvalError> {
             ba(p.perc15_ba),
             p.ei_ba.map(|b| b.n.to_string()).unwrap_or_default(),
             p.perc15_ba.map(|b| b.n.to_string()).unwrap_or_default(),
+            r.fd_of(x).map(|d| format!("{d:.6e}")).unwrap_or_default(),
         )
         .map_err(io)?;
     }
@@ -327,6 +351,7 @@ pub fn manifest_rows(
                 nps_distance: p.nps_distance,
                 mtf50_ratio: Physics::ratio(p.mtf50),
                 ccc_share: p.ccc_share(),
+                fd: r.fd_of(row),
             }
         })
         .collect()

@@ -12,7 +12,9 @@
 //! symbolic; output `[N, 1, D, H, W]`.
 //!
 //! Tiles: the LR stage's tile is `LR_TILE` on its own grid (a whole 600-slice 512² series at
-//! factor 4 is 150×128×128: 2×1×1 tiles), its margin the generator's receptive radius; the HR
+//! factor 4 is 150×128×128: a few tiles along z; 48 LR slices, so that a 100-slice series at factor 2
+//! already runs full-size tiles and peak memory does not grow beyond it), its margin the
+//! generator's receptive radius; the HR
 //! stage's tile is the training patch plus both margins (rounded up to 16; in-plane at least
 //! [`super::trained::IN_PLANE_TILE`]), its margin the receptive radius plus the edge map's voxel.
 
@@ -37,7 +39,7 @@ use std::path::Path;
 pub const LR_FILE: &str = "lr.onnx";
 pub const HR_FILE: &str = "hr.onnx";
 /// The LR stage's tile on its own grid (z, y, x).
-pub const LR_TILE: [usize; 3] = [96, 160, 160];
+pub const LR_TILE: [usize; 3] = [48, 160, 160];
 
 /// The ONNX graph of one MEGAN generator of `channels` input channels (module docs).
 pub fn megan_onnx<B: Backend>(
