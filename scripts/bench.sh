@@ -17,7 +17,8 @@
 # BENCH_MODELS_DIR (each folder with a model.toml) with ONNX Runtime threads 1 and 2, the Python
 # reference beside it (table in out/bench/inference.txt; scripts/bench_driver.py's docs say what each
 # column is). Environment: BENCH_REPS (default 5) repetitions per model and thread count,
-# BENCH_REPS_SLOW (default 3) for a model whose first run takes over BENCH_SLOW_SECONDS (default 60),
+# BENCH_REPS_SLOW (default 3) on BENCH_SLICES_SLOW output slices (default 300) for a model estimated
+# to take over BENCH_SLOW_SECONDS (default 60) per run,
 # BENCH_REF_PYTHON (default the venv's Python): a Python that cannot run the reference, or a venv that
 # cannot be made, makes its columns say "skipped" instead of ending the run.
 set -euo pipefail
@@ -61,7 +62,7 @@ if [[ $SUITE == inference ]]; then
     --bin target/release/ct-harmonizer --models-dir "$MODELS_DIR" --work out/bench \
     --ref-python "${BENCH_REF_PYTHON-$VENV/bin/python}" \
     --reps "${BENCH_REPS:-5}" --reps-slow "${BENCH_REPS_SLOW:-3}" \
-    --slow-seconds "${BENCH_SLOW_SECONDS:-60}" --quiet-wait "${BENCH_QUIET_WAIT:-120}"
+    --slices-slow "${BENCH_SLICES_SLOW:-300}" --slow-seconds "${BENCH_SLOW_SECONDS:-60}" --quiet-wait "${BENCH_QUIET_WAIT:-120}"
 fi
 MODEL=${BENCH_MODEL:-gaussian-soft-baseline}
 if [[ ! -f $MODELS_DIR/$MODEL/model.toml ]]; then

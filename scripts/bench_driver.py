@@ -15,7 +15,8 @@ slice, the tiles' computed voxels per output voxel (overlap recomputed by the va
 scripts/bench_reference.py (Python onnxruntime, --ref-python) beside it on the same series. A kernel
 model gets a 300-slice 512x512 phantom; a super-resolution model of factors (sz, sy, sx) a phantom of
 300/sz slices of 512/sy, whose output is 300 slices of 512x512. A model whose first timed run takes
-longer than --slow-seconds gets --reps-slow repetitions instead of --reps. A row or a Python column
+longer than --slow-seconds (estimated from an untimed 16-slice probe, 1 thread) gets --reps-slow
+repetitions instead of --reps, on --slices-slow output slices instead of --slices. A row or a Python column
 that cannot be measured (the model does not load, the Python venv or the reference cannot run it)
 says "skipped" and why; no ratio is printed for it. Table in out/bench/inference.txt.
 """
@@ -415,18 +416,34 @@ class InferenceBench(Bench):
                 res["skipped"] = f"manifest unreadable: {e}"
                 log(f"{name}: skipped ({res['skipped']})")
                 continue
-            n_in = -(-a.slices // scale[0])
             size_in = a.size // scale[1]
+            # A short untimed probe (also the warm-up) decides whether the model is slow: its
+            # estimated time on the full series exceeds --slow-seconds.
+            n_probe = -(-16 // scale[0])
+            try:
+                probe = self.rust_run(name, self.phantom(n_probe, size_in), 1, f"{name} probe t1")
+            except RunFailed as e:
+                res["skipped"] = f"process failed: {e}"
+                log(f"{name}: skipped ({res['skipped']})")
+                continue
+            estimate = probe["wall_s"] * a.slices / (n_probe * scale[0])
+            slow = estimate > a.slow_seconds
+            reps = a.reps_slow if slow else a.reps
+            n_out = a.slices_slow if slow else a.slices
+            n_in = -(-n_out // scale[0])
+            log(f"{name}: about {estimate:.0f} s for {a.slices} slices on 1 thread: "
+                f"{'slow, ' if slow else ''}{reps} repetition(s) on {n_in} input slices")
             series = self.phantom(n_in, size_in)
             res.update(in_slices=n_in, in_size=size_in, out_slices=n_in * scale[0], out_size=size_in * scale[1],
                        tile=t["patch"], margin=t["valid_margin"],
-                       halo=halo_factor([n_in, size_in, size_in], t["patch"], t["valid_margin"]))
-            # The first run (1 thread) decides how many repetitions the model gets.
-            reps, rep = None, 0
-            while not res["skipped"] and (reps is None or rep < reps):
+                       halo=halo_factor([n_in, size_in, size_in], t["patch"], t["valid_margin"]),
+                       halo_full=halo_factor([-(-a.slices // scale[0]), size_in, size_in], t["patch"],
+                                             t["valid_margin"]))
+            res["slow"] = slow
+            for rep in range(reps):
                 for threads in self.THREADS:
                     row = res["rows"].setdefault(threads, dict(rust=[], ref=[]))
-                    log(f"{name}: repetition {rep + 1}{'' if reps is None else f' of {reps}'}, {threads} thread(s)")
+                    log(f"{name}: repetition {rep + 1} of {reps}, {threads} thread(s)")
                     # alternate which side goes first so neither always follows the other
                     for side in (("rust", "ref") if rep % 2 == 0 else ("ref", "rust")):
                         if res["skipped"]:
@@ -445,9 +462,6 @@ class InferenceBench(Bench):
                             except RunFailed as e:
                                 res["ref_skipped"] = f"reference failed: {e}"
                                 log(f"{name}: Python reference skipped ({res['ref_skipped']})")
-                    if reps is None and row["rust"]:
-                        reps = a.reps_slow if row["rust"][0]["wall"] > a.slow_seconds else a.reps
-                rep += 1
         self.report(time.perf_counter() - started)
 
     def report(self, elapsed):
@@ -458,13 +472,18 @@ class InferenceBench(Bench):
         for res in self.results:
             name = f"{res['model']} {res.get('version', '')}".strip()
             if res["skipped"] and not any(r["rust"] for r in res["rows"].values()):
-                rows.append((name, "-", "0", f"skipped: {res['skipped']}") + ("",) * (len(head) - 4))
+                rows.append((name, "-", "0", "skipped") + ("-",) * (len(head) - 4))
+                notes.append(f"{name}: skipped: {res['skipped']}")
                 continue
             if res["skipped"]:
                 notes.append(f"{name}: later runs failed ({res['skipped']}); rows hold the runs that succeeded")
             notes.append(f"{name}: input {res['in_slices']} slices of {res['in_size']}x{res['in_size']}, output "
                          f"{res['out_slices']} of {res['out_size']}x{res['out_size']}; tile {res['tile']}, valid "
-                         f"margin {res['margin']}: tiles read {res['halo']:.2f} input voxels per volume voxel")
+                         f"margin {res['margin']}: tiles read {res['halo']:.2f} input voxels per volume voxel"
+                         + (f" ({res['halo_full']:.2f} on {self.args.slices} output slices)"
+                            if res["halo_full"] != res["halo"] else ""))
+            if res["ref_skipped"]:
+                notes.append(f"{name}: Python reference skipped: {res['ref_skipped']}")
             for threads, row in sorted(res["rows"].items()):
                 rr, pr = row["rust"], row["ref"]
                 if not rr:
@@ -480,7 +499,7 @@ class InferenceBench(Bench):
                               f"{med([p['wall'] for p in pr]):.2f}",
                               f"{med([p['wall'] / r['wall'] for p, r in pairs]):.2f}"]
                 else:
-                    cells += ["0", f"skipped: {res['ref_skipped'] or 'not run'}", "", ""]
+                    cells += ["0", "skipped", "-", "-"]
                 cells.append(f"{100 * med([r['others'] for r in rr + pr]):.0f}")
                 rows.append(tuple(cells))
         widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -505,8 +524,9 @@ class InferenceBench(Bench):
             "py: scripts/bench_reference.py (pydicom, NumPy tiles, onnxruntime) on the same series with the "
             "same threads, its wall/run = wall / its summed session.run; py/rust wall: median of paired ratios; "
             "others %: CPU share of other processes during the runs (median).",
-            f"repetitions: --reps {self.args.reps}, --reps-slow {self.args.reps_slow} for a model whose first run "
-            f"took over {self.args.slow_seconds:.0f} s; timed runs: {len(self.raw)}, {elapsed / 60:.1f} min "
+            f"repetitions: --reps {self.args.reps} on {self.args.slices} output slices; --reps-slow "
+            f"{self.args.reps_slow} on {self.args.slices_slow} output slices for a model estimated (16-slice "
+            f"probe, 1 thread) to take over {self.args.slow_seconds:.0f} s on {self.args.slices}; timed runs: {len(self.raw)}, {elapsed / 60:.1f} min "
             f"(of which {self.waited:.0f} s waiting for other processes); load average at the end {load}",
         ]
         text = "\n".join(out) + "\n"
@@ -526,6 +546,7 @@ def main():
     ap.add_argument("--slow-seconds", type=float, default=60.0,
                     help="inference suite: a model whose first run takes longer is slow")
     ap.add_argument("--slices", type=int, default=300, help="inference suite: output slices")
+    ap.add_argument("--slices-slow", type=int, default=300, help="inference suite: output slices for slow models")
     ap.add_argument("--size", type=int, default=512, help="inference suite: output rows and columns")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "ct-harmonizer"))
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
