@@ -109,6 +109,11 @@ pub struct Manifest {
     pub task: Task,
     /// One sentence for humans and for DerivationDescription.
     pub description: String,
+    /// Free-text remarks for people choosing a model (what it is measured to be, its inference
+    /// cost, a cheaper equivalent variant); the daemon does not read it. Optional: manifests
+    /// written before it load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// ONNX file name, relative to the manifest.
     pub onnx_file: String,
     /// Lower-case hex SHA-256 of the ONNX file.
@@ -582,6 +587,7 @@ mod tests {
             kind: ModelKind::Trained,
             task: Task::Kernel,
             description: "test".into(),
+            notes: None,
             onnx_file: "hr.onnx".into(),
             onnx_sha256: sha(hr),
             provenance: Provenance {
