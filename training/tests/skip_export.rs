@@ -109,10 +109,12 @@ fn max_diff(model: &ModelDir, tile: [usize; 3], hu: &[f32], dims: [usize; 3], wa
     let s = settings();
     let mut t = Translator::with_runtime(model.clone(), &s.runtime, tile).unwrap();
     let out = t.translate_volume(hu, dims, &Control::none()).unwrap();
-    let m = &model.manifest;
+    let [lo, hi] = model.manifest.intensity.hu_window;
     out.iter()
         .zip(want)
-        .map(|(&o, &w)| (m.hu_to_unit(o) - w).abs())
+        // Back to model units as the daemon maps them, without the input clipping (the output of
+        // random weights leaves [-1, 1]).
+        .map(|(&o, &w)| ((o - lo) / (hi - lo) * 2.0 - 1.0 - w).abs())
         .fold(0.0, f32::max)
 }
 
