@@ -668,6 +668,21 @@ mod tests {
     }
 
     #[test]
+    fn notes_are_optional_and_round_trip() {
+        let mut m = two_stage(b"lr", b"hr");
+        let text = m.to_toml().unwrap();
+        assert!(!text.contains("notes"), "{text}");
+        // A manifest written before the field loads with no notes.
+        assert_eq!(
+            Manifest::from_toml(&text, Path::new("m")).unwrap().notes,
+            None
+        );
+        m.notes = Some("the skip filter alone is as good; see revgan-kernel-linear".into());
+        let text = m.to_toml().unwrap();
+        assert_eq!(Manifest::from_toml(&text, Path::new("m")).unwrap(), m);
+    }
+
+    #[test]
     fn a_missing_stage_file_is_named() {
         let m = two_stage(b"lr", b"hr");
         let dir = write_dir(&m, &[("hr.onnx", b"hr")]);
