@@ -12,6 +12,15 @@
 # BENCH_REPS_TILING / BENCH_REPS_MEMORY / BENCH_REPS_COMPARE (defaults 9 / 5 / 7, at least 3),
 # BENCH_QUIET_WAIT (default 120: seconds, in all, to wait before timed runs while other processes
 # use more than a quarter of the CPUs; their share during the runs is reported either way).
+#
+# BENCH_SUITE=inference (issue 13 §3) measures instead the inference cost of EVERY model in
+# BENCH_MODELS_DIR (each folder with a model.toml) with ONNX Runtime threads 1 and 2, the Python
+# reference beside it (table in out/bench/inference.txt; scripts/bench_driver.py's docs say what each
+# column is). Environment: BENCH_REPS (default 5) repetitions per model and thread count,
+# BENCH_REPS_SLOW (default 3) on BENCH_SLICES_SLOW output slices (default 300) for a model estimated
+# to take over BENCH_SLOW_SECONDS (default 60) per run,
+# BENCH_REF_PYTHON (default the venv's Python): a Python that cannot run the reference, or a venv that
+# cannot be made, makes its columns say "skipped" instead of ending the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +33,18 @@ if [[ ! -x /usr/bin/time ]]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends time >/dev/null
 fi
 
+SUITE=${BENCH_SUITE:-process}
 VENV=.deps/bench-venv
 if ! "$VENV/bin/python" -c 'import pydicom, numpy, onnxruntime as o; assert o.__version__ == "1.31.1"' 2>/dev/null; then
   echo "bench: creating $VENV (pydicom, numpy, onnxruntime 1.31.1)" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q pydicom numpy "onnxruntime==1.31.1"
+  if [[ $SUITE == inference ]]; then
+    # The inference suite reports the Python columns as skipped rather than stopping.
+    { python3 -m venv "$VENV" && "$VENV/bin/python" -m pip install -q pydicom numpy "onnxruntime==1.31.1"; } ||
+      echo "bench: the venv could not be made; the Python reference will be skipped" >&2
+  else
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q pydicom numpy "onnxruntime==1.31.1"
+  fi
 fi
 
 # The tree may be mid-edit by someone else: retry a failed build a few times before giving up.
@@ -40,6 +56,14 @@ for try in 1 2 3 4 5; do
 done
 
 MODELS_DIR=${BENCH_MODELS_DIR:-models}
+if [[ $SUITE == inference ]]; then
+  # Runs under the system Python (3.11: tomllib) so that a broken venv is reported, not fatal.
+  exec python3 scripts/bench_driver.py --suite inference \
+    --bin target/release/ct-harmonizer --models-dir "$MODELS_DIR" --work out/bench \
+    --ref-python "${BENCH_REF_PYTHON-$VENV/bin/python}" \
+    --reps "${BENCH_REPS:-5}" --reps-slow "${BENCH_REPS_SLOW:-3}" \
+    --slices-slow "${BENCH_SLICES_SLOW:-300}" --slow-seconds "${BENCH_SLOW_SECONDS:-60}" --quiet-wait "${BENCH_QUIET_WAIT:-120}"
+fi
 MODEL=${BENCH_MODEL:-gaussian-soft-baseline}
 if [[ ! -f $MODELS_DIR/$MODEL/model.toml ]]; then
   echo "bench: no model $MODELS_DIR/$MODEL/model.toml; the default baseline is written by" >&2

@@ -7,6 +7,18 @@ Measures, with medians of paired repetitions (never single times):
   3. rust vs python: end-to-end wall time of scripts/bench_reference.py / of `process` on the same
      300-slice series, run alternately, plus agreement of the output voxels.
 Prints a table and writes it (with every repetition's raw figures) to out/bench/results.txt.
+
+With --suite inference (issue 13 §3) it measures instead the inference cost of every model under
+--models-dir (each folder with a model.toml, so a model added later is included), with ONNX Runtime
+intra-op threads 1 and 2: `process` wall / summed Session::run, seconds per input and per output
+slice, the tiles' computed voxels per output voxel (overlap recomputed by the valid-core tiling), and
+scripts/bench_reference.py (Python onnxruntime, --ref-python) beside it on the same series. A kernel
+model gets a 300-slice 512x512 phantom; a super-resolution model of factors (sz, sy, sx) a phantom of
+300/sz slices of 512/sy, whose output is 300 slices of 512x512. A model whose first timed run takes
+longer than --slow-seconds (estimated from an untimed 16-slice probe, 1 thread) gets --reps-slow
+repetitions instead of --reps, on --slices-slow output slices instead of --slices. A row or a Python column
+that cannot be measured (the model does not load, the Python venv or the reference cannot run it)
+says "skipped" and why; no ratio is printed for it. Table in out/bench/inference.txt.
 """
 
 import argparse
@@ -23,8 +35,8 @@ import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import pydicom
+# NumPy and pydicom are imported where the agreement check needs them: the inference suite runs
+# under any Python 3.11 (it must be able to report a missing venv).
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,6 +57,15 @@ def log(msg):
 def fail(msg):
     print(f"bench: ERROR: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+class RunFailed(Exception):
+    """A timed command of the inference suite failed; the message says why (its last output line)."""
+
+
+def last_line(text):
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 class Bench:
@@ -69,15 +90,15 @@ class Bench:
         self.warned_busy = False
 
     # ---- data -------------------------------------------------------------------------------------
-    def phantom(self, n):
-        d = self.work / "data" / f"phantom-{n}"
+    def phantom(self, n, size=512):
+        d = self.work / "data" / (f"phantom-{n}" if size == 512 else f"phantom-{n}x{size}")
         if d.is_dir() and len(list(d.glob("slice_*.dcm"))) == n:
             return d
-        log(f"writing a {n}-slice 512x512 phantom series into {d}")
+        log(f"writing a {n}-slice {size}x{size} phantom series into {d}")
         shutil.rmtree(d, ignore_errors=True)
         tmp = d.with_name(d.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run([str(self.bin), "sample", "--kind", "phantom", "--slices", str(n), "--size", "512",
+        subprocess.run([str(self.bin), "sample", "--kind", "phantom", "--slices", str(n), "--size", str(size),
                         "--out", str(tmp)], check=True, env=self.env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         tmp.rename(d)
@@ -100,19 +121,22 @@ class Bench:
             self.quiet_budget -= 5.0
             self.waited += 5.0
 
-    def timed(self, cmd, out_dir):
+    def timed(self, cmd, out_dir, env=None):
         """Runs cmd under /usr/bin/time -v after clearing out_dir and syncing; returns
-        (wall seconds measured here, peak RSS KiB, stdout, stderr, extra figures)."""
+        (wall seconds measured here, peak RSS KiB, stdout, stderr, extra figures). A failed command
+        ends the benchmark unless `env` is given (the inference suite), where it raises RunFailed."""
         shutil.rmtree(out_dir, ignore_errors=True)
         os.sync()  # no dirty pages from the previous run are flushed on this run's time
         self.wait_quiet()
         tfile = self.work / "time-v.txt"
         b0 = busy_jiffies()
         t0 = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-v", "-o", str(tfile)] + cmd, cwd=ROOT, env=self.env,
+        p = subprocess.run(["/usr/bin/time", "-v", "-o", str(tfile)] + cmd, cwd=ROOT, env=env or self.env,
                            capture_output=True, text=True)
         wall = time.perf_counter() - t0
         busy = (busy_jiffies() - b0) / CLK_TCK
+        if p.returncode != 0 and env is not None:
+            raise RunFailed(last_line(p.stderr) or last_line(p.stdout) or f"exit status {p.returncode}")
         if p.returncode != 0:
             fail(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         tv = tfile.read_text()
@@ -156,6 +180,8 @@ class Bench:
     # ---- agreement --------------------------------------------------------------------------------
     def agreement(self, npy, lo, hi):
         """Compares Rust's output DICOM (int16 HU) with the Python pipeline's float HU volume."""
+        import numpy as np
+        import pydicom
         py = np.load(npy)
         py_pos = np.load(Path(npy).with_suffix(".pos.npy"))
         pub = [d for d in (self.work / "out-rust").iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -301,8 +327,227 @@ class Bench:
         log(f"written to {self.work / 'results.txt'}")
 
 
+def axis_plan(n, tile, margin):
+    """Tiles along one axis as the Rust tiler plans them (the reference's copy of its plan)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_reference import axis_tiles
+    return axis_tiles(n, tile, margin)
+
+
+def halo_factor(dims, patch, margin):
+    """Input voxels the tiles read per voxel of the volume: 1.0 when nothing is recomputed."""
+    f = 1.0
+    for n, t, m in zip(dims, patch, margin):
+        f *= sum(length for _, length, _, _ in axis_plan(n, t, m)) / n
+    return f
+
+
+class InferenceBench(Bench):
+    """Inference cost of every model in --models-dir, ONNX Runtime threads 1 and 2 (module docs)."""
+
+    OUT_SLICES, OUT_SIZE, THREADS = 300, 512, (1, 2)
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.ref_python = args.ref_python
+        self.ref_missing = self.check_ref_python()
+        self.results = []  # one dict per model
+
+    def check_ref_python(self):
+        """None when --ref-python can run the reference, else why not."""
+        if not self.ref_python:
+            return "no Python for the reference (--ref-python empty)"
+        try:
+            p = subprocess.run([self.ref_python, "-c", "import pydicom, numpy, onnxruntime"],
+                               capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"reference Python {self.ref_python} cannot run: {e}"
+        if p.returncode != 0:
+            return f"reference Python {self.ref_python} lacks pydicom/numpy/onnxruntime: {last_line(p.stderr)}"
+        return None
+
+    def models(self):
+        return sorted(d.name for d in self.models_dir.iterdir() if (d / "model.toml").is_file())
+
+    def rust_run(self, name, series, threads, label):
+        env = dict(self.env, CT_HARMONIZER__MODELS__DEFAULT=name,
+                   CT_HARMONIZER__RUNTIME__INTRA_THREADS=str(threads))
+        out = self.work / "out-rust"
+        wall, rss, so, _, extra = self.timed([str(self.bin), "process", str(series), "--out", str(out), "--stats"],
+                                             out, env=env)
+        m = re.search(r"stats: wall_s=([\d.]+) run_s=([\d.]+) runs=(\d+) device=(\S+)", so)
+        if not m:
+            raise RunFailed(f"no stats line in the output of process: {last_line(so)}")
+        r = dict(wall=wall, rss_kib=rss, wall_s=float(m.group(1)), run_s=float(m.group(2)),
+                 runs=int(m.group(3)), device=m.group(4), **extra)
+        self.raw.append((label, r))
+        return r
+
+    def ref_run(self, model_dir, series, threads, label):
+        out = self.work / "out-python"
+        cmd = [self.ref_python, str(self.reference), str(series), "--model", str(model_dir), "--out", str(out),
+               "--threads", str(threads)]
+        wall, rss, _, se, extra = self.timed(cmd, out, env=self.env)
+        m = re.search(r"reference: (.*)", se)
+        if not m:
+            raise RunFailed(f"no reference line in its stderr: {last_line(se)}")
+        r = dict(wall=wall, rss_kib=rss, **extra)
+        r.update({k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())})
+        self.raw.append((label, r))
+        return r
+
+    def run(self):
+        a = self.args
+        started = time.perf_counter()
+        names = self.models()
+        log(f"inference cost of {len(names)} model(s) in {self.models_dir}: {', '.join(names)}")
+        if self.ref_missing:
+            log(f"Python reference skipped: {self.ref_missing}")
+        for name in names:
+            model_dir = self.models_dir / name
+            res = dict(model=name, skipped=None, ref_skipped=self.ref_missing, rows={})
+            self.results.append(res)
+            try:
+                manifest = tomllib.loads((model_dir / "model.toml").read_text())
+                t = manifest["tensors"]
+                scale = [int(round(v)) for v in t["scale"]]
+                res["version"] = manifest.get("version", "?")
+            except (OSError, KeyError, ValueError, TypeError) as e:
+                res["skipped"] = f"manifest unreadable: {e}"
+                log(f"{name}: skipped ({res['skipped']})")
+                continue
+            size_in = a.size // scale[1]
+            # A short untimed probe (also the warm-up) decides whether the model is slow: its
+            # estimated time on the full series exceeds --slow-seconds.
+            n_probe = -(-16 // scale[0])
+            try:
+                probe = self.rust_run(name, self.phantom(n_probe, size_in), 1, f"{name} probe t1")
+            except RunFailed as e:
+                res["skipped"] = f"process failed: {e}"
+                log(f"{name}: skipped ({res['skipped']})")
+                continue
+            estimate = probe["wall_s"] * a.slices / (n_probe * scale[0])
+            slow = estimate > a.slow_seconds
+            reps = a.reps_slow if slow else a.reps
+            n_out = a.slices_slow if slow else a.slices
+            n_in = -(-n_out // scale[0])
+            log(f"{name}: about {estimate:.0f} s for {a.slices} slices on 1 thread: "
+                f"{'slow, ' if slow else ''}{reps} repetition(s) on {n_in} input slices")
+            series = self.phantom(n_in, size_in)
+            res.update(in_slices=n_in, in_size=size_in, out_slices=n_in * scale[0], out_size=size_in * scale[1],
+                       tile=t["patch"], margin=t["valid_margin"],
+                       halo=halo_factor([n_in, size_in, size_in], t["patch"], t["valid_margin"]),
+                       halo_full=halo_factor([-(-a.slices // scale[0]), size_in, size_in], t["patch"],
+                                             t["valid_margin"]))
+            res["slow"] = slow
+            for rep in range(reps):
+                for threads in self.THREADS:
+                    row = res["rows"].setdefault(threads, dict(rust=[], ref=[]))
+                    log(f"{name}: repetition {rep + 1} of {reps}, {threads} thread(s)")
+                    # alternate which side goes first so neither always follows the other
+                    for side in (("rust", "ref") if rep % 2 == 0 else ("ref", "rust")):
+                        if res["skipped"]:
+                            break
+                        if side == "rust":
+                            try:
+                                row["rust"].append(self.rust_run(name, series, threads,
+                                                                 f"{name} rust t{threads} #{rep + 1}"))
+                            except RunFailed as e:
+                                res["skipped"] = f"process failed: {e}"
+                                log(f"{name}: skipped ({res['skipped']})")
+                        elif not res["ref_skipped"]:
+                            try:
+                                row["ref"].append(self.ref_run(model_dir, series, threads,
+                                                               f"{name} python t{threads} #{rep + 1}"))
+                            except RunFailed as e:
+                                res["ref_skipped"] = f"reference failed: {e}"
+                                log(f"{name}: Python reference skipped ({res['ref_skipped']})")
+        self.report(time.perf_counter() - started)
+
+    def report(self, elapsed):
+        med = statistics.median
+        head = ("model", "thr", "reps", "wall/run", "wall s", "run s", "s/in slice", "s/out slice", "halo",
+                "py reps", "py wall/run", "py wall s", "py/rust wall", "others %")
+        rows, notes = [], []
+        for res in self.results:
+            name = f"{res['model']} {res.get('version', '')}".strip()
+            if res["skipped"] and not any(r["rust"] for r in res["rows"].values()):
+                rows.append((name, "-", "0", "skipped") + ("-",) * (len(head) - 4))
+                notes.append(f"{name}: skipped: {res['skipped']}")
+                continue
+            if res["skipped"]:
+                notes.append(f"{name}: later runs failed ({res['skipped']}); rows hold the runs that succeeded")
+            notes.append(f"{name}: input {res['in_slices']} slices of {res['in_size']}x{res['in_size']}, output "
+                         f"{res['out_slices']} of {res['out_size']}x{res['out_size']}; tile {res['tile']}, valid "
+                         f"margin {res['margin']}: tiles read {res['halo']:.2f} input voxels per volume voxel"
+                         + (f" ({res['halo_full']:.2f} on {self.args.slices} output slices)"
+                            if res["halo_full"] != res["halo"] else ""))
+            if res["ref_skipped"]:
+                notes.append(f"{name}: Python reference skipped: {res['ref_skipped']}")
+            for threads, row in sorted(res["rows"].items()):
+                rr, pr = row["rust"], row["ref"]
+                if not rr:
+                    continue
+                cells = [name, str(threads), str(len(rr)),
+                         f"{med([r['wall_s'] / r['run_s'] for r in rr]):.2f}",
+                         f"{med([r['wall_s'] for r in rr]):.2f}", f"{med([r['run_s'] for r in rr]):.2f}",
+                         f"{med([r['wall_s'] for r in rr]) / res['in_slices']:.4f}",
+                         f"{med([r['wall_s'] for r in rr]) / res['out_slices']:.4f}", f"{res['halo']:.2f}"]
+                if pr:
+                    pairs = list(zip(pr, rr))
+                    cells += [str(len(pr)), f"{med([p['wall'] / p['run_s'] for p in pr]):.2f}",
+                              f"{med([p['wall'] for p in pr]):.2f}",
+                              f"{med([p['wall'] / r['wall'] for p, r in pairs]):.2f}"]
+                else:
+                    cells += ["0", "skipped", "-", "-"]
+                cells.append(f"{100 * med([r['others'] for r in rr + pr]):.0f}")
+                rows.append(tuple(cells))
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+        line = lambda r: "  ".join(c.ljust(w) if i in (0,) else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        cpus = len(os.sched_getaffinity(0))
+        git = subprocess.run(["git", "describe", "--always", "--dirty=+uncommitted"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip() or "unknown"
+        with open("/proc/loadavg") as f:
+            load = " ".join(f.read().split()[:3])
+        out = [
+            f"ct-harmonizer inference cost, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}: "
+            f"{cpus} CPUs; tree {git}; CPU execution provider; synthetic phantom series; warm page cache",
+            "",
+            line(head),
+            line(tuple("-" * w for w in widths)),
+        ] + [line(r) for r in rows] + [""] + notes + [
+            "",
+            "wall/run: `process` wall (its --stats wall_s) / summed Session::run, median of per-run ratios; "
+            "wall s, run s: medians; s/in slice, s/out slice: median wall / slices in, out; halo: input voxels "
+            "the tiles read per volume voxel (the overlap that valid-core tiling recomputes, inside run s); "
+            "py: scripts/bench_reference.py (pydicom, NumPy tiles, onnxruntime) on the same series with the "
+            "same threads, its wall/run = wall / its summed session.run; py/rust wall: median of paired ratios; "
+            "others %: CPU share of other processes during the runs (median).",
+            f"repetitions: --reps {self.args.reps} on {self.args.slices} output slices; --reps-slow "
+            f"{self.args.reps_slow} on {self.args.slices_slow} output slices for a model estimated (16-slice "
+            f"probe, 1 thread) to take over {self.args.slow_seconds:.0f} s on {self.args.slices}; timed runs: {len(self.raw)}, {elapsed / 60:.1f} min "
+            f"(of which {self.waited:.0f} s waiting for other processes); load average at the end {load}",
+        ]
+        text = "\n".join(out) + "\n"
+        print(text, end="")
+        raw = "\nraw figures of every run:\n" + "\n".join(f"  {label}: {json.dumps(r)}" for label, r in self.raw)
+        (self.work / "inference.txt").write_text(text + raw + "\n")
+        log(f"written to {self.work / 'inference.txt'}")
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", choices=("process", "inference"), default="process")
+    ap.add_argument("--ref-python", default=sys.executable,
+                    help="inference suite: Python with pydicom, numpy and onnxruntime for the reference")
+    ap.add_argument("--reps", type=int, default=5, help="inference suite: repetitions per model and threads")
+    ap.add_argument("--reps-slow", type=int, default=3, help="inference suite: repetitions for slow models")
+    ap.add_argument("--slow-seconds", type=float, default=60.0,
+                    help="inference suite: a model whose first run takes longer is slow")
+    ap.add_argument("--slices", type=int, default=300, help="inference suite: output slices")
+    ap.add_argument("--slices-slow", type=int, default=300, help="inference suite: output slices for slow models")
+    ap.add_argument("--size", type=int, default=512, help="inference suite: output rows and columns")
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "ct-harmonizer"))
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--model", default="gaussian-soft-baseline")
@@ -315,10 +560,15 @@ def main():
     ap.add_argument("--quiet-share", type=float, default=0.25,
                     help="share of all CPUs other processes may use for the machine to count as quiet")
     args = ap.parse_args()
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.suite == "inference":
+        if args.reps < 1 or args.reps_slow < 1:
+            fail("--reps and --reps-slow must be at least 1")
+        InferenceBench(args).run()
+        return
     for k in ("reps_tiling", "reps_memory", "reps_compare"):
         if getattr(args, k) < 3:
             fail(f"--{k.replace('_', '-')} must be at least 3")
-    Path(args.work).mkdir(parents=True, exist_ok=True)
     Bench(args).run()
 
 

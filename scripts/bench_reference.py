@@ -9,23 +9,27 @@ Straightforward Python, whole volume in memory:
   (src/model/tiling.rs), and every derived slice is written back with pydicom as int16 HU
   (RescaleSlope 1, RescaleIntercept 0).
 
-Usage: bench_reference.py INPUT_DIR --model models/NAME --out OUT_DIR [--dump-npy FILE]
+A super-resolution model (manifest scale other than 1) gets the same tiles, each tile's output
+core scaled by the model's factors, and every input slice is written as scale_z derived slices
+(positions spread over the input slice's extent along the normal, pixel spacing divided in-plane).
+
+Usage: bench_reference.py INPUT_DIR --model models/NAME --out OUT_DIR [--threads N] [--dump-npy FILE]
+--threads sets onnxruntime's intra-op threads (0, the default: one per core, as the Rust side).
 --dump-npy also saves the float HU volume (before int16 rounding, in sorted slice order) and the
 slices' positions along the normal (FILE with .pos.npy) so the benchmark can compare voxels.
 Phase times go to stderr as one line: "reference: read_s=.. infer_s=.. run_s=.. write_s=.. total_s=..".
 """
 
 import argparse
+import copy
 import os
 import sys
 import time
 import tomllib
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import pydicom
-from pydicom.uid import generate_uid
+# NumPy, onnxruntime and pydicom are imported in main(): scripts/bench_driver.py imports axis_tiles
+# from here under a Python that may have none of them.
 
 
 def axis_tiles(n, tile, margin):
@@ -53,16 +57,21 @@ def main():
     ap.add_argument("--model", required=True, help="model directory (model.toml + ONNX file)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dump-npy")
+    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     t0 = time.perf_counter()
+    import numpy as np
+    import onnxruntime as ort
+    import pydicom
+    from pydicom.uid import generate_uid
 
     with open(Path(args.model) / "model.toml", "rb") as f:
         manifest = tomllib.load(f)
     tensors, intensity = manifest["tensors"], manifest["intensity"]
     lo, hi = intensity["hu_window"]
     scale = [int(round(s)) for s in tensors["scale"]]
-    if scale != [1, 1, 1]:
-        sys.exit("reference pipeline handles kernel models (scale 1) only")
+    if manifest.get("stages"):
+        sys.exit("reference pipeline handles single-stage models only (this one has [[stages]])")
 
     # Read and sort.
     files = sorted(p for p in Path(args.input).rglob("*") if p.is_file())
@@ -87,11 +96,13 @@ def main():
     # Sliding window with valid-core stitching.
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = len(os.sched_getaffinity(0))  # as the Rust side: one thread per core
+    # as the Rust side: one thread per core unless told
+    opts.intra_op_num_threads = args.threads or len(os.sched_getaffinity(0))
     session = ort.InferenceSession(str(Path(args.model) / manifest["onnx_file"]), opts,
                                    providers=["CPUExecutionProvider"])
     nz, ny, nx = unit.shape
-    out_unit = np.empty_like(unit)
+    sz, sy, sx = scale
+    out_unit = np.empty((nz * sz, ny * sy, nx * sx), dtype=np.float32)
     run_s = 0.0
     plans = [axis_tiles(n, t, m) for n, t, m in zip(unit.shape, tensors["patch"], tensors["valid_margin"])]
     for zs, zl, zc0, zc1 in plans[0]:
@@ -101,7 +112,9 @@ def main():
                 r0 = time.perf_counter()
                 (res,) = session.run([tensors["output"]], {tensors["input"]: tile})
                 run_s += time.perf_counter() - r0
-                out_unit[zc0:zc1, yc0:yc1, xc0:xc1] = res[0, 0, zc0 - zs:zc1 - zs, yc0 - ys:yc1 - ys, xc0 - xs:xc1 - xs]
+                out_unit[zc0 * sz:zc1 * sz, yc0 * sy:yc1 * sy, xc0 * sx:xc1 * sx] = res[
+                    0, 0, (zc0 - zs) * sz:(zc1 - zs) * sz, (yc0 - ys) * sy:(yc1 - ys) * sy,
+                    (xc0 - xs) * sx:(xc1 - xs) * sx]
     out_hu = (out_unit + np.float32(1.0)) * np.float32(0.5) * np.float32(hi - lo) + np.float32(lo)
     del out_unit, unit
     t_infer = time.perf_counter()
@@ -115,7 +128,16 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
     pixels = np.clip(np.round(out_hu), -32768, 32767).astype(np.int16)
-    for k, d in enumerate(datasets):
+    gap = float(positions[1] - positions[0]) if nz > 1 else float(getattr(datasets[0], "SliceThickness", 1) or 1)
+    for k in range(nz * sz):
+        d = datasets[k // sz] if sz == 1 else copy.deepcopy(datasets[k // sz])
+        if sz != 1 or sy != 1 or sx != 1:
+            ipp = np.array(d.ImagePositionPatient, dtype=np.float64)
+            ipp = ipp + normal * gap * ((k % sz + 0.5) / sz - 0.5)
+            d.ImagePositionPatient = [float(v) for v in ipp]
+            d.SliceThickness = float(getattr(d, "SliceThickness", gap) or gap) / sz
+            d.Rows, d.Columns = ny * sy, nx * sx
+            d.PixelSpacing = [float(d.PixelSpacing[0]) / sy, float(d.PixelSpacing[1]) / sx]
         d.SeriesInstanceUID = series_uid
         d.SOPInstanceUID = generate_uid()
         d.file_meta.MediaStorageSOPInstanceUID = d.SOPInstanceUID

@@ -10,6 +10,8 @@ cargo fmt --all -- --check
 # Layering of src/ (a module imports only from layers below it) and the training crate without the
 # daemon's dependencies (issue 10).
 bash scripts/layers.sh
+# The benchmark driver's skip logic (issue 13: an unmeasured row never prints a ratio).
+python3 scripts/test_bench_driver.py
 if cargo tree -p ct-training -e normal --locked | grep -E ' (tokio|axum|dicom-ul|prometheus-client|sd-notify) '; then
   echo "test.sh: ct-training pulls in the daemon's dependencies (see above)" >&2
   exit 1

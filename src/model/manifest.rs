@@ -109,6 +109,11 @@ pub struct Manifest {
     pub task: Task,
     /// One sentence for humans and for DerivationDescription.
     pub description: String,
+    /// Free-text remarks for people choosing a model (what it is measured to be, its inference
+    /// cost, a cheaper equivalent variant); the daemon does not read it. Optional: manifests
+    /// written before it load unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// ONNX file name, relative to the manifest.
     pub onnx_file: String,
     /// Lower-case hex SHA-256 of the ONNX file.
@@ -586,6 +591,7 @@ mod tests {
             kind: ModelKind::Trained,
             task: Task::Kernel,
             description: "test".into(),
+            notes: None,
             onnx_file: "hr.onnx".into(),
             onnx_sha256: sha(hr),
             provenance: Provenance {
@@ -663,6 +669,21 @@ mod tests {
         let dir = write_dir(&m, &[("lr.onnx", b"lr"), ("hr.onnx", b"hr")]);
         let md = ModelDir::open(dir.path()).unwrap();
         assert!(md.manifest.is_multi_stage());
+    }
+
+    #[test]
+    fn notes_are_optional_and_round_trip() {
+        let mut m = two_stage(b"lr", b"hr");
+        let text = m.to_toml().unwrap();
+        assert!(!text.contains("notes"), "{text}");
+        // A manifest written before the field loads with no notes.
+        assert_eq!(
+            Manifest::from_toml(&text, Path::new("m")).unwrap().notes,
+            None
+        );
+        m.notes = Some("the skip filter alone is as good; see revgan-kernel-linear".into());
+        let text = m.to_toml().unwrap();
+        assert_eq!(Manifest::from_toml(&text, Path::new("m")).unwrap(), m);
     }
 
     #[test]

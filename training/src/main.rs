@@ -15,6 +15,8 @@
 //!   (`ct_training::trainer::megan`).
 //! - `export --checkpoint RUN --out models/NAME [--allow-untrained] [--force]`: writes the trained
 //!   A->B generator as ONNX + manifest (`ct_training::export::trained`).
+//! - `export-skip --from models/NAME --out models/NAME-linear [--force]`: writes the linear skip
+//!   filter of an exported residual generator alone as a model (`ct_training::export::skip`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -54,6 +56,8 @@ enum Command {
     Train(ct_training::trainer::TrainArgs),
     /// Export a training run's A->B generator as models/<name>/{model.onnx, model.toml}.
     Export(ct_training::export::trained::ExportArgs),
+    /// Export the linear skip filter of an exported residual generator alone, as a model of its own.
+    ExportSkip(ct_training::export::skip::ExportSkipArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +81,23 @@ fn main() -> anyhow::Result<()> {
                 st.seconds,
                 st.device,
                 a.out.display()
+            );
+            Ok(())
+        }
+        Command::ExportSkip(a) => {
+            let md = ct_training::export::skip::run(&a).with_context(|| {
+                format!(
+                    "exporting the skip filter of {} to {}",
+                    a.from.display(),
+                    a.out.display()
+                )
+            })?;
+            println!(
+                "wrote {}/{{{}, {}}} (onnx sha256 {})",
+                md.dir.display(),
+                export::ONNX_FILE,
+                export::MANIFEST_FILE,
+                md.manifest.onnx_sha256
             );
             Ok(())
         }

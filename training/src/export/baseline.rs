@@ -285,6 +285,7 @@ fn baseline_manifest(
              {} taps, no z blur) approximating a sharp-to-soft (ramp to Hann) reconstruction-kernel change.",
             2 * radius + 1
         ),
+        notes: None,
         onnx_file: ONNX_FILE.to_owned(),
         onnx_sha256,
         provenance: Provenance {

@@ -150,6 +150,7 @@ pub fn megan_manifest(
              edge map; ngf {}, {} residual blocks.",
             cfg.lr_factor, cfg.ngf, cfg.res_blocks
         ),
+        notes: None,
         onnx_file: HR_FILE.into(),
         onnx_sha256: hr_sha,
         provenance: meta.provenance.clone(),

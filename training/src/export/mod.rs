@@ -2,11 +2,13 @@
 //! `model.toml`, DESIGN §3): [`onnx`] (the hand-declared ONNX messages and a small graph builder,
 //! shared by every exporter), [`baseline`] (the classical Gaussian baseline, `ct-train
 //! export-baseline`), [`trained`] (a trained generator, `ct-train export`) and [`megan`] (a trained
-//! MEGAN as a multi-stage model, `ct-train export` of an `--arch megan` run).
+//! MEGAN as a multi-stage model, `ct-train export` of an `--arch megan` run) and [`skip`] (the
+//! linear skip filter of an exported residual generator alone, `ct-train export-skip`).
 
 pub mod baseline;
 pub mod megan;
 pub mod onnx;
+pub mod skip;
 pub mod trained;
 
 pub use baseline::{export_baseline, BaselineExport, BASELINE_NAME, BASELINE_VERSION};

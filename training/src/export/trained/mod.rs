@@ -146,6 +146,7 @@ pub fn generator_manifest(cfg: &RevGanConfig, meta: &ExportMeta, onnx_sha256: St
                 ""
             }
         ),
+        notes: None,
         onnx_file: ONNX_FILE.to_owned(),
         onnx_sha256,
         provenance: meta.provenance.clone(),
