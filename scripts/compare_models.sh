@@ -16,7 +16,8 @@
 #   cycle-medgan               unpaired-2 + cycle-perceptual and cycle-style (seed 003), weights 1
 #   cyclegan-report            unpaired-2 + SSIM cycle, identity 0.5, k 4:1, lr G 1e-4 / D 1e-3
 #                              (seed 004)
-#   megan                      MEGAN, 2 stages, ngf 8 (seed 001; trains on burn-flex only)
+#   megan                      MEGAN, 2 stages, ngf 8, 1 residual block, LR factor 2 (as
+#                              models/megan-kernel; seed 001; trains on burn-flex only)
 # Quality runs on LibTorch's CPU kernels when target/release/ct-train-tch exists
 # (scripts/build_tch.sh), else burn-flex; the figures of one row do not depend on the backend
 # beyond float rounding (trainer::run::libtorch_tests). Peak training memory is measured for every
@@ -46,7 +47,7 @@ if [[ ! -x /usr/bin/time ]]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends time >/dev/null
 fi
 bash scripts/setup.sh
-[[ -x $BIN ]] || cargo build --release -p ct-training
+cargo build --release -p ct-training
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$PWD/.deps/ort/onnxruntime/capi/libonnxruntime.so.1.31.1}
 mkdir -p "$D" "$R" "$M"
 
@@ -72,7 +73,8 @@ row_args() { # the training options of a row (without --out / --steps)
     cycle-medgan) echo "${UNP[@]}" --blocks 2 --lambda-perceptual 1 --lambda-style 1 "${REV[@]}" ;;
     cyclegan-report) echo "${UNP[@]}" --blocks 2 --cycle-loss ssim --lambda-identity 0.5 --k 4 \
       --lr-g 1e-4 --lr-d 1e-3 "${REV[@]}" ;;
-    megan) echo --data "$D/train" --arch megan --task kernel --patch 36 --seed 7 --checkpoint-every 100 ;;
+    megan) echo --data "$D/train" --arch megan --megan-lr-factor 2 --megan-res-blocks 1 --task kernel \
+      --mode paired --patch 32 --hu-window=-1150,3000 --seed 7 --checkpoint-every 100 ;;
     *) echo "compare: unknown row $1" >&2; return 1 ;;
   esac
 }
