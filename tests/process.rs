@@ -89,34 +89,12 @@ fn real_head_ct_end_to_end() {
     for (s, d) in src.iter().zip(&dst) {
         assert!((s.z - d.z).abs() < 1e-6);
         let o = &d.obj;
+        assert_derived_from(o, &s.obj, s0, "gaussian-soft-baseline");
         assert_eq!(tag_str(o, tags::IMAGE_TYPE), "DERIVED\\SECONDARY\\AXIAL");
         assert_eq!(tag_str(o, tags::CONVOLUTION_KERNEL), "SOFT");
         assert_eq!(
-            tag_str(o, tags::STUDY_INSTANCE_UID),
-            tag_str(s0, tags::STUDY_INSTANCE_UID)
-        );
-        assert_eq!(
             tag_str(o, tags::FRAME_OF_REFERENCE_UID),
             tag_str(s0, tags::FRAME_OF_REFERENCE_UID)
-        );
-        assert_ne!(
-            tag_str(o, tags::SERIES_INSTANCE_UID),
-            tag_str(s0, tags::SERIES_INSTANCE_UID)
-        );
-        assert!(tag_str(o, tags::SERIES_DESCRIPTION).contains("NOT FOR DIAGNOSTIC USE"));
-        assert!(tag_str(o, tags::DERIVATION_DESCRIPTION).contains("gaussian-soft-baseline"));
-        let item = &o
-            .element(tags::SOURCE_IMAGE_SEQUENCE)
-            .unwrap()
-            .items()
-            .unwrap()[0];
-        assert_eq!(
-            item.element(tags::REFERENCED_SOP_INSTANCE_UID)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim_end_matches('\0'),
-            tag_str(&s.obj, tags::SOP_INSTANCE_UID)
         );
         let eq = &o
             .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)

@@ -126,6 +126,58 @@ pub fn tag_str(obj: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> 
         .unwrap_or_default()
 }
 
+/// The tags every derived instance carries (DESIGN §4): DERIVED image type, the source's study, a
+/// series of its own, the not-for-diagnosis description, the model named in the derivation
+/// description and as contributing equipment (serial number `<model>-<version>`), and a source
+/// image reference to the instance it came from (`src`). `first` is the source series' first
+/// instance (its study and series UIDs).
+pub fn assert_derived_from(
+    out: &dicom_object::DefaultDicomObject,
+    src: &dicom_object::DefaultDicomObject,
+    first: &dicom_object::DefaultDicomObject,
+    model: &str,
+) {
+    assert!(tag_str(out, tags::IMAGE_TYPE).starts_with("DERIVED\\"));
+    assert_eq!(
+        tag_str(out, tags::STUDY_INSTANCE_UID),
+        tag_str(first, tags::STUDY_INSTANCE_UID)
+    );
+    assert_ne!(
+        tag_str(out, tags::SERIES_INSTANCE_UID),
+        tag_str(first, tags::SERIES_INSTANCE_UID)
+    );
+    assert_ne!(
+        tag_str(out, tags::SOP_INSTANCE_UID),
+        tag_str(src, tags::SOP_INSTANCE_UID)
+    );
+    assert!(tag_str(out, tags::SERIES_DESCRIPTION).contains("NOT FOR DIAGNOSTIC USE"));
+    assert!(tag_str(out, tags::DERIVATION_DESCRIPTION).contains(model));
+    let item = &out
+        .element(tags::SOURCE_IMAGE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(
+        item.element(tags::REFERENCED_SOP_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0'),
+        tag_str(src, tags::SOP_INSTANCE_UID)
+    );
+    let eq = &out
+        .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let serial = eq
+        .element(tags::DEVICE_SERIAL_NUMBER)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(serial.trim().starts_with(model), "{serial}");
+}
+
 /// dciodvfy on each file (zero errors) and dcentvfy across the series.
 pub fn verify_dicom(dir: &Path) {
     let all = files(dir);

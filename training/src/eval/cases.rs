@@ -191,29 +191,11 @@ mod tests {
     /// A case of the 128² insert phantom: a noisy sharp volume (edges blurred by 0.6 px) and its
     /// copy blurred by 1 px as target.
     fn write_case(dir: &Path, name: &str, seed: u64) {
-        use crate::data::nifti::{write, WriteType};
         let ins = testing::inserts_128(1.0);
         let sharp = testing::phantom([8, 128, 128], &ins, 0.6, 30.0, seed);
         let soft = crate::resample::gaussian_blur(&sharp.values, sharp.shape, 1.0, 0.0);
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
         let sp = [2.7, 2.7, 2.7];
-        write(
-            &d.join("sharp.nii"),
-            sharp.shape,
-            sp,
-            &sharp.values,
-            WriteType::Float32,
-        )
-        .unwrap();
-        write(
-            &d.join("soft.nii"),
-            sharp.shape,
-            sp,
-            &soft,
-            WriteType::Float32,
-        )
-        .unwrap();
+        crate::eval::tests::write_pair(&dir.join(name), sharp.shape, sp, &sharp.values, &soft);
     }
 
     fn synth_toml(dir: &Path, cases: &[(&str, &str)]) {

@@ -942,7 +942,6 @@ mod tests {
 
     /// A noisy body with a lung (sharp) and its Gaussian-blurred copy (soft), written as a case.
     fn write_case(dir: &Path, name: &str, seed: u64, spacing: [f64; 3], constant: bool) {
-        use crate::data::nifti::{write, WriteType};
         let mut rng = crate::lib_bridge::Rng::new(seed);
         let mut sharp = vol([4, 64, 64], |_, y, x| {
             let (dy, dx) = (y as f64 - 32.0, x as f64 - 32.0);
@@ -963,24 +962,23 @@ mod tests {
                 .for_each(|v| *v += 30.0 * rng.normal() as f32);
         }
         let soft = gaussian_blur(&sharp.values, sharp.shape, 1.0, 0.0);
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        write(
-            &d.join("sharp.nii"),
-            sharp.shape,
-            spacing,
-            &sharp.values,
-            WriteType::Float32,
-        )
-        .unwrap();
-        write(
-            &d.join("soft.nii"),
-            sharp.shape,
-            spacing,
-            &soft,
-            WriteType::Float32,
-        )
-        .unwrap();
+        write_pair(&dir.join(name), sharp.shape, spacing, &sharp.values, &soft);
+    }
+
+    /// Writes `sharp.nii` and `soft.nii` (float32, `spacing` in mm, z y x) into the case folder
+    /// `case`, as the eval tests' fixtures.
+    pub(in crate::eval) fn write_pair(
+        case: &Path,
+        shape: [usize; 3],
+        spacing: [f64; 3],
+        sharp: &[f32],
+        soft: &[f32],
+    ) {
+        use crate::data::nifti::{write, WriteType};
+        std::fs::create_dir_all(case).unwrap();
+        for (file, values) in [("sharp.nii", sharp), ("soft.nii", soft)] {
+            write(&case.join(file), shape, spacing, values, WriteType::Float32).unwrap();
+        }
     }
 
     fn small_options(dir: &Path) -> EvalOptions {
@@ -1134,7 +1132,6 @@ mod tests {
     /// A noisy 16×32×32 body (sharp) and its Gaussian-blurred copy (soft), deep enough for a 16³
     /// discriminator patch.
     fn write_deep_case(dir: &Path, name: &str, seed: u64) {
-        use crate::data::nifti::{write, WriteType};
         let mut rng = crate::lib_bridge::Rng::new(seed);
         let mut sharp = vol([16, 32, 32], |_, y, x| {
             let (dy, dx) = (y as f64 - 16.0, x as f64 - 16.0);
@@ -1151,25 +1148,13 @@ mod tests {
             .iter_mut()
             .for_each(|v| *v += 60.0 * rng.normal() as f32);
         let soft = gaussian_blur(&sharp.values, sharp.shape, 1.2, 0.0);
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let sp = [1.0, 0.7, 0.7];
-        write(
-            &d.join("sharp.nii"),
+        write_pair(
+            &dir.join(name),
             sharp.shape,
-            sp,
+            [1.0, 0.7, 0.7],
             &sharp.values,
-            WriteType::Float32,
-        )
-        .unwrap();
-        write(
-            &d.join("soft.nii"),
-            sharp.shape,
-            sp,
             &soft,
-            WriteType::Float32,
-        )
-        .unwrap();
+        );
     }
 
     /// A paired RevGAN kernel run directory holding only what `--fd-features` reads: model.json,
