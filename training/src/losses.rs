@@ -175,6 +175,7 @@ mod tests {
 
     #[test]
     fn gram_of_a_known_feature_map() {
+        let _serial = crate::autodiff_serial();
         // C = 2 channels of M = 2 voxels: rows (1, 2) and (3, 4); F·Fᵀ = [[5, 11], [11, 25]],
         // divided by C·M = 4.
         let f = t5::<B>(vec![1.0, 2.0, 3.0, 4.0], [1, 2, 1, 1, 2]);
@@ -189,6 +190,7 @@ mod tests {
 
     #[test]
     fn ssim_of_identical_shifted_and_constant_volumes() {
+        let _serial = crate::autodiff_serial();
         let n = 16;
         let x = smooth(n, 1);
         let same = ssim3d(
@@ -259,6 +261,7 @@ mod tests {
 
     #[test]
     fn style_and_ssim_losses_pass_a_finite_difference_gradient_check() {
+        let _serial = crate::autodiff_serial();
         let mut r = Rng::new(3);
         // Style: features x against fixed features y, 3 channels of 2×2×2.
         let shape = [1, 3, 2, 2, 2];
@@ -289,6 +292,7 @@ mod tests {
 
     #[test]
     fn perceptual_is_zero_for_equal_features_and_layer_averaged() {
+        let _serial = crate::autodiff_serial();
         let f = t5::<B>(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 1, 2, 2]);
         let g = t5::<B>(vec![2.0, 2.0, 3.0, 2.0], [1, 1, 1, 2, 2]);
         let one = std::slice::from_ref(&f);
@@ -300,6 +304,7 @@ mod tests {
 
     #[test]
     fn box_down_averages_blocks() {
+        let _serial = crate::autodiff_serial();
         let v: Vec<f32> = (0..2 * 4 * 6).map(|i| i as f32).collect();
         let d = vals(box_down(t5::<B>(v.clone(), [1, 1, 2, 4, 6]), [2, 2, 3]));
         // Block (0, 0, 0): z 0..2, y 0..2, x 0..3.

@@ -390,6 +390,7 @@ mod tests {
 
     #[test]
     fn residual_generator_starts_as_the_identity() {
+        let _serial = crate::autodiff_serial();
         let dev = Default::default();
         let cfg = RevGanConfig::new()
             .with_ngf(4)
@@ -441,6 +442,7 @@ mod tests {
 
     #[test]
     fn inverse_undoes_forward() {
+        let _serial = crate::autodiff_serial();
         let m = model(2).valid();
         let dev = Default::default();
         let h = Tensor::<I, 5>::random([1, 8, 4, 4, 4], Distribution::Normal(0.0, 1.0), &dev);
@@ -453,6 +455,7 @@ mod tests {
 
     #[test]
     fn odd_sizes_round_trip_shape() {
+        let _serial = crate::autodiff_serial();
         let m = model(1).valid();
         let dev = Default::default();
         let x = Tensor::<I, 5>::random([1, 1, 5, 6, 7], Distribution::Default, &dev);
@@ -463,11 +466,13 @@ mod tests {
     /// cycle (A→B→A), for every parameter.
     #[test]
     fn reversible_gradients_equal_autodiff() {
+        let _serial = crate::autodiff_serial();
         check_reversible_gradients(model(2));
     }
 
     #[test]
     fn reversible_gradients_equal_autodiff_with_residual() {
+        let _serial = crate::autodiff_serial();
         check_reversible_gradients(model_with(2, true));
     }
 

@@ -575,6 +575,7 @@ mod tests {
 
     #[test]
     fn accuracy_counts_real_above_and_fake_below_one_half() {
+        let _serial = crate::autodiff_serial();
         assert_eq!(d_accuracy(&[0.9, 0.6], &[0.1, 0.2]), 1.0);
         assert_eq!(d_accuracy(&[0.4, 0.6], &[0.7, 0.2]), 0.5);
         assert_eq!(d_accuracy(&[0.5], &[0.5]), 0.0);
@@ -604,6 +605,7 @@ mod tests {
     /// over LR and HR iterations, with a threshold that never, always and sometimes lets it.
     #[test]
     fn discriminator_updates_are_gated_by_accuracy() {
+        let _serial = crate::autodiff_serial();
         for max in [-1.0, 2.0, 0.5] {
             let (mut t, case) = tiny(max);
             let d0 = crate::model::param_shapes(&t.discs);
@@ -651,6 +653,7 @@ mod tests {
 
     #[test]
     fn hr_inputs_are_source_edges_and_previous_at_the_patch() {
+        let _serial = crate::autodiff_serial();
         let (t, case) = tiny(0.8);
         let mut rng = Rng::new(2);
         let (g_in, d_cond, tgt) = t.hr_inputs(&case, [2, 3, 4], &mut rng);

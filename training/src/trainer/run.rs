@@ -479,6 +479,7 @@ mod tests {
 
     #[test]
     fn backend_defaults_to_auto_and_parses_each_name() {
+        let _serial = crate::autodiff_serial();
         assert_eq!(args(&[]).backend, BackendArg::Auto);
         for (name, want) in [
             ("flex", BackendArg::Flex),
@@ -494,6 +495,7 @@ mod tests {
     /// option and the missing feature.
     #[test]
     fn a_backend_not_built_in_is_a_clear_error() {
+        let _serial = crate::autodiff_serial();
         let mut missing = Vec::new();
         if !cfg!(feature = "tch") {
             missing.push(("tch", "tch"));
@@ -512,6 +514,7 @@ mod tests {
     /// not on a backend.
     #[test]
     fn flex_is_always_available() {
+        let _serial = crate::autodiff_serial();
         let err = run(&args(&["--backend", "flex"]))
             .err()
             .unwrap()
@@ -555,6 +558,7 @@ mod libtorch_tests {
 
     #[test]
     fn libtorch_steps_match_flex_to_1e5() {
+        let _serial = crate::autodiff_serial();
         for mode in [ModeArg::Paired, ModeArg::Unpaired] {
             let mut f = trainer::<Autodiff<Flex>>(mode, Default::default());
             let mut t =

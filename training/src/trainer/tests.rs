@@ -52,6 +52,7 @@ fn patch(seed: u64) -> Vec<f32> {
 /// The reversible and the naive training steps give the same losses and the same weights.
 #[test]
 fn reversible_step_equals_naive_step() {
+    let _serial = crate::autodiff_serial();
     one_thread(reversible_equals_naive)
 }
 
@@ -83,6 +84,7 @@ fn reversible_equals_naive() {
 /// while the rest of the generator learns.
 #[test]
 fn frozen_skip_filters_do_not_move() {
+    let _serial = crate::autodiff_serial();
     let m = RevGanConfig::new()
         .with_ngf(2)
         .with_ndf(2)
@@ -124,6 +126,7 @@ fn frozen_skip_filters_do_not_move() {
 /// generators still learn; reversible and naive steps still agree.
 #[test]
 fn without_the_adversarial_term_only_the_generators_learn() {
+    let _serial = crate::autodiff_serial();
     one_thread(adversarial_off)
 }
 
@@ -157,6 +160,7 @@ fn adversarial_off() {
 
 #[test]
 fn configs_of_older_runs_load_with_neutral_defaults() {
+    let _serial = crate::autodiff_serial();
     let dir = tempfile::tempdir().unwrap();
     // model.json / train.json as ct-train wrote them before the residual options existed.
     std::fs::write(
@@ -186,6 +190,7 @@ fn configs_of_older_runs_load_with_neutral_defaults() {
 
 #[test]
 fn checkpoint_round_trip() {
+    let _serial = crate::autodiff_serial();
     // Unpaired runs also need their image pool back to continue exactly.
     for mode in [ModeArg::Paired, ModeArg::Unpaired] {
         let dir = tempfile::tempdir().unwrap();
@@ -225,6 +230,7 @@ fn checkpoint_round_trip() {
 /// With every new option at its default the same run gives the same bits.
 #[test]
 fn default_options_reproduce_the_losses_of_before() {
+    let _serial = crate::autodiff_serial();
     let got: Vec<Vec<u64>> = one_thread(|| {
         let mut out = Vec::new();
         for mode in [ModeArg::Paired, ModeArg::Unpaired] {
@@ -300,6 +306,7 @@ fn golden_losses() -> Vec<Vec<u64>> {
 /// and stay untouched in between; the generators learn every step.
 #[test]
 fn discriminators_step_once_per_k_generator_steps() {
+    let _serial = crate::autodiff_serial();
     for (k, n) in [(4u64, 9u64), (3, 7), (1, 3)] {
         let mut t = tiny(ModeArg::Unpaired, false);
         t.cfg.k = k;
@@ -327,6 +334,7 @@ fn discriminators_step_once_per_k_generator_steps() {
 
 #[test]
 fn zero_update_ratio_is_refused() {
+    let _serial = crate::autodiff_serial();
     let m = RevGanConfig::new().with_ngf(2).with_ndf(2).with_blocks(1);
     let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired)
         .with_patch(16)
@@ -341,6 +349,7 @@ fn zero_update_ratio_is_refused() {
 /// generators move as with the common rate.
 #[test]
 fn separate_learning_rates_reach_their_optimizers() {
+    let _serial = crate::autodiff_serial();
     let run = |lr_g: Option<f64>, lr_d: Option<f64>| {
         let mut t = tiny(ModeArg::Paired, false);
         t.cfg.lr_g = lr_g;
@@ -373,6 +382,7 @@ fn separate_learning_rates_reach_their_optimizers() {
 /// step still equals plain autodiff, and the terms add to the cycle figures.
 #[test]
 fn new_unpaired_losses_reversible_equals_naive() {
+    let _serial = crate::autodiff_serial();
     one_thread(|| {
         let with = |t: &mut Trainer<A>| {
             t.cfg.cycle_loss = CycleLoss::Ssim;
@@ -410,6 +420,7 @@ fn new_unpaired_losses_reversible_equals_naive() {
 /// (same weights, same inputs): the option reaches the loss.
 #[test]
 fn perceptual_term_is_added_to_the_cycle_figure() {
+    let _serial = crate::autodiff_serial();
     one_thread(|| {
         let mut plain = tiny(ModeArg::Unpaired, false);
         let mut p = tiny(ModeArg::Unpaired, false);
@@ -440,6 +451,7 @@ fn perceptual_term_is_added_to_the_cycle_figure() {
 /// add their low-resolution terms, and the reversible step equals plain autodiff.
 #[test]
 fn amortised_step_reversible_equals_naive() {
+    let _serial = crate::autodiff_serial();
     use crate::data::amortised::{AmortisedSampler, DomainSets};
     use crate::volume::Volume;
     one_thread(|| {
@@ -494,6 +506,7 @@ fn amortised_step_reversible_equals_naive() {
 /// and a run without any data is refused with a clear message.
 #[test]
 fn trains_on_two_separate_unpaired_sets() {
+    let _serial = crate::autodiff_serial();
     use crate::data::nifti::{write, WriteType};
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
