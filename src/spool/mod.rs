@@ -100,6 +100,14 @@
 //! - a second on-disk format and its recovery (torn tail, bad checksum, a full journal pushing
 //!   back on the SCP), each a new way to lose or duplicate an instance.
 //!
+//! Re-measured on a quiet machine (2026-11-30, load 0.2, `BENCH_ONLY=ingest bash
+//! scripts/bench_daemon.sh`, medians of 3): the durable limit (b)+(d) 1141 images/s, (b) alone
+//! 1304, the journal 1425, against `storescp` 919 and one association of ours 579 (four: 910
+//! against 899). So the figures above are the load's; without it the sync path is not what bounds
+//! one association, the receive and the flush running one after the other is (`storescu` waits
+//! for each response). Overlapping them (writeback started per chunk as it is written, so the final
+//! `fdatasync` waits for the tail only) is the next step; not built.
+//!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
 //! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
