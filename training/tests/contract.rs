@@ -3,11 +3,13 @@
 //! `ct-train export` refuses untrained checkpoints and existing models unless told otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::settings;
+
 use burn::backend::{Autodiff, Flex};
 use burn::config::Config;
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use ct_harmonizer::config::Settings;
 use ct_harmonizer::dicom::slab::Slab;
 use ct_harmonizer::model::manifest::{Provenance, Task};
 use ct_harmonizer::model::{ModelDir, Translator};
@@ -23,20 +25,6 @@ use std::path::{Path, PathBuf};
 
 /// Tolerance of the contract, in model units ([-1, 1]).
 const TOL: f32 = 1e-4;
-
-fn settings() -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::new()).unwrap();
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() && s.runtime.onnxruntime_library.is_empty() {
-        // Tests run in training/; the provisioned library sits in the workspace root.
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(ct_harmonizer::model::runtime::PROVISIONED_RELATIVE);
-        if lib.is_file() {
-            s.runtime.onnxruntime_library = lib.display().to_string();
-        }
-    }
-    s
-}
 
 /// A tiny generator whose zero-initialised convolutions (core, residual decoder) are randomised,
 /// so the coupling blocks and the residual path are exercised too.

@@ -7,9 +7,11 @@
 //! receptive field.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::settings;
+
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};
-use ct_harmonizer::config::Settings;
 use ct_harmonizer::model::manifest::{Manifest, ModelDir, StageInput};
 use ct_harmonizer::model::stages::{block_mean, edge_map, previous_at};
 use ct_harmonizer::model::{Control, TranslateError, Translator};
@@ -21,19 +23,6 @@ use std::path::{Path, PathBuf};
 
 /// Tolerance of the contract, in model units ([-1, 1]).
 const TOL: f32 = 1e-4;
-
-fn settings() -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::new()).unwrap();
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() && s.runtime.onnxruntime_library.is_empty() {
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(ct_harmonizer::model::runtime::PROVISIONED_RELATIVE);
-        if lib.is_file() {
-            s.runtime.onnxruntime_library = lib.display().to_string();
-        }
-    }
-    s
-}
 
 /// A synthetic "sharp" volume (HU): blocks of tissue, bone and air with a high-frequency texture;
 /// its "soft" target is a 3-tap in-plane smoothing of it.

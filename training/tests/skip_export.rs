@@ -4,32 +4,20 @@
 //! 1e-5 (model units); a generator without a skip filter and an existing output are refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::settings;
+
 use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
-use ct_harmonizer::config::Settings;
 use ct_harmonizer::model::manifest::{Provenance, Task};
 use ct_harmonizer::model::{Control, ModelDir, Translator};
 use ct_training::data::rng::Rng;
 use ct_training::export::skip::{self, ExportSkipArgs};
 use ct_training::export::trained::{self as export_model, ExportMeta};
 use ct_training::model::{RevGan, RevGanConfig};
-use std::path::Path;
 
 const TOL: f32 = 1e-5;
-
-fn settings() -> Settings {
-    let mut s = Settings::load_with_env(None, Vec::new()).unwrap();
-    if std::env::var_os("ORT_DYLIB_PATH").is_none() && s.runtime.onnxruntime_library.is_empty() {
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(ct_harmonizer::model::runtime::PROVISIONED_RELATIVE);
-        if lib.is_file() {
-            s.runtime.onnxruntime_library = lib.display().to_string();
-        }
-    }
-    s
-}
 
 /// A tiny residual generator whose skip filter (`skip` taps in-plane, `depth` in z) has random
 /// weights and bias.
