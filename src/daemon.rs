@@ -261,6 +261,8 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
 
     // Load the models now: a broken model or runtime must fail start-up, not the first series.
     let (_, translators) = start_up(&settings)?;
+    // After the start-up checks, whose own opening of the spool empties `.tmp/`.
+    let spool = spool.with_tmp_pool()?;
     let summary = crate::status::startup_summary(&settings, &translators);
     metrics.attach(beats.clone(), Box::new(outbox.clone()), settings_rx.clone());
 

@@ -1,5 +1,6 @@
-//! Receiving one instance into the spool's `.tmp/` ([`Incoming`]) and the group-committed folder
-//! fsync that makes its rename durable ([`DirSync`]). See the durability argument in `super`.
+//! Receiving one instance into the spool's `.tmp/` ([`Incoming`]), the empty files made ahead for
+//! it ([`TmpPool`]) and the group-committed folder fsync that makes its rename durable
+//! ([`DirSync`]). See the durability argument in `super`.
 
 use std::fs;
 use std::io::Write;
@@ -62,6 +63,102 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Empty files created ahead of need in the spool's `.tmp/`, so that creating a file is not on
+/// the path of a C-STORE. Measured (issue 13): on ext4 without a journal, as on these machines,
+/// creating a file where many were deleted in the last minutes scans the inode table for
+/// recently deleted inodes (`find_inode_bit` / `recently_deleted`): `perf` put 46 % of the
+/// daemon's CPU there during the ingest benchmark, each before the instance's first write. A
+/// file made ahead is an empty temporary file like any other in `.tmp/` (removed at start-up,
+/// never renamed into the spool before it holds a whole, synced instance), so the durability
+/// argument does not change. One thread keeps [`TMP_POOL`] files ready; when none is ready the
+/// caller creates its own, as without the pool.
+#[derive(Debug, Default)]
+pub struct TmpPool {
+    ready: Mutex<Vec<(fs::File, PathBuf)>>,
+    /// Signalled when a file is taken.
+    taken: std::sync::Condvar,
+}
+
+/// Files kept ready (one per association storing at once is enough; more are created inline).
+pub(super) const TMP_POOL: usize = 8;
+
+impl TmpPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(fs::File, PathBuf)>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A file made ahead, if one is ready and still in `.tmp/` (one removed meanwhile, by a
+    /// start-up clean-up of the same folder, has no link left: dropped, the next one is taken).
+    pub(super) fn take(&self) -> Option<(fs::File, PathBuf)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut ready = self.lock();
+        let got = loop {
+            match ready.pop() {
+                Some((file, path)) if file.metadata().is_ok_and(|m| m.nlink() > 0) => {
+                    break Some((file, path))
+                }
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        drop(ready);
+        self.taken.notify_one();
+        got
+    }
+
+    /// Starts the thread that keeps `size` empty files ready in `dir`, named `name(n)`; it ends
+    /// once the pool is dropped (with the last clone of its spool), which removes the files still
+    /// ready. A failed creation (disk full, permissions) is retried after a second; meanwhile
+    /// callers create their own files and report the error themselves.
+    pub(super) fn start(
+        pool: &std::sync::Arc<TmpPool>,
+        dir: PathBuf,
+        size: usize,
+        name: fn() -> String,
+    ) -> std::io::Result<()> {
+        let weak = std::sync::Arc::downgrade(pool);
+        std::thread::Builder::new()
+            .name("spool-tmp-pool".into())
+            .spawn(move || loop {
+                let Some(pool) = weak.upgrade() else {
+                    return;
+                };
+                let mut failed = false;
+                while pool.lock().len() < size {
+                    let path = dir.join(name());
+                    match fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                    {
+                        Ok(file) => pool.lock().push((file, path)),
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                // Waits for a file to be taken (or a second: the pool is dropped meanwhile, or a
+                // failed creation is tried again), holding no reference to the pool after.
+                let ready = pool.lock();
+                if failed || ready.len() >= size {
+                    let _ = pool
+                        .taken
+                        .wait_timeout(ready, std::time::Duration::from_secs(1));
+                }
+            })
+            .map(|_| ())
+    }
+}
+
+impl Drop for TmpPool {
+    fn drop(&mut self) {
+        for (_, path) in self.lock().drain(..) {
+            let _ = fs::remove_file(path);
         }
     }
 }
