@@ -415,6 +415,7 @@ pub async fn serve(config: Option<PathBuf>, settings: Settings) -> Result<(), Da
     // is answered) and the processing thread (it gives up its series at the next tile; the series
     // stays in the spool), each within its deadline.
     supervisor.stop().await;
+    spool.close_tmp_pool();
     Ok(())
 }
 

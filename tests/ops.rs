@@ -486,7 +486,7 @@ fn jobs_drop_keeps_spool_data_another_job_needs() {
         stdout(&o)
     );
     assert!(!version.exists());
-    assert!(files(&d.state.join("spool")).is_empty());
+    assert!(d.spool_files().is_empty());
     // Dropped twice: unknown now.
     let o = run(&d, &["jobs", "drop", "pacs-original-aaaa"]);
     assert!(!o.status.success());

@@ -79,8 +79,10 @@ impl Drop for Incoming {
 #[derive(Debug, Default)]
 pub struct TmpPool {
     ready: Mutex<Vec<(fs::File, PathBuf)>>,
-    /// Signalled when a file is taken.
+    /// Signalled when a file is taken, and at the close.
     taken: std::sync::Condvar,
+    /// No file is made or handed out any more ([`TmpPool::close`]).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Files kept ready (one per association storing at once is enough; more are created inline).
@@ -95,6 +97,9 @@ impl TmpPool {
     /// start-up clean-up of the same folder, has no link left: dropped, the next one is taken).
     pub(super) fn take(&self) -> Option<(fs::File, PathBuf)> {
         use std::os::unix::fs::MetadataExt;
+        if self.is_closed() {
+            return None;
+        }
         let mut ready = self.lock();
         let got = loop {
             match ready.pop() {
@@ -108,6 +113,21 @@ impl TmpPool {
         drop(ready);
         self.taken.notify_one();
         got
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops making files and removes those still ready (at a graceful stop, so that a stopped
+    /// daemon leaves no file in `.tmp/`).
+    pub(super) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        for (_, path) in self.lock().drain(..) {
+            let _ = fs::remove_file(path);
+        }
+        self.taken.notify_all();
     }
 
     /// Starts the thread that keeps `size` empty files ready in `dir`, named `name(n)`; it ends
@@ -127,6 +147,9 @@ impl TmpPool {
                 let Some(pool) = weak.upgrade() else {
                     return;
                 };
+                if pool.is_closed() {
+                    return;
+                }
                 let mut failed = false;
                 while pool.lock().len() < size {
                     let path = dir.join(name());
@@ -135,7 +158,15 @@ impl TmpPool {
                         .create_new(true)
                         .open(&path)
                     {
-                        Ok(file) => pool.lock().push((file, path)),
+                        Ok(file) => {
+                            let mut ready = pool.lock();
+                            if pool.is_closed() {
+                                drop(ready);
+                                let _ = fs::remove_file(&path);
+                                return;
+                            }
+                            ready.push((file, path));
+                        }
                         Err(_) => {
                             failed = true;
                             break;

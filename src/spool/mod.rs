@@ -11,7 +11,9 @@
 //! # Layout
 //!
 //! ```text
-//! <state>/spool/.tmp/                              writes in progress (emptied at start-up)
+//! <state>/spool/.tmp/                              writes in progress, and empty files made
+//!                                                  ahead for them (emptied at start-up and at
+//!                                                  a graceful stop)
 //! <state>/spool/<study>/<series>/<sop>.dcm         incoming: acknowledged, not yet handed over
 //! <state>/spool/<study>/<series>/.v<N>.tmp/        a hand-over in progress (undone at start-up)
 //! <state>/spool/<study>/<series>/v<N>/             version N of the series, handed to processing:
@@ -453,6 +455,11 @@ impl Spool {
             dir_sync: Arc::default(),
             pool: Arc::default(),
         })
+    }
+
+    /// Stops keeping files ready in `.tmp/` and removes those not taken (a graceful stop).
+    pub fn close_tmp_pool(&self) {
+        self.pool.close();
     }
 
     /// Keeps empty files ready in `.tmp/` for the instances to come ([`TmpPool`]): for the spool
@@ -978,8 +985,25 @@ mod tests {
             s.recover().unwrap()[0].instances,
             1 + 2 * incoming::TMP_POOL
         );
-        // The last clone of the spool gone, the files still ready go with it.
-        drop(s);
+        // Closed (a graceful stop): nothing ready is left, and nothing is made again.
+        s.close_tmp_pool();
+        assert!(wait_tmp_files(dir.path(), 0).is_empty());
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(wait_tmp_files(dir.path(), 0).is_empty());
+        let inc = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.7.3",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap();
+        assert!(inc.path().to_string_lossy().contains("1.2.7.3"));
+        drop(inc);
+        // The last clone of a spool gone, the files still ready go with it.
+        let s2 = Spool::open(dir.path(), 0).unwrap().with_tmp_pool().unwrap();
+        wait_tmp_files(dir.path(), incoming::TMP_POOL);
+        drop(s2);
         wait_tmp_files(dir.path(), 0);
     }
 

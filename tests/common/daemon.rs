@@ -282,8 +282,19 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no metric {full} in {m:?}"))
     }
 
+    /// Files in the spool, without the empty files a running daemon keeps ready in `.tmp/`
+    /// (`ready.*`: no instance yet; one holding bytes is listed).
     pub fn spool_files(&self) -> Vec<PathBuf> {
+        let tmp = self.state.join("spool/.tmp");
         files(&self.state.join("spool"))
+            .into_iter()
+            .filter(|p| {
+                !(p.parent() == Some(tmp.as_path())
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("ready."))
+                    && p.metadata().is_ok_and(|m| m.len() == 0))
+            })
+            .collect()
     }
 
     pub fn outbox_files(&self) -> Vec<PathBuf> {
