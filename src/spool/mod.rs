@@ -120,7 +120,7 @@
 //! written (`sync_file_range`, 457 → 459), and writing from the association's task instead of its
 //! writer thread (412 → 420). What no overlap with the receive can hide is the commit after the
 //! last byte: `fdatasync` + rename + folder fsync with every data block already on disk costs
-//! 0.35-0.38 ms per instance here (`scripts/bench_daemon.sh` row "serial commit"), so even
+//! 0.30-0.38 ms per instance here (`scripts/bench_daemon.sh` row "serial commit"), so even
 //! `storescp` made durable would lose 20-25 % with one association (row "storescp + commit").
 //!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
