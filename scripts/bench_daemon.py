@@ -11,9 +11,9 @@
             preallocated file, fdatasync: one sync per instance, no allocation or folder entry
             to commit); ratios: our ingest / that limit; and the serial commit: what a durable
             point costs after the last byte when every data block was already written (fdatasync
-            + rename + folder fsync), which bounds one association (storescu waits for each
-            response) at storescp's time per image plus that commit: storescp's rate, had it made
-            each instance durable
+            + rename + folder fsync), and "storescp + commit": storescp's rate had it paid that
+            commit per instance (with one association storescu waits for each response, so no
+            overlap hides it), the reference for ingest that is both durable and storescp's pace
   cpu       CPU time (user + system) of `serve` and of storescp per image during the ingest rows
             (the measure that the load of a shared machine disturbs least)
   forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
