@@ -247,6 +247,14 @@ pub struct TrainConfig {
     /// Domain B (target) volumes of the unpaired sets.
     #[arg(long, help = "Unpaired data, domain B (target): as --unpaired-a", long_help = None)]
     pub unpaired_b: Option<String>,
+    /// First step (0-based) whose generator loss has the adversarial term (issue 11). The
+    /// discriminators train on every step with `lambda_gan` > 0, so a run resumed with the term
+    /// turned on (`--resume --lambda-gan W --gan-from-step S`, S past the checkpoint's step) first
+    /// trains its never-trained discriminators against the generator it has, and only then lets
+    /// their verdict move the generator (a discriminator warm-up). 0 = from the first step.
+    #[config(default = 0)]
+    #[arg(long, default_value_t = 0, help = "First step whose generator loss has the adversarial term; the discriminators train from the first step (a discriminator warm-up when a run is resumed with --lambda-gan turned on); 0 = from the start", long_help = None)]
+    pub gan_from_step: u64,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -315,6 +323,16 @@ impl TrainConfig {
             return Err(OptionError::UnpairedSets);
         }
         Ok(())
+    }
+
+    /// Weight of the generator's adversarial term at `step` (0-based): `lambda_gan` from
+    /// `gan_from_step` on, 0 before.
+    pub fn lambda_gan_at(&self, step: u64) -> f64 {
+        if step < self.gan_from_step {
+            0.0
+        } else {
+            self.lambda_gan
+        }
     }
 
     /// Whether the unpaired data come from two separate sets (`--unpaired-a/-b`).

@@ -337,6 +337,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut acc = GradientsParams::new();
         let mut l = StepLosses::default();
         let paired = self.cfg.mode == ModeArg::Paired;
+        // Before `gan_from_step` the generators train without the adversarial term (the
+        // discriminators still train below: their warm-up).
+        let warm_cfg;
+        let g_cfg = if self.cfg.lambda_gan_at(self.step) == self.cfg.lambda_gan {
+            &self.cfg
+        } else {
+            let mut c = self.cfg.clone();
+            c.lambda_gan = self.cfg.lambda_gan_at(self.step);
+            warm_cfg = c;
+            &warm_cfg
+        };
         let (fake_b, fake_a);
         if paired {
             (l.gan_ab, l.rec_ab, fake_b) = paired_generator(
@@ -345,7 +356,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Direction::AtoB,
                 a.clone(),
                 b.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
             (l.gan_ba, l.rec_ba, fake_a) = paired_generator(
@@ -354,7 +365,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Direction::BtoA,
                 b.clone(),
                 a.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
         } else {
@@ -363,7 +374,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &self.disc,
                 Direction::AtoB,
                 a.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
             (l.gan_ba, l.rec_ba, fake_a) = unpaired_generator(
@@ -371,7 +382,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &self.disc,
                 Direction::BtoA,
                 b.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
         }

@@ -158,6 +158,48 @@ fn adversarial_off() {
     }
 }
 
+/// `gan_from_step` (issue 11): before it the generators learn exactly as without the adversarial
+/// term (the same losses and weights as a `lambda_gan = 0` trainer) while the discriminators
+/// already train; from it on the generator loss has the adversarial term.
+#[test]
+fn discriminators_warm_up_before_the_adversarial_term() {
+    let _serial = crate::autodiff_serial();
+    one_thread(gan_warm_up)
+}
+
+fn gan_warm_up() {
+    let g = |t: &Trainer<A>| vals(t.gen.enc_a.conv_in.weight.val());
+    let mut w = tiny(ModeArg::Paired, false);
+    w.cfg.gan_from_step = 2;
+    w.cfg.steps = 1000;
+    let mut off = tiny(ModeArg::Paired, false);
+    off.cfg.lambda_gan = 0.0;
+    off.cfg.steps = 1000;
+    for s in 0..2 {
+        let d0 = vals(w.disc.a.conv1.weight.val());
+        let lw = w.step(patch(s), patch(s + 10)).unwrap();
+        let lo = off.step(patch(s), patch(s + 10)).unwrap();
+        assert_eq!((lw.gan_ab, lw.gan_ba), (0.0, 0.0), "step {s}: {lw:?}");
+        assert_eq!((lw.rec_ab, lw.rec_ba), (lo.rec_ab, lo.rec_ba), "step {s}");
+        assert!(lw.d_a > 0.0 && lw.d_b > 0.0, "step {s}: {lw:?}");
+        assert_ne!(
+            vals(w.disc.a.conv1.weight.val()),
+            d0,
+            "step {s}: D did not train"
+        );
+        assert_eq!(g(&w), g(&off), "step {s}: the generators differ");
+    }
+    let lw = w.step(patch(2), patch(12)).unwrap();
+    assert!(lw.gan_ab > 0.0 && lw.gan_ba > 0.0, "{lw:?}");
+    let lo = off.step(patch(2), patch(12)).unwrap();
+    assert_eq!(lo.gan_ab, 0.0);
+    assert_ne!(
+        g(&w),
+        g(&off),
+        "the adversarial term did not reach the generators"
+    );
+}
+
 #[test]
 fn configs_of_older_runs_load_with_neutral_defaults() {
     let _serial = crate::autodiff_serial();

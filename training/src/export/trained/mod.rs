@@ -313,7 +313,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
         data: format!(
             "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
              ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
-             lambda_cycle {}, lambda_gan {}",
+             lambda_cycle {}, lambda_gan {}{}",
             cfg.task,
             cfg.mode,
             model.blocks,
@@ -333,6 +333,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
             cfg.lambda_l1,
             cfg.lambda_cycle,
             cfg.lambda_gan,
+            // The adversarial term's first `gan_from_step` steps went without it (issue 11).
+            if cfg.gan_from_step > 0 && cfg.lambda_gan > 0.0 {
+                format!(" after step {}", cfg.gan_from_step)
+            } else {
+                String::new()
+            },
         ),
         steps: state.step,
         seed: cfg.seed,
