@@ -454,6 +454,31 @@ mod tests {
         assert_eq!(g.node.last().unwrap().op_type, "Slice");
     }
 
+    /// A run whose adversarial term started late (`--gan-from-step`, issue 11) says so in its
+    /// provenance; a run without the term, or with it from the start, reads as before.
+    #[test]
+    fn provenance_names_the_step_the_adversarial_term_started() {
+        use crate::config::{ModeArg, TaskArg};
+        let model = RevGanConfig::new();
+        let state = TrainState {
+            step: 8300,
+            seconds: 1.0,
+            device: "cpu".into(),
+        };
+        let mut cfg = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 1"));
+        cfg.gan_from_step = 7600;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 1 after step 7600"));
+        cfg.lambda_gan = 0.0;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0"));
+    }
+
     #[test]
     fn tile_holds_a_training_patch_inside_the_margins() {
         assert_eq!(tile_edge(32, 23), 80);
