@@ -255,6 +255,13 @@ pub struct TrainConfig {
     #[config(default = 0)]
     #[arg(long, default_value_t = 0, help = "First step whose generator loss has the adversarial term; the discriminators train from the first step (a discriminator warm-up when a run is resumed with --lambda-gan turned on); 0 = from the start", long_help = None)]
     pub gan_from_step: u64,
+    /// Paired: the discriminators judge residuals (issue 11): `(src − skip(src), x − skip(src))`
+    /// instead of `(src, x)`, `skip` the generator's own skip filter of that direction (detached),
+    /// so that what differs between output and target (noise texture of a few HU) is not buried
+    /// under the anatomy both share. Needs a residual generator.
+    #[config(default = false)]
+    #[arg(long, help = "Paired: the discriminators judge residuals, (source, image) minus the generator's skip filter of the source (residual generators only)", long_help = None)]
+    pub d_residual: bool,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -280,6 +287,8 @@ pub enum OptionError {
     LearningRate { name: &'static str, value: f64 },
     #[error("--{name}: applies to --mode unpaired only")]
     UnpairedOnly { name: &'static str },
+    #[error("--d-residual: applies to --mode paired only")]
+    DResidualPaired,
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
     UnpairedSets,
 }
@@ -315,6 +324,9 @@ impl TrainConfig {
             if let Some((name, _)) = set.iter().find(|(_, on)| *on) {
                 return Err(OptionError::UnpairedOnly { name });
             }
+        }
+        if self.d_residual && self.mode != ModeArg::Paired {
+            return Err(OptionError::DResidualPaired);
         }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
         if sets.0 != sets.1

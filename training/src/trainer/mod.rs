@@ -415,14 +415,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             Tensor::<B, 5>::from_inner(fake_b),
         );
         let (d_a, d_b) = if paired {
-            let d = |disc: &Discriminator<B>, src: &Tensor<B, 5>, real, fake| {
-                let r = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), real], 1)), 1.0);
-                let f = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), fake], 1)), 0.0);
+            let res = self.cfg.d_residual;
+            let d = |disc: &Discriminator<B>, dir, src: &Tensor<B, 5>, real, fake| {
+                let input = |x| self.gen.disc_input(dir, src.clone(), x, res);
+                let r = bce_logits(disc.forward(input(real)), 1.0);
+                let f = bce_logits(disc.forward(input(fake)), 0.0);
                 (r + f) * 0.5
             };
             (
-                d(&self.disc.a, &b, a.clone(), fake_a),
-                d(&self.disc.b, &a, b.clone(), fake_b),
+                d(&self.disc.a, Direction::BtoA, &b, a.clone(), fake_a),
+                d(&self.disc.b, Direction::AtoB, &a, b.clone(), fake_b),
             )
         } else {
             let fa = Tensor::from_inner(self.pool_a.query(fake_a.inner(), &mut rng));

@@ -170,7 +170,10 @@ fn check_resume_matches(
     t1.lambda_gan = t0.lambda_gan;
     t1.gan_from_step = t0.gan_from_step;
     t1.lr_d = t0.lr_d;
-    if (cfg.lambda_gan, cfg.gan_from_step, cfg.lr_d) != (t0.lambda_gan, t0.gan_from_step, t0.lr_d) {
+    t1.d_residual = t0.d_residual;
+    if (cfg.lambda_gan, cfg.gan_from_step, cfg.lr_d, cfg.d_residual)
+        != (t0.lambda_gan, t0.gan_from_step, t0.lr_d, t0.d_residual)
+    {
         tracing::info!(
             lambda_gan = cfg.lambda_gan,
             gan_from_step = cfg.gan_from_step,
@@ -178,6 +181,7 @@ fn check_resume_matches(
             was_lambda_gan = t0.lambda_gan,
             was_gan_from_step = t0.gan_from_step,
             was_lr_d = ?t0.lr_d,
+            d_residual = cfg.d_residual,
             "--resume: adversarial options changed"
         );
     }
@@ -544,6 +548,7 @@ mod tests {
         tuned.lr_d = Some(2e-4);
         tuned.steps = 8300;
         tuned.decay_steps = Some(800);
+        tuned.d_residual = true;
         check_resume_matches(dir.path(), &m, &tuned).unwrap();
         let mut other = tuned.clone();
         other.lambda_l1 = 10.0;

@@ -200,6 +200,42 @@ fn gan_warm_up() {
     );
 }
 
+/// `d_residual` (issue 11): the paired discriminators see `(src − s, x − s)`, `s` the skip filter's
+/// output of the source, so an image equal to `s` reads as zero; such a trainer steps both
+/// discriminators; unpaired training refuses the option, naming it.
+#[test]
+fn residual_discriminators_judge_the_image_minus_the_skip() {
+    let _serial = crate::autodiff_serial();
+    let m = RevGanConfig::new()
+        .with_ngf(2)
+        .with_ndf(2)
+        .with_blocks(1)
+        .with_conditional(true)
+        .with_residual(true)
+        .with_skip_kernel(3);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+        .with_patch(16)
+        .with_steps(4)
+        .with_d_residual(true);
+    let mut tr = Trainer::<A>::new(m.clone(), t, Default::default()).unwrap();
+    let src = tr.tensor(patch(1));
+    let s = tr.gen.dec_b.skip_forward(src.clone());
+    let input = tr.gen.disc_input(Direction::AtoB, src.clone(), s, true);
+    let second: Vec<f32> = vals(input.clone().slice([0..1, 1..2, 0..16, 0..16, 0..16]));
+    assert!(second.iter().all(|v| *v == 0.0));
+    let first: Vec<f32> = vals(input.slice([0..1, 0..1, 0..16, 0..16, 0..16]));
+    assert!(first.iter().any(|v| *v != 0.0));
+    let l = tr.step(patch(1), patch(2)).unwrap();
+    assert!(l.d_a > 0.0 && l.d_b > 0.0 && l.gan_ab > 0.0, "{l:?}");
+    let u = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired)
+        .with_patch(16)
+        .with_d_residual(true);
+    let e = Trainer::<A>::new(m.with_conditional(false), u, Default::default())
+        .err()
+        .expect("--d-residual accepted for unpaired training");
+    assert!(e.to_string().contains("--d-residual"), "{e}");
+}
+
 #[test]
 fn configs_of_older_runs_load_with_neutral_defaults() {
     let _serial = crate::autodiff_serial();
