@@ -247,6 +247,21 @@ pub struct TrainConfig {
     /// Domain B (target) volumes of the unpaired sets.
     #[arg(long, help = "Unpaired data, domain B (target): as --unpaired-a", long_help = None)]
     pub unpaired_b: Option<String>,
+    /// First step (0-based) whose generator loss has the adversarial term (issue 11). The
+    /// discriminators train on every step with `lambda_gan` > 0, so a run resumed with the term
+    /// turned on (`--resume --lambda-gan W --gan-from-step S`, S past the checkpoint's step) first
+    /// trains its never-trained discriminators against the generator it has, and only then lets
+    /// their verdict move the generator (a discriminator warm-up). 0 = from the first step.
+    #[config(default = 0)]
+    #[arg(long, default_value_t = 0, help = "First step whose generator loss has the adversarial term; the discriminators train from the first step (a discriminator warm-up when a run is resumed with --lambda-gan turned on); 0 = from the start", long_help = None)]
+    pub gan_from_step: u64,
+    /// Paired: the discriminators judge residuals (issue 11): `(src − skip(src), x − skip(src))`
+    /// instead of `(src, x)`, `skip` the generator's own skip filter of that direction (detached),
+    /// so that what differs between output and target (noise texture of a few HU) is not buried
+    /// under the anatomy both share. Needs a residual generator.
+    #[config(default = false)]
+    #[arg(long, help = "Paired: the discriminators judge residuals, (source, image) minus the generator's skip filter of the source (residual generators only)", long_help = None)]
+    pub d_residual: bool,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -272,6 +287,8 @@ pub enum OptionError {
     LearningRate { name: &'static str, value: f64 },
     #[error("--{name}: applies to --mode unpaired only")]
     UnpairedOnly { name: &'static str },
+    #[error("--d-residual: applies to --mode paired only")]
+    DResidualPaired,
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
     UnpairedSets,
 }
@@ -308,6 +325,9 @@ impl TrainConfig {
                 return Err(OptionError::UnpairedOnly { name });
             }
         }
+        if self.d_residual && self.mode != ModeArg::Paired {
+            return Err(OptionError::DResidualPaired);
+        }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
         if sets.0 != sets.1
             || (sets.0 && (self.mode != ModeArg::Unpaired || self.task != TaskArg::Kernel))
@@ -315,6 +335,16 @@ impl TrainConfig {
             return Err(OptionError::UnpairedSets);
         }
         Ok(())
+    }
+
+    /// Weight of the generator's adversarial term at `step` (0-based): `lambda_gan` from
+    /// `gan_from_step` on, 0 before.
+    pub fn lambda_gan_at(&self, step: u64) -> f64 {
+        if step < self.gan_from_step {
+            0.0
+        } else {
+            self.lambda_gan
+        }
     }
 
     /// Whether the unpaired data come from two separate sets (`--unpaired-a/-b`).

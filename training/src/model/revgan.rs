@@ -139,6 +139,27 @@ impl<B: Backend> RevGan<B> {
 
     /// The target domain's decoder, plus the source image `src` when the generator is residual:
     /// `[N, 2ngf, D/2, H/2, W/2], [N, 1, D, H, W] -> [N, 1, D, H, W]`
+    /// The paired discriminator's input for the image `x` translated (or to be translated) from
+    /// `src` in direction `dir`: `(src, x)`, or with `residual` (`--d-residual`) and a residual
+    /// generator `(src − s, x − s)`, `s` this direction's skip filter of `src` (detached).
+    pub fn disc_input(
+        &self,
+        dir: Direction,
+        src: Tensor<B, 5>,
+        x: Tensor<B, 5>,
+        residual: bool,
+    ) -> Tensor<B, 5> {
+        if !(residual && self.residual) {
+            return Tensor::cat(vec![src, x], 1);
+        }
+        let dec = match dir {
+            Direction::AtoB => &self.dec_b,
+            Direction::BtoA => &self.dec_a,
+        };
+        let s = dec.skip_forward(src.clone()).detach();
+        Tensor::cat(vec![src - s.clone(), x - s], 1)
+    }
+
     pub fn decode(&self, dir: Direction, h: Tensor<B, 5>, src: Tensor<B, 5>) -> Tensor<B, 5> {
         let dec = match dir {
             Direction::AtoB => &self.dec_b,

@@ -337,6 +337,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut acc = GradientsParams::new();
         let mut l = StepLosses::default();
         let paired = self.cfg.mode == ModeArg::Paired;
+        // Before `gan_from_step` the generators train without the adversarial term (the
+        // discriminators still train below: their warm-up).
+        let warm_cfg;
+        let g_cfg = if self.cfg.lambda_gan_at(self.step) == self.cfg.lambda_gan {
+            &self.cfg
+        } else {
+            let mut c = self.cfg.clone();
+            c.lambda_gan = self.cfg.lambda_gan_at(self.step);
+            warm_cfg = c;
+            &warm_cfg
+        };
         let (fake_b, fake_a);
         if paired {
             (l.gan_ab, l.rec_ab, fake_b) = paired_generator(
@@ -345,7 +356,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Direction::AtoB,
                 a.clone(),
                 b.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
             (l.gan_ba, l.rec_ba, fake_a) = paired_generator(
@@ -354,7 +365,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Direction::BtoA,
                 b.clone(),
                 a.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
         } else {
@@ -363,7 +374,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &self.disc,
                 Direction::AtoB,
                 a.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
             (l.gan_ba, l.rec_ba, fake_a) = unpaired_generator(
@@ -371,7 +382,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &self.disc,
                 Direction::BtoA,
                 b.clone(),
-                &self.cfg,
+                g_cfg,
                 &mut acc,
             )?;
         }
@@ -404,14 +415,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             Tensor::<B, 5>::from_inner(fake_b),
         );
         let (d_a, d_b) = if paired {
-            let d = |disc: &Discriminator<B>, src: &Tensor<B, 5>, real, fake| {
-                let r = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), real], 1)), 1.0);
-                let f = bce_logits(disc.forward(Tensor::cat(vec![src.clone(), fake], 1)), 0.0);
+            let res = self.cfg.d_residual;
+            let d = |disc: &Discriminator<B>, dir, src: &Tensor<B, 5>, real, fake| {
+                let input = |x| self.gen.disc_input(dir, src.clone(), x, res);
+                let r = bce_logits(disc.forward(input(real)), 1.0);
+                let f = bce_logits(disc.forward(input(fake)), 0.0);
                 (r + f) * 0.5
             };
             (
-                d(&self.disc.a, &b, a.clone(), fake_a),
-                d(&self.disc.b, &a, b.clone(), fake_b),
+                d(&self.disc.a, Direction::BtoA, &b, a.clone(), fake_a),
+                d(&self.disc.b, Direction::AtoB, &a, b.clone(), fake_b),
             )
         } else {
             let fa = Tensor::from_inner(self.pool_a.query(fake_a.inner(), &mut rng));

@@ -160,11 +160,31 @@ fn check_resume_matches(
             run.join(MODEL_CONFIG).display()
         )));
     }
-    // Everything but the step budget (a resumed run may be extended) must match.
+    // Everything but the step budget (a resumed run may be extended) and the adversarial
+    // fine-tuning options (issue 11: a run trained on L1 alone may go on with the adversarial term,
+    // its discriminators warmed up first) must match.
     let mut t1 = cfg.clone();
     t1.steps = t0.steps;
     t1.decay_steps = t0.decay_steps;
     t1.checkpoint_every = t0.checkpoint_every;
+    t1.lambda_gan = t0.lambda_gan;
+    t1.gan_from_step = t0.gan_from_step;
+    t1.lr_d = t0.lr_d;
+    t1.d_residual = t0.d_residual;
+    if (cfg.lambda_gan, cfg.gan_from_step, cfg.lr_d, cfg.d_residual)
+        != (t0.lambda_gan, t0.gan_from_step, t0.lr_d, t0.d_residual)
+    {
+        tracing::info!(
+            lambda_gan = cfg.lambda_gan,
+            gan_from_step = cfg.gan_from_step,
+            lr_d = ?cfg.lr_d,
+            was_lambda_gan = t0.lambda_gan,
+            was_gan_from_step = t0.gan_from_step,
+            was_lr_d = ?t0.lr_d,
+            d_residual = cfg.d_residual,
+            "--resume: adversarial options changed"
+        );
+    }
     if t1 != t0 {
         return Err(TrainError::Options(format!(
             "--resume: the training options in {} differ from the ones given",
@@ -508,6 +528,34 @@ mod tests {
             assert!(err.contains(&format!("--backend {name}")), "{err}");
             assert!(err.contains(&format!("`{feature}` feature")), "{err}");
         }
+    }
+
+    /// `--resume` accepts a new adversarial weight, warm-up step and discriminator rate (issue
+    /// 11: L1 training continued with the adversarial term) and a new step budget, and still
+    /// refuses any other change, naming the run's train.json.
+    #[test]
+    fn resume_accepts_new_adversarial_options_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RevGanConfig::new();
+        let mut t =
+            crate::config::TrainConfig::new(crate::config::TaskArg::Kernel, ModeArg::Paired);
+        t.lambda_gan = 0.0;
+        m.save(dir.path().join(MODEL_CONFIG)).unwrap();
+        t.save(dir.path().join(TRAIN_CONFIG)).unwrap();
+        let mut tuned = t.clone();
+        tuned.lambda_gan = 0.1;
+        tuned.gan_from_step = 7600;
+        tuned.lr_d = Some(2e-4);
+        tuned.steps = 8300;
+        tuned.decay_steps = Some(800);
+        tuned.d_residual = true;
+        check_resume_matches(dir.path(), &m, &tuned).unwrap();
+        let mut other = tuned.clone();
+        other.lambda_l1 = 10.0;
+        let e = check_resume_matches(dir.path(), &m, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.json") && e.contains("differ"), "{e}");
     }
 
     /// `--backend flex` never reaches another backend: with missing data it fails on the data,

@@ -89,7 +89,7 @@ pub fn paired_generator<B: AutodiffBackend>(
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(
             disc.target(dir)
-                .forward(Tensor::cat(vec![src, fake.clone()], 1)),
+                .forward(gen.disc_input(dir, src, fake.clone(), cfg.d_residual)),
             1.0,
         )
     });

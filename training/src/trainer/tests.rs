@@ -158,6 +158,84 @@ fn adversarial_off() {
     }
 }
 
+/// `gan_from_step` (issue 11): before it the generators learn exactly as without the adversarial
+/// term (the same losses and weights as a `lambda_gan = 0` trainer) while the discriminators
+/// already train; from it on the generator loss has the adversarial term.
+#[test]
+fn discriminators_warm_up_before_the_adversarial_term() {
+    let _serial = crate::autodiff_serial();
+    one_thread(gan_warm_up)
+}
+
+fn gan_warm_up() {
+    let g = |t: &Trainer<A>| vals(t.gen.enc_a.conv_in.weight.val());
+    let mut w = tiny(ModeArg::Paired, false);
+    w.cfg.gan_from_step = 2;
+    w.cfg.steps = 1000;
+    let mut off = tiny(ModeArg::Paired, false);
+    off.cfg.lambda_gan = 0.0;
+    off.cfg.steps = 1000;
+    for s in 0..2 {
+        let d0 = vals(w.disc.a.conv1.weight.val());
+        let lw = w.step(patch(s), patch(s + 10)).unwrap();
+        let lo = off.step(patch(s), patch(s + 10)).unwrap();
+        assert_eq!((lw.gan_ab, lw.gan_ba), (0.0, 0.0), "step {s}: {lw:?}");
+        assert_eq!((lw.rec_ab, lw.rec_ba), (lo.rec_ab, lo.rec_ba), "step {s}");
+        assert!(lw.d_a > 0.0 && lw.d_b > 0.0, "step {s}: {lw:?}");
+        assert_ne!(
+            vals(w.disc.a.conv1.weight.val()),
+            d0,
+            "step {s}: D did not train"
+        );
+        assert_eq!(g(&w), g(&off), "step {s}: the generators differ");
+    }
+    let lw = w.step(patch(2), patch(12)).unwrap();
+    assert!(lw.gan_ab > 0.0 && lw.gan_ba > 0.0, "{lw:?}");
+    let lo = off.step(patch(2), patch(12)).unwrap();
+    assert_eq!(lo.gan_ab, 0.0);
+    assert_ne!(
+        g(&w),
+        g(&off),
+        "the adversarial term did not reach the generators"
+    );
+}
+
+/// `d_residual` (issue 11): the paired discriminators see `(src − s, x − s)`, `s` the skip filter's
+/// output of the source, so an image equal to `s` reads as zero; such a trainer steps both
+/// discriminators; unpaired training refuses the option, naming it.
+#[test]
+fn residual_discriminators_judge_the_image_minus_the_skip() {
+    let _serial = crate::autodiff_serial();
+    let m = RevGanConfig::new()
+        .with_ngf(2)
+        .with_ndf(2)
+        .with_blocks(1)
+        .with_conditional(true)
+        .with_residual(true)
+        .with_skip_kernel(3);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+        .with_patch(16)
+        .with_steps(4)
+        .with_d_residual(true);
+    let mut tr = Trainer::<A>::new(m.clone(), t, Default::default()).unwrap();
+    let src = tr.tensor(patch(1));
+    let s = tr.gen.dec_b.skip_forward(src.clone());
+    let input = tr.gen.disc_input(Direction::AtoB, src.clone(), s, true);
+    let second: Vec<f32> = vals(input.clone().slice([0..1, 1..2, 0..16, 0..16, 0..16]));
+    assert!(second.iter().all(|v| *v == 0.0));
+    let first: Vec<f32> = vals(input.slice([0..1, 0..1, 0..16, 0..16, 0..16]));
+    assert!(first.iter().any(|v| *v != 0.0));
+    let l = tr.step(patch(1), patch(2)).unwrap();
+    assert!(l.d_a > 0.0 && l.d_b > 0.0 && l.gan_ab > 0.0, "{l:?}");
+    let u = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired)
+        .with_patch(16)
+        .with_d_residual(true);
+    let e = Trainer::<A>::new(m.with_conditional(false), u, Default::default())
+        .err()
+        .expect("--d-residual accepted for unpaired training");
+    assert!(e.to_string().contains("--d-residual"), "{e}");
+}
+
 #[test]
 fn configs_of_older_runs_load_with_neutral_defaults() {
     let _serial = crate::autodiff_serial();

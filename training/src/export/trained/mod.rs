@@ -313,7 +313,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
         data: format!(
             "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
              ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
-             lambda_cycle {}, lambda_gan {}",
+             lambda_cycle {}, lambda_gan {}{}",
             cfg.task,
             cfg.mode,
             model.blocks,
@@ -333,6 +333,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
             cfg.lambda_l1,
             cfg.lambda_cycle,
             cfg.lambda_gan,
+            // The adversarial term's first `gan_from_step` steps went without it (issue 11).
+            if cfg.gan_from_step > 0 && cfg.lambda_gan > 0.0 {
+                format!(" after step {}", cfg.gan_from_step)
+            } else {
+                String::new()
+            },
         ),
         steps: state.step,
         seed: cfg.seed,
@@ -446,6 +452,31 @@ mod tests {
         assert_eq!(count("InstanceNormalization"), 2 + 4 + 1);
         assert_eq!(count("Tanh"), 1);
         assert_eq!(g.node.last().unwrap().op_type, "Slice");
+    }
+
+    /// A run whose adversarial term started late (`--gan-from-step`, issue 11) says so in its
+    /// provenance; a run without the term, or with it from the start, reads as before.
+    #[test]
+    fn provenance_names_the_step_the_adversarial_term_started() {
+        use crate::config::{ModeArg, TaskArg};
+        let model = RevGanConfig::new();
+        let state = TrainState {
+            step: 8300,
+            seconds: 1.0,
+            device: "cpu".into(),
+        };
+        let mut cfg = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 1"));
+        cfg.gan_from_step = 7600;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 1 after step 7600"));
+        cfg.lambda_gan = 0.0;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0"));
     }
 
     #[test]
