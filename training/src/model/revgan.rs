@@ -137,11 +137,10 @@ impl<B: Backend> RevGan<B> {
         }
     }
 
-    /// The target domain's decoder, plus the source image `src` when the generator is residual:
-    /// `[N, 2ngf, D/2, H/2, W/2], [N, 1, D, H, W] -> [N, 1, D, H, W]`
     /// The paired discriminator's input for the image `x` translated (or to be translated) from
     /// `src` in direction `dir`: `(src, x)`, or with `residual` (`--d-residual`) and a residual
-    /// generator `(src − s, x − s)`, `s` this direction's skip filter of `src` (detached).
+    /// generator `(src − s, x − s)`, `s` this direction's skip filter of `src` (detached):
+    /// `[N, 1, D, H, W], [N, 1, D, H, W] -> [N, 2, D, H, W]`
     pub fn disc_input(
         &self,
         dir: Direction,
@@ -160,6 +159,8 @@ impl<B: Backend> RevGan<B> {
         Tensor::cat(vec![src - s.clone(), x - s], 1)
     }
 
+    /// The target domain's decoder, plus the source image `src` when the generator is residual:
+    /// `[N, 2ngf, D/2, H/2, W/2], [N, 1, D, H, W] -> [N, 1, D, H, W]`
     pub fn decode(&self, dir: Direction, h: Tensor<B, 5>, src: Tensor<B, 5>) -> Tensor<B, 5> {
         let dec = match dir {
             Direction::AtoB => &self.dec_b,
