@@ -928,6 +928,17 @@ mod tests {
         assert!(matches!(s.check_space(), Err(SpoolError::DiskFull { .. })));
     }
 
+    /// Starts receiving a CT image instance `sop` (explicit VR little endian, from "MOD").
+    fn begin_ct(s: &Spool, sop: &str) -> Incoming {
+        s.begin(
+            "1.2.840.10008.5.1.4.1.1.2",
+            sop,
+            "1.2.840.10008.1.2.1",
+            "MOD",
+        )
+        .unwrap()
+    }
+
     /// Waits (up to 20 s) until `.tmp/` holds `n` files.
     fn wait_tmp_files(dir: &Path, n: usize) -> Vec<PathBuf> {
         let tmp = dir.join("spool/.tmp");
@@ -950,14 +961,7 @@ mod tests {
         let s = Spool::open(dir.path(), 0).unwrap().with_tmp_pool().unwrap();
         let ready = wait_tmp_files(dir.path(), incoming::TMP_POOL);
         // An instance is received into a file made ahead, and one is made in its place.
-        let mut inc = s
-            .begin(
-                "1.2.840.10008.5.1.4.1.1.2",
-                "1.2.7.1",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-            )
-            .unwrap();
+        let mut inc = begin_ct(&s, "1.2.7.1");
         assert!(ready.contains(&inc.path().to_path_buf()));
         inc.write(&[7u8; 1000]).unwrap();
         let p = s.commit(inc, "1.2", "1.2.7").unwrap();
@@ -968,14 +972,7 @@ mod tests {
         let _other = Spool::open(dir.path(), 0).unwrap();
         for k in 0..(2 * incoming::TMP_POOL) {
             let sop = format!("1.2.7.2.{k}");
-            let mut inc = s
-                .begin(
-                    "1.2.840.10008.5.1.4.1.1.2",
-                    &sop,
-                    "1.2.840.10008.1.2.1",
-                    "MOD",
-                )
-                .unwrap();
+            let mut inc = begin_ct(&s, &sop);
             inc.write(&[k as u8; 1000]).unwrap();
             let p = s.commit(inc, "1.2", "1.2.7").unwrap();
             let bytes = std::fs::read(p).unwrap();
@@ -990,14 +987,7 @@ mod tests {
         assert!(wait_tmp_files(dir.path(), 0).is_empty());
         std::thread::sleep(Duration::from_millis(1200));
         assert!(wait_tmp_files(dir.path(), 0).is_empty());
-        let inc = s
-            .begin(
-                "1.2.840.10008.5.1.4.1.1.2",
-                "1.2.7.3",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-            )
-            .unwrap();
+        let inc = begin_ct(&s, "1.2.7.3");
         assert!(inc.path().to_string_lossy().contains("1.2.7.3"));
         drop(inc);
         // The last clone of a spool gone, the files still ready go with it.
@@ -1012,28 +1002,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Spool::open(dir.path(), 0).unwrap();
         // Abandoned (association aborted mid data set): nothing left in .tmp.
-        let mut gone = s
-            .begin(
-                "1.2.840.10008.5.1.4.1.1.2",
-                "1.2.9",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-            )
-            .unwrap();
+        let mut gone = begin_ct(&s, "1.2.9");
         gone.write(b"partial").unwrap();
         let tmp = gone.path().to_path_buf();
         assert!(tmp.exists());
         drop(gone);
         assert!(!tmp.exists());
         // A crafted SOP Instance UID never names a file; it is refused at the commit.
-        let bad = s
-            .begin(
-                "1.2.840.10008.5.1.4.1.1.2",
-                "../x",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-            )
-            .unwrap();
+        let bad = begin_ct(&s, "../x");
         assert!(bad.path().starts_with(dir.path().join("spool/.tmp")));
         assert!(matches!(
             s.commit(bad, "1.2", "1.2.3"),
@@ -1046,14 +1022,7 @@ mod tests {
                 sc.spawn(move || {
                     for k in 0..25 {
                         let sop = format!("1.2.3.{t}.{k}");
-                        let mut inc = s
-                            .begin(
-                                "1.2.840.10008.5.1.4.1.1.2",
-                                &sop,
-                                "1.2.840.10008.1.2.1",
-                                "MOD",
-                            )
-                            .unwrap();
+                        let mut inc = begin_ct(s, &sop);
                         inc.write(&[t as u8; 1000]).unwrap();
                         inc.write(&[k as u8; 1000]).unwrap();
                         let p = s.commit(inc, "1.2", "1.2.3").unwrap();
