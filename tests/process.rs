@@ -96,17 +96,12 @@ fn real_head_ct_end_to_end() {
             tag_str(o, tags::FRAME_OF_REFERENCE_UID),
             tag_str(s0, tags::FRAME_OF_REFERENCE_UID)
         );
-        let eq = &o
-            .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
-            .unwrap()
-            .items()
-            .unwrap()[0];
         assert_eq!(
-            eq.element(tags::DEVICE_SERIAL_NUMBER)
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .trim(),
+            item_str(
+                o,
+                tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+                tags::DEVICE_SERIAL_NUMBER
+            ),
             "gaussian-soft-baseline-1.0.0"
         );
     }

@@ -126,6 +126,22 @@ pub fn tag_str(obj: &dicom_object::DefaultDicomObject, tag: dicom_core::Tag) -> 
         .unwrap_or_default()
 }
 
+/// A tag of the first item of the sequence `seq` of `obj` (trailing NUL and spaces cut).
+pub fn item_str(
+    obj: &dicom_object::DefaultDicomObject,
+    seq: dicom_core::Tag,
+    tag: dicom_core::Tag,
+) -> String {
+    let item = &obj.element(seq).unwrap().items().unwrap()[0];
+    item.element(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .trim()
+        .to_string()
+}
+
 /// The tags every derived instance carries (DESIGN §4): DERIVED image type, the source's study, a
 /// series of its own, the not-for-diagnosis description, the model named in the derivation
 /// description and as contributing equipment (serial number `<model>-<version>`), and a source
@@ -152,30 +168,20 @@ pub fn assert_derived_from(
     );
     assert!(tag_str(out, tags::SERIES_DESCRIPTION).contains("NOT FOR DIAGNOSTIC USE"));
     assert!(tag_str(out, tags::DERIVATION_DESCRIPTION).contains(model));
-    let item = &out
-        .element(tags::SOURCE_IMAGE_SEQUENCE)
-        .unwrap()
-        .items()
-        .unwrap()[0];
     assert_eq!(
-        item.element(tags::REFERENCED_SOP_INSTANCE_UID)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .trim_end_matches('\0'),
+        item_str(
+            out,
+            tags::SOURCE_IMAGE_SEQUENCE,
+            tags::REFERENCED_SOP_INSTANCE_UID
+        ),
         tag_str(src, tags::SOP_INSTANCE_UID)
     );
-    let eq = &out
-        .element(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE)
-        .unwrap()
-        .items()
-        .unwrap()[0];
-    let serial = eq
-        .element(tags::DEVICE_SERIAL_NUMBER)
-        .unwrap()
-        .to_str()
-        .unwrap();
-    assert!(serial.trim().starts_with(model), "{serial}");
+    let serial = item_str(
+        out,
+        tags::CONTRIBUTING_EQUIPMENT_SEQUENCE,
+        tags::DEVICE_SERIAL_NUMBER,
+    );
+    assert!(serial.starts_with(model), "{serial}");
 }
 
 /// dciodvfy on each file (zero errors) and dcentvfy across the series.
