@@ -20,6 +20,8 @@
   latency   last instance acknowledged -> last derived instance acknowledged by the destination,
             minus the quiet time (300 slices, default model)
   memory    daemon peak RSS with 4 senders at once / with 1 sender (100-slice series each)
+BENCH_BIN_B=<another build>: that build's ingest runs after ours in each repetition, and its ratio
+to ours is printed (A/B in one run; how a change to the receive path was kept or not).
 Standard library only. Run through scripts/bench_daemon.sh (which builds and sets up first).
 """
 import os
@@ -35,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(os.environ.get("BENCH_BIN", ROOT / "target/release/ct-harmonizer"))
+# BENCH_BIN_B: a second build, run after ours in every ingest repetition (A/B in one run: the
+# disk's and the machine's drift hit both alike); rows "build B / ours"
+BIN_B = os.environ.get("BENCH_BIN_B", "")
 OUT = ROOT / "out/bench-daemon"
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 IMAGES = int(os.environ.get("BENCH_IMAGES", "300"))
@@ -117,7 +122,7 @@ class Storescp:
 
 
 class Daemon:
-    def __init__(self, port, quiet, rule, destination_port=None):
+    def __init__(self, port, quiet, rule, destination_port=None, binary=None):
         self.state = tempfile.mkdtemp(dir=STATE or OUT)
         self.log = Path(self.state) / "serve.log"
         cfg = Path(self.state) / "c.toml"
@@ -138,7 +143,8 @@ class Daemon:
             + f'destinations = {dests}\n')
         env = dict(ENV, CT_HARMONIZER__MODELS__DIR=str(ROOT / "models"), RUST_LOG="info", NO_COLOR="1")
         self.logf = open(self.log, "w")
-        self.p = subprocess.Popen([BIN, "--config", cfg, "serve"], env=env, stdout=self.logf, stderr=self.logf)
+        self.p = subprocess.Popen([binary or BIN, "--config", cfg, "serve"], env=env, stdout=self.logf,
+                                  stderr=self.logf)
         wait_port(port)
 
     def hwm_kib(self):
@@ -173,12 +179,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# (associations, build B's images/s, ours, B / ours) per ingest row when BENCH_BIN_B is set
+AB = []
+
+
 def ingest(series, senders):
     """Medians of (ours, storescp, durable limit, ours / storescp, ours / limit, our CPU ms per
     image, storescp's, ours / storescp's), the three run one after the other in each repetition
     (the disk is shared: its speed drifts)."""
     folders = split(series, senders) if senders > 1 else [series]
-    ours, theirs, limit, cpu_ours, cpu_theirs = [], [], [], [], []
+    ours, theirs, limit, cpu_ours, cpu_theirs, other = [], [], [], [], [], []
     n = len(os.listdir(series))
     for _ in range(REPS):
         port = free_port()
@@ -196,8 +206,16 @@ def ingest(series, senders):
         cpu_ours.append((cpu_seconds(d.p.pid) - c) / n * 1e3)
         d.stop()
         os.sync()
+        if BIN_B:
+            port = free_port()
+            d = Daemon(port, quiet=3600, rule="drop", binary=BIN_B)
+            other.append(n / storescu(port, "CTHARMONIZER", folders))
+            d.stop()
+            os.sync()
         limit.append(durable_limit(series, True, reps=1))
     med = statistics.median
+    if other:
+        AB.append((senders, med(other), med(ours), med(b / a for b, a in zip(other, ours))))
     return (med(ours), med(theirs), med(limit), med(o / t for o, t in zip(ours, theirs)),
             med(o / l for o, l in zip(ours, limit)), med(cpu_ours), med(cpu_theirs),
             med(o / t for o, t in zip(cpu_ours, cpu_theirs)))
@@ -385,6 +403,9 @@ def main():
     journal = journal_limit(series)
     for name, o, t, r, goal in rows:
         lines.append(f"{name:44} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
+    for n, b, a, r in AB:
+        lines.append(f"{f'ingest, {n} assoc.: BENCH_BIN_B / ours (img/s)':44} {b:10.1f} {a:10.1f} {r:7.2f}  "
+                     f"(B: {BIN_B})")
     lines.append(f"{'durable limit: write+fdatasync+rename+dir fsync':44} {full:10.1f} {'':>10} {'':>7}  "
                  f"(same {IMAGES} files, 1 thread)")
     lines.append(f"{'durable limit without the dir fsync':44} {data_only:10.1f} {'':>10} {'':>7}")
