@@ -123,6 +123,20 @@
 //! 0.30-0.38 ms per instance here (`scripts/bench_daemon.sh` row "serial commit"), so even
 //! `storescp` made durable would lose 20-25 % with one association (row "storescp + commit").
 //!
+//! Measured and not kept (2026-11-30, A/B in one run against the build before, `BENCH_BIN_B`,
+//! 5 repetitions, other work paused): writing the instance with direct I/O (`O_DIRECT` on the
+//! temporary file, block-aligned buffers written as they fill, so that the final `fdatasync` has
+//! only the last blocks and the size to write; alone, 525 KB this way then `fdatasync` costs
+//! 0.15-0.23 ms against 0.42-0.46 through the page cache): one association 0.74x (128 KiB writes)
+//! and 0.69x (256 KiB) of the build without it, four 0.84x and 0.89x. Each direct write waits for
+//! the disk on the writer, which then falls behind the receive, and the checks read the header
+//! back from the disk. Smaller chunks for the writer (64 KiB, 32 KiB against 256 KiB): 1.03x and
+//! 0.78x. Where the time goes instead: `perf record -a` over the ingest rows found the two vCPUs
+//! 72 % idle (one association is bound by latency, not CPU); `strace -c -f` of `serve` counted
+//! per instance 12 `futex` and 15 `epoll_wait` (hand-overs between the association's task, its
+//! writer and the sync), 1 `fdatasync`, 1 `fsync`, 1 `rename`; a thread woken on the other vCPU
+//! costs 19 µs here (a C condition-variable ping-pong).
+//!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
 //! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
