@@ -253,6 +253,10 @@ pub struct EvaluationRow {
     /// Share of texture features with CCC >= 0.85.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ccc_share: Option<f64>,
+    /// Share of texture features with CCC >= 0.85 over lung ROIs holding structure (vessels,
+    /// airways, nodules), the analogue of the published reproducibility over lesions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ccc_share_structure: Option<f64>,
     /// Fréchet distance to the target on our own discriminator's features (`ct-train eval
     /// --fd-features`; issue 12; not FID: no Inception network offline). Optional, like the above.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -50,6 +50,9 @@ pub struct Physics {
     pub mtf50: Option<(f64, f64)>,
     /// Features with CCC ≥ 0.85 and features with a defined CCC (features × ROI classes).
     pub ccc: Option<(usize, usize)>,
+    /// The same over the lung-structure ROIs (features of anatomy, as the published texture
+    /// reproducibility over lesions; see [`crate::physics::find_rois`]).
+    pub ccc_structure: Option<(usize, usize)>,
     /// Bland–Altman over cases (mean rows): emphysema index (points) and Perc15 (HU).
     pub ei_ba: Option<BlandAltman>,
     pub perc15_ba: Option<BlandAltman>,
@@ -64,16 +67,26 @@ impl Physics {
     }
     /// Share of the features with CCC ≥ 0.85.
     pub fn ccc_share(&self) -> Option<f64> {
-        self.ccc
-            .and_then(|(k, n)| (n > 0).then(|| k as f64 / n as f64))
+        share(self.ccc)
+    }
+    /// Share of the features with CCC ≥ 0.85 over the lung-structure ROIs.
+    pub fn ccc_structure_share(&self) -> Option<f64> {
+        share(self.ccc_structure)
     }
 }
+
+fn share(c: Option<(usize, usize)>) -> Option<f64> {
+    c.and_then(|(k, n)| (n > 0).then(|| k as f64 / n as f64))
+}
+
+impl Physics {}
 
 /// Texture features per ROI class, one vector per ROI.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClassFeatures {
     pub soft: Vec<Vec<f64>>,
     pub lung: Vec<Vec<f64>>,
+    pub structure: Vec<Vec<f64>>,
 }
 
 /// What is measured once on the target of a case.
@@ -167,6 +180,7 @@ fn class_features(v: &Volume, rois: &RoiSet) -> ClassFeatures {
     ClassFeatures {
         soft: rois.soft.iter().map(f).collect(),
         lung: rois.lung.iter().map(f).collect(),
+        structure: rois.structure.iter().map(f).collect(),
     }
 }
 
@@ -226,12 +240,13 @@ impl CaseRef {
             .filter_map(|c| c.skipped.as_deref())
             .collect();
         Some(format!(
-            "noise std: soft tissue over the {}, lung over the {}; NPS: {nps}{}; texture: automatic ROIs ({} soft, {} lung); rod MTF50 of the target: {}",
+            "noise std: soft tissue over the {}, lung over the {}; NPS: {nps}{}; texture: automatic ROIs ({} soft, {} lung, {} lung structure); rod MTF50 of the target: {}",
             region(&i.rois.soft),
             region(&i.rois.lung),
             if skipped.is_empty() { String::new() } else { format!(" ({})", skipped.join("; ")) },
             self.rois.soft.len(),
             self.rois.lung.len(),
+            self.rois.structure.len(),
             i.mtf50
                 .map(|m| format!("{m:.4} cycles/mm"))
                 .unwrap_or_else(|| "none (rod edge not measurable)".into())
@@ -297,6 +312,7 @@ impl CaseRef {
                 None
             },
             ccc: ccc_counts(&[(&feats, &self.features)]),
+            ccc_structure: ccc_structure_counts(&[(&feats, &self.features)]),
             mtf50: self
                 .inserts
                 .as_ref()
@@ -309,17 +325,25 @@ impl CaseRef {
 
 /// (features with CCC ≥ 0.85, features with a defined CCC) over the ROIs of all `pairs`
 /// (output, target), pooled per ROI class; every feature of every class with ROIs counts once.
+/// Classes: the uniform soft-tissue and lung ROIs.
 pub fn ccc_counts(pairs: &[(&ClassFeatures, &ClassFeatures)]) -> Option<(usize, usize)> {
+    ccc_over(pairs, &[|c| &c.soft, |c| &c.lung])
+}
+
+/// The same over the lung-structure ROIs.
+pub fn ccc_structure_counts(pairs: &[(&ClassFeatures, &ClassFeatures)]) -> Option<(usize, usize)> {
+    ccc_over(pairs, &[|c| &c.structure])
+}
+
+type Class = fn(&ClassFeatures) -> &Vec<Vec<f64>>;
+
+fn ccc_over(
+    pairs: &[(&ClassFeatures, &ClassFeatures)],
+    classes: &[Class],
+) -> Option<(usize, usize)> {
     let (mut good, mut total) = (0, 0);
-    for class in 0..2 {
-        let pick = |c: &ClassFeatures| -> Vec<Vec<f64>> {
-            if class == 0 {
-                c.soft.clone()
-            } else {
-                c.lung.clone()
-            }
-        };
-        let (mut o, mut t) = (Vec::new(), Vec::new());
+    for pick in classes {
+        let (mut o, mut t): (Vec<&Vec<f64>>, Vec<&Vec<f64>>) = (Vec::new(), Vec::new());
         for (a, b) in pairs {
             o.extend(pick(a));
             t.extend(pick(b));
@@ -370,6 +394,7 @@ pub fn mean_physics(cases: &[&Physics], ei: &[(f64, f64)]) -> Physics {
         // The rod inserts' (cases without one have none; the phantom's is set by the caller).
         mtf50: pair_mean(&|p| p.mtf50),
         ccc: None,
+        ccc_structure: None,
         ei_ba: bland_altman(&eo, &et),
         perc15_ba: bland_altman(&po, &pt),
     }
@@ -437,5 +462,75 @@ mod tests {
         let m = mean_physics(&[&p, &q], &[(10.0, 9.0), (12.0, 9.0)]);
         let ba = m.ei_ba.unwrap();
         assert!((ba.bias - 2.0).abs() < 1e-12);
+    }
+
+    /// A second acquisition (same anatomy, independent noise) against the target: over uniform
+    /// ROIs the features differ by noise only and few agree; over lung ROIs holding vessels of
+    /// varied width and place, most do (the anatomy decides). The blurred copy keeps fewer.
+    #[test]
+    fn structure_rois_make_texture_agreement_a_matter_of_anatomy() {
+        let mut rng = Rng::new(21);
+        let vessels: Vec<(f64, f64, f64)> = (0..40)
+            .map(|_| {
+                (
+                    30.0 + 68.0 * rng.uniform(),
+                    30.0 + 68.0 * rng.uniform(),
+                    1.0 + 3.0 * rng.uniform(),
+                )
+            })
+            .collect();
+        let clean = Volume::from_fn("t", [8, 128, 128], |z, y, x| {
+            let (dy, dx) = (y as f64 - 64.0, x as f64 - 64.0);
+            if (dy * dy + dx * dx).sqrt() > 62.0 {
+                return -1000.0;
+            }
+            if !((24..104).contains(&y) && (24..104).contains(&x)) {
+                return 40.0;
+            }
+            let (yf, xf) = (y as f64, x as f64);
+            for (i, &(cy, cx, r)) in vessels.iter().enumerate() {
+                // Five vessels per slice, each slice its own.
+                if i / 5 == z {
+                    let d = ((yf - cy).powi(2) + (xf - cx).powi(2)).sqrt();
+                    if d < r {
+                        return 40.0;
+                    }
+                }
+            }
+            -850.0
+        });
+        let noisy = |seed: u64| {
+            let mut r = Rng::new(seed);
+            let mut v = clean.clone();
+            v.values
+                .iter_mut()
+                .for_each(|h| *h += 20.0 * r.normal() as f32);
+            v
+        };
+        let (t, second) = (noisy(1), noisy(2));
+        let r = CaseRef::new(
+            &t,
+            lung_mask(&clean),
+            PhysicsOptions {
+                roi: 16,
+                max_rois: 48,
+            },
+        );
+        assert!(r.rois.structure.len() >= 8, "{:?}", r.rois.structure);
+        let (p, _, _) = r.measure(&second);
+        let (uniform, structure) = (p.ccc_share().unwrap(), p.ccc_structure_share().unwrap());
+        assert!(structure >= 0.5, "structure {structure}, uniform {uniform}");
+        assert!(
+            structure > uniform + 0.2,
+            "structure {structure}, uniform {uniform}"
+        );
+        let b = Volume::new(
+            "b",
+            t.shape,
+            t.spacing,
+            crate::resample::gaussian_blur(&second.values, t.shape, 2.0, 0.0),
+        );
+        let (q, _, _) = r.measure(&b);
+        assert!(q.ccc_structure_share().unwrap() < structure, "{q:?}");
     }
 }

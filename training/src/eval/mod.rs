@@ -83,7 +83,7 @@ use crate::lsq::LsqError;
 use crate::metrics::{lung_mask, metrics, Metrics};
 use crate::physics::NpsCurve;
 use crate::resample::{upsample, Interp};
-use figures::{ccc_counts, mean_physics, CaseRef, ClassFeatures};
+use figures::{ccc_counts, ccc_structure_counts, mean_physics, CaseRef, ClassFeatures};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -627,6 +627,7 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
                 .map(|(_, f, ci)| (f, &target_feats[*ci]))
                 .collect();
             physics.ccc = ccc_counts(&pooled);
+            physics.ccc_structure = ccc_structure_counts(&pooled);
             means.push(Row {
                 case: "mean".into(),
                 task,

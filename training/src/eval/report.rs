@@ -115,16 +115,17 @@ pub fn format_table(r: &EvalReport) -> String {
         .unwrap_or(4)
         .max(4);
     s.push_str(&format!(
-        "{:<cw$}  {:<8}  {:<w$}  {:>7}  {:>7}  {:>6}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>22}  {:>22}\n",
+        "{:<cw$}  {:<8}  {:<w$}  {:>7}  {:>7}  {:>6}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>22}  {:>22}  {:>6}  {:>4}\n",
         "case", "task", "method", "MAE", "PSNR", "SSIM", "EI out", "EI tgt", "EI err", "P15 err",
-        "σsoft", "σlung", "NPSpk", "NPSd", "MTF50", "CCC85", "n", "EI BA bias [LoA]", "P15 BA bias [LoA]"
+        "σsoft", "σlung", "NPSpk", "NPSd", "MTF50", "CCC85", "n", "EI BA bias [LoA]", "P15 BA bias [LoA]",
+        "CCCst", "n"
     ));
     for x in &r.rows {
         let m = &x.metrics;
         let p = &x.physics;
         let err = m.ei_output.zip(m.ei_target).map(|(a, b)| a - b);
         s.push_str(&format!(
-            "{:<cw$}  {:<8}  {:<w$}  {:>7.4}  {:>7.2}  {:>6.4}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>22}  {:>22}\n",
+            "{:<cw$}  {:<8}  {:<w$}  {:>7.4}  {:>7.2}  {:>6.4}  {:>7}  {:>7}  {:>7}  {:>7}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>6}  {:>22}  {:>22}  {:>6}  {:>4}\n",
             x.case,
             x.task,
             x.method,
@@ -144,12 +145,17 @@ pub fn format_table(r: &EvalReport) -> String {
             p.ccc.map(|(_, n)| n.to_string()).unwrap_or_default(),
             ba_text(p.ei_ba, 2),
             ba_text(p.perc15_ba, 1),
+            opt(p.ccc_structure_share(), 3),
+            p.ccc_structure
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_default(),
         ));
     }
     s.push_str(
         "σsoft, σlung: noise std ratio output/target in uniform ROIs; NPSpk: NPS peak-frequency ratio; \
          NPSd: relative L2 distance of the NPS; MTF50: ratio on the case's rod insert, else on the rod phantom; CCC85: share of the \
-         n (feature, ROI class) with CCC >= 0.85; BA: Bland-Altman bias [limits of agreement] over cases\n",
+         n (feature, ROI class) with CCC >= 0.85 over the uniform ROIs, CCCst: over the lung-structure ROIs (vessels, airways, nodules); \
+         BA: Bland-Altman bias [limits of agreement] over cases\n",
     );
     if let Some(run) = &r.fd_features {
         s.push_str(&format!(
@@ -163,7 +169,7 @@ pub fn format_table(r: &EvalReport) -> String {
 }
 
 /// Columns of the CSV, in order (the first nine are the original format's).
-pub const CSV_COLUMNS: [&str; 38] = [
+pub const CSV_COLUMNS: [&str; 41] = [
     "case",
     "task",
     "method",
@@ -201,6 +207,9 @@ pub const CSV_COLUMNS: [&str; 38] = [
     "perc15_ba_upper",
     "ei_ba_n",
     "perc15_ba_n",
+    "ccc_structure_reproducible",
+    "ccc_structure_features",
+    "ccc_structure_share",
     "fd",
 ];
 
@@ -232,7 +241,7 @@ pub fn write_csv(path: &Path, r: &EvalReport) -> Result<(), EvalError> {
         };
         writeln!(
             f,
-            "{},{},\"{}\",{:.6},{:.4},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},\"{}\",{:.6},{:.4},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             x.case,
             x.task,
             x.method.replace('"', "'"),
@@ -261,6 +270,13 @@ pub fn write_csv(path: &Path, r: &EvalReport) -> Result<(), EvalError> {
             ba(p.perc15_ba),
             p.ei_ba.map(|b| b.n.to_string()).unwrap_or_default(),
             p.perc15_ba.map(|b| b.n.to_string()).unwrap_or_default(),
+            p.ccc_structure
+                .map(|(k, _)| k.to_string())
+                .unwrap_or_default(),
+            p.ccc_structure
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_default(),
+            opt(p.ccc_structure_share(), 5),
             r.fd_of(x).map(|d| format!("{d:.6e}")).unwrap_or_default(),
         )
         .map_err(io)?;
@@ -351,6 +367,7 @@ pub fn manifest_rows(
                 nps_distance: p.nps_distance,
                 mtf50_ratio: Physics::ratio(p.mtf50),
                 ccc_share: p.ccc_share(),
+                ccc_share_structure: p.ccc_structure_share(),
                 fd: r.fd_of(row),
             }
         })

@@ -9,6 +9,13 @@
 //! - **lung**: every voxel inside the target's lung mask ([`crate::metrics::lung_mask`]), every
 //!   smoothed value within [`LUNG_HU`] and a smoothed range of at most [`LUNG_RANGE_HU`] (parenchyma
 //!   without large vessels).
+//! - **lung structure** (issue 11's texture CCC): three quarters of the voxels and the four corners
+//!   inside the lung mask (inside the lung, not across its wall) and a smoothed range of at least
+//!   [`STRUCTURE_RANGE_HU`]: parenchyma holding vessels, airway walls or nodules. Uniform ROIs differ from one another only by their noise, which a target of a
+//!   separate acquisition does not share with anything, so the CCC over them stays low even for a
+//!   second scan with the target's own protocol (`scripts/ceiling.sh`: 26.5 % of the features).
+//!   Published texture reproducibility is over lesions of many patients (Choe et al., Radiology
+//!   292:365, 2019), whose features differ by anatomy; structured ROIs are our phantoms' analogue.
 //!
 //! At most `max_per_class` of each are kept, spread evenly over the accepted list (so over the
 //! slices). Phantom geometry is not needed; a head CT simply yields no lung ROI.
@@ -26,6 +33,9 @@ pub const SOFT_RANGE_HU: f32 = 40.0;
 pub const LUNG_HU: (f32, f32) = (-1000.0, -600.0);
 /// Largest smoothed range (HU) inside a lung ROI.
 pub const LUNG_RANGE_HU: f32 = 80.0;
+/// Smallest smoothed range (HU) inside a lung-structure ROI (a vessel at 40 HU in parenchyma at
+/// -850 HU keeps more than this after the smoothing; the parenchyma's own texture stays under it).
+pub const STRUCTURE_RANGE_HU: f32 = 300.0;
 
 /// One square region: axial slice `z`, top-left corner (`y`, `x`), `size × size` voxels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +65,8 @@ impl Roi {
 pub struct RoiSet {
     pub soft: Vec<Roi>,
     pub lung: Vec<Roi>,
+    /// Lung ROIs holding structure (texture CCC only).
+    pub structure: Vec<Roi>,
 }
 
 /// Finds the soft-tissue and lung ROIs of `target` (HU) with its lung mask (module docs).
@@ -67,21 +79,24 @@ pub fn find_rois(target: &Volume, lung: &[bool], size: usize, max_per_class: usi
     let step = (size / 2).max(1);
     let mut soft = Vec::new();
     let mut lungs = Vec::new();
+    let mut structure = Vec::new();
     for z in 0..nz {
         let mut taken_soft: Vec<Roi> = Vec::new();
         let mut taken_lung: Vec<Roi> = Vec::new();
+        let mut taken_structure: Vec<Roi> = Vec::new();
         for y in (0..=ny - size).step_by(step) {
             for x in (0..=nx - size).step_by(step) {
                 let roi = Roi { z, y, x, size };
-                let (mut lo, mut hi, mut all_lung) = (f32::INFINITY, f32::NEG_INFINITY, true);
+                let (mut lo, mut hi, mut in_lung) = (f32::INFINITY, f32::NEG_INFINITY, 0);
                 for yy in y..y + size {
                     let i = (z * ny + yy) * nx + x;
                     for (&v, &m) in smooth[i..i + size].iter().zip(&lung[i..i + size]) {
                         lo = lo.min(v);
                         hi = hi.max(v);
-                        all_lung &= m;
+                        in_lung += usize::from(m);
                     }
                 }
+                let all_lung = in_lung == size * size;
                 let free = |taken: &[Roi]| {
                     taken.iter().all(|r| {
                         r.y + size <= y || y + size <= r.y || r.x + size <= x || x + size <= r.x
@@ -100,15 +115,30 @@ pub fn find_rois(target: &Volume, lung: &[bool], size: usize, max_per_class: usi
                     && free(&taken_lung)
                 {
                     taken_lung.push(roi);
+                } else if 4 * in_lung >= 3 * size * size
+                    && hi - lo >= STRUCTURE_RANGE_HU
+                    && [
+                        (y, x),
+                        (y, x + size - 1),
+                        (y + size - 1, x),
+                        (y + size - 1, x + size - 1),
+                    ]
+                    .iter()
+                    .all(|&(cy, cx)| lung[(z * ny + cy) * nx + cx])
+                    && free(&taken_structure)
+                {
+                    taken_structure.push(roi);
                 }
             }
         }
         soft.extend(taken_soft);
         lungs.extend(taken_lung);
+        structure.extend(taken_structure);
     }
     RoiSet {
         soft: spread(soft, max_per_class),
         lung: spread(lungs, max_per_class),
+        structure: spread(structure, max_per_class),
     }
 }
 
@@ -410,6 +440,42 @@ mod tests {
             assert!(roi.extract(&v).iter().all(|&h| h == -850.0), "{roi:?}");
         }
         assert_eq!(find_rois(&v, &mask, 16, 3).soft.len(), 3);
+    }
+
+    /// Structure ROIs lie inside the lung and hold a vessel; a lung without one holds none (its
+    /// wall is not structure).
+    #[test]
+    fn structure_rois_hold_a_vessel_in_the_lung() {
+        let chest = |vessel: bool| {
+            Volume::from_fn("t", [2, 96, 96], move |_, y, x| {
+                let (dy, dx) = (y as f64 - 48.0, x as f64 - 48.0);
+                if (dy * dy + dx * dx).sqrt() > 46.0 {
+                    -1000.0
+                } else if vessel && (34..38).contains(&x) && (26..66).contains(&y) {
+                    40.0
+                } else if (22..70).contains(&y) && (20..60).contains(&x) {
+                    -850.0
+                } else {
+                    40.0
+                }
+            })
+        };
+        let v = chest(true);
+        let mask = lung_mask(&v);
+        let r = find_rois(&v, &mask, 16, 100);
+        assert!(!r.structure.is_empty(), "{r:?}");
+        for roi in &r.structure {
+            let hu = roi.extract(&v);
+            assert!(
+                hu.iter().filter(|&&h| h == -850.0).count() * 4 >= 3 * hu.len(),
+                "{roi:?}"
+            );
+            assert!(hu.contains(&40.0), "{roi:?}");
+        }
+        let u = chest(false);
+        let none = find_rois(&u, &lung_mask(&u), 16, 100);
+        assert!(none.structure.is_empty(), "{none:?}");
+        assert!(!none.lung.is_empty());
     }
 
     use super::testing::inserts_128;
