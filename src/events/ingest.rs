@@ -328,6 +328,31 @@ impl DiskWatermark<'_> {
     }
 }
 
+/// The spool's empty files made ahead cannot be created (full disk, permissions): each instance
+/// creates its own meanwhile (and fails with its own error if the cause stays). Once per failure
+/// streak; [`SpoolTmpPoolRecovered`] ends it.
+pub struct SpoolTmpPoolFailed<'a> {
+    pub dir: &'a Path,
+    pub reason: &'a dyn Display,
+}
+
+impl SpoolTmpPoolFailed<'_> {
+    pub fn emit(self) {
+        warn!(event = "spool_tmp_pool_failed", dir = %self.dir.display(), reason = %self.reason, "cannot make spool files ahead; retried each second, instances create their own meanwhile");
+    }
+}
+
+/// The spool's files made ahead can be created again after [`SpoolTmpPoolFailed`].
+pub struct SpoolTmpPoolRecovered<'a> {
+    pub dir: &'a Path,
+}
+
+impl SpoolTmpPoolRecovered<'_> {
+    pub fn emit(self) {
+        info!(event = "spool_tmp_pool_recovered", dir = %self.dir.display(), "spool files are made ahead again");
+    }
+}
+
 /// A received instance cannot be written to the spool.
 pub struct SpoolWriteFailed<'a> {
     pub reason: &'a dyn Display,

@@ -143,43 +143,59 @@ impl TmpPool {
         let weak = std::sync::Arc::downgrade(pool);
         std::thread::Builder::new()
             .name("spool-tmp-pool".into())
-            .spawn(move || loop {
-                let Some(pool) = weak.upgrade() else {
-                    return;
-                };
-                if pool.is_closed() {
-                    return;
-                }
-                let mut failed = false;
-                while pool.lock().len() < size {
-                    let path = dir.join(name());
-                    match fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                    {
-                        Ok(file) => {
-                            let mut ready = pool.lock();
-                            if pool.is_closed() {
-                                drop(ready);
-                                let _ = fs::remove_file(&path);
-                                return;
+            .spawn(move || {
+                // A failure streak is logged once, and its end once.
+                let mut failing = false;
+                loop {
+                    let Some(pool) = weak.upgrade() else {
+                        return;
+                    };
+                    if pool.is_closed() {
+                        return;
+                    }
+                    let mut failed = false;
+                    while pool.lock().len() < size {
+                        let path = dir.join(name());
+                        match fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
+                        {
+                            Ok(file) => {
+                                let mut ready = pool.lock();
+                                if pool.is_closed() {
+                                    drop(ready);
+                                    let _ = fs::remove_file(&path);
+                                    return;
+                                }
+                                ready.push((file, path));
                             }
-                            ready.push((file, path));
-                        }
-                        Err(_) => {
-                            failed = true;
-                            break;
+                            Err(e) => {
+                                if !failing {
+                                    crate::events::SpoolTmpPoolFailed {
+                                        dir: &dir,
+                                        reason: &e,
+                                    }
+                                    .emit();
+                                }
+                                failing = true;
+                                failed = true;
+                                break;
+                            }
                         }
                     }
-                }
-                // Waits for a file to be taken (or a second: the pool is dropped meanwhile, or a
-                // failed creation is tried again), holding no reference to the pool after.
-                let ready = pool.lock();
-                if failed || ready.len() >= size {
-                    let _ = pool
-                        .taken
-                        .wait_timeout(ready, std::time::Duration::from_secs(1));
+                    if failing && !failed {
+                        crate::events::SpoolTmpPoolRecovered { dir: &dir }.emit();
+                        failing = false;
+                    }
+                    // Waits for a file to be taken (or a second: the pool is dropped meanwhile, or a
+                    // failed creation is tried again), holding no reference to the pool after.
+                    let ready = pool.lock();
+                    if failed || ready.len() >= size {
+                        let _ = pool
+                            .taken
+                            .wait_timeout(ready, std::time::Duration::from_secs(1));
+                    }
                 }
             })
             .map(|_| ())

@@ -1011,6 +1011,33 @@ mod tests {
         wait_tmp_files(dir.path(), 0);
     }
 
+    /// The folder of the files made ahead gone (an operator's clean-up, a remount): an instance
+    /// is refused with an error naming the folder, the pool retries each second (logging the
+    /// streak once, `spool_tmp_pool_failed`) and refills once the folder is back.
+    #[test]
+    fn files_made_ahead_come_back_after_their_folder_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), 0).unwrap().with_tmp_pool().unwrap();
+        wait_tmp_files(dir.path(), incoming::TMP_POOL);
+        let tmp = dir.path().join("spool/.tmp");
+        std::fs::remove_dir_all(&tmp).unwrap();
+        let e = s
+            .begin(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.9.1",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains(".tmp"), "{e}");
+        std::thread::sleep(Duration::from_millis(1200));
+        std::fs::create_dir(&tmp).unwrap();
+        wait_tmp_files(dir.path(), incoming::TMP_POOL);
+        let mut inc = begin_ct(&s, "1.2.9.2");
+        inc.write(&[9u8; 100]).unwrap();
+        s.commit(inc, "1.2", "1.2.9").unwrap();
+    }
+
     #[test]
     fn streamed_instances_commit_durably_from_many_threads() {
         let dir = tempfile::tempdir().unwrap();
