@@ -75,11 +75,10 @@ impl Physics {
     }
 }
 
+/// k / n of a (k, n) count, when n > 0.
 fn share(c: Option<(usize, usize)>) -> Option<f64> {
     c.and_then(|(k, n)| (n > 0).then(|| k as f64 / n as f64))
 }
-
-impl Physics {}
 
 /// Texture features per ROI class, one vector per ROI.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -11,9 +11,10 @@
 //!   without large vessels).
 //! - **lung structure** (issue 11's texture CCC): three quarters of the voxels and the four corners
 //!   inside the lung mask (inside the lung, not across its wall) and a smoothed range of at least
-//!   [`STRUCTURE_RANGE_HU`]: parenchyma holding vessels, airway walls or nodules. Uniform ROIs differ from one another only by their noise, which a target of a
-//!   separate acquisition does not share with anything, so the CCC over them stays low even for a
-//!   second scan with the target's own protocol (`scripts/ceiling.sh`: 26.5 % of the features).
+//!   [`STRUCTURE_RANGE_HU`]: parenchyma holding vessels, airway walls or nodules. Uniform ROIs
+//!   differ from one another only by their noise, which a target of a separate acquisition shares
+//!   with nothing, so the CCC over them stays low even for a second scan with the target's own
+//!   protocol (`scripts/ceiling.sh`: 26.5 % of the features).
 //!   Published texture reproducibility is over lesions of many patients (Choe et al., Radiology
 //!   292:365, 2019), whose features differ by anatomy; structured ROIs are our phantoms' analogue.
 //!
@@ -69,7 +70,8 @@ pub struct RoiSet {
     pub structure: Vec<Roi>,
 }
 
-/// Finds the soft-tissue and lung ROIs of `target` (HU) with its lung mask (module docs).
+/// Finds the soft-tissue, lung and lung-structure ROIs of `target` (HU) with its lung mask (module
+/// docs).
 pub fn find_rois(target: &Volume, lung: &[bool], size: usize, max_per_class: usize) -> RoiSet {
     let [nz, ny, nx] = target.shape;
     if size < 4 || ny < size || nx < size {
