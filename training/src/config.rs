@@ -262,6 +262,13 @@ pub struct TrainConfig {
     #[config(default = false)]
     #[arg(long, help = "Paired: the discriminators judge residuals, (source, image) minus the generator's skip filter of the source (residual generators only)", long_help = None)]
     pub d_residual: bool,
+    /// Paired: weight of the noise-texture term in the generator loss (issue 11;
+    /// [`crate::losses::texture`]): `lambda_texture · mean|local_noise(fake) − local_noise(target)|`,
+    /// the local RMS of a 3³ box high-pass over 7³ windows, which matches the target's noise level
+    /// without its noise realisation. 0 = off (the training of before, bit for bit).
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Paired: weight of the noise-texture term (L1 between the local high-pass RMS maps of output and target); 0 = off", long_help = None)]
+    pub lambda_texture: f64,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -289,6 +296,8 @@ pub enum OptionError {
     UnpairedOnly { name: &'static str },
     #[error("--d-residual: applies to --mode paired only")]
     DResidualPaired,
+    #[error("--lambda-texture: applies to --mode paired only (it compares the output with its paired target)")]
+    TexturePaired,
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
     UnpairedSets,
 }
@@ -304,6 +313,7 @@ impl TrainConfig {
             ("lambda-perceptual", self.lambda_perceptual),
             ("lambda-style", self.lambda_style),
             ("lambda-lowres", self.lambda_lowres),
+            ("lambda-texture", self.lambda_texture),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(OptionError::Weight { name, value });
@@ -327,6 +337,9 @@ impl TrainConfig {
         }
         if self.d_residual && self.mode != ModeArg::Paired {
             return Err(OptionError::DResidualPaired);
+        }
+        if self.lambda_texture > 0.0 && self.mode != ModeArg::Paired {
+            return Err(OptionError::TexturePaired);
         }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
         if sets.0 != sets.1
@@ -491,6 +504,37 @@ mod tests {
         let mut superres = both;
         superres.task = TaskArg::Superres;
         assert_eq!(superres.check_options(), Err(OptionError::UnpairedSets));
+    }
+
+    #[test]
+    fn lambda_texture_defaults_to_off_and_rejects_bad_weights() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        assert_eq!(c.lambda_texture, 0.0);
+        assert_eq!(c.clone().with_lambda_texture(100.0).check_options(), Ok(()));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = c
+                .clone()
+                .with_lambda_texture(bad)
+                .check_options()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    OptionError::Weight {
+                        name: "lambda-texture",
+                        ..
+                    }
+                ),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().starts_with("--lambda-texture "), "{e}");
+            assert!(e.to_string().contains("finite weight >= 0"), "{e}");
+        }
+        let unpaired =
+            TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_lambda_texture(1.0);
+        assert_eq!(unpaired.check_options(), Err(OptionError::TexturePaired));
+        // A train.json of before (no such key) reads as 0: trainer::run's
+        // resume_accepts_a_new_lambda_texture.
     }
 
     #[test]

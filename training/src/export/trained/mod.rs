@@ -313,7 +313,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
         data: format!(
             "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
              ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
-             lambda_cycle {}, lambda_gan {}{}",
+             lambda_cycle {}, lambda_gan {}{}{}",
             cfg.task,
             cfg.mode,
             model.blocks,
@@ -336,6 +336,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
             // The adversarial term's first `gan_from_step` steps went without it (issue 11).
             if cfg.gan_from_step > 0 && cfg.lambda_gan > 0.0 {
                 format!(" after step {}", cfg.gan_from_step)
+            } else {
+                String::new()
+            },
+            // The noise-texture term (issue 11), named only when on.
+            if cfg.lambda_texture > 0.0 {
+                format!(", lambda_texture {}", cfg.lambda_texture)
             } else {
                 String::new()
             },
@@ -477,6 +483,11 @@ mod tests {
         assert!(provenance(&cfg, &model, &state)
             .data
             .ends_with("lambda_gan 0"));
+        // The noise-texture term (issue 11) is named only when on.
+        cfg.lambda_texture = 300.0;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0, lambda_texture 300"));
     }
 
     #[test]
