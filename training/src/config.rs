@@ -269,6 +269,12 @@ pub struct TrainConfig {
     #[config(default = 0.0)]
     #[arg(long, default_value_t = 0.0, help = "Paired: weight of the noise-texture term (L1 between the local high-pass RMS maps of output and target); 0 = off", long_help = None)]
     pub lambda_texture: f64,
+    /// Weight of the B→A direction's noise-texture term (default: `lambda_texture`). The B→A
+    /// generator's target is the noisier domain: matching its noise level means making noise up
+    /// from an input that holds little, against the L1 term, and through the shared reversible
+    /// core that pull reaches the A→B translation too (issue 11: measured).
+    #[arg(long, help = "Paired: weight of the B->A direction's noise-texture term (default: --lambda-texture)", long_help = None)]
+    pub lambda_texture_ba: Option<f64>,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -314,6 +320,7 @@ impl TrainConfig {
             ("lambda-style", self.lambda_style),
             ("lambda-lowres", self.lambda_lowres),
             ("lambda-texture", self.lambda_texture),
+            ("lambda-texture-ba", self.lambda_texture_ba.unwrap_or(0.0)),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(OptionError::Weight { name, value });
@@ -338,7 +345,7 @@ impl TrainConfig {
         if self.d_residual && self.mode != ModeArg::Paired {
             return Err(OptionError::DResidualPaired);
         }
-        if self.lambda_texture > 0.0 && self.mode != ModeArg::Paired {
+        if self.texture_on() && self.mode != ModeArg::Paired {
             return Err(OptionError::TexturePaired);
         }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
@@ -348,6 +355,19 @@ impl TrainConfig {
             return Err(OptionError::UnpairedSets);
         }
         Ok(())
+    }
+
+    /// Weights of the noise-texture term of the A→B and B→A directions (issue 11).
+    pub fn texture_weights(&self) -> [f64; 2] {
+        [
+            self.lambda_texture,
+            self.lambda_texture_ba.unwrap_or(self.lambda_texture),
+        ]
+    }
+
+    /// Whether either direction has the noise-texture term.
+    pub fn texture_on(&self) -> bool {
+        self.texture_weights().iter().any(|w| *w > 0.0)
     }
 
     /// Weight of the generator's adversarial term at `step` (0-based): `lambda_gan` from
@@ -530,6 +550,23 @@ mod tests {
             assert!(e.to_string().starts_with("--lambda-texture "), "{e}");
             assert!(e.to_string().contains("finite weight >= 0"), "{e}");
         }
+        assert_eq!(c.texture_weights(), [0.0, 0.0]);
+        let one_way = c
+            .clone()
+            .with_lambda_texture(300.0)
+            .with_lambda_texture_ba(Some(0.0));
+        assert_eq!(one_way.texture_weights(), [300.0, 0.0]);
+        assert_eq!(
+            c.clone().with_lambda_texture(3.0).texture_weights(),
+            [3.0, 3.0]
+        );
+        assert!(matches!(
+            c.clone().with_lambda_texture_ba(Some(-2.0)).check_options(),
+            Err(OptionError::Weight {
+                name: "lambda-texture-ba",
+                ..
+            })
+        ));
         let unpaired =
             TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_lambda_texture(1.0);
         assert_eq!(unpaired.check_options(), Err(OptionError::TexturePaired));

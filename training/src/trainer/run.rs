@@ -173,10 +173,11 @@ fn check_resume_matches(
     t1.d_residual = t0.d_residual;
     // The noise-texture weight may change too (issue 11: a run trained on L1 fine-tuned with it).
     t1.lambda_texture = t0.lambda_texture;
-    if cfg.lambda_texture != t0.lambda_texture {
+    t1.lambda_texture_ba = t0.lambda_texture_ba;
+    if cfg.texture_weights() != t0.texture_weights() {
         tracing::info!(
-            lambda_texture = cfg.lambda_texture,
-            was_lambda_texture = t0.lambda_texture,
+            lambda_texture = ?cfg.texture_weights(),
+            was_lambda_texture = ?t0.texture_weights(),
             "--resume: lambda_texture changed"
         );
     }
@@ -355,7 +356,7 @@ pub fn train<B: AutodiffBackend>(
     if args.resume {
         truncate_csv(&tex_path, state.step)?;
     }
-    let mut tex_csv = if cfg.lambda_texture > 0.0 {
+    let mut tex_csv = if cfg.texture_on() {
         if !(args.resume && tex_path.exists()) {
             std::fs::write(&tex_path, "step,tex_ab,tex_ba\n").map_err(io_err(&tex_path))?;
         }
@@ -608,6 +609,7 @@ mod tests {
         std::fs::write(dir.path().join(TRAIN_CONFIG), json.to_string()).unwrap();
         let mut tuned = t.clone();
         tuned.lambda_texture = 100.0;
+        tuned.lambda_texture_ba = Some(0.0);
         tuned.steps = 9100;
         tuned.decay_steps = Some(800);
         check_resume_matches(dir.path(), &m, &tuned).unwrap();

@@ -85,7 +85,7 @@ pub struct PairedTerms<B: Backend> {
 
 /// Generator gradients of one paired direction:
 /// `BCE(D(src, fake), 1) + λ·|fake − tgt| + λ_texture·texture(fake, tgt)` (the last only with
-/// `lambda_texture` > 0: without it the loss and its graph are those of before).
+/// a texture weight > 0 for `dir`: without it the loss and its graph are those of before).
 pub fn paired_generator<B: AutodiffBackend>(
     gen: &RevGan<B>,
     disc: &Discriminators<B>,
@@ -100,8 +100,12 @@ pub fn paired_generator<B: AutodiffBackend>(
     // [1, 1, P, P, P]
     let fake = gen.decode(dir, core_out, src.clone());
     // [1]; texture: local noise maps [1, 1, P - 8, P - 8, P - 8] compared
-    let tex =
-        (cfg.lambda_texture > 0.0).then(|| texture(fake.clone(), tgt.clone()) * cfg.lambda_texture);
+    let [w_ab, w_ba] = cfg.texture_weights();
+    let w_tex = match dir {
+        Direction::AtoB => w_ab,
+        Direction::BtoA => w_ba,
+    };
+    let tex = (w_tex > 0.0).then(|| texture(fake.clone(), tgt.clone()) * w_tex);
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(

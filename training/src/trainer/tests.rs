@@ -676,5 +676,11 @@ fn texture_term_trains_through_the_reversible_backward() {
         };
         assert!(d(&w(&r), &w(&n)) < 1e-5);
         assert!(d(&w(&r), &w(&plain)) > 1e-7);
+        // --lambda-texture-ba 0: the A->B direction only.
+        let mut one_way = tiny(ModeArg::Paired, false);
+        one_way.cfg.lambda_texture = 100.0;
+        one_way.cfg.lambda_texture_ba = Some(0.0);
+        let l = one_way.step(patch(0), patch(10)).unwrap();
+        assert!(l.tex_ab > 0.0 && l.tex_ba == 0.0, "{l:?}");
     });
 }

@@ -340,10 +340,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
                 String::new()
             },
             // The noise-texture term (issue 11), named only when on.
-            if cfg.lambda_texture > 0.0 {
-                format!(", lambda_texture {}", cfg.lambda_texture)
-            } else {
-                String::new()
+            match cfg.texture_weights() {
+                [ab, ba] if ab == ba && ab > 0.0 => format!(", lambda_texture {ab}"),
+                [ab, ba] if ab > 0.0 || ba > 0.0 => {
+                    format!(", lambda_texture {ab} (A->B) {ba} (B->A)")
+                }
+                _ => String::new(),
             },
         ),
         steps: state.step,
@@ -488,6 +490,10 @@ mod tests {
         assert!(provenance(&cfg, &model, &state)
             .data
             .ends_with("lambda_gan 0, lambda_texture 300"));
+        cfg.lambda_texture_ba = Some(0.0);
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0, lambda_texture 300 (A->B) 0 (B->A)"));
     }
 
     #[test]
