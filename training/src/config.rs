@@ -275,6 +275,11 @@ pub struct TrainConfig {
     /// core that pull reaches the A→B translation too (issue 11: measured).
     #[arg(long, help = "Paired: weight of the B->A direction's noise-texture term (default: --lambda-texture)", long_help = None)]
     pub lambda_texture_ba: Option<f64>,
+    /// In-plane edge of the noise-texture term's blur (odd, 3 to 15): the high-pass is the image
+    /// minus its `3 × N × N` box mean, so a wider blur lets lower noise frequencies in.
+    #[config(default = 3)]
+    #[arg(long, default_value_t = 3, help = "Paired: in-plane edge of the noise-texture term's box blur (odd, 3-15; the high-pass is the image minus its 3 x N x N mean)", long_help = None)]
+    pub texture_blur: usize,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -304,6 +309,8 @@ pub enum OptionError {
     DResidualPaired,
     #[error("--lambda-texture: applies to --mode paired only (it compares the output with its paired target)")]
     TexturePaired,
+    #[error("--texture-blur {0}: expected an odd edge from 3 to 15 voxels")]
+    TextureBlur(usize),
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
     UnpairedSets,
 }
@@ -344,6 +351,10 @@ impl TrainConfig {
         }
         if self.d_residual && self.mode != ModeArg::Paired {
             return Err(OptionError::DResidualPaired);
+        }
+        let blur = self.texture_blur;
+        if blur % 2 == 0 || !(3..=crate::losses::TEXTURE_BLUR_MAX).contains(&blur) {
+            return Err(OptionError::TextureBlur(blur));
         }
         if self.texture_on() && self.mode != ModeArg::Paired {
             return Err(OptionError::TexturePaired);
@@ -567,6 +578,19 @@ mod tests {
                 ..
             })
         ));
+        for bad in [0, 2, 4, 17] {
+            let e = c
+                .clone()
+                .with_texture_blur(bad)
+                .check_options()
+                .unwrap_err();
+            assert_eq!(e, OptionError::TextureBlur(bad));
+            assert!(
+                e.to_string().contains(&format!("--texture-blur {bad}")),
+                "{e}"
+            );
+        }
+        assert_eq!(c.clone().with_texture_blur(7).check_options(), Ok(()));
         let unpaired =
             TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_lambda_texture(1.0);
         assert_eq!(unpaired.check_options(), Err(OptionError::TexturePaired));

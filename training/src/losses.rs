@@ -139,8 +139,11 @@ pub fn box_down<B: Backend>(x: Tensor<B, 5>, f: [usize; 3]) -> Tensor<B, 5> {
     x.reshape([n, c, d2, h2, w2])
 }
 
-/// Edge of the texture term's blur: the high-pass is `x` minus its `3 × 3 × 3` box mean.
+/// In-plane edge of the texture term's blur by default: the high-pass is `x` minus its
+/// `3 × 3 × 3` box mean (`--texture-blur` widens it in plane: `3 × N × N`).
 pub const TEXTURE_BLUR: usize = 3;
+/// Largest in-plane blur edge (`--texture-blur`): a 32³ patch keeps 12 voxels per axis.
+pub const TEXTURE_BLUR_MAX: usize = 15;
 /// Edge of the texture term's local window: the noise level is the RMS of the high-pass over
 /// `7 × 7 × 7` voxels (343 samples; the map of one noise realisation scatters around the level
 /// by some 20 % voxel to voxel, which averages out over the patch and over steps).
@@ -149,44 +152,62 @@ pub const TEXTURE_WINDOW: usize = 7;
 /// seed's window), so that its gradient stays finite on a constant volume.
 const TEXTURE_EPS: f64 = 1e-8;
 
-/// Box mean of edge `k` over D, H and W without padding (separable, a fixed convolution, so it
-/// runs on every backend): `[N, 1, D, H, W] -> [N, 1, D - k + 1, H - k + 1, W - k + 1]`.
-fn box_valid<B: Backend>(x: Tensor<B, 5>, k: usize) -> Tensor<B, 5> {
+/// Box mean of edges `k` (z, y, x) without padding (separable, a fixed convolution, so it runs on
+/// every backend): `[N, 1, D, H, W] -> [N, 1, D - kz + 1, H - ky + 1, W - kx + 1]`.
+fn box_valid<B: Backend>(x: Tensor<B, 5>, k: [usize; 3]) -> Tensor<B, 5> {
     let device = x.device();
-    let taps = vec![1.0 / k as f32; k];
     let mut y = x;
-    for shape in [[1, 1, k, 1, 1], [1, 1, 1, k, 1], [1, 1, 1, 1, k]] {
-        let w = Tensor::<B, 5>::from_data(TensorData::new(taps.clone(), shape), &device);
+    for (axis, shape) in [[1, 1, k[0], 1, 1], [1, 1, 1, k[1], 1], [1, 1, 1, 1, k[2]]]
+        .into_iter()
+        .enumerate()
+    {
+        let taps = vec![1.0 / k[axis] as f32; k[axis]];
+        let w = Tensor::<B, 5>::from_data(TensorData::new(taps, shape), &device);
         y = conv3d(y, w, None, ConvOptions::new([1; 3], [0; 3], [1; 3], 1));
     }
     y
 }
 
-/// Local noise level of a single-channel volume: the high-pass `h = x − box₃(x)` (on the voxels
-/// whose 3³ neighbourhood lies inside), then `sqrt(box₇(h²) + ε)`. Every axis must be at least
-/// 9 voxels. `[N, 1, D, H, W] -> [N, 1, D - 8, H - 8, W - 8]`
+/// Local noise level of a single-channel volume with the default blur ([`local_noise_with`],
+/// `blur` 3). `[N, 1, D, H, W] -> [N, 1, D - 8, H - 8, W - 8]`
 pub fn local_noise<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+    local_noise_with(x, TEXTURE_BLUR)
+}
+
+/// Local noise level of a single-channel volume: the high-pass `h = x − box(x)`, `box` the mean
+/// over `3 × blur × blur` voxels (z, y, x; `blur` odd, on the voxels whose neighbourhood lies
+/// inside), then `sqrt(box₇(h²) + ε)` over 7³ windows. With `e = blur − 1`:
+/// `[N, 1, D, H, W] -> [N, 1, D - 8, H - e - 6, W - e - 6]`
+pub fn local_noise_with<B: Backend>(x: Tensor<B, 5>, blur: usize) -> Tensor<B, 5> {
     let [n, c, d, h, w] = x.dims();
-    let r = TEXTURE_BLUR / 2;
-    // [N, 1, D - 2, H - 2, W - 2]
-    let centre = x.clone().slice([0..n, 0..c, r..d - r, r..h - r, r..w - r]);
-    let high = centre - box_valid(x, TEXTURE_BLUR);
-    // [N, 1, D - 8, H - 8, W - 8]
-    (box_valid(high.powi_scalar(2), TEXTURE_WINDOW) + TEXTURE_EPS).sqrt()
+    let (rz, r) = (TEXTURE_BLUR / 2, blur / 2);
+    // [N, 1, D - 2, H - e, W - e]
+    let centre = x
+        .clone()
+        .slice([0..n, 0..c, rz..d - rz, r..h - r, r..w - r]);
+    let high = centre - box_valid(x, [TEXTURE_BLUR, blur, blur]);
+    // [N, 1, D - 8, H - e - 6, W - e - 6]
+    (box_valid(high.powi_scalar(2), [TEXTURE_WINDOW; 3]) + TEXTURE_EPS).sqrt()
+}
+
+/// The noise-texture term (issue 11) with the default blur ([`texture_with`], `blur` 3).
+/// `[N, 1, D, H, W] x 2 -> [1]` (every axis at least 9 voxels)
+pub fn texture<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>) -> Tensor<B, 1> {
+    texture_with(x, y, TEXTURE_BLUR)
 }
 
 /// The noise-texture term (issue 11): `mean |local_noise(x) − local_noise(y)|`, the L1 distance
-/// of the two volumes' maps of local high-frequency RMS ([`local_noise`]). It compares how much
-/// noise (and fine detail) each neighbourhood holds, not where each noise grain lies, so a target
-/// with its own, independent noise realisation can be matched: L1 against such a target rewards
-/// the conditional median, which keeps whatever noise the generator cannot tell from structure.
-/// The idea is that of the noise-level / NPS-matching terms of CT denoising (e.g. the
-/// high-frequency and texture losses in the literature on low-dose CT: matching the local noise
-/// statistics or noise power spectrum of the output to the reference's rather than each voxel);
-/// this form (box high-pass, local RMS, L1) is ours, chosen to be cheap and backend-generic.
-/// `[N, 1, D, H, W] x 2 -> [1]` (every axis at least 9 voxels)
-pub fn texture<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>) -> Tensor<B, 1> {
-    l1(local_noise(x), local_noise(y))
+/// of the two volumes' maps of local high-frequency RMS ([`local_noise_with`]). It compares how
+/// much noise (and fine detail) each neighbourhood holds, not where each noise grain lies, so a
+/// target with its own, independent noise realisation can be matched: L1 against such a target
+/// rewards the conditional median, which keeps whatever noise the generator cannot tell from
+/// structure. The idea is that of the noise-level / NPS-matching terms of CT denoising (matching
+/// the local noise statistics or noise power spectrum of the output to the reference's rather
+/// than each voxel); this form (box high-pass, local RMS, L1) is ours, chosen to be cheap and
+/// backend-generic. A wider `blur` lets lower frequencies of the noise into the high-pass.
+/// `[N, 1, D, H, W] x 2 -> [1]` (D at least 9, H and W at least blur + 6)
+pub fn texture_with<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>, blur: usize) -> Tensor<B, 1> {
+    l1(local_noise_with(x, blur), local_noise_with(y, blur))
 }
 
 #[cfg(test)]
@@ -443,5 +464,14 @@ mod tests {
         let x: Vec<f32> = (0..n * n * n).map(|_| r.uniform() as f32 * 0.3).collect();
         let of = |xt: Tensor<A, 5>| texture(xt, t5::<A>(y.clone(), shape));
         gradient_check(of, x, shape, &[0, 111, 444, 555, 999], 1e-3, 5e-2);
+        // A wider in-plane blur: 3 x 7 x 7, then the 7³ window.
+        let n = 14;
+        let shape = [1, 1, n, n, n];
+        let y: Vec<f32> = (0..n * n * n).map(|_| r.uniform() as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..n * n * n).map(|_| r.uniform() as f32 * 0.3).collect();
+        let xt = t5::<B>(x.clone(), shape);
+        assert_eq!(local_noise_with(xt, 7).dims(), [1, 1, 6, 2, 2]);
+        let of = |xt: Tensor<A, 5>| texture_with(xt, t5::<A>(y.clone(), shape), 7);
+        gradient_check(of, x, shape, &[0, 500, 1372, 2000, 2743], 1e-3, 5e-2);
     }
 }

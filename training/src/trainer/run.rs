@@ -174,10 +174,12 @@ fn check_resume_matches(
     // The noise-texture weight may change too (issue 11: a run trained on L1 fine-tuned with it).
     t1.lambda_texture = t0.lambda_texture;
     t1.lambda_texture_ba = t0.lambda_texture_ba;
-    if cfg.texture_weights() != t0.texture_weights() {
+    t1.texture_blur = t0.texture_blur;
+    if (cfg.texture_weights(), cfg.texture_blur) != (t0.texture_weights(), t0.texture_blur) {
         tracing::info!(
             lambda_texture = ?cfg.texture_weights(),
             was_lambda_texture = ?t0.texture_weights(),
+            texture_blur = cfg.texture_blur,
             "--resume: lambda_texture changed"
         );
     }
@@ -610,6 +612,7 @@ mod tests {
         let mut tuned = t.clone();
         tuned.lambda_texture = 100.0;
         tuned.lambda_texture_ba = Some(0.0);
+        tuned.texture_blur = 7;
         tuned.steps = 9100;
         tuned.decay_steps = Some(800);
         check_resume_matches(dir.path(), &m, &tuned).unwrap();

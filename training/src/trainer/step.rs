@@ -8,7 +8,9 @@
 
 use super::TrainError;
 use crate::config::{CycleLoss, TrainConfig};
-use crate::losses::{bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture};
+use crate::losses::{
+    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_with,
+};
 use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -99,13 +101,14 @@ pub fn paired_generator<B: AutodiffBackend>(
     let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
     // [1, 1, P, P, P]
     let fake = gen.decode(dir, core_out, src.clone());
-    // [1]; texture: local noise maps [1, 1, P - 8, P - 8, P - 8] compared
+    // [1]; texture: local noise maps [1, 1, P - 8, P - b - 5, P - b - 5] compared (b the blur)
     let [w_ab, w_ba] = cfg.texture_weights();
     let w_tex = match dir {
         Direction::AtoB => w_ab,
         Direction::BtoA => w_ba,
     };
-    let tex = (w_tex > 0.0).then(|| texture(fake.clone(), tgt.clone()) * w_tex);
+    let tex =
+        (w_tex > 0.0).then(|| texture_with(fake.clone(), tgt.clone(), cfg.texture_blur) * w_tex);
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(

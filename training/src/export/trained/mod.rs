@@ -340,11 +340,20 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
                 String::new()
             },
             // The noise-texture term (issue 11), named only when on.
-            match cfg.texture_weights() {
-                [ab, ba] if ab == ba && ab > 0.0 => format!(", lambda_texture {ab}"),
-                [ab, ba] if ab > 0.0 || ba > 0.0 => {
-                    format!(", lambda_texture {ab} (A->B) {ba} (B->A)")
-                }
+            match (cfg.texture_weights(), cfg.texture_blur) {
+                ([ab, ba], blur) if ab > 0.0 || ba > 0.0 => format!(
+                    ", lambda_texture {}{}",
+                    if ab == ba {
+                        format!("{ab}")
+                    } else {
+                        format!("{ab} (A->B) {ba} (B->A)")
+                    },
+                    if blur == crate::losses::TEXTURE_BLUR {
+                        String::new()
+                    } else {
+                        format!(" (blur 3x{blur}x{blur})")
+                    }
+                ),
                 _ => String::new(),
             },
         ),
@@ -494,6 +503,10 @@ mod tests {
         assert!(provenance(&cfg, &model, &state)
             .data
             .ends_with("lambda_gan 0, lambda_texture 300 (A->B) 0 (B->A)"));
+        cfg.texture_blur = 7;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_texture 300 (A->B) 0 (B->A) (blur 3x7x7)"));
     }
 
     #[test]
