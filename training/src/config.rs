@@ -280,6 +280,11 @@ pub struct TrainConfig {
     #[config(default = 3)]
     #[arg(long, default_value_t = 3, help = "Paired: in-plane edge of the noise-texture term's box blur (odd, 3-15; the high-pass is the image minus its 3 x N x N mean)", long_help = None)]
     pub texture_blur: usize,
+    /// One-sided noise-texture term: only output noise above the target's counts
+    /// ([`crate::losses::texture_excess`]), so the term never asks for more high-frequency energy.
+    #[config(default = false)]
+    #[arg(long, help = "Paired: one-sided noise-texture term, only local noise above the target's counts", long_help = None)]
+    pub texture_one_sided: bool,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).

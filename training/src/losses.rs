@@ -210,6 +210,15 @@ pub fn texture_with<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>, blur: usize) -
     l1(local_noise_with(x, blur), local_noise_with(y, blur))
 }
 
+/// The one-sided noise-texture term (issue 11): `mean max(0, local_noise(x) − local_noise(y))`,
+/// only where `x` holds more high-frequency energy than `y` (excess noise), never rewarding more
+/// detail where `x` holds less (there the L1 term decides). `[N, 1, D, H, W] x 2 -> [1]`
+pub fn texture_excess<B: Backend>(x: Tensor<B, 5>, y: Tensor<B, 5>, blur: usize) -> Tensor<B, 1> {
+    (local_noise_with(x, blur) - local_noise_with(y, blur))
+        .clamp_min(0.0)
+        .mean()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -452,6 +461,36 @@ mod tests {
             let after = f64::from(vals(texture(t5::<A>(step, shape), target.clone()))[0]);
             assert!(after < before, "amplitude {amp}: {after} vs {before}");
         }
+    }
+
+    #[test]
+    fn one_sided_texture_counts_only_excess_noise() {
+        let _serial = crate::autodiff_serial();
+        let n = 16;
+        let shape = [1, 1, n, n, n];
+        let target = noisy(n, 0.02, 3);
+        let of = |x: Vec<f32>| {
+            vals(texture_excess(
+                t5::<B>(x, shape),
+                t5(target.clone(), shape),
+                3,
+            ))[0]
+        };
+        assert_eq!(of(target.clone()), 0.0);
+        // More noise: positive, and at most the two-sided term.
+        let x = noisy(n, 0.06, 4);
+        let excess = of(x.clone());
+        let both = vals(texture(t5::<B>(x, shape), t5(target.clone(), shape)))[0];
+        assert!(excess > 0.0 && excess <= both + 1e-7, "{excess} vs {both}");
+        // Far less noise than the target: next to nothing (a few windows where the noise grains
+        // happen to add to the shared structure's high-pass), where the two-sided term is large.
+        let x = noisy(n, 0.002, 4);
+        let less = of(x.clone());
+        let both = vals(texture(t5::<B>(x, shape), t5(target.clone(), shape)))[0];
+        assert!(
+            less < 0.2 * both && less < 0.05 * excess,
+            "{less} vs {both}"
+        );
     }
 
     #[test]

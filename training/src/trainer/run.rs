@@ -175,11 +175,18 @@ fn check_resume_matches(
     t1.lambda_texture = t0.lambda_texture;
     t1.lambda_texture_ba = t0.lambda_texture_ba;
     t1.texture_blur = t0.texture_blur;
-    if (cfg.texture_weights(), cfg.texture_blur) != (t0.texture_weights(), t0.texture_blur) {
+    t1.texture_one_sided = t0.texture_one_sided;
+    if (
+        cfg.texture_weights(),
+        cfg.texture_blur,
+        cfg.texture_one_sided,
+    ) != (t0.texture_weights(), t0.texture_blur, t0.texture_one_sided)
+    {
         tracing::info!(
             lambda_texture = ?cfg.texture_weights(),
             was_lambda_texture = ?t0.texture_weights(),
             texture_blur = cfg.texture_blur,
+            texture_one_sided = cfg.texture_one_sided,
             "--resume: lambda_texture changed"
         );
     }
@@ -613,6 +620,7 @@ mod tests {
         tuned.lambda_texture = 100.0;
         tuned.lambda_texture_ba = Some(0.0);
         tuned.texture_blur = 7;
+        tuned.texture_one_sided = true;
         tuned.steps = 9100;
         tuned.decay_steps = Some(800);
         check_resume_matches(dir.path(), &m, &tuned).unwrap();

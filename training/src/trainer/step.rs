@@ -9,7 +9,7 @@
 use super::TrainError;
 use crate::config::{CycleLoss, TrainConfig};
 use crate::losses::{
-    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_with,
+    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_excess, texture_with,
 };
 use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
 use burn::optim::GradientsParams;
@@ -107,8 +107,15 @@ pub fn paired_generator<B: AutodiffBackend>(
         Direction::AtoB => w_ab,
         Direction::BtoA => w_ba,
     };
-    let tex =
-        (w_tex > 0.0).then(|| texture_with(fake.clone(), tgt.clone(), cfg.texture_blur) * w_tex);
+    let tex = (w_tex > 0.0).then(|| {
+        let (f, t, blur) = (fake.clone(), tgt.clone(), cfg.texture_blur);
+        let term = if cfg.texture_one_sided {
+            texture_excess(f, t, blur)
+        } else {
+            texture_with(f, t, blur)
+        };
+        term * w_tex
+    });
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(

@@ -342,7 +342,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
             // The noise-texture term (issue 11), named only when on.
             match (cfg.texture_weights(), cfg.texture_blur) {
                 ([ab, ba], blur) if ab > 0.0 || ba > 0.0 => format!(
-                    ", lambda_texture {}{}",
+                    ", lambda_texture {}{}{}",
                     if ab == ba {
                         format!("{ab}")
                     } else {
@@ -352,6 +352,11 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
                         String::new()
                     } else {
                         format!(" (blur 3x{blur}x{blur})")
+                    },
+                    if cfg.texture_one_sided {
+                        " (one-sided)"
+                    } else {
+                        ""
                     }
                 ),
                 _ => String::new(),
@@ -507,6 +512,10 @@ mod tests {
         assert!(provenance(&cfg, &model, &state)
             .data
             .ends_with("lambda_texture 300 (A->B) 0 (B->A) (blur 3x7x7)"));
+        cfg.texture_one_sided = true;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("(blur 3x7x7) (one-sided)"));
     }
 
     #[test]
