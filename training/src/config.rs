@@ -358,7 +358,7 @@ impl TrainConfig {
             return Err(OptionError::DResidualPaired);
         }
         let blur = self.texture_blur;
-        if blur % 2 == 0 || !(3..=crate::losses::TEXTURE_BLUR_MAX).contains(&blur) {
+        if blur.is_multiple_of(2) || !(3..=crate::losses::TEXTURE_BLUR_MAX).contains(&blur) {
             return Err(OptionError::TextureBlur(blur));
         }
         if self.texture_on() && self.mode != ModeArg::Paired {
