@@ -262,6 +262,29 @@ pub struct TrainConfig {
     #[config(default = false)]
     #[arg(long, help = "Paired: the discriminators judge residuals, (source, image) minus the generator's skip filter of the source (residual generators only)", long_help = None)]
     pub d_residual: bool,
+    /// Paired: weight of the noise-texture term in the generator loss (issue 11;
+    /// [`crate::losses::texture`]): `lambda_texture · mean|local_noise(fake) − local_noise(target)|`,
+    /// the local RMS of a 3³ box high-pass over 7³ windows, which matches the target's noise level
+    /// without its noise realisation. 0 = off (the training of before, bit for bit).
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Paired: weight of the noise-texture term (L1 between the local high-pass RMS maps of output and target); 0 = off", long_help = None)]
+    pub lambda_texture: f64,
+    /// Weight of the B→A direction's noise-texture term (default: `lambda_texture`). The B→A
+    /// generator's target is the noisier domain: matching its noise level means making noise up
+    /// from an input that holds little, against the L1 term, and through the shared reversible
+    /// core that pull reaches the A→B translation too (issue 11: measured).
+    #[arg(long, help = "Paired: weight of the B->A direction's noise-texture term (default: --lambda-texture)", long_help = None)]
+    pub lambda_texture_ba: Option<f64>,
+    /// In-plane edge of the noise-texture term's blur (odd, 3 to 15): the high-pass is the image
+    /// minus its `3 × N × N` box mean, so a wider blur lets lower noise frequencies in.
+    #[config(default = 3)]
+    #[arg(long, default_value_t = 3, help = "Paired: in-plane edge of the noise-texture term's box blur (odd, 3-15; the high-pass is the image minus its 3 x N x N mean)", long_help = None)]
+    pub texture_blur: usize,
+    /// One-sided noise-texture term: only output noise above the target's counts
+    /// ([`crate::losses::texture_excess`]), so the term never asks for more high-frequency energy.
+    #[config(default = false)]
+    #[arg(long, help = "Paired: one-sided noise-texture term, only local noise above the target's counts", long_help = None)]
+    pub texture_one_sided: bool,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -289,6 +312,10 @@ pub enum OptionError {
     UnpairedOnly { name: &'static str },
     #[error("--d-residual: applies to --mode paired only")]
     DResidualPaired,
+    #[error("--lambda-texture: applies to --mode paired only (it compares the output with its paired target)")]
+    TexturePaired,
+    #[error("--texture-blur {0}: expected an odd edge from 3 to 15 voxels")]
+    TextureBlur(usize),
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
     UnpairedSets,
 }
@@ -304,6 +331,8 @@ impl TrainConfig {
             ("lambda-perceptual", self.lambda_perceptual),
             ("lambda-style", self.lambda_style),
             ("lambda-lowres", self.lambda_lowres),
+            ("lambda-texture", self.lambda_texture),
+            ("lambda-texture-ba", self.lambda_texture_ba.unwrap_or(0.0)),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(OptionError::Weight { name, value });
@@ -328,6 +357,13 @@ impl TrainConfig {
         if self.d_residual && self.mode != ModeArg::Paired {
             return Err(OptionError::DResidualPaired);
         }
+        let blur = self.texture_blur;
+        if blur.is_multiple_of(2) || !(3..=crate::losses::TEXTURE_BLUR_MAX).contains(&blur) {
+            return Err(OptionError::TextureBlur(blur));
+        }
+        if self.texture_on() && self.mode != ModeArg::Paired {
+            return Err(OptionError::TexturePaired);
+        }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
         if sets.0 != sets.1
             || (sets.0 && (self.mode != ModeArg::Unpaired || self.task != TaskArg::Kernel))
@@ -335,6 +371,19 @@ impl TrainConfig {
             return Err(OptionError::UnpairedSets);
         }
         Ok(())
+    }
+
+    /// Weights of the noise-texture term of the A→B and B→A directions (issue 11).
+    pub fn texture_weights(&self) -> [f64; 2] {
+        [
+            self.lambda_texture,
+            self.lambda_texture_ba.unwrap_or(self.lambda_texture),
+        ]
+    }
+
+    /// Whether either direction has the noise-texture term.
+    pub fn texture_on(&self) -> bool {
+        self.texture_weights().iter().any(|w| *w > 0.0)
     }
 
     /// Weight of the generator's adversarial term at `step` (0-based): `lambda_gan` from
@@ -491,6 +540,67 @@ mod tests {
         let mut superres = both;
         superres.task = TaskArg::Superres;
         assert_eq!(superres.check_options(), Err(OptionError::UnpairedSets));
+    }
+
+    #[test]
+    fn lambda_texture_defaults_to_off_and_rejects_bad_weights() {
+        let c = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        assert_eq!(c.lambda_texture, 0.0);
+        assert_eq!(c.clone().with_lambda_texture(100.0).check_options(), Ok(()));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let e = c
+                .clone()
+                .with_lambda_texture(bad)
+                .check_options()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    OptionError::Weight {
+                        name: "lambda-texture",
+                        ..
+                    }
+                ),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().starts_with("--lambda-texture "), "{e}");
+            assert!(e.to_string().contains("finite weight >= 0"), "{e}");
+        }
+        assert_eq!(c.texture_weights(), [0.0, 0.0]);
+        let one_way = c
+            .clone()
+            .with_lambda_texture(300.0)
+            .with_lambda_texture_ba(Some(0.0));
+        assert_eq!(one_way.texture_weights(), [300.0, 0.0]);
+        assert_eq!(
+            c.clone().with_lambda_texture(3.0).texture_weights(),
+            [3.0, 3.0]
+        );
+        assert!(matches!(
+            c.clone().with_lambda_texture_ba(Some(-2.0)).check_options(),
+            Err(OptionError::Weight {
+                name: "lambda-texture-ba",
+                ..
+            })
+        ));
+        for bad in [0, 2, 4, 17] {
+            let e = c
+                .clone()
+                .with_texture_blur(bad)
+                .check_options()
+                .unwrap_err();
+            assert_eq!(e, OptionError::TextureBlur(bad));
+            assert!(
+                e.to_string().contains(&format!("--texture-blur {bad}")),
+                "{e}"
+            );
+        }
+        assert_eq!(c.clone().with_texture_blur(7).check_options(), Ok(()));
+        let unpaired =
+            TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_lambda_texture(1.0);
+        assert_eq!(unpaired.check_options(), Err(OptionError::TexturePaired));
+        // A train.json of before (no such key) reads as 0: trainer::run's
+        // resume_accepts_a_new_lambda_texture.
     }
 
     #[test]

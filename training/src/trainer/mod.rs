@@ -350,7 +350,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let (fake_b, fake_a);
         if paired {
-            (l.gan_ab, l.rec_ab, fake_b) = paired_generator(
+            let ab = paired_generator(
                 &self.gen,
                 &self.disc,
                 Direction::AtoB,
@@ -359,7 +359,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 g_cfg,
                 &mut acc,
             )?;
-            (l.gan_ba, l.rec_ba, fake_a) = paired_generator(
+            let ba = paired_generator(
                 &self.gen,
                 &self.disc,
                 Direction::BtoA,
@@ -368,6 +368,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 g_cfg,
                 &mut acc,
             )?;
+            (l.gan_ab, l.rec_ab, l.tex_ab, fake_b) = (ab.gan, ab.rec, ab.texture, ab.fake);
+            (l.gan_ba, l.rec_ba, l.tex_ba, fake_a) = (ba.gan, ba.rec, ba.texture, ba.fake);
         } else {
             (l.gan_ab, l.rec_ab, fake_b) = unpaired_generator(
                 &self.gen,

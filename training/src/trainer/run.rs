@@ -171,6 +171,25 @@ fn check_resume_matches(
     t1.gan_from_step = t0.gan_from_step;
     t1.lr_d = t0.lr_d;
     t1.d_residual = t0.d_residual;
+    // The noise-texture weight may change too (issue 11: a run trained on L1 fine-tuned with it).
+    t1.lambda_texture = t0.lambda_texture;
+    t1.lambda_texture_ba = t0.lambda_texture_ba;
+    t1.texture_blur = t0.texture_blur;
+    t1.texture_one_sided = t0.texture_one_sided;
+    if (
+        cfg.texture_weights(),
+        cfg.texture_blur,
+        cfg.texture_one_sided,
+    ) != (t0.texture_weights(), t0.texture_blur, t0.texture_one_sided)
+    {
+        tracing::info!(
+            lambda_texture = ?cfg.texture_weights(),
+            was_lambda_texture = ?t0.texture_weights(),
+            texture_blur = cfg.texture_blur,
+            texture_one_sided = cfg.texture_one_sided,
+            "--resume: lambda_texture changed"
+        );
+    }
     if (cfg.lambda_gan, cfg.gan_from_step, cfg.lr_d, cfg.d_residual)
         != (t0.lambda_gan, t0.gan_from_step, t0.lr_d, t0.d_residual)
     {
@@ -193,6 +212,10 @@ fn check_resume_matches(
     }
     Ok(())
 }
+
+/// Per-step noise-texture terms of a run with `--lambda-texture` > 0 (issue 11):
+/// `step,tex_ab,tex_ba`, weighted, beside `losses.csv`.
+pub const TEXTURE_CSV: &str = "texture.csv";
 
 /// Keeps the CSV rows of steps `<= step` (the ones the checkpoint has seen).
 fn truncate_csv(path: &Path, step: u64) -> Result<(), TrainError> {
@@ -337,6 +360,23 @@ pub fn train<B: AutodiffBackend>(
         .append(true)
         .open(&csv_path)
         .map_err(io_err(&csv_path))?;
+    // The noise-texture terms (issue 11) go to their own file, so losses.csv keeps its columns.
+    let tex_path = run.join(TEXTURE_CSV);
+    if args.resume {
+        truncate_csv(&tex_path, state.step)?;
+    }
+    let mut tex_csv = if cfg.texture_on() {
+        if !(args.resume && tex_path.exists()) {
+            std::fs::write(&tex_path, "step,tex_ab,tex_ba\n").map_err(io_err(&tex_path))?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&tex_path)
+            .map_err(io_err(&tex_path))?;
+        Some(f)
+    } else {
+        None
+    };
 
     let val: Vec<(Vec<f32>, Vec<f32>)> = {
         let mut rng = Rng::new(cfg.seed ^ VAL_SEED);
@@ -375,6 +415,10 @@ pub fn train<B: AutodiffBackend>(
             dt
         )
         .map_err(io_err(&csv_path))?;
+        if let Some(f) = tex_csv.as_mut() {
+            writeln!(f, "{},{:.6},{:.6}", step + 1, l.tex_ab, l.tex_ba)
+                .map_err(io_err(&tex_path))?;
+        }
         bar.set_message(format!(
             "G {:.3} (gan {:.3}/{:.3} rec {:.3}/{:.3}) D {:.3}/{:.3} {:.2} s/it",
             l.generator(),
@@ -392,6 +436,9 @@ pub fn train<B: AutodiffBackend>(
             state.seconds = seconds0 + started.elapsed().as_secs_f64();
             checkpoint(&t, run, &state)?;
             csv.flush().map_err(io_err(&csv_path))?;
+            if let Some(f) = tex_csv.as_mut() {
+                f.flush().map_err(io_err(&tex_path))?;
+            }
             write_pictures(&t, run, &val, cfg.patch);
         }
     }
@@ -558,6 +605,64 @@ mod tests {
         assert!(e.contains("train.json") && e.contains("differ"), "{e}");
     }
 
+    /// `--resume` accepts a new noise-texture weight (issue 11: a run trained on L1 fine-tuned
+    /// with the term), and a run saved before the option existed reads as weight 0.
+    #[test]
+    fn resume_accepts_a_new_lambda_texture() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RevGanConfig::new();
+        let t = crate::config::TrainConfig::new(crate::config::TaskArg::Kernel, ModeArg::Paired);
+        m.save(dir.path().join(MODEL_CONFIG)).unwrap();
+        let mut json = serde_json::to_value(&t).unwrap();
+        json.as_object_mut().unwrap().remove("lambda_texture");
+        std::fs::write(dir.path().join(TRAIN_CONFIG), json.to_string()).unwrap();
+        let mut tuned = t.clone();
+        tuned.lambda_texture = 100.0;
+        tuned.lambda_texture_ba = Some(0.0);
+        tuned.texture_blur = 7;
+        tuned.texture_one_sided = true;
+        tuned.steps = 9100;
+        tuned.decay_steps = Some(800);
+        check_resume_matches(dir.path(), &m, &tuned).unwrap();
+        let mut other = tuned.clone();
+        other.lambda_l1 = 10.0;
+        assert!(check_resume_matches(dir.path(), &m, &other).is_err());
+    }
+
+    /// A negative or NaN `--lambda-texture` is refused before any data is read, naming the option
+    /// and the value; with `--mode unpaired` the term has no target to compare with.
+    #[test]
+    fn a_bad_lambda_texture_is_a_clear_error() {
+        let _serial = crate::autodiff_serial();
+        for (value, shown) in [("-1", "-1"), ("NaN", "NaN"), ("inf", "inf")] {
+            let option = format!("--lambda-texture={value}");
+            let err = run(&args(&["--backend", "flex", &option]))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(&format!("--lambda-texture {shown}"))
+                    && err.contains("finite weight >= 0"),
+                "{value}: {err}"
+            );
+        }
+        let err = run(&args(&[
+            "--backend",
+            "flex",
+            "--mode",
+            "unpaired",
+            "--lambda-texture",
+            "1",
+        ]))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("--lambda-texture") && err.contains("paired only"),
+            "{err}"
+        );
+    }
+
     /// `--backend flex` never reaches another backend: with missing data it fails on the data,
     /// not on a backend.
     #[test]
@@ -625,6 +730,42 @@ mod libtorch_tests {
                 ] {
                     let rel = ((x - y) / x.abs().max(1.0)).abs();
                     assert!(rel <= 1e-5, "{mode:?} step {s}: flex {x} libtorch {y}");
+                }
+            }
+        }
+    }
+
+    /// The noise-texture term (issue 11, its fixed box convolutions) gives the same values on
+    /// LibTorch as on burn-flex, two-sided and one-sided.
+    #[test]
+    fn libtorch_texture_term_matches_flex() {
+        let _serial = crate::autodiff_serial();
+        for one_sided in [false, true] {
+            fn textured<B: AutodiffBackend>(t: &mut super::super::Trainer<B>, one_sided: bool) {
+                t.cfg.lambda_texture = 100.0;
+                t.cfg.texture_one_sided = one_sided;
+            }
+            let mut f = trainer::<Autodiff<Flex>>(ModeArg::Paired, Default::default());
+            let mut t = trainer::<Autodiff<burn_tch::LibTorch<f32>>>(
+                ModeArg::Paired,
+                burn_tch::LibTorchDevice::Cpu,
+            );
+            textured(&mut f, one_sided);
+            textured(&mut t, one_sided);
+            for s in 0..2 {
+                // One-sided: a nearly flat target, so that the A->B output has noise in excess.
+                let damp = if one_sided { 0.01 } else { 1.0 };
+                let (a, b) = (patch(2 * s), patch(2 * s + 1));
+                let b: Vec<f32> = b.iter().map(|v| v * damp).collect();
+                let lf = f.step(a.clone(), b.clone()).unwrap();
+                let lt = t.step(a, b).unwrap();
+                assert!(lf.tex_ab > 0.0, "{lf:?}");
+                for (x, y) in [(lf.tex_ab, lt.tex_ab), (lf.tex_ba, lt.tex_ba)] {
+                    let rel = ((x - y) / x.abs().max(1e-3)).abs();
+                    assert!(
+                        rel <= 1e-4,
+                        "one-sided {one_sided} step {s}: flex {x} libtorch {y}"
+                    );
                 }
             }
         }

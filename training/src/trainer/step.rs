@@ -8,7 +8,9 @@
 
 use super::TrainError;
 use crate::config::{CycleLoss, TrainConfig};
-use crate::losses::{bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style};
+use crate::losses::{
+    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_excess, texture_with,
+};
 use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -30,11 +32,15 @@ pub struct StepLosses {
     /// Discriminator losses.
     pub d_a: f64,
     pub d_b: f64,
+    /// Noise-texture terms A→B and B→A (issue 11), already weighted by `lambda_texture`; 0 when
+    /// off.
+    pub tex_ab: f64,
+    pub tex_ba: f64,
 }
 
 impl StepLosses {
     pub fn generator(&self) -> f64 {
-        self.gan_ab + self.gan_ba + self.rec_ab + self.rec_ba
+        self.gan_ab + self.gan_ba + self.rec_ab + self.rec_ba + self.tex_ab + self.tex_ba
     }
 }
 
@@ -71,8 +77,17 @@ fn backward_stage<B: AutodiffBackend>(
     Ok(grads)
 }
 
-/// Generator gradients of one paired direction: `BCE(D(src, fake), 1) + λ·|fake − tgt|`.
-/// Returns (gan, weighted L1, fake) values.
+/// Values of one paired direction's generator terms (each weighted) and its output.
+pub struct PairedTerms<B: Backend> {
+    pub gan: f64,
+    pub rec: f64,
+    pub texture: f64,
+    pub fake: Tensor<B, 5>,
+}
+
+/// Generator gradients of one paired direction:
+/// `BCE(D(src, fake), 1) + λ·|fake − tgt| + λ_texture·texture(fake, tgt)` (the last only with
+/// a texture weight > 0 for `dir`: without it the loss and its graph are those of before).
 pub fn paired_generator<B: AutodiffBackend>(
     gen: &RevGan<B>,
     disc: &Discriminators<B>,
@@ -81,10 +96,26 @@ pub fn paired_generator<B: AutodiffBackend>(
     tgt: Tensor<B, 5>,
     cfg: &TrainConfig,
     acc: &mut GradientsParams,
-) -> Result<(f64, f64, Tensor<B::InnerBackend, 5>), TrainError> {
+) -> Result<PairedTerms<B::InnerBackend>, TrainError> {
     let h = gen.encode(dir, src.clone());
     let (core_out, seg) = core_stage(gen, dir, h, cfg.naive);
+    // [1, 1, P, P, P]
     let fake = gen.decode(dir, core_out, src.clone());
+    // [1]; texture: local noise maps [1, 1, P - 8, P - b - 5, P - b - 5] compared (b the blur)
+    let [w_ab, w_ba] = cfg.texture_weights();
+    let w_tex = match dir {
+        Direction::AtoB => w_ab,
+        Direction::BtoA => w_ba,
+    };
+    let tex = (w_tex > 0.0).then(|| {
+        let (f, t, blur) = (fake.clone(), tgt.clone(), cfg.texture_blur);
+        let term = if cfg.texture_one_sided {
+            texture_excess(f, t, blur)
+        } else {
+            texture_with(f, t, blur)
+        };
+        term * w_tex
+    });
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(
@@ -93,9 +124,22 @@ pub fn paired_generator<B: AutodiffBackend>(
             1.0,
         )
     });
-    let values = (gan.as_ref().map_or(0.0, scalar), scalar(&rec));
-    backward_stage(gen, with_adversarial(rec, gan, cfg), seg, acc)?;
-    Ok((values.0, values.1, fake.inner()))
+    let values = (
+        gan.as_ref().map_or(0.0, scalar),
+        scalar(&rec),
+        tex.as_ref().map_or(0.0, scalar),
+    );
+    let rest = match tex {
+        Some(t) => rec + t,
+        None => rec,
+    };
+    backward_stage(gen, with_adversarial(rest, gan, cfg), seg, acc)?;
+    Ok(PairedTerms {
+        gan: values.0,
+        rec: values.1,
+        texture: values.2,
+        fake: fake.inner(),
+    })
 }
 
 /// Generator gradients of one unpaired cycle `src → fake → rec`:

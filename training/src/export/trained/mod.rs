@@ -313,7 +313,7 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
         data: format!(
             "{data}; {:?} {:?} training, {} reversible blocks{}{}{skip}, source resampled x{:?}, HU window {:?}, \
              ngf {}, ndf {}, patch {}^3, {} steps in {:.0} s on {}, Adam lr {} betas ({}, {}), lambda_l1 {}, \
-             lambda_cycle {}, lambda_gan {}{}",
+             lambda_cycle {}, lambda_gan {}{}{}",
             cfg.task,
             cfg.mode,
             model.blocks,
@@ -338,6 +338,28 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
                 format!(" after step {}", cfg.gan_from_step)
             } else {
                 String::new()
+            },
+            // The noise-texture term (issue 11), named only when on.
+            match (cfg.texture_weights(), cfg.texture_blur) {
+                ([ab, ba], blur) if ab > 0.0 || ba > 0.0 => format!(
+                    ", lambda_texture {}{}{}",
+                    if ab == ba {
+                        format!("{ab}")
+                    } else {
+                        format!("{ab} (A->B) {ba} (B->A)")
+                    },
+                    if blur == crate::losses::TEXTURE_BLUR {
+                        String::new()
+                    } else {
+                        format!(" (blur 3x{blur}x{blur})")
+                    },
+                    if cfg.texture_one_sided {
+                        " (one-sided)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => String::new(),
             },
         ),
         steps: state.step,
@@ -477,6 +499,23 @@ mod tests {
         assert!(provenance(&cfg, &model, &state)
             .data
             .ends_with("lambda_gan 0"));
+        // The noise-texture term (issue 11) is named only when on.
+        cfg.lambda_texture = 300.0;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0, lambda_texture 300"));
+        cfg.lambda_texture_ba = Some(0.0);
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_gan 0, lambda_texture 300 (A->B) 0 (B->A)"));
+        cfg.texture_blur = 7;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("lambda_texture 300 (A->B) 0 (B->A) (blur 3x7x7)"));
+        cfg.texture_one_sided = true;
+        assert!(provenance(&cfg, &model, &state)
+            .data
+            .ends_with("(blur 3x7x7) (one-sided)"));
     }
 
     #[test]
