@@ -13,7 +13,10 @@
             point costs after the last byte when every data block was already written (fdatasync
             + rename + folder fsync), and "storescp + commit": storescp's rate had it paid that
             commit per instance (with one association storescu waits for each response, so no
-            overlap hides it), the reference for ingest that is both durable and storescp's pace
+            overlap hides it), the reference for ingest that is both durable and storescp's pace;
+            and the "durable floor": `storescp --ignore` (receives every instance, stores nothing:
+            storescu's and the loopback's pace alone) plus the serial commit, the most any durable
+            SCP can reach with one association
   cpu       CPU time (user + system) of `serve` and of storescp per image during the ingest rows
             (the measure that the load of a shared machine disturbs least)
   forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
@@ -106,9 +109,9 @@ def storescu(port, aec, folders):
 
 
 class Storescp:
-    def __init__(self, port, aet="STORESCP"):
+    def __init__(self, port, aet="STORESCP", extra=()):
         self.dir = tempfile.mkdtemp(dir=STATE or OUT)
-        self.p = subprocess.Popen(["/usr/bin/storescp", "-aet", aet, "-od", self.dir, str(port)], env=ENV,
+        self.p = subprocess.Popen(["/usr/bin/storescp", *extra, "-aet", aet, "-od", self.dir, str(port)], env=ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port)
 
@@ -185,10 +188,11 @@ AB = []
 
 def ingest(series, senders):
     """Medians of (ours, storescp, durable limit, ours / storescp, ours / limit, our CPU ms per
-    image, storescp's, ours / storescp's), the three run one after the other in each repetition
-    (the disk is shared: its speed drifts)."""
+    image, storescp's, ours / storescp's, storescp --ignore), run one after the other in each
+    repetition (the disk is shared: its speed drifts). `storescp --ignore` receives every instance
+    and stores nothing: the pace of storescu and the loopback alone, what no SCP can beat."""
     folders = split(series, senders) if senders > 1 else [series]
-    ours, theirs, limit, cpu_ours, cpu_theirs, other = [], [], [], [], [], []
+    ours, theirs, limit, cpu_ours, cpu_theirs, other, ignore = [], [], [], [], [], [], []
     n = len(os.listdir(series))
     for _ in range(REPS):
         port = free_port()
@@ -199,6 +203,10 @@ def ingest(series, senders):
         scp.stop()
         # storescp syncs nothing: its files are written back after its run; not in ours
         os.sync()
+        port = free_port()
+        scp = Storescp(port, extra=("--ignore",))
+        ignore.append(n / storescu(port, "STORESCP", folders))
+        scp.stop()
         port = free_port()
         d = Daemon(port, quiet=3600, rule="drop")
         c = cpu_seconds(d.p.pid)
@@ -218,7 +226,7 @@ def ingest(series, senders):
         AB.append((senders, med(other), med(ours), med(b / a for b, a in zip(other, ours))))
     return (med(ours), med(theirs), med(limit), med(o / t for o, t in zip(ours, theirs)),
             med(o / l for o, l in zip(ours, limit)), med(cpu_ours), med(cpu_theirs),
-            med(o / t for o, t in zip(cpu_ours, cpu_theirs)))
+            med(o / t for o, t in zip(cpu_ours, cpu_theirs)), med(ignore))
 
 
 def forward(series):
@@ -384,7 +392,7 @@ def main():
     have = {p: Path(p).exists() for p in ("/usr/bin/storescu", "/usr/bin/storescp")}
     if all(have.values()):
         for n in (1, 4):
-            o, t, lim, r_t, r_l, c_o, c_t, r_c = ingest(series, n)
+            o, t, lim, r_t, r_l, c_o, c_t, r_c, ign = ingest(series, n)
             assoc = f"{n} association{'s' if n > 1 else ''}"
             rows.append((f"ingest, {assoc} (img/s) / storescp", o, t, r_t, ">= 1.0"))
             if n == 1 and serial is not None:
@@ -393,6 +401,11 @@ def main():
                 durable_scp = 1 / (1 / t + serial)
                 rows.append((f"ingest, {assoc} / storescp + commit", o, durable_scp,
                              o / durable_scp, "(storescp's time + serial commit)"))
+                # the floor of any durable SCP: receiving and discarding (storescu's own pace),
+                # then the commit; its ratio to storescp is the most "durable and >= 1.0x" can be
+                floor = 1 / (1 / ign + serial)
+                rows.append((f"ingest, {assoc} / durable floor", o, floor, o / floor,
+                             f"(storescp --ignore {ign:.0f} img/s + serial commit: {floor / t:.2f}x storescp)"))
             rows.append((f"ingest, {assoc} / durable limit", o, lim, r_l, "(same repetitions)"))
             rows.append((f"ingest, {assoc}: CPU ms per image", c_o, c_t, r_c, "(ours / storescp's)"))
     else:

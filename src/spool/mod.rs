@@ -141,6 +141,25 @@
 //! only): one association 1.09x of the build with it (546 against 494 images/s; 0.65 of
 //! `storescp`), so it was not built either.
 //!
+//! The floor, measured (2026-11-30 08:44, `BENCH_ONLY=ingest BENCH_REPS=11 bash
+//! scripts/bench_daemon.sh`, row "durable floor"): `storescp --ignore` (receives every instance and
+//! stores nothing: `storescu`'s and the loopback's pace alone) accepts 1210 images/s, 0.83 ms per
+//! instance; with the serial commit (0.40 ms) after it, no durable SCP can exceed 817 images/s
+//! with one association, 1.13x `storescp` (723). Ours: 504 (0.68x `storescp`, 0.62x the floor).
+//! So "durable and at `storescp`'s pace" leaves 0.11-0.16 ms per instance for everything an SCP
+//! does besides receiving and committing (parse, write into the page cache, checks, hand-overs);
+//! `storescp` itself spends 0.55 ms there (without a commit), and our path on tmpfs (no commit)
+//! 0.24 ms (936 against `storescp`'s 784 images/s on tmpfs, same day). On this disk the data's
+//! write-back inside the final `fdatasync` is 0.29 ms of the 0.40 (a Python microbenchmark of 525
+//! KB: 0.40 ms with dirty data, 0.11 once written back), and starting write-back per 64 KiB
+//! chunk as it arrives costs ~25 us per `sync_file_range` call in the writer: A/B in one run
+//! (`BENCH_BIN_B`, 5-15 repetitions, three runs) 64 KiB chunks with `sync_file_range` gave 1.09x,
+//! 1.02x, 0.97x with one association and 0.88x, 0.91x, 0.92x with four; 64 KiB chunks alone
+//! 0.98x, 0.90x / 1.03x, 0.97x. Not kept. Reaching the goal would take all of: write-back fully
+//! overlapped with the receive without a system call per chunk (io_uring), the Success before the
+//! rename (recovery from `.tmp/` verified by a checksum stored with the data), and no hand-over
+//! left after the last byte; each bounded above, none enough alone.
+//!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
 //! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
