@@ -4,7 +4,7 @@
 //! - `export-baseline --out models/<name> [--sigma S]`: writes the classical in-plane Gaussian
 //!   sharp-to-soft baseline (`model.onnx` + `model.toml`); σ defaults to the least-squares fit of a
 //!   Gaussian MTF to the Hann/ramp filter ratio.
-//! - `synth --out DIR [--source cranium|phantom|DIR|file.nii] [--photons N] [--seed S]`: paired
+//! - `synth --out DIR [--source cranium|phantom|head-phantom|DIR|file.nii] [--photons N] [--seed S]`: paired
 //!   (sharp, soft) data by FBP simulation and thick-slice sources (`ct_training::data::synth`).
 //! - `eval --pairs DIR --model models/NAME ... --csv FILE [--tune DIR] [--baselines LIST]
 //!   [--fir DxKxK] [--no-physics]`: metrics table of models and baselines, physics figures and

@@ -1,7 +1,7 @@
 //! Training data: loading from DICOM series folders (through the daemon's own volume code), NIfTI
 //! files and InVesalius projects ([`load`], [`nifti`]), training pairs ([`pairs`]), the one seeded
 //! patch sampler ([`sampler`]) and the one random generator ([`rng`]), and the simulated data of
-//! `ct-train synth` ([`synth`], [`phantom`]).
+//! `ct-train synth` ([`synth`], [`phantom`], [`phantom_head`]).
 //!
 //! Every volume is the one [`crate::volume::Volume`] (re-exported here).
 //!
@@ -14,6 +14,7 @@ pub mod load;
 pub mod nifti;
 pub mod pairs;
 pub mod phantom;
+pub mod phantom_head;
 pub mod rng;
 pub mod sampler;
 pub mod synth;

@@ -224,7 +224,43 @@ impl Chest {
     }
 }
 
-fn smooth_step(d: f64, pixel: f64) -> f64 {
+/// Adds the quality-control inserts (module docs) to `hu` when `cfg.inserts` is on: the same
+/// cylinders for every phantom (chest and head, [`crate::data::phantom_head`]).
+pub(crate) fn stamp_inserts(cfg: &PhantomConfig, hu: &mut [f32]) {
+    if !cfg.inserts {
+        return;
+    }
+    let [nz, ny, nx] = cfg.shape;
+    let [dz, dy, dx] = cfg.spacing;
+    let fov = [nz as f64 * dz, ny as f64 * dy, nx as f64 * dx];
+    let pix = dx.min(dy);
+    let pos = |z: usize, y: usize, x: usize| {
+        [
+            (x as f64 + 0.5) * dx - fov[2] / 2.0,
+            (y as f64 + 0.5) * dy - fov[1] / 2.0,
+            (z as f64 + 0.5) * dz,
+        ]
+    };
+    let m = insert_mm(fov);
+    for (k, val) in [(0, WATER_HU), (1, ROD_HU), (3, FOAM_HU)] {
+        let (cx, cy, r) = m[k];
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let p = pos(z, y, x);
+                    let d = ((p[0] - cx).powi(2) + (p[1] - cy).powi(2)).sqrt();
+                    let w = smooth_step(d - r, pix) as f32;
+                    if w > 0.0 {
+                        let i = (z * ny + y) * nx + x;
+                        hu[i] = hu[i] * (1.0 - w) + val as f32 * w;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn smooth_step(d: f64, pixel: f64) -> f64 {
     // Coverage of a voxel whose centre is at signed distance `d` (negative = inside) from an edge.
     (0.5 - d / pixel).clamp(0.0, 1.0)
 }
@@ -549,25 +585,7 @@ pub fn chest(cfg: &PhantomConfig) -> Volume {
         stamp(&mut hu, s, s.r + wall, -50.0, in_lung);
         stamp(&mut hu, s, s.r, -1000.0, in_lung);
     }
-    if cfg.inserts {
-        let m = insert_mm(fov);
-        for (k, val) in [(0, WATER_HU), (1, ROD_HU), (3, FOAM_HU)] {
-            let (cx, cy, r) = m[k];
-            for z in 0..nz {
-                for y in 0..ny {
-                    for x in 0..nx {
-                        let p = pos(z, y, x);
-                        let d = ((p[0] - cx).powi(2) + (p[1] - cy).powi(2)).sqrt();
-                        let w = smooth_step(d - r, pix) as f32;
-                        if w > 0.0 {
-                            let i = (z * ny + y) * nx + x;
-                            hu[i] = hu[i] * (1.0 - w) + val as f32 * w;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    stamp_inserts(cfg, &mut hu);
     Volume::new(
         format!("phantom chest seed {}", cfg.seed),
         cfg.shape,

@@ -176,6 +176,12 @@ fn check_resume_matches(
     t1.lambda_texture_ba = t0.lambda_texture_ba;
     t1.texture_blur = t0.texture_blur;
     t1.texture_one_sided = t0.texture_one_sided;
+    // So may the data folder (issue 11: a run trained on chest phantoms fine-tuned on chests and
+    // heads); the new folder is recorded in train.json and the provenance.
+    t1.data.clone_from(&t0.data);
+    if cfg.data != t0.data {
+        tracing::info!(data = %cfg.data, was_data = %t0.data, "--resume: data changed");
+    }
     if (
         cfg.texture_weights(),
         cfg.texture_blur,
@@ -627,6 +633,33 @@ mod tests {
         let mut other = tuned.clone();
         other.lambda_l1 = 10.0;
         assert!(check_resume_matches(dir.path(), &m, &other).is_err());
+    }
+
+    /// `--resume` accepts a new data folder (issue 11: fine-tuning on chest and head phantoms),
+    /// and still refuses any other changed option.
+    #[test]
+    fn resume_accepts_a_new_data_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RevGanConfig::new();
+        let mut t =
+            crate::config::TrainConfig::new(crate::config::TaskArg::Kernel, ModeArg::Paired);
+        t.data = "/data/chest".into();
+        m.save(dir.path().join(MODEL_CONFIG)).unwrap();
+        std::fs::write(
+            dir.path().join(TRAIN_CONFIG),
+            serde_json::to_string(&t).unwrap(),
+        )
+        .unwrap();
+        let mut moved = t.clone();
+        moved.data = "/data/chest-and-head".into();
+        moved.steps += 1600;
+        check_resume_matches(dir.path(), &m, &moved).unwrap();
+        let mut other = moved.clone();
+        other.patch = 48;
+        let e = check_resume_matches(dir.path(), &m, &other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.json") && e.contains("differ"), "{e}");
     }
 
     /// A negative or NaN `--lambda-texture` is refused before any data is read, naming the option

@@ -299,6 +299,8 @@ pub enum SynthError {
     Data(#[from] DataError),
     #[error(transparent)]
     Nifti(#[from] NiftiError),
+    #[error(transparent)]
+    Phantom(#[from] crate::data::phantom_head::PhantomError),
     #[error("writing {path}: {source}")]
     Series { path: PathBuf, source: SampleError },
     #[error("cannot write {path}: {source}")]
@@ -329,6 +331,8 @@ pub enum Source {
     Cranium,
     /// Procedural chest phantoms.
     Phantom,
+    /// Procedural head phantoms ([`crate::data::phantom_head`]).
+    HeadPhantom,
     /// A DICOM folder (every series in it is a case), a NIfTI file or an `.inv3` project.
     Path(PathBuf),
 }
@@ -338,6 +342,7 @@ impl Source {
         match s {
             "cranium" => Self::Cranium,
             "phantom" => Self::Phantom,
+            "head-phantom" => Self::HeadPhantom,
             p => Self::Path(PathBuf::from(p)),
         }
     }
@@ -524,6 +529,24 @@ fn source_volumes(o: &SynthOptions) -> Result<Vec<SourceCase>, SynthError> {
                     )
                 })
                 .collect()
+        }
+        Source::HeadPhantom => {
+            let size = if o.size == 0 { 256 } else { o.size };
+            let slices = if o.slices == 0 { 48 } else { o.slices };
+            (0..o.cases.max(1))
+                .map(|k| {
+                    let seed = o.sim.seed.wrapping_add(k as u64);
+                    let cfg = PhantomConfig {
+                        inserts: o.mode == PairMode::Independent,
+                        ..PhantomConfig::head(size, slices, seed)
+                    };
+                    Ok((
+                        format!("head-phantom-{seed:04}"),
+                        crate::data::phantom_head::head(&cfg)?,
+                        phantom::insert_geometry(&cfg),
+                    ))
+                })
+                .collect::<Result<_, SynthError>>()?
         }
         Source::Cranium => vec![(
             "cranium".to_string(),
@@ -785,8 +808,10 @@ pub struct SynthArgs {
     /// Output folder: one sub-folder per case with `sharp`, `soft` and `thick`, plus `synth.toml`.
     #[arg(long)]
     pub out: PathBuf,
-    /// Anatomy: `cranium` (Debian's invesalius-examples head CT), `phantom` (procedural chests), a
-    /// DICOM folder (every series a case), a `.nii` / `.nii.gz` file or an `.inv3` project.
+    /// Anatomy: `cranium` (Debian's invesalius-examples head CT), `phantom` (procedural chests),
+    /// `head-phantom` (procedural heads: scalp, skull with diploe and air cells, grey and white
+    /// matter, CSF; 260 mm field of view, --size at least 64), a DICOM folder (every series a
+    /// case), a `.nii` / `.nii.gz` file or an `.inv3` project.
     #[arg(long, default_value = "phantom")]
     pub source: String,
     /// Incident photons per detector bin and view (Poisson noise).
@@ -808,7 +833,7 @@ pub struct SynthArgs {
     /// Slices per case (the central ones; 48 for phantoms when 0; all otherwise).
     #[arg(long, default_value_t = 0)]
     pub slices: usize,
-    /// Number of phantom cases (seeds seed, seed+1, ...).
+    /// Number of phantom cases, chest or head (seeds seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     pub cases: usize,
     /// Output format: dicom or nifti.
