@@ -240,3 +240,42 @@ fn export_refuses_untrained_and_existing_models() {
     let e = export_model::run(&args).unwrap_err().to_string();
     assert!(e.contains("architecture"), "{e}");
 }
+
+/// A core grown from 1 to 4 reversible blocks (`ct-train train --init-from`): exported, its ONNX
+/// graph still matches Burn through ONNX Runtime, and its valid margin (the daemon's tiling halo)
+/// is the deeper core's receptive radius, 7 + 8 × 4 = 39 voxels, with its new blocks as grown
+/// (the identity) and once they have moved (randomised here).
+#[test]
+fn grown_core_exports_with_the_deeper_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg1, old) = tiny_model(1, true, 5);
+    let cfg4 = cfg1.clone().with_blocks(4);
+    let dev = Default::default();
+    let grown = RevGan::<Flex>::new(&cfg4, &dev).grown_from(old).unwrap();
+    let out = dir.path().join("revgan-grown");
+    let md = export_model::export_generator(&grown, &cfg4, &meta("tiny", [1, 1, 1]), &out, false)
+        .unwrap();
+    assert_eq!(md.manifest.tensors.valid_margin, [39; 3]);
+    assert!(md.manifest.tensors.patch.iter().all(|&p| p >= 2 * 39));
+    let diff = compare(&md, &grown, [8, 10, 12], 500);
+    assert!(
+        diff <= TOL,
+        "grown, identity blocks: max |onnx - burn| = {diff}"
+    );
+    let mut moved = grown;
+    for b in &mut moved.core[1..] {
+        for c in [&mut b.f.conv2, &mut b.g.conv2] {
+            let dims = c.weight.dims();
+            c.weight =
+                Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.2), &dev));
+        }
+    }
+    let out = dir.path().join("revgan-grown-moved");
+    let md = export_model::export_generator(&moved, &cfg4, &meta("tiny", [1, 1, 1]), &out, false)
+        .unwrap();
+    let diff = compare(&md, &moved, [9, 12, 7], 501);
+    assert!(
+        diff <= TOL,
+        "grown, moved blocks: max |onnx - burn| = {diff}"
+    );
+}

@@ -32,6 +32,11 @@ pub enum RevGanError {
         "the reversible backward pass found no gradient for {0}: the loss does not depend on it"
     )]
     MissingGradient(&'static str),
+    #[error(
+        "cannot grow a core of {from} reversible blocks into one of {to}: a core only grows \
+         (new blocks are appended after the trained ones)"
+    )]
+    FewerBlocks { from: usize, to: usize },
 }
 
 /// Translation direction.
@@ -78,6 +83,18 @@ impl<B: Backend> RevBlock<B> {
         let y1 = x1 + self.f.forward(x2.clone());
         let y2 = x2 + self.g.forward(y1.clone());
         Tensor::cat(vec![y1, y2], 1)
+    }
+
+    /// This block made exactly the identity: the last convolution (weight and bias) of F and of G
+    /// set to zero, so `F = G = 0` and `y = x` (forward and inverse). `conv1` keeps its weights, so
+    /// the first gradient step reaches `conv2` (its input, `relu(IN(conv1(·)))`, is not zero).
+    pub fn into_identity(mut self) -> Self {
+        for c in [&mut self.f.conv2, &mut self.g.conv2] {
+            let w = c.weight.val();
+            c.weight = Param::from_tensor(w.zeros_like());
+            c.bias = super::zero_bias(c.bias.take());
+        }
+        self
     }
 
     /// `[N, 2c, d, h, w] -> [N, 2c, d, h, w]`: `x2 = y2 − G(y1)`, `x1 = y1 − F(x2)`
@@ -127,6 +144,36 @@ impl<B: Backend> RevGan<B> {
         };
         materialize(&m);
         m
+    }
+
+    /// Grows a trained generator pair `old` into this one (built for more blocks, e.g. fresh from
+    /// [`Self::new`]): every parameter of `old` (encoders, decoders with their skip filters, its
+    /// `k` blocks, keeping their [`burn::module::ParamId`]s so an optimizer record still finds them)
+    /// followed by this model's blocks `k..` made exactly the identity ([`RevBlock::into_identity`]).
+    /// A→B runs the old blocks then the new ones, B→A the new ones' inverses (the identity) then
+    /// the old ones': both generators compute what `old` computed, until training moves the new
+    /// blocks. Errors when `old` has more blocks than this model.
+    pub fn grown_from(self, old: RevGan<B>) -> Result<Self, RevGanError> {
+        let (from, to) = (old.core.len(), self.core.len());
+        if from > to {
+            return Err(RevGanError::FewerBlocks { from, to });
+        }
+        let mut core = old.core;
+        core.extend(
+            self.core
+                .into_iter()
+                .skip(from)
+                .map(RevBlock::into_identity),
+        );
+        Ok(Self {
+            enc_a: old.enc_a,
+            dec_a: old.dec_a,
+            enc_b: old.enc_b,
+            dec_b: old.dec_b,
+            core,
+            residual: old.residual,
+            branch_scale: old.branch_scale,
+        })
     }
 
     /// The source domain's encoder: `[N, 1, D, H, W] -> [N, 2ngf, D/2, H/2, W/2]` (D, H, W even)
@@ -554,6 +601,122 @@ mod tests {
             worst <= 1e-4 * scale.max(1.0),
             "max |naive - reversible| = {worst} (largest gradient {scale})"
         );
+    }
+
+    /// A 2-block pair (every convolution randomised) grown to 4 blocks: its new blocks are
+    /// exactly the identity, so both generators give the old outputs on a random volume, and the
+    /// old parameters are carried over with their ids.
+    fn grown(from: usize, to: usize) -> (RevGan<A>, RevGan<A>) {
+        let old = model_with(from, true);
+        let cfg = RevGanConfig::new()
+            .with_ngf(4)
+            .with_blocks(to)
+            .with_residual(true);
+        let fresh = RevGan::<A>::new(&cfg, &Default::default());
+        let g = fresh.grown_from(old.clone()).unwrap();
+        (old, g)
+    }
+
+    #[test]
+    fn grown_generator_computes_what_the_old_one_did() {
+        let _serial = crate::autodiff_serial();
+        let (old, g) = grown(2, 4);
+        assert_eq!(g.core.len(), 4);
+        let (old, g) = (old.valid(), g.valid());
+        let dev = Default::default();
+        let x = Tensor::<I, 5>::random([1, 1, 8, 10, 12], Distribution::Normal(0.0, 0.5), &dev);
+        for dir in [Direction::AtoB, Direction::BtoA] {
+            let a = old.forward(dir, x.clone());
+            let b = g.forward(dir, x.clone());
+            let moved = (a.clone() - x.clone()).abs().max().into_scalar();
+            assert!(
+                moved > 1e-3,
+                "{dir:?}: the old model is not trivial ({moved})"
+            );
+            let err = (a - b).abs().max().into_scalar();
+            assert!(
+                err <= 1e-5,
+                "{dir:?}: grown differs from the old model by {err}"
+            );
+        }
+        // Every old parameter kept its value and its id (an optimizer record still finds it).
+        let ids = |m: &RevGan<I>| {
+            let mut c = Ids(Vec::new());
+            m.visit(&mut c);
+            c.0
+        };
+        let (a, b) = (ids(&old), ids(&g));
+        assert!(b.len() > a.len());
+        for (id, v) in &a {
+            let found = b.iter().find(|p| p.0 == *id).map(|p| &p.1);
+            assert_eq!(found, Some(v), "parameter {id:?} was not carried over");
+        }
+        // The new blocks' last convolutions are zero, their first ones are not.
+        for blk in &g.core[2..] {
+            for c in [&blk.f, &blk.g] {
+                let w2 = c.conv2.weight.val().abs().max().into_scalar();
+                let b2 = c
+                    .conv2
+                    .bias
+                    .as_ref()
+                    .unwrap()
+                    .val()
+                    .abs()
+                    .max()
+                    .into_scalar();
+                let w1 = c.conv1.weight.val().abs().max().into_scalar();
+                assert!(w2 == 0.0 && b2 == 0.0 && w1 > 0.0, "{w2} {b2} {w1}");
+            }
+        }
+    }
+
+    /// (id, values) of every float parameter, in module order.
+    struct Ids(Vec<(ParamId, Vec<f32>)>);
+    impl<B: Backend> ModuleVisitor<B> for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let v = param.val().into_data().convert::<f32>().to_vec().unwrap();
+            self.0.push((param.id, v));
+        }
+    }
+
+    /// Bad input: a core cannot shrink.
+    #[test]
+    fn growing_into_fewer_blocks_is_refused() {
+        let _serial = crate::autodiff_serial();
+        let old = model_with(2, true);
+        let cfg = RevGanConfig::new()
+            .with_ngf(4)
+            .with_blocks(1)
+            .with_residual(true);
+        let fresh = RevGan::<A>::new(&cfg, &Default::default());
+        let e = fresh.grown_from(old).unwrap_err();
+        assert_eq!(e, RevGanError::FewerBlocks { from: 2, to: 1 });
+        assert!(
+            e.to_string().contains("2 reversible blocks into one of 1"),
+            "{e}"
+        );
+        // As many blocks: a plain copy.
+        let (old, same) = grown(2, 2);
+        assert_eq!(same.core.len(), old.core.len());
+    }
+
+    /// The reversible backward of a grown model (identity blocks appended) still equals plain
+    /// autodiff, and so does that of a grown model whose new blocks have moved.
+    #[test]
+    fn reversible_gradients_equal_autodiff_grown() {
+        let _serial = crate::autodiff_serial();
+        let (_, g) = grown(2, 4);
+        check_reversible_gradients(g);
+        let (_, mut g) = grown(1, 3);
+        let dev = Default::default();
+        for blk in &mut g.core[1..] {
+            for c in [&mut blk.f.conv2, &mut blk.g.conv2] {
+                let dims = c.weight.dims();
+                c.weight =
+                    Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), &dev));
+            }
+        }
+        check_reversible_gradients(g);
     }
 
     trait CountTensors {

@@ -106,6 +106,140 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
+/// File of a run directory started with `ct-train train --init-from` (a grown core): where the
+/// starting weights came from ([`GrownFrom`]). Kept across `--resume`; `ct-train export` names it
+/// in the model's provenance.
+pub const GROWN_FILE: &str = "grown_from.json";
+
+/// Provenance of a run started from another run's checkpoint (`--init-from`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GrownFrom {
+    /// The checkpoint directory the weights were read from.
+    pub checkpoint: String,
+    /// Its step: the grown run continues the step counter (and the learning-rate schedule) there.
+    pub step: u64,
+    /// Reversible blocks of the checkpoint, and of the grown core.
+    pub blocks_from: usize,
+    pub blocks_to: usize,
+}
+
+impl GrownFrom {
+    /// One line for the provenance: "core grown from 2 to 4 reversible blocks ...".
+    pub fn describe(&self) -> String {
+        format!(
+            "core grown from {} to {} reversible blocks (new blocks identity-initialised) from \
+             checkpoint {} at step {}",
+            self.blocks_from, self.blocks_to, self.checkpoint, self.step
+        )
+    }
+
+    /// Reads `run/grown_from.json`; `None` when the run was not grown.
+    pub fn read(run: &Path) -> Result<Option<Self>, TrainError> {
+        let p = run.join(GROWN_FILE);
+        match std::fs::read_to_string(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| TrainError::Checkpoint {
+                    path: p,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// Writes `run/grown_from.json`.
+    pub fn write(&self, run: &Path) -> Result<(), TrainError> {
+        let p = run.join(GROWN_FILE);
+        let json = serde_json::to_string_pretty(self).map_err(|e| TrainError::Checkpoint {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&p, json + "\n").map_err(io_err(&p))
+    }
+}
+
+/// The checkpoint directory of `path`, a run directory (holding `checkpoint/`) or a checkpoint
+/// directory itself (holding `state.json`), and the run directory holding its configs.
+pub fn locate_checkpoint(path: &Path) -> Result<(PathBuf, PathBuf), TrainError> {
+    if path.join(CHECKPOINT_DIR).join(STATE_FILE).is_file() {
+        return Ok((path.to_owned(), path.join(CHECKPOINT_DIR)));
+    }
+    if path.join(STATE_FILE).is_file() {
+        if let Some(run) = path.parent().filter(|r| r.join(MODEL_CONFIG).is_file()) {
+            return Ok((run.to_owned(), path.to_owned()));
+        }
+    }
+    Err(TrainError::Checkpoint {
+        path: path.to_owned(),
+        reason: format!(
+            "not a training run: no {CHECKPOINT_DIR}/{STATE_FILE} in it (nor a checkpoint \
+             directory with {STATE_FILE} beside a run's {MODEL_CONFIG})"
+        ),
+    })
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Starts this (freshly built) trainer from the checkpoint `dir` of a run with the
+    /// architecture `old` (the same but for fewer reversible blocks; checked by the caller): the
+    /// generators grown by [`RevGan::grown_from`] (every trained parameter copied, the new blocks
+    /// exactly the identity), the discriminators and image pools as saved, the optimizers'
+    /// records loaded, so that the copied parameters continue with their Adam moments while the
+    /// new blocks' parameters (absent from the record) start with fresh ones. Returns the
+    /// checkpoint's state: the step counter continues from there.
+    pub fn grow_from(&mut self, dir: &Path, old: &RevGanConfig) -> Result<TrainState, TrainError> {
+        let ck = |reason: String| TrainError::Checkpoint {
+            path: dir.to_owned(),
+            reason,
+        };
+        let state = read_state(dir)?;
+        check_synth_stamp(dir, Path::new(&self.cfg.data))?;
+        let rec = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+        let fresh = RevGan::<B>::new(old, &self.device);
+        let shapes = param_shapes(&fresh);
+        let trained = fresh
+            .load_file(dir.join(GEN_FILE), &rec, &self.device)
+            .map_err(|e| ck(format!("{e} (does {GEN_FILE} match {old:?}?)")))?;
+        if param_shapes(&trained) != shapes {
+            return Err(ck(format!(
+                "the generators' parameter shapes differ from the architecture {old:?}"
+            )));
+        }
+        self.gen = self.gen.clone().grown_from(trained)?;
+        let ds = param_shapes(&self.disc);
+        self.disc = self
+            .disc
+            .clone()
+            .load_file(dir.join(DISC_FILE), &rec, &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        if param_shapes(&self.disc) != ds {
+            return Err(ck(
+                "the discriminators' parameter shapes differ from this run's".into(),
+            ));
+        }
+        let og = rec
+            .load(dir.join(OPT_G_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_g = self.opt_g.clone().load_record(og);
+        let od = rec
+            .load(dir.join(OPT_D_FILE), &self.device)
+            .map_err(|e| ck(e.to_string()))?;
+        self.opt_d = self.opt_d.clone().load_record(od);
+        let inner = self.device.clone();
+        for (pool, file) in [
+            (&mut self.pool_a, POOL_A_FILE),
+            (&mut self.pool_b, POOL_B_FILE),
+        ] {
+            let p = dir.join(file);
+            if p.exists() {
+                pool.load(&p, &inner)?;
+            }
+        }
+        self.step = state.step;
+        Ok(state)
+    }
+}
+
 /// File of a checkpoint recording the `synth_format` of its training data.
 pub const SYNTH_STAMP_FILE: &str = "synth_format.json";
 

@@ -34,7 +34,12 @@
 //! `losses.png` and `val/step_NNNNNN.png` are redrawn too ([`crate::plots`]). `--resume` continues from
 //! it; the same seed gives the same run (patch positions and pool choices are drawn from a
 //! generator seeded by (seed, step), and the unpaired image pool is saved with the checkpoint, so
-//! a resumed run continues exactly).
+//! a resumed run continues exactly). `--init-from RUN` starts a new run from another run's
+//! checkpoint with a deeper core (issue 11: "A deeper core grown from 1.1.0" in the README): every
+//! trained parameter copied with its Adam moments, the added reversible blocks exactly the identity
+//! (their F and G end in zero convolutions), the step counter and the learning-rate schedule
+//! continued; `grown_from.json` in the run directory records the checkpoint, its step and the
+//! blocks, and `ct-train export` names them in the provenance ([`checkpoint::GrownFrom`]).
 //!
 //! Files: this module (the [`Trainer`] and its iteration), [`step`] (the generator losses and the
 //! reversible backward), [`pool`] (the image pool), [`checkpoint`] (run files, save/load),

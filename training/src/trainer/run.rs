@@ -37,6 +37,13 @@ pub struct TrainArgs {
     /// Start a new run even if --out already holds one (it is replaced).
     #[arg(long)]
     pub force: bool,
+    /// Start a new run from the checkpoint of run RUN (its directory or its `checkpoint/`) with a
+    /// deeper core: every trained parameter copied, `--blocks` minus the checkpoint's blocks new
+    /// reversible blocks appended as the identity, Adam moments continued for the copied
+    /// parameters and fresh for the new ones, the step counter continued from the checkpoint's.
+    /// Every other option must match RUN's (as for --resume). See `grow_matches`.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Where to train: `auto` is CUDA when built with it and a device exists, else LibTorch's CPU
     /// kernels when built with `--features tch`, else burn-flex. Not saved with the run: a
     /// checkpoint continues on any backend.
@@ -160,6 +167,20 @@ fn check_resume_matches(
             run.join(MODEL_CONFIG).display()
         )));
     }
+    let t1 = continuation_view(cfg, &t0);
+    if t1 != t0 {
+        return Err(TrainError::Options(format!(
+            "--resume: the training options in {} differ from the ones given",
+            run.join(TRAIN_CONFIG).display()
+        )));
+    }
+    Ok(())
+}
+
+/// `cfg` with the options a continued run (`--resume`, `--init-from`) may change taken from the
+/// saved `t0` (logging the adversarial and texture changes), so that `continuation_view == t0`
+/// says everything else matches.
+fn continuation_view(cfg: &TrainConfig, t0: &TrainConfig) -> TrainConfig {
     // Everything but the step budget (a resumed run may be extended) and the adversarial
     // fine-tuning options (issue 11: a run trained on L1 alone may go on with the adversarial term,
     // its discriminators warmed up first) must match.
@@ -210,13 +231,63 @@ fn check_resume_matches(
             "--resume: adversarial options changed"
         );
     }
-    if t1 != t0 {
+    t1
+}
+
+/// The keys whose values differ between two configurations saved as JSON objects, each as
+/// "`key` is <saved> in <file>, <given> in the options", `skip` keys left out.
+fn differing_keys<C: serde::Serialize>(
+    saved: &C,
+    given: &C,
+    file: &Path,
+    skip: &[&str],
+) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(saved), serde_json::to_value(given))
+    else {
+        return vec!["the configurations are not JSON objects".into()];
+    };
+    a.iter()
+        .filter(|(k, v)| !skip.contains(&k.as_str()) && b.get(k.as_str()) != Some(*v))
+        .map(|(k, v)| {
+            let g = b
+                .get(k.as_str())
+                .map_or("nothing".into(), |g| g.to_string());
+            format!("`{k}` is {v} in {}, {g} in the options", file.display())
+        })
+        .collect()
+}
+
+/// Checks that a run grown with `--init-from` from run `src` (its configs) differs from it only
+/// in having at least as many reversible blocks (and in the options `--resume` may change);
+/// returns `src`'s architecture. Each mismatch is named with its file and values.
+pub fn grow_matches(
+    src: &Path,
+    model_cfg: &RevGanConfig,
+    cfg: &TrainConfig,
+) -> Result<RevGanConfig, TrainError> {
+    let (m0, t0) = read_configs(src)?;
+    let mp = src.join(MODEL_CONFIG);
+    if model_cfg.blocks < m0.blocks {
         return Err(TrainError::Options(format!(
-            "--resume: the training options in {} differ from the ones given",
-            run.join(TRAIN_CONFIG).display()
+            "--init-from: --blocks {} is fewer than the {} reversible blocks in {}: a core can \
+             only grow",
+            model_cfg.blocks,
+            m0.blocks,
+            mp.display()
         )));
     }
-    Ok(())
+    let mut diff = differing_keys(&m0, model_cfg, &mp, &["blocks"]);
+    let t1 = continuation_view(cfg, &t0);
+    diff.extend(differing_keys(&t0, &t1, &src.join(TRAIN_CONFIG), &[]));
+    if !diff.is_empty() {
+        return Err(TrainError::Options(format!(
+            "--init-from: only --blocks (and the options --resume may change) may differ from \
+             the run grown from: {}",
+            diff.join("; ")
+        )));
+    }
+    Ok(m0)
 }
 
 /// Per-step noise-texture terms of a run with `--lambda-texture` > 0 (issue 11):
@@ -263,6 +334,20 @@ pub fn train<B: AutodiffBackend>(
             run.display()
         )));
     }
+    let grow_src = match &args.init_from {
+        Some(p) => {
+            let (src_run, src_ck) = super::checkpoint::locate_checkpoint(p)?;
+            let same = |a: &Path| std::fs::canonicalize(a).ok();
+            if same(&src_run).is_some() && same(&src_run) == same(run) {
+                return Err(TrainError::Options(format!(
+                    "--init-from {}: the run to grow from is --out itself; give a new --out",
+                    p.display()
+                )));
+            }
+            Some((src_run, src_ck))
+        }
+        None => None,
+    };
     if !args.resume && has_run && !args.force {
         return Err(TrainError::Options(format!(
             "{} already holds a training run: pass --resume to continue it or --force to replace it",
@@ -302,10 +387,29 @@ pub fn train<B: AutodiffBackend>(
     if args.resume {
         check_resume_matches(run, &model_cfg, &cfg)?;
     }
+    let grow_from = match &grow_src {
+        Some((src_run, src_ck)) => {
+            let old = grow_matches(src_run, &model_cfg, &cfg)?;
+            let at = super::checkpoint::read_state(src_ck)?.step;
+            if cfg.steps <= at {
+                return Err(TrainError::Options(format!(
+                    "--steps {}: the checkpoint {} to grow from is already at step {at}; the step \
+                     counter continues, so --steps must exceed it",
+                    cfg.steps,
+                    src_ck.display()
+                )));
+            }
+            Some((old, src_ck))
+        }
+        None => None,
+    };
     // Least-squares starting filters (fitted before the sampler takes the volumes).
     let fits = if let (Data::Pairs(data), true) = (
         &data,
-        model_cfg.skip_kernel > 0 && cfg.skip_init == SkipInit::Lsq && !args.resume,
+        model_cfg.skip_kernel > 0
+            && cfg.skip_init == SkipInit::Lsq
+            && !args.resume
+            && grow_from.is_none(),
     ) {
         let (d, k) = (model_cfg.skip_depth, model_cfg.skip_kernel);
         let fit = |reverse| {
@@ -356,6 +460,27 @@ pub fn train<B: AutodiffBackend>(
         tracing::info!(step = state.step, "resumed {}", run.display());
     } else {
         let _ = std::fs::remove_dir_all(run.join(CHECKPOINT_DIR));
+        let _ = std::fs::remove_file(run.join(super::checkpoint::GROWN_FILE));
+        if let Some((old, src_ck)) = &grow_from {
+            state = t.grow_from(src_ck, old)?;
+            t.freeze_skips();
+            state.device = device_name.to_owned();
+            let grown = super::checkpoint::GrownFrom {
+                checkpoint: src_ck.display().to_string(),
+                step: state.step,
+                blocks_from: old.blocks,
+                blocks_to: t.model_cfg.blocks,
+            };
+            grown.write(run)?;
+            tracing::info!(
+                step = state.step,
+                blocks_from = old.blocks,
+                blocks_to = t.model_cfg.blocks,
+                "grown from {} (Adam moments of the copied parameters continued, fresh for the \
+                 new blocks; the step counter continues)",
+                src_ck.display()
+            );
+        }
         std::fs::write(
             &csv_path,
             "step,lr,gan_ab,gan_ba,rec_ab,rec_ba,d_a,d_b,seconds\n",
@@ -707,6 +832,244 @@ mod tests {
             .to_string();
         assert!(!err.contains("feature"), "{err}");
         assert!(err.contains("/nonexistent/data"), "{err}");
+    }
+}
+
+/// `--init-from` (growing a trained core): the run end to end on burn-flex, its provenance, and
+/// every bad input, each named with its file and value.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod grow_tests {
+    use super::*;
+    use crate::config::TaskArg;
+    use burn::backend::{Autodiff, Flex};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<TrainArgs, clap::Error> {
+        let mut v = vec!["ct-train"];
+        v.extend_from_slice(argv);
+        Cli::try_parse_from(v).map(|c| c.train)
+    }
+
+    /// A paired data directory: `source.nii.gz` and `target.nii.gz`, 32×16×16.
+    fn data(dir: &Path) -> PathBuf {
+        use crate::data::nifti::{write, WriteType};
+        let d = dir.join("data");
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, seed) in [("source", 1), ("target", 2)] {
+            let mut r = Rng::new(seed);
+            let v: Vec<f32> = (0..16 * 16 * 32)
+                .map(|_| -200.0 + r.uniform() as f32 * 400.0)
+                .collect();
+            let p = d.join(format!("{name}.nii.gz"));
+            write(&p, [16, 16, 32], [1.0; 3], &v, WriteType::Float32).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn init_from_grows_a_run_and_export_names_it() {
+        let _serial = crate::autodiff_serial();
+        let dir = tempfile::tempdir().unwrap();
+        let d = data(dir.path());
+        let (r1, r2) = (dir.path().join("r1"), dir.path().join("r2"));
+        let base = |out: &Path, extra: &[&str]| {
+            let mut v = vec![
+                "--out".to_owned(),
+                out.display().to_string(),
+                "--data".into(),
+                d.display().to_string(),
+            ];
+            v.extend(
+                "--task kernel --mode paired --ndf 2 --patch 16 --residual --lambda-gan 0 \
+                 --backend flex --checkpoint-every 100"
+                    .split_whitespace()
+                    .map(str::to_owned),
+            );
+            // --ngf 2 and --skip-kernel 3 unless `extra` gives them.
+            for (opt, value) in [("--ngf", "2"), ("--skip-kernel", "3")] {
+                if !extra.contains(&opt) {
+                    v.extend([opt.to_owned(), value.to_owned()]);
+                }
+            }
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let go = |argv: Vec<String>| {
+            let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let a = parse(&refs).unwrap();
+            train::<Autodiff<Flex>>(&a, Default::default(), "cpu")
+        };
+        go(base(&r1, &["--blocks", "1", "--steps", "2"])).unwrap();
+        let from = r1.display().to_string();
+        let st = go(base(
+            &r2,
+            &["--blocks", "2", "--steps", "3", "--init-from", &from],
+        ))
+        .unwrap();
+        assert_eq!(st.step, 3);
+        let g = crate::trainer::checkpoint::GrownFrom::read(&r2)
+            .unwrap()
+            .unwrap();
+        assert_eq!((g.step, g.blocks_from, g.blocks_to), (2, 1, 2));
+        assert!(g.checkpoint.ends_with("checkpoint"), "{g:?}");
+        let (m2, _) = read_configs(&r2).unwrap();
+        assert_eq!(m2.blocks, 2);
+        let csv = std::fs::read_to_string(r2.join(LOSSES_CSV)).unwrap();
+        let steps: Vec<&str> = csv.lines().skip(1).map(|l| &l[..2]).collect();
+        assert_eq!(steps, ["3,"], "{csv}");
+        // The source run is untouched.
+        assert_eq!(
+            crate::trainer::checkpoint::read_state(&r1.join(CHECKPOINT_DIR))
+                .unwrap()
+                .step,
+            2
+        );
+        // A resumed grown run keeps its provenance; export names it, with a 2-block margin.
+        go(base(&r2, &["--blocks", "2", "--steps", "4", "--resume"])).unwrap();
+        assert!(crate::trainer::checkpoint::GrownFrom::read(&r2)
+            .unwrap()
+            .is_some());
+        let out = dir.path().join("models").join("grown");
+        let ea = crate::export::trained::ExportArgs {
+            checkpoint: r2.clone(),
+            out: out.clone(),
+            version: "1.2.0".into(),
+            accepts: vec![],
+            produces: None,
+            allow_untrained: false,
+            force: false,
+        };
+        crate::export::trained::run(&ea).unwrap();
+        let toml = std::fs::read_to_string(out.join(crate::export::MANIFEST_FILE)).unwrap();
+        assert!(
+            toml.contains("core grown from 1 to 2 reversible blocks") && toml.contains("at step 2"),
+            "{toml}"
+        );
+        // The valid margin (the daemon's tiling halo) follows the grown core: 7 + 8 x 2 blocks.
+        let v: toml::Value = toml::from_str(&toml).unwrap();
+        let margin = v["tensors"]["valid_margin"].as_array().unwrap().clone();
+        assert_eq!(margin, vec![toml::Value::Integer(23); 3], "{toml}");
+        // A checkpoint directory works as well as its run directory.
+        let ck = r1.join(CHECKPOINT_DIR).display().to_string();
+        let r3 = dir.path().join("r3");
+        go(base(
+            &r3,
+            &["--blocks", "3", "--steps", "3", "--init-from", &ck],
+        ))
+        .unwrap();
+        // A new run in the same directory without --init-from forgets the provenance.
+        go(base(&r3, &["--blocks", "3", "--steps", "1", "--force"])).unwrap();
+        assert!(crate::trainer::checkpoint::GrownFrom::read(&r3)
+            .unwrap()
+            .is_none());
+
+        // Bad inputs, each named.
+        let bad = |extra: &[&str], want: &[&str]| {
+            let mut e = vec!["--init-from", from.as_str()];
+            e.extend_from_slice(extra);
+            let err = go(base(&dir.path().join("bad"), &e))
+                .unwrap_err()
+                .to_string();
+            for w in want {
+                assert!(err.contains(w), "{extra:?}: {err}");
+            }
+        };
+        bad(
+            &["--blocks", "2", "--steps", "2"],
+            &["--steps 2", "already at step 2"],
+        );
+        bad(
+            &["--blocks", "0", "--steps", "9"],
+            &["--blocks 0", "fewer than the 1", "model.json"],
+        );
+        bad(
+            &["--blocks", "2", "--steps", "9", "--ngf", "4"],
+            &["`ngf` is 2", "model.json", "4 in the options"],
+        );
+        bad(
+            &["--blocks", "2", "--steps", "9", "--skip-kernel", "5"],
+            &["`skip_kernel` is 3", "model.json"],
+        );
+        bad(
+            &["--blocks", "2", "--steps", "9", "--hu-window=-1000,1000"],
+            &["`hu_window`", "train.json"],
+        );
+        let nowhere = dir.path().join("nowhere");
+        let err = go(base(
+            &dir.path().join("bad"),
+            &[
+                "--init-from",
+                &nowhere.display().to_string(),
+                "--steps",
+                "9",
+            ],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("nowhere") && err.contains("not a training run"),
+            "{err}"
+        );
+        let err = go(base(
+            &r1,
+            &[
+                "--blocks",
+                "2",
+                "--steps",
+                "9",
+                "--init-from",
+                &from,
+                "--force",
+            ],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--out itself"), "{err}");
+    }
+
+    /// Bad inputs of `grow_matches` beyond the command line's reach here: another task, another
+    /// mode, another seed; the options `--resume` may change (steps, lambda_gan) may change.
+    #[test]
+    fn grow_matches_names_each_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RevGanConfig::new().with_ngf(16).with_blocks(2);
+        let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+        m.save(dir.path().join(MODEL_CONFIG)).unwrap();
+        t.save(dir.path().join(TRAIN_CONFIG)).unwrap();
+        let m4 = m.clone().with_blocks(4);
+        let mut ok = t.clone();
+        ok.steps = 99_999;
+        ok.lambda_gan = 0.0;
+        assert_eq!(grow_matches(dir.path(), &m4, &ok).unwrap(), m);
+        let sr = TrainConfig::new(TaskArg::Superres, ModeArg::Paired);
+        let e = grow_matches(dir.path(), &m4, &sr).unwrap_err().to_string();
+        assert!(
+            e.contains("`task` is \"kernel\"") && e.contains("train.json"),
+            "{e}"
+        );
+        let un = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired);
+        let e = grow_matches(dir.path(), &m4, &un).unwrap_err().to_string();
+        assert!(e.contains("`mode`"), "{e}");
+        let e = grow_matches(dir.path(), &m4, &t.clone().with_seed(12))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`seed`"), "{e}");
+        let e = grow_matches(dir.path(), &m4.clone().with_branch_scale(0.5), &t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`branch_scale` is 1.0") && e.contains("0.5 in the options"),
+            "{e}"
+        );
+        // --init-from and --resume together are refused by the parser.
+        assert!(parse(&["--out", "x", "--resume", "--init-from", "y"]).is_err());
     }
 }
 

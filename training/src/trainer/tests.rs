@@ -613,6 +613,7 @@ fn trains_on_two_separate_unpaired_sets() {
         train: cfg,
         resume: false,
         force: false,
+        init_from: None,
         backend: super::run::BackendArg::Flex,
         arch: super::run::Arch::Revgan,
         megan: super::megan::MeganArgs {
@@ -683,4 +684,114 @@ fn texture_term_trains_through_the_reversible_backward() {
         let l = one_way.step(patch(0), patch(10)).unwrap();
         assert!(l.tex_ab > 0.0 && l.tex_ba == 0.0, "{l:?}");
     });
+}
+
+/// Growing a trained core (`--init-from`): before any step the grown trainer's generators give
+/// the old outputs; its first step moves every old parameter exactly as the resumed old trainer's
+/// first step does (the new blocks are the identity, with an identity Jacobian, and the copied
+/// parameters keep their Adam moments); the new blocks' last convolutions get a non-zero gradient
+/// at once (their input `relu(IN(conv1(·)))` is not zero), their first ones from the second step.
+#[test]
+fn grown_trainer_continues_the_old_one() {
+    let _serial = crate::autodiff_serial();
+    one_thread(grown_continues)
+}
+
+fn grown_continues() {
+    let m1 = RevGanConfig::new()
+        .with_ngf(2)
+        .with_ndf(2)
+        .with_blocks(1)
+        .with_residual(true)
+        .with_skip_kernel(3)
+        .with_branch_scale(0.1);
+    let t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired)
+        .with_patch(16)
+        .with_steps(6);
+    let mut old = Trainer::<A>::new(m1.clone(), t.clone(), Default::default()).unwrap();
+    for s in 0..3 {
+        old.step(patch(s), patch(s + 10)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = TrainState {
+        step: old.step,
+        seconds: 1.5,
+        device: "cpu".into(),
+    };
+    old.save(dir.path(), &st).unwrap();
+    let mut resumed = Trainer::<A>::new(m1.clone(), t.clone(), Default::default()).unwrap();
+    resumed.load(dir.path()).unwrap();
+    let m3 = m1.clone().with_blocks(3);
+    let mut grown = Trainer::<A>::new(m3, t, Default::default()).unwrap();
+    assert_eq!(grown.grow_from(dir.path(), &m1).unwrap(), st);
+    assert_eq!((grown.step, grown.gen.core.len()), (3, 3));
+
+    let x = Tensor::<Flex, 5>::from_data(
+        TensorData::new(patch(99), [1, 1, 16, 16, 16]),
+        &Default::default(),
+    );
+    for dir in [Direction::AtoB, Direction::BtoA] {
+        let a = resumed.gen.valid().forward(dir, x.clone());
+        let b = grown.gen.valid().forward(dir, x.clone());
+        let err = (a - b).abs().max().into_scalar();
+        assert!(
+            err <= 1e-5,
+            "{dir:?}: grown output differs by {err} before any step"
+        );
+    }
+
+    let new_w = |t: &Trainer<A>, conv1: bool| -> Vec<f32> {
+        t.gen.core[1..]
+            .iter()
+            .flat_map(|b| [&b.f, &b.g])
+            .flat_map(|c| {
+                vals(if conv1 {
+                    c.conv1.weight.val()
+                } else {
+                    c.conv2.weight.val()
+                })
+            })
+            .collect()
+    };
+    let conv1_before = new_w(&grown, true);
+    assert!(new_w(&grown, false).iter().all(|v| *v == 0.0));
+    let lr = resumed.step(patch(20), patch(30)).unwrap();
+    let lg = grown.step(patch(20), patch(30)).unwrap();
+    assert!(
+        (lr.generator() - lg.generator()).abs() < 1e-6,
+        "{lr:?} {lg:?}"
+    );
+    // The old parameters moved as in the resumed run (Adam moments continued).
+    let old_w = |t: &Trainer<A>| -> Vec<f32> {
+        let mut v = vals(t.gen.enc_a.conv_in.weight.val());
+        v.extend(vals(t.gen.core[0].f.conv2.weight.val()));
+        v.extend(vals(t.gen.core[0].g.conv1.weight.val()));
+        v.extend(vals(t.gen.dec_b.conv_out.weight.val()));
+        v
+    };
+    let d = old_w(&resumed)
+        .iter()
+        .zip(old_w(&grown))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d <= 1e-6, "old parameters differ by {d} after one step");
+    // Not stuck: every new conv2 moved (Adam moves a weight only where its gradient is
+    // non-zero); conv1 waits one step (its gradient passes through conv2 = 0).
+    let w2 = new_w(&grown, false);
+    let moved = w2.iter().filter(|v| **v != 0.0).count();
+    assert_eq!(
+        moved,
+        w2.len(),
+        "{moved} of {} new conv2 weights moved",
+        w2.len()
+    );
+    assert_eq!(new_w(&grown, true), conv1_before);
+    grown.step(patch(21), patch(31)).unwrap();
+    let c1 = new_w(&grown, true);
+    let moved = c1.iter().zip(&conv1_before).filter(|(a, b)| a != b).count();
+    assert!(
+        moved > c1.len() / 2,
+        "{moved} of {} new conv1 weights moved",
+        c1.len()
+    );
 }

@@ -367,6 +367,19 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
     }
 }
 
+/// The provenance of a run grown with `ct-train train --init-from` names its starting
+/// checkpoint, its step and the blocks added (`grown_from.json`); others are unchanged.
+pub fn grown_provenance(
+    mut p: Provenance,
+    grown: Option<&crate::trainer::checkpoint::GrownFrom>,
+) -> Provenance {
+    if let Some(g) = grown {
+        p.data.push_str("; ");
+        p.data.push_str(&g.describe());
+    }
+    p
+}
+
 /// Runs `ct-train export`.
 pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
     if args
@@ -411,7 +424,10 @@ pub fn run(args: &ExportArgs) -> Result<ModelDir, ExportModelError> {
         hu_window: cfg.hu_window,
         accepts: args.accepts.clone(),
         produces,
-        provenance: provenance(&cfg, &model_cfg, &state),
+        provenance: grown_provenance(
+            provenance(&cfg, &model_cfg, &state),
+            crate::trainer::checkpoint::GrownFrom::read(&args.checkpoint)?.as_ref(),
+        ),
     };
     export_generator(&gen, &model_cfg, &meta, &args.out, args.force)
 }
