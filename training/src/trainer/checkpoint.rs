@@ -81,6 +81,20 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "parameter shapes differ from this run's architecture".into()
             ));
         }
+        self.load_optimizers_and_pools(dir, &rec, &ck)?;
+        self.step = state.step;
+        Ok(state)
+    }
+
+    /// The optimizers' records and the image pools of checkpoint `dir` (shared by [`Self::load`]
+    /// and [`Self::grow_from`]); a pool file missing (an older checkpoint) leaves that pool empty,
+    /// logged.
+    fn load_optimizers_and_pools(
+        &mut self,
+        dir: &Path,
+        rec: &NamedMpkFileRecorder<FullPrecisionSettings>,
+        ck: &dyn Fn(String) -> TrainError,
+    ) -> Result<(), TrainError> {
         let og = rec
             .load(dir.join(OPT_G_FILE), &self.device)
             .map_err(|e| ck(e.to_string()))?;
@@ -101,8 +115,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 tracing::warn!(checkpoint = %dir.display(), "no {file} in the checkpoint: the image pool starts empty");
             }
         }
-        self.step = state.step;
-        Ok(state)
+        Ok(())
     }
 }
 
@@ -217,24 +230,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "the discriminators' parameter shapes differ from this run's".into(),
             ));
         }
-        let og = rec
-            .load(dir.join(OPT_G_FILE), &self.device)
-            .map_err(|e| ck(e.to_string()))?;
-        self.opt_g = self.opt_g.clone().load_record(og);
-        let od = rec
-            .load(dir.join(OPT_D_FILE), &self.device)
-            .map_err(|e| ck(e.to_string()))?;
-        self.opt_d = self.opt_d.clone().load_record(od);
-        let inner = self.device.clone();
-        for (pool, file) in [
-            (&mut self.pool_a, POOL_A_FILE),
-            (&mut self.pool_b, POOL_B_FILE),
-        ] {
-            let p = dir.join(file);
-            if p.exists() {
-                pool.load(&p, &inner)?;
-            }
-        }
+        self.load_optimizers_and_pools(dir, &rec, &ck)?;
         self.step = state.step;
         Ok(state)
     }

@@ -512,39 +512,31 @@ type SourceCase = (String, Volume, Option<InsertGeometry>);
 
 fn source_volumes(o: &SynthOptions) -> Result<Vec<SourceCase>, SynthError> {
     let vols: Vec<SourceCase> = match &o.source {
-        Source::Phantom => {
+        Source::Phantom | Source::HeadPhantom => {
+            let head = matches!(o.source, Source::HeadPhantom);
             let size = if o.size == 0 { 256 } else { o.size };
             let slices = if o.slices == 0 { 48 } else { o.slices };
             (0..o.cases.max(1))
                 .map(|k| {
                     let seed = o.sim.seed.wrapping_add(k as u64);
+                    let base = if head {
+                        PhantomConfig::head(size, slices, seed)
+                    } else {
+                        PhantomConfig::chest(size, slices, seed)
+                    };
                     let cfg = PhantomConfig {
                         inserts: o.mode == PairMode::Independent,
-                        ..PhantomConfig::chest(size, slices, seed)
+                        ..base
                     };
-                    (
-                        format!("phantom-{seed:04}"),
-                        phantom::chest(&cfg),
-                        phantom::insert_geometry(&cfg),
-                    )
-                })
-                .collect()
-        }
-        Source::HeadPhantom => {
-            let size = if o.size == 0 { 256 } else { o.size };
-            let slices = if o.slices == 0 { 48 } else { o.slices };
-            (0..o.cases.max(1))
-                .map(|k| {
-                    let seed = o.sim.seed.wrapping_add(k as u64);
-                    let cfg = PhantomConfig {
-                        inserts: o.mode == PairMode::Independent,
-                        ..PhantomConfig::head(size, slices, seed)
+                    let (name, volume) = if head {
+                        (
+                            format!("head-phantom-{seed:04}"),
+                            crate::data::phantom_head::head(&cfg)?,
+                        )
+                    } else {
+                        (format!("phantom-{seed:04}"), phantom::chest(&cfg))
                     };
-                    Ok((
-                        format!("head-phantom-{seed:04}"),
-                        crate::data::phantom_head::head(&cfg)?,
-                        phantom::insert_geometry(&cfg),
-                    ))
+                    Ok((name, volume, phantom::insert_geometry(&cfg)))
                 })
                 .collect::<Result<_, SynthError>>()?
         }
