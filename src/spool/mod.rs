@@ -160,6 +160,21 @@
 //! rename (recovery from `.tmp/` verified by a checksum stored with the data), and no hand-over
 //! left after the last byte; each bounded above, none enough alone.
 //!
+//! All three of those built together as a throw-away build (2026-11-30 11:15, A/B in one run
+//! against this code, `BENCH_BIN_B`, 5-7 repetitions, load under 1): the Success sent once the data
+//! is synced and checked, the rename and folder fsync after it on the writer: one association
+//! 0.97x, four 1.02x; with write-back started per 64 KiB chunk (`sync_file_range`): 0.96x /
+//! 1.01x; with the files made ahead also written with 1 MiB of zeros and synced, so that an
+//! instance overwrites blocks already allocated (its checks told the length, the zeros cut before
+//! the rename): 0.89x / 0.73x (the pool's own writes and syncs compete); 64 KiB chunks alone
+//! 1.04x / 0.97x. In isolation each does what it should (a Python microbenchmark of 525 KB,
+//! written at the network's pace in 64 KiB pieces: after the last byte, `fdatasync` takes 0.52 ms
+//! plain, 0.21 ms with `sync_file_range` per piece, 0.12 ms into blocks written before; rename +
+//! folder fsync 0.15 ms; the disk writes 1.2-1.5 GB/s sequentially, so 525 KB are ~0.4 ms of its
+//! time), but with one association none moves the rate: what bounds it here is the receive and
+//! the CPU of two vCPUs shared with `storescu` and the kernel's I/O, and `storescp`'s own rate
+//! varied from 521 to 812 images/s between these runs. None was kept.
+//!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
 //! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
