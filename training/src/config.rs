@@ -285,6 +285,14 @@ pub struct TrainConfig {
     #[config(default = false)]
     #[arg(long, help = "Paired: one-sided noise-texture term, only local noise above the target's counts", long_help = None)]
     pub texture_one_sided: bool,
+    /// Paired: weight of the total-variation term on the A→B output (issue 11;
+    /// [`crate::losses::tv_xy`]): `lambda_tv · mean sqrt(∂x² + ∂y² + ε)` in-plane. Against a target
+    /// with its own noise the L1 term's gradient in a uniform region is that noise's, so a small
+    /// edge-preserving prior decides there (the target itself is a TV-blended reconstruction,
+    /// `data::synth::ir`). 0 = off (the training of before, bit for bit).
+    #[config(default = 0.0)]
+    #[arg(long, default_value_t = 0.0, help = "Paired: weight of an in-plane total-variation term on the A->B output (edge-preserving smoothness of uniform regions); 0 = off", long_help = None)]
+    pub lambda_tv: f64,
 }
 
 /// The unpaired cycle loss (`--cycle-loss`).
@@ -314,6 +322,10 @@ pub enum OptionError {
     DResidualPaired,
     #[error("--lambda-texture: applies to --mode paired only (it compares the output with its paired target)")]
     TexturePaired,
+    #[error(
+        "--lambda-tv: applies to --mode paired only (the paired A->B output is what it smooths)"
+    )]
+    TvPaired,
     #[error("--texture-blur {0}: expected an odd edge from 3 to 15 voxels")]
     TextureBlur(usize),
     #[error("--unpaired-a and --unpaired-b go together, with --mode unpaired and --task kernel (a super-resolution source needs its pair's grid)")]
@@ -333,6 +345,7 @@ impl TrainConfig {
             ("lambda-lowres", self.lambda_lowres),
             ("lambda-texture", self.lambda_texture),
             ("lambda-texture-ba", self.lambda_texture_ba.unwrap_or(0.0)),
+            ("lambda-tv", self.lambda_tv),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(OptionError::Weight { name, value });
@@ -363,6 +376,9 @@ impl TrainConfig {
         }
         if self.texture_on() && self.mode != ModeArg::Paired {
             return Err(OptionError::TexturePaired);
+        }
+        if self.lambda_tv > 0.0 && self.mode != ModeArg::Paired {
+            return Err(OptionError::TvPaired);
         }
         let sets = (self.unpaired_a.is_some(), self.unpaired_b.is_some());
         if sets.0 != sets.1
@@ -599,6 +615,24 @@ mod tests {
         let unpaired =
             TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired).with_lambda_texture(1.0);
         assert_eq!(unpaired.check_options(), Err(OptionError::TexturePaired));
+        // The total-variation term likewise (issue 11), and its weight is checked like the others.
+        let mut tv = TrainConfig::new(TaskArg::Kernel, ModeArg::Unpaired);
+        tv.lambda_tv = 1.0;
+        assert_eq!(tv.check_options(), Err(OptionError::TvPaired));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let mut t = TrainConfig::new(TaskArg::Kernel, ModeArg::Paired);
+            t.lambda_tv = bad;
+            assert!(
+                matches!(
+                    t.check_options(),
+                    Err(OptionError::Weight {
+                        name: "lambda-tv",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
         // A train.json of before (no such key) reads as 0: trainer::run's
         // resume_accepts_a_new_lambda_texture.
     }

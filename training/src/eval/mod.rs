@@ -170,6 +170,9 @@ pub struct EvalOptions {
     /// A RevGAN kernel run whose discriminator gives the Fréchet distance's features
     /// ([`crate::fd::FdExtractor`]; `None`: no FD).
     pub fd_features: Option<PathBuf>,
+    /// Each kernel model's output also TV-denoised after it (issue 11: what an edge-preserving
+    /// post-filter adds to a trained model): `(lambda HU, blend strength)` per extra row.
+    pub post_tv: Vec<(f64, f32)>,
 }
 
 impl Default for EvalOptions {
@@ -187,6 +190,7 @@ impl Default for EvalOptions {
             physics: Some(PhysicsOptions::default()),
             allow_grid_mismatch: false,
             fd_features: None,
+            post_tv: Vec::new(),
         }
     }
 }
@@ -557,6 +561,12 @@ pub fn evaluate(o: &EvalOptions) -> Result<EvalReport, EvalError> {
             let Some(input) = input else { continue };
             let label = format!("{} {}", t.manifest().name, t.manifest().version);
             let out = run_model(t, input)?;
+            if task == Task::Kernel {
+                for &(lambda, strength) in &o.post_tv {
+                    let v = post_tv(&out, lambda, strength);
+                    push("kernel", format!("{label} + tv {lambda}:{strength}"), &v)?;
+                }
+            }
             push(task_name(task), label, &out)?;
         }
     }
@@ -735,6 +745,44 @@ pub struct EvalArgs {
     /// every baseline's of the same task), replacing the rows it held; the ONNX file is untouched.
     #[arg(long)]
     pub record: bool,
+    /// Also each kernel model followed by TV denoising (the baseline's solver, per axial slice):
+    /// comma-separated LAMBDA[:STRENGTH], lambda in HU, strength in (0, 1] the blend with the
+    /// model's output (default 1); one extra row per item, "<model> + tv LAMBDA:STRENGTH".
+    #[arg(long, value_name = "LAMBDA[:STRENGTH],...")]
+    pub post_tv: Option<String>,
+}
+
+/// Parses `--post-tv`: `LAMBDA[:STRENGTH]` items, lambda > 0 HU, strength in (0, 1].
+fn parse_post_tv(spec: &str) -> anyhow::Result<Vec<(f64, f32)>> {
+    spec.split(',')
+        .map(|item| {
+            let mut it = item.trim().splitn(2, ':');
+            let lambda = it.next().and_then(|x| x.trim().parse::<f64>().ok());
+            let strength = match it.next() {
+                None => Some(1.0),
+                Some(s) => s.trim().parse::<f32>().ok(),
+            };
+            match (lambda, strength) {
+                (Some(l), Some(s)) if l.is_finite() && l > 0.0 && s > 0.0 && s <= 1.0 => Ok((l, s)),
+                _ => anyhow::bail!(
+                    "--post-tv {item:?}: expected LAMBDA[:STRENGTH] with lambda > 0 HU and strength in (0, 1]"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A model's output TV-denoised per axial slice (weight `lambda` HU) and blended with it:
+/// `out + strength · (tv(out) − out)`.
+fn post_tv(out: &Volume, lambda: f64, strength: f32) -> Volume {
+    let d = tv::tv_denoise(out, lambda);
+    let values = out
+        .values
+        .iter()
+        .zip(&d)
+        .map(|(a, b)| a + strength * (b - a))
+        .collect();
+    Volume::new(out.name.clone(), out.shape, out.spacing, values)
 }
 
 /// Runs `ct-train eval` from its arguments: prints the table and writes the CSV.
@@ -747,6 +795,13 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
     ) else {
         anyhow::bail!("--window {:?}: expected two numbers LO,HI", a.window);
     };
+    let post_tv = match &a.post_tv {
+        Some(spec) => parse_post_tv(spec)?,
+        None => Vec::new(),
+    };
+    if a.record && !post_tv.is_empty() {
+        anyhow::bail!("--record with --post-tv: the post-filtered rows are not the model's; record without --post-tv");
+    }
     let o = EvalOptions {
         pairs: a.pairs,
         models: a.models,
@@ -763,6 +818,7 @@ pub fn run_cli(a: EvalArgs) -> anyhow::Result<()> {
         }),
         allow_grid_mismatch: a.allow_grid_mismatch,
         fd_features: a.fd_features,
+        post_tv,
     };
     let started = Instant::now();
     let r = evaluate(&o)?;
@@ -887,6 +943,45 @@ mod tests {
             msg.contains("model.onnx") && msg.contains("corrupted"),
             "{msg}"
         );
+    }
+
+    /// `--post-tv` (issue 11): items parsed with their defaults, a bad item named; the filter
+    /// keeps a constant volume, smooths noise, and a strength of 0.5 lands halfway.
+    #[test]
+    fn post_tv_parses_its_items_and_blends_the_filtered_output() {
+        assert_eq!(
+            parse_post_tv("6, 25:0.5").unwrap(),
+            vec![(6.0, 1.0), (25.0, 0.5)]
+        );
+        for bad in ["0", "-3", "x", "10:0", "10:1.5", "10:y", "NaN", "inf"] {
+            let e = parse_post_tv(bad).unwrap_err().to_string();
+            assert!(e.contains("--post-tv") && e.contains(bad), "{bad}: {e}");
+        }
+        let flat = vol([2, 16, 16], |_, _, _| 40.0);
+        assert!(post_tv(&flat, 10.0, 1.0)
+            .values
+            .iter()
+            .all(|v| (v - 40.0).abs() < 1e-3));
+        let mut rng = crate::lib_bridge::Rng::new(3);
+        let noise: Vec<f32> = (0..2 * 32 * 32)
+            .map(|_| 30.0 * (rng.uniform() as f32 - 0.5))
+            .collect();
+        let noisy = vol([2, 32, 32], |z, y, x| 40.0 + noise[(z * 32 + y) * 32 + x]);
+        let std = |v: &Volume| {
+            let m = v.values.iter().sum::<f32>() / v.len() as f32;
+            (v.values.iter().map(|x| (x - m).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        let full = post_tv(&noisy, 10.0, 1.0);
+        let half = post_tv(&noisy, 10.0, 0.5);
+        assert!(
+            std(&full) < 0.5 * std(&noisy),
+            "{} {}",
+            std(&full),
+            std(&noisy)
+        );
+        for ((h, f), n) in half.values.iter().zip(&full.values).zip(&noisy.values) {
+            assert!((h - (n + f) / 2.0).abs() < 1e-3);
+        }
     }
 
     #[test]

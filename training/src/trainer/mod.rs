@@ -374,6 +374,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &mut acc,
             )?;
             (l.gan_ab, l.rec_ab, l.tex_ab, fake_b) = (ab.gan, ab.rec, ab.texture, ab.fake);
+            l.tv_ab = ab.tv;
             (l.gan_ba, l.rec_ba, l.tex_ba, fake_a) = (ba.gan, ba.rec, ba.texture, ba.fake);
         } else {
             (l.gan_ab, l.rec_ab, fake_b) = unpaired_generator(

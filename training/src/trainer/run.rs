@@ -197,6 +197,15 @@ fn continuation_view(cfg: &TrainConfig, t0: &TrainConfig) -> TrainConfig {
     t1.lambda_texture_ba = t0.lambda_texture_ba;
     t1.texture_blur = t0.texture_blur;
     t1.texture_one_sided = t0.texture_one_sided;
+    // And the total-variation weight (issue 11: an L1 run fine-tuned with it).
+    t1.lambda_tv = t0.lambda_tv;
+    if cfg.lambda_tv != t0.lambda_tv {
+        tracing::info!(
+            lambda_tv = cfg.lambda_tv,
+            was_lambda_tv = t0.lambda_tv,
+            "--resume: lambda_tv changed"
+        );
+    }
     // So may the data folder (issue 11: a run trained on chest phantoms fine-tuned on chests and
     // heads); the new folder is recorded in train.json and the provenance.
     t1.data.clone_from(&t0.data);
@@ -496,9 +505,9 @@ pub fn train<B: AutodiffBackend>(
     if args.resume {
         truncate_csv(&tex_path, state.step)?;
     }
-    let mut tex_csv = if cfg.texture_on() {
+    let mut tex_csv = if cfg.texture_on() || cfg.lambda_tv > 0.0 {
         if !(args.resume && tex_path.exists()) {
-            std::fs::write(&tex_path, "step,tex_ab,tex_ba\n").map_err(io_err(&tex_path))?;
+            std::fs::write(&tex_path, "step,tex_ab,tex_ba,tv_ab\n").map_err(io_err(&tex_path))?;
         }
         let f = std::fs::OpenOptions::new()
             .append(true)
@@ -547,8 +556,15 @@ pub fn train<B: AutodiffBackend>(
         )
         .map_err(io_err(&csv_path))?;
         if let Some(f) = tex_csv.as_mut() {
-            writeln!(f, "{},{:.6},{:.6}", step + 1, l.tex_ab, l.tex_ba)
-                .map_err(io_err(&tex_path))?;
+            writeln!(
+                f,
+                "{},{:.6},{:.6},{:.6}",
+                step + 1,
+                l.tex_ab,
+                l.tex_ba,
+                l.tv_ab
+            )
+            .map_err(io_err(&tex_path))?;
         }
         bar.set_message(format!(
             "G {:.3} (gan {:.3}/{:.3} rec {:.3}/{:.3}) D {:.3}/{:.3} {:.2} s/it",
@@ -754,6 +770,28 @@ mod tests {
         tuned.texture_one_sided = true;
         tuned.steps = 9100;
         tuned.decay_steps = Some(800);
+        check_resume_matches(dir.path(), &m, &tuned).unwrap();
+        let mut other = tuned.clone();
+        other.lambda_l1 = 10.0;
+        assert!(check_resume_matches(dir.path(), &m, &other).is_err());
+    }
+
+    /// `--resume` accepts a new total-variation weight (issue 11), and a run saved before the
+    /// option existed reads as weight 0.
+    #[test]
+    fn resume_accepts_a_new_lambda_tv() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = RevGanConfig::new();
+        let t = crate::config::TrainConfig::new(crate::config::TaskArg::Kernel, ModeArg::Paired);
+        m.save(dir.path().join(MODEL_CONFIG)).unwrap();
+        let mut json = serde_json::to_value(&t).unwrap();
+        json.as_object_mut().unwrap().remove("lambda_tv");
+        std::fs::write(dir.path().join(TRAIN_CONFIG), json.to_string()).unwrap();
+        let (_, saved) = read_configs(dir.path()).unwrap();
+        assert_eq!(saved.lambda_tv, 0.0);
+        let mut tuned = t.clone();
+        tuned.lambda_tv = 30.0;
+        tuned.steps += 1600;
         check_resume_matches(dir.path(), &m, &tuned).unwrap();
         let mut other = tuned.clone();
         other.lambda_l1 = 10.0;

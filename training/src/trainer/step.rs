@@ -9,7 +9,8 @@
 use super::TrainError;
 use crate::config::{CycleLoss, TrainConfig};
 use crate::losses::{
-    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_excess, texture_with,
+    bce_logits, box_down, l1, mse_const, perceptual, ssim_loss, style, texture_excess,
+    texture_with, tv_xy,
 };
 use crate::model::{CoreSegment, Direction, Discriminator, Discriminators, RevGan, RevGanError};
 use burn::optim::GradientsParams;
@@ -36,11 +37,19 @@ pub struct StepLosses {
     /// off.
     pub tex_ab: f64,
     pub tex_ba: f64,
+    /// The total-variation term of the A→B output (issue 11), weighted by `lambda_tv`; 0 when off.
+    pub tv_ab: f64,
 }
 
 impl StepLosses {
     pub fn generator(&self) -> f64 {
-        self.gan_ab + self.gan_ba + self.rec_ab + self.rec_ba + self.tex_ab + self.tex_ba
+        self.gan_ab
+            + self.gan_ba
+            + self.rec_ab
+            + self.rec_ba
+            + self.tex_ab
+            + self.tex_ba
+            + self.tv_ab
     }
 }
 
@@ -82,6 +91,7 @@ pub struct PairedTerms<B: Backend> {
     pub gan: f64,
     pub rec: f64,
     pub texture: f64,
+    pub tv: f64,
     pub fake: Tensor<B, 5>,
 }
 
@@ -116,6 +126,9 @@ pub fn paired_generator<B: AutodiffBackend>(
         };
         term * w_tex
     });
+    // [1]; A→B only: the B→A target is the sharp, noisy domain.
+    let tv = (dir == Direction::AtoB && cfg.lambda_tv > 0.0)
+        .then(|| tv_xy(fake.clone()) * cfg.lambda_tv);
     let rec = l1(fake.clone(), tgt) * cfg.lambda_l1;
     let gan = (cfg.lambda_gan > 0.0).then(|| {
         bce_logits(
@@ -128,16 +141,22 @@ pub fn paired_generator<B: AutodiffBackend>(
         gan.as_ref().map_or(0.0, scalar),
         scalar(&rec),
         tex.as_ref().map_or(0.0, scalar),
+        tv.as_ref().map_or(0.0, scalar),
     );
     let rest = match tex {
         Some(t) => rec + t,
         None => rec,
+    };
+    let rest = match tv {
+        Some(t) => rest + t,
+        None => rest,
     };
     backward_stage(gen, with_adversarial(rest, gan, cfg), seg, acc)?;
     Ok(PairedTerms {
         gan: values.0,
         rec: values.1,
         texture: values.2,
+        tv: values.3,
         fake: fake.inner(),
     })
 }

@@ -361,7 +361,12 @@ pub fn provenance(cfg: &TrainConfig, model: &RevGanConfig, state: &TrainState) -
                 ),
                 _ => String::new(),
             },
-        ),
+        ) + &if cfg.lambda_tv > 0.0 {
+            // The total-variation term (issue 11), named only when on.
+            format!(", lambda_tv {} (A->B)", cfg.lambda_tv)
+        } else {
+            String::new()
+        },
         steps: state.step,
         seed: cfg.seed,
     }
