@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (cargo fuzz / libFuzzer, AddressSanitizer) of every input path: the PDU reader,
+# Coverage-guided fuzzing (cargo fuzz / libFuzzer, AddressSanitizer) of every input path: the PDU readers (dicom-ul's, and ours of an association's stream),
 # DIMSE command sets, C-STORE datasets as received (up to the Success decision), watched-folder files,
 # the configuration file and model manifests. Each target runs for FUZZ_SECONDS (default 30) from the
 # committed seed corpus in fuzz/corpus/<target>/ (new inputs go to out/fuzz/corpus/, not the committed

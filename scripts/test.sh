@@ -17,8 +17,10 @@ if cargo tree -p ct-training -e normal --locked | grep -E ' (tokio|axum|dicom-ul
   exit 1
 fi
 cargo check -p ct-harmonizer --no-default-features --locked
+# The association stream reader alone, as the fuzz crate builds it (fuzz target pdu_stream).
+cargo check -p ct-harmonizer --no-default-features --features wire --locked
 cargo clippy --workspace --all-targets --locked --features ct-harmonizer/cuda,ct-training/cuda -- -D warnings
 cargo test --workspace --locked
-# Coverage-guided fuzzing of every input path (PDU, DIMSE command, C-STORE data set, watched-folder
+# Coverage-guided fuzzing of every input path (PDU, association stream, DIMSE command, C-STORE data set, watched-folder
 # file, configuration, manifest): each target for FUZZ_SECONDS; a crash fails the run.
 FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash scripts/fuzz.sh

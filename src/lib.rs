@@ -81,7 +81,7 @@ pub mod forward;
 pub mod harmonize;
 #[cfg(feature = "daemon")]
 pub mod http;
-#[cfg(feature = "daemon")]
+#[cfg(any(feature = "daemon", feature = "wire"))]
 pub mod ingest;
 #[cfg(feature = "daemon")]
 pub mod jobs;

@@ -64,6 +64,25 @@ fn main() -> Res<()> {
     };
     put("pdu_read", "p_data_command", &pdu(&pdata)?)?;
     put("pdu_read", "release_rq", &pdu(&Pdu::ReleaseRQ)?)?;
+    // An association's stream after the negotiation: a C-STORE command, its data set in three
+    // fragments over two PDUs (one empty), the release. pdu_stream's first 4 bytes: maximum PDU
+    // length 16 384, 10 bytes read ahead, the read sizes' seed.
+    let data = |is_last, data: Vec<u8>| PDataValue {
+        presentation_context_id: 1,
+        value_type: PDataValueType::Data,
+        is_last,
+        data,
+    };
+    let mut stream = vec![0, 10, 0x17, 0x2B];
+    stream.extend(pdu(&pdata)?);
+    stream.extend(pdu(&Pdu::PData {
+        data: vec![data(false, vec![0x08; 600]), data(false, Vec::new())],
+    })?);
+    stream.extend(pdu(&Pdu::PData {
+        data: vec![data(true, vec![0x10; 300])],
+    })?);
+    stream.extend(pdu(&Pdu::ReleaseRQ)?);
+    put("pdu_stream", "c_store_and_release", &stream)?;
 
     put(
         "config_toml",

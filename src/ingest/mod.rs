@@ -6,7 +6,11 @@
 //! Ingest uses the series stage's types (`Arrival`, `Recent`), the spool, metrics, tls, audit and the
 //! DICOM layer; nothing above (pipeline, daemon) and not the forward stage.
 
+#[cfg(feature = "daemon")]
 pub mod accept;
+#[cfg(feature = "daemon")]
 pub mod scp;
+#[cfg(feature = "daemon")]
 pub mod watch;
+/// Also built alone (feature `wire`) for its fuzz target.
 pub mod wire;

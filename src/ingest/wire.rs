@@ -341,8 +341,8 @@ mod tests {
 
     /// Mutated and truncated streams (deterministic: a xorshift generator): the reader never
     /// panics, always ends (every call consumes bytes or fails) and never hands over more value
-    /// bytes than it was sent. A cheap stand-in for a fuzz target, which the fuzz crate cannot
-    /// build without the daemon's tokio.
+    /// bytes than it was sent. The fuzz target `pdu_stream` (feature `wire`) does the same on
+    /// arbitrary streams, against dicom-ul's decoder.
     #[tokio::test]
     async fn mutated_and_truncated_streams_end_cleanly() {
         let mut base = pdata(vec![(1, true, true, vec![3; 40])]);
