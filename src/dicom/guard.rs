@@ -467,6 +467,18 @@ fn read_meta(src: &mut FileSource) -> Result<String, MetaError> {
     while read < group_length {
         let offset = src.pos;
         let (tag, len, header_len) = header(src)?;
+        // PS3.10 §7.1: the file meta group holds group 0002 only. dicom-rs reads an element of
+        // another group there with other rules (a (FFFE,xxxx) header has no VR: 8 bytes, not 12),
+        // so past it the two would read the data set from different bytes and the guard would
+        // vouch for bytes dicom-rs never reads (found by fuzzing: a 435-byte file made dicom-rs
+        // reserve 1 GiB).
+        if tag.0 != 0x0002 {
+            return Err(MetaError::Guard(GuardError::Unexpected {
+                tag,
+                offset,
+                what: "an element outside group 0002 in the file meta group",
+            }));
+        }
         if len == UNDEFINED {
             return Err(not("undefined length in the file meta group"));
         }
@@ -995,6 +1007,45 @@ mod tests {
         assert!(e.to_string().contains("nesting"), "{e}");
         std::fs::write(&p, b"hello").unwrap();
         assert!(check_part10_file(&p, &Limits::default()).is_err());
+    }
+
+    /// The file meta group holds group 0002 only: an element of another group there is refused
+    /// with its tag. dicom-rs reads an (FFFE,xxxx) header as 8 bytes where the explicit-VR rule
+    /// gives 12, so past such an element the two readers disagree on where the data set starts:
+    /// fuzzing found a 435-byte file the guard passed and dicom-rs then reserved 1 GiB for (kept in
+    /// `fuzz/corpus/guard_file/meta_off_group_1gib`, replayed by every fuzz run).
+    #[test]
+    fn meta_elements_outside_group_2_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.dcm");
+        for (group, element, vr) in [
+            (0xFFFEu16, 0x06EDu16, b"OB"),
+            (0x4853, 0x0002, b"UI"),
+            (0x0008, 0x0016, b"UI"),
+        ] {
+            let mut meta = Vec::new();
+            el(&mut meta, 0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.1\0");
+            el(&mut meta, group, element, vr, b"1.2\0");
+            let mut f = vec![0u8; 128];
+            f.extend_from_slice(b"DICM");
+            el(
+                &mut f,
+                0x0002,
+                0x0000,
+                b"UL",
+                &(meta.len() as u32).to_le_bytes(),
+            );
+            f.extend_from_slice(&meta);
+            el(&mut f, 0x0008, 0x0060, b"CS", b"CT");
+            std::fs::write(&p, &f).unwrap();
+            let e = check_part10_file(&p, &Limits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m.dcm") && e.contains("outside group 0002"),
+                "({group:04X},{element:04X}): {e}"
+            );
+        }
     }
 
     /// A deflated data set is inflated at most up to the size limit (a deflate bomb stops there).
