@@ -187,12 +187,15 @@ struct Encoding {
 }
 
 fn encoding_of(ts_uid: &str) -> Result<Encoding, GuardError> {
-    let uid = ts_uid.trim_end_matches(['\0', ' ']);
-    let ts = TransferSyntaxRegistry
-        .get(uid)
-        .ok_or_else(|| GuardError::UnsupportedTransferSyntax(uid.to_string()))?;
+    let ts = TransferSyntaxRegistry.get(ts_uid).ok_or_else(|| {
+        GuardError::UnsupportedTransferSyntax(ts_uid.trim_end_matches(['\0', ' ']).to_string())
+    })?;
     Ok(Encoding {
-        explicit: uid != IMPLICIT_VR_LE,
+        // The registry's own UID, never the text given: the registry trims any trailing white
+        // space or NUL ("1.2.840.10008.1.2\r" is Implicit VR Little Endian to dicom-rs), and the
+        // guard must walk the data set as dicom-rs will read it (found by fuzzing: read as
+        // explicit VR here and as implicit there, a 674-byte file made dicom-rs reserve 4 GiB).
+        explicit: ts.uid() != IMPLICIT_VR_LE,
         big_endian: ts.endianness() == Endianness::Big,
         encapsulated: ts.is_encapsulated_pixel_data(),
         deflated: matches!(ts.codec(), Codec::Dataset(_)),
@@ -1046,6 +1049,27 @@ mod tests {
                 "({group:04X},{element:04X}): {e}"
             );
         }
+    }
+
+    /// A transfer syntax UID padded with other white space than the standard's (a carriage return)
+    /// is what dicom-rs's registry makes of it: Implicit VR Little Endian here is walked as implicit
+    /// VR, as dicom-rs will read it (found by fuzzing: `fuzz/corpus/guard_file/ts_padded_4gib`).
+    #[test]
+    fn a_padded_transfer_syntax_is_walked_as_dicom_rs_reads_it() {
+        let mut body = Vec::new();
+        // (0008,0060) CS "CT" in implicit VR: tag, 4-byte length, value.
+        body.extend_from_slice(&[0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0, b'C', b'T']);
+        for padded in [
+            "1.2.840.10008.1.2\r",
+            "1.2.840.10008.1.2\t\0",
+            "1.2.840.10008.1.2 ",
+        ] {
+            let c = check_dataset(&body, padded, &Limits::default())
+                .unwrap_or_else(|e| panic!("{padded:?}: {e}"));
+            assert_eq!(c.elements, 1, "{padded:?}");
+            assert!(!encoding_of(padded).unwrap().explicit, "{padded:?}");
+        }
+        assert!(encoding_of("1.2.840.10008.1.2.1\r").unwrap().explicit);
     }
 
     /// A deflated data set is inflated at most up to the size limit (a deflate bomb stops there).
