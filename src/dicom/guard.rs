@@ -821,6 +821,22 @@ mod tests {
         out.extend_from_slice(value);
     }
 
+    /// A Part 10 file: preamble, magic code, the meta group `meta` behind its group length, `body`.
+    fn part10(meta: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        el(
+            &mut f,
+            0x0002,
+            0x0000,
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        );
+        f.extend_from_slice(meta);
+        f.extend_from_slice(body);
+        f
+    }
+
     fn tag(out: &mut Vec<u8>, g: u16, e: u16, len: u32) {
         out.extend_from_slice(&g.to_le_bytes());
         out.extend_from_slice(&e.to_le_bytes());
@@ -978,17 +994,7 @@ mod tests {
         el(&mut body, 0x0008, 0x0060, b"CS", b"CT");
         let mut meta = Vec::new();
         el(&mut meta, 0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.1\0");
-        let mut f = vec![0u8; 128];
-        f.extend_from_slice(b"DICM");
-        el(
-            &mut f,
-            0x0002,
-            0x0000,
-            b"UL",
-            &(meta.len() as u32).to_le_bytes(),
-        );
-        f.extend_from_slice(&meta);
-        f.extend_from_slice(&body);
+        let f = part10(&meta, &body);
         let p = dir.path().join("a.dcm");
         std::fs::write(&p, &f).unwrap();
         assert_eq!(
@@ -1029,18 +1035,9 @@ mod tests {
             let mut meta = Vec::new();
             el(&mut meta, 0x0002, 0x0010, b"UI", b"1.2.840.10008.1.2.1\0");
             el(&mut meta, group, element, vr, b"1.2\0");
-            let mut f = vec![0u8; 128];
-            f.extend_from_slice(b"DICM");
-            el(
-                &mut f,
-                0x0002,
-                0x0000,
-                b"UL",
-                &(meta.len() as u32).to_le_bytes(),
-            );
-            f.extend_from_slice(&meta);
-            el(&mut f, 0x0008, 0x0060, b"CS", b"CT");
-            std::fs::write(&p, &f).unwrap();
+            let mut body = Vec::new();
+            el(&mut body, 0x0008, 0x0060, b"CS", b"CT");
+            std::fs::write(&p, part10(&meta, &body)).unwrap();
             let e = check_part10_file(&p, &Limits::default())
                 .unwrap_err()
                 .to_string();
@@ -1087,20 +1084,9 @@ mod tests {
                 b"UI",
                 b"1.2.840.10008.1.2.1.99\0",
             );
-            let mut f = vec![0u8; 128];
-            f.extend_from_slice(b"DICM");
-            el(
-                &mut f,
-                0x0002,
-                0x0000,
-                b"UL",
-                &(meta.len() as u32).to_le_bytes(),
-            );
-            f.extend_from_slice(&meta);
             let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
             z.write_all(body).unwrap();
-            f.extend_from_slice(&z.finish().unwrap());
-            std::fs::write(&p, &f).unwrap();
+            std::fs::write(&p, part10(&meta, &z.finish().unwrap())).unwrap();
         };
         let mut body = Vec::new();
         el(&mut body, 0x0008, 0x0060, b"CS", b"CT");

@@ -637,35 +637,36 @@ fn trains_on_two_separate_unpaired_sets() {
     assert!(e.to_string().contains("no training data"), "{e}");
 }
 
-/// The noise-texture term (issue 11) in a paired step: reported per direction, counted in the
-/// generator's loss, the same through the reversible backward as through plain autodiff, and it
-/// moves the weights where the L1 term alone would not have; at weight 0 the step is that of
-/// before (`default_options_reproduce_the_losses_of_before`).
-#[test]
-fn texture_term_trains_through_the_reversible_backward() {
+/// A generator term switched on by `set` in a paired step: counted in the generator's loss, the
+/// same through the reversible backward as through plain autodiff, and it moves the weights where
+/// the L1 term alone would not have; `check` sees each step's losses with the term and without.
+fn term_trains_through_the_reversible_backward(
+    set: impl Fn(&mut Trainer<A>) + Sync,
+    check: impl Fn(&StepLosses, &StepLosses) + Sync,
+) {
     let _serial = crate::autodiff_serial();
     one_thread(|| {
-        let textured = |naive| {
+        let with_term = |naive| {
             let mut t = tiny(ModeArg::Paired, naive);
-            t.cfg.lambda_texture = 100.0;
+            set(&mut t);
             t
         };
         let (mut r, mut n, mut plain) = (
-            textured(false),
-            textured(true),
+            with_term(false),
+            with_term(true),
             tiny(ModeArg::Paired, false),
         );
         for s in 0..2 {
             let lr = r.step(patch(s), patch(s + 10)).unwrap();
             let ln = n.step(patch(s), patch(s + 10)).unwrap();
             let lp = plain.step(patch(s), patch(s + 10)).unwrap();
-            assert!(lr.tex_ab > 0.0 && lr.tex_ba > 0.0, "{lr:?}");
-            assert_eq!((lp.tex_ab, lp.tex_ba), (0.0, 0.0));
+            check(&lr, &lp);
             assert!(
                 (lr.generator() - ln.generator()).abs() < 1e-4,
                 "{lr:?} {ln:?}"
             );
-            let sum = lr.gan_ab + lr.gan_ba + lr.rec_ab + lr.rec_ba + lr.tex_ab + lr.tex_ba;
+            let sum =
+                lr.gan_ab + lr.gan_ba + lr.rec_ab + lr.rec_ba + lr.tex_ab + lr.tex_ba + lr.tv_ab;
             assert_eq!(lr.generator(), sum);
         }
         let w = |t: &Trainer<A>| vals(t.gen.core[0].f.conv2.weight.val());
@@ -677,7 +678,23 @@ fn texture_term_trains_through_the_reversible_backward() {
         };
         assert!(d(&w(&r), &w(&n)) < 1e-5);
         assert!(d(&w(&r), &w(&plain)) > 1e-7);
-        // --lambda-texture-ba 0: the A->B direction only.
+    });
+}
+
+/// The noise-texture term (issue 11): reported per direction, 0 without it; at weight 0 the step
+/// is that of before (`default_options_reproduce_the_losses_of_before`); `--lambda-texture-ba 0`
+/// leaves the A->B direction only.
+#[test]
+fn texture_term_trains_through_the_reversible_backward() {
+    term_trains_through_the_reversible_backward(
+        |t| t.cfg.lambda_texture = 100.0,
+        |lr, lp| {
+            assert!(lr.tex_ab > 0.0 && lr.tex_ba > 0.0, "{lr:?}");
+            assert_eq!((lp.tex_ab, lp.tex_ba), (0.0, 0.0));
+        },
+    );
+    let _serial = crate::autodiff_serial();
+    one_thread(|| {
         let mut one_way = tiny(ModeArg::Paired, false);
         one_way.cfg.lambda_texture = 100.0;
         one_way.cfg.lambda_texture_ba = Some(0.0);
@@ -686,46 +703,16 @@ fn texture_term_trains_through_the_reversible_backward() {
     });
 }
 
-/// The total-variation term (issue 11) in a paired step: A->B only, counted in the generator's
-/// loss, the same through the reversible backward as through plain autodiff, and it moves the
-/// weights; at weight 0 the step is that of before.
+/// The total-variation term (issue 11): A->B only, reported alone, 0 without it.
 #[test]
 fn tv_term_trains_through_the_reversible_backward() {
-    let _serial = crate::autodiff_serial();
-    one_thread(|| {
-        let smoothed = |naive| {
-            let mut t = tiny(ModeArg::Paired, naive);
-            t.cfg.lambda_tv = 10.0;
-            t
-        };
-        let (mut r, mut n, mut plain) = (
-            smoothed(false),
-            smoothed(true),
-            tiny(ModeArg::Paired, false),
-        );
-        for s in 0..2 {
-            let lr = r.step(patch(s), patch(s + 10)).unwrap();
-            let ln = n.step(patch(s), patch(s + 10)).unwrap();
-            let lp = plain.step(patch(s), patch(s + 10)).unwrap();
+    term_trains_through_the_reversible_backward(
+        |t| t.cfg.lambda_tv = 10.0,
+        |lr, lp| {
             assert!(lr.tv_ab > 0.0 && lr.tex_ab == 0.0, "{lr:?}");
             assert_eq!(lp.tv_ab, 0.0);
-            assert!(
-                (lr.generator() - ln.generator()).abs() < 1e-4,
-                "{lr:?} {ln:?}"
-            );
-            let sum = lr.gan_ab + lr.gan_ba + lr.rec_ab + lr.rec_ba + lr.tv_ab;
-            assert_eq!(lr.generator(), sum);
-        }
-        let w = |t: &Trainer<A>| vals(t.gen.core[0].f.conv2.weight.val());
-        let d = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max)
-        };
-        assert!(d(&w(&r), &w(&n)) < 1e-5);
-        assert!(d(&w(&r), &w(&plain)) > 1e-7);
-    });
+        },
+    );
 }
 
 /// Growing a trained core (`--init-from`): before any step the grown trainer's generators give
