@@ -266,6 +266,7 @@ pub struct ModelSettings {
 pub struct VolumeSettings {
     pub spacing_tolerance: f64,
     pub max_tilt_degrees: f64,
+    pub max_matrix: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +333,12 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "volume.spacing_tolerance = {} must be in (0, 1)",
                 v.spacing_tolerance
+            )));
+        }
+        if v.max_matrix < 16 {
+            return Err(ConfigError::Invalid(format!(
+                "volume.max_matrix = {} must be at least 16",
+                v.max_matrix
             )));
         }
         if !(0.0..90.0).contains(&v.max_tilt_degrees) {
@@ -738,6 +745,11 @@ mod tests {
                 "CT_HARMONIZER__WATCH__MAX_FILE_MIB",
                 "0",
                 "watch.max_file_mib",
+            ),
+            (
+                "CT_HARMONIZER__VOLUME__MAX_MATRIX",
+                "8",
+                "volume.max_matrix",
             ),
         ] {
             let e = Settings::load_with_env(None, env(&[(k, v)])).unwrap_err();

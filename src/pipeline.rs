@@ -164,13 +164,6 @@ struct Retry {
     attempts: u32,
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 impl Processor {
     /// Runs on the calling (dedicated) thread until shutdown; `rt` drives the channel waits.
     pub fn run(mut self, rt: tokio::runtime::Handle, shutdown: watch::Receiver<bool>) {
@@ -281,7 +274,7 @@ impl Processor {
                 Err(PipelineError::Series {
                     series_uid: ready.series_uid.clone(),
                     cause: Box::new(SeriesFailure::Panicked {
-                        message: panic_message(p.as_ref()),
+                        message: crate::util::panic_text(p.as_ref()),
                     }),
                 })
             }

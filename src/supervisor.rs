@@ -136,7 +136,7 @@ impl Supervisor {
                     let (id, reason) = match done {
                         Ok((id, ())) => (id, "the task returned".to_string()),
                         Err(e) if e.is_panic() => {
-                            (e.id(), format!("the task panicked: {}", panic_text(e.into_panic())))
+                            (e.id(), format!("the task panicked: {}", crate::util::panic_text(e.into_panic().as_ref())))
                         }
                         Err(e) => (e.id(), "the task was cancelled".to_string()),
                     };
@@ -193,13 +193,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]

@@ -567,3 +567,108 @@ fn watch_hostile_files_are_refused_before_parsing() {
         d.context()
     );
 }
+
+/// `spec` written, then compressed by DCMTK's dcmcrle into `<dir>` (RLE Lossless, one fragment per
+/// frame). Returns the files in slice order.
+fn rle_series(spec: &ct_harmonizer::samples::SeriesSpec, dir: &Path) -> Vec<PathBuf> {
+    let plain = write(spec, &dir.with_extension("plain"));
+    std::fs::create_dir_all(dir).unwrap();
+    plain
+        .iter()
+        .map(|f| {
+            let to = dir.join(f.file_name().unwrap());
+            let o = Command::new("/usr/bin/dcmcrle")
+                .arg(f)
+                .arg(&to)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", out_text(&o));
+            to
+        })
+        .collect()
+}
+
+/// Hostile pixel data that fuzzing (`series_file`) found passing the guard: an RLE fragment whose
+/// header declares 4 294 967 295 segments (dicom-rs's decoder allocated 16 GB from those 4 bytes)
+/// and an RLE series declaring a 65535 x 65535 matrix (17 GB per slice in our reader before any
+/// check; encapsulated, so no length check can see it), each a series of its own beside a good one,
+/// in the watched folder with a harmonize rule. Each is quarantined with the file or series and the
+/// reason; the good series is harmonized; the daemon runs on (before the fix: a 16 GB or 17 GB
+/// allocation per attempt).
+#[test]
+fn hostile_pixel_data_is_refused_per_series() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watch = tmp.path().join("watch");
+    let export = tmp.path().join("export");
+    std::fs::create_dir_all(&watch).unwrap();
+    let wv = q(&watch);
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[("watch.dir", wv.as_str()), ("watch.stable_seconds", "1")],
+        &(folder_dest("out", &export) + &rule("default", "harmonize", false, &["out"])),
+    );
+    d.start();
+    // Slice 0's segment count set to u32::MAX.
+    let rle = rle_series(&spec("hard-rle-segments", 16, 3), &tmp.path().join("rle"));
+    let mut bytes = std::fs::read(&rle[0]).unwrap();
+    let item = [0xFE, 0xFF, 0x00, 0xE0];
+    let items: Vec<usize> = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == item)
+        .map(|(i, _)| i)
+        .collect();
+    // items[0] is the (empty) basic offset table; items[1] the frame's fragment.
+    let fragment = items[1] + 8;
+    assert_eq!(&bytes[fragment..fragment + 4], &2u32.to_le_bytes());
+    bytes[fragment..fragment + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&rle[0], &bytes).unwrap();
+    let hostile_sop = tag_str(
+        &dicom_object::open_file(&rle[0]).unwrap(),
+        tags::SOP_INSTANCE_UID,
+    );
+    // Rows and Columns declared 65535 on every slice of another series.
+    let huge = rle_series(&spec("hard-huge-matrix", 16, 3), &tmp.path().join("huge"));
+    for f in &huge {
+        let mut o = dicom_object::open_file(f).unwrap();
+        for t in [tags::ROWS, tags::COLUMNS] {
+            o.put(DataElement::new(t, VR::US, PrimitiveValue::from(65535u16)));
+        }
+        o.write_to_file(f).unwrap();
+    }
+    let good = write(&spec("hard-good-beside", 16, 3), &tmp.path().join("good"));
+    for (prefix, series) in [("rle", &rle), ("huge", &huge), ("good", &good)] {
+        for f in series {
+            let name = format!("{prefix}-{}", f.file_name().unwrap().to_string_lossy());
+            std::fs::rename(f, watch.join(name)).unwrap();
+        }
+    }
+    let series_reasons = || -> Vec<String> {
+        files(&d.state.join("quarantine"))
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "reason.txt"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    };
+    assert!(
+        wait_until(secs(90), POLL, || series_reasons().len() == 2
+            && count_files(&export) == 3
+            && d.idle()),
+        "{}",
+        d.context()
+    );
+    let all = series_reasons().join("\n");
+    assert!(
+        all.contains(&format!(
+            "{hostile_sop}.dcm: cannot decode pixel data: RLE fragment 1: 4294967295 segments declared"
+        )),
+        "{all}"
+    );
+    assert!(
+        all.contains("matrix 65535x65535") && all.contains("volume.max_matrix = 4096"),
+        "{all}"
+    );
+    assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));
+    assert_eq!(read_series(&series_dirs(&export)[0]).len(), 3);
+    assert!(d.peer().alive(), "{}", d.context());
+}

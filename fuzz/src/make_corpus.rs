@@ -122,5 +122,45 @@ fn main() -> Res<()> {
     let file = tmp.path().join("slice.dcm");
     ct_harmonizer::dicom::write::write_part10(obj, &file)?;
     put("guard_file", "phantom_slice", &std::fs::read(&file)?)?;
+    // The processor's path (series_file): the slice as stored, an Enhanced CT object of three
+    // frames, and the slice in every encapsulated syntax DCMTK's encoders of this machine write
+    // (skipped where a tool is missing: the committed seeds stay).
+    put("series_file", "phantom_slice", &std::fs::read(&file)?)?;
+    let hu: Vec<Vec<f32>> = (0..3).map(|z| phantom_slice(z, 8, 8, 20.0, 5)).collect();
+    let enhanced = tmp.path().join("enhanced.dcm");
+    let spec3 = SeriesSpec::axial("fuzz-corpus-mf", 8, 8, 3, [2.0, 0.8, 0.8]);
+    ct_harmonizer::dicom::write::write_part10(
+        ct_harmonizer::samples::enhanced_dataset(&spec3, &[2, 0, 1], &hu),
+        &enhanced,
+    )?;
+    put(
+        "series_file",
+        "enhanced_3_frames",
+        &std::fs::read(&enhanced)?,
+    )?;
+    for (name, tool, args) in [
+        ("rle", "/usr/bin/dcmcrle", &[][..]),
+        ("jpeg_lossless_sv1", "/usr/bin/dcmcjpeg", &["+e1"][..]),
+        ("jpeg_ls_lossless", "/usr/bin/dcmcjpls", &[][..]),
+        ("enhanced_rle", "/usr/bin/dcmcrle", &[][..]),
+    ] {
+        if !Path::new(tool).exists() {
+            continue;
+        }
+        let source = if name.starts_with("enhanced") {
+            &enhanced
+        } else {
+            &file
+        };
+        let to = tmp.path().join(name);
+        let status = std::process::Command::new(tool)
+            .args(args)
+            .arg(source)
+            .arg(&to)
+            .status()?;
+        if status.success() {
+            put("series_file", name, &std::fs::read(&to)?)?;
+        }
+    }
     Ok(())
 }

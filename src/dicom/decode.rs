@@ -88,14 +88,21 @@ impl FrameReader {
             Some(f) => Some(f - 1),
         };
         check_transfer_syntax(h)?;
+        let rle = h.transfer_syntax.trim_end_matches('\0') == RLE_LOSSLESS;
         let raw: Vec<f32> = match frame {
             None => {
                 self.open = None;
                 let obj = super::header::open_full(&h.path).map_err(|e| fail(e.to_string()))?;
-                let decoded = obj.decode_pixel_data().map_err(|e| fail(e.to_string()))?;
-                decoded
-                    .to_vec_with_options(&options())
-                    .map_err(|e| fail(e.to_string()))?
+                if rle {
+                    check_rle(&obj, None).map_err(fail)?;
+                }
+                contained(|| {
+                    let decoded = obj.decode_pixel_data().map_err(|e| e.to_string())?;
+                    decoded
+                        .to_vec_with_options(&options())
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(fail)?
             }
             Some(index) => {
                 if self.open.as_ref().is_none_or(|(p, _)| p != &h.path) {
@@ -106,12 +113,27 @@ impl FrameReader {
                 let Some((_, obj)) = &self.open else {
                     return Err(fail("file not open".into()));
                 };
-                let decoded = obj
-                    .decode_pixel_data_frame(index)
-                    .map_err(|e| fail(format!("frame {}: {e}", index + 1)))?;
-                decoded
-                    .to_vec_frame_with_options(0, &options())
-                    .map_err(|e| fail(format!("frame {}: {e}", index + 1)))?
+                if rle {
+                    if let Err(e) = check_rle(obj, Some(index as usize)) {
+                        return Err(fail(format!("frame {}: {e}", index + 1)));
+                    }
+                }
+                let decoded = contained(|| {
+                    let decoded = obj
+                        .decode_pixel_data_frame(index)
+                        .map_err(|e| e.to_string())?;
+                    decoded
+                        .to_vec_frame_with_options(0, &options())
+                        .map_err(|e| e.to_string())
+                });
+                match decoded {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        // A decoder that failed on this file is not asked again with it open.
+                        self.open = None;
+                        return Err(fail(format!("frame {}: {e}", index + 1)));
+                    }
+                }
             }
         };
         let expected = usize::from(h.rows.unwrap_or(0)) * usize::from(h.columns.unwrap_or(0));
@@ -124,6 +146,133 @@ impl FrameReader {
         let (slope, intercept) = (h.rescale_slope as f32, h.rescale_intercept as f32);
         Ok(raw.into_iter().map(|v| v * slope + intercept).collect())
     }
+}
+
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks the RLE Lossless frames about to be decoded (every fragment, or fragment `frame`) against
+/// PS3.5 Annex G before dicom-rs's decoder sees them, which trusts them: it allocates the header's
+/// segment count (a u32: 16 GB from 4 bytes), slices the offset table without a bound, indexes a
+/// segment that decodes short, and inflates a segment whole before it takes Rows x Columns
+/// (PackBits: 128 bytes out per 2 in). Here: a 64-byte header, a segment count in 1..=15 and at
+/// least SamplesPerPixel x bytes per sample, offsets non-decreasing within the fragment, and each
+/// segment that is read decoding to Rows x Columns bytes (a little more, padding, is allowed).
+fn check_rle(obj: &DefaultDicomObject, frame: Option<usize>) -> Result<(), String> {
+    use dicom_dictionary_std::tags;
+    let int = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .ok_or_else(|| format!("RLE Lossless without a valid {tag}"))
+    };
+    let plane = int(tags::ROWS)? as usize * int(tags::COLUMNS)? as usize;
+    let bytes_per_sample = match int(tags::BITS_ALLOCATED)? {
+        8 => 1,
+        16 => 2,
+        b => {
+            return Err(format!(
+                "RLE Lossless with BitsAllocated {b}: 8 or 16 are read"
+            ))
+        }
+    };
+    let needed = bytes_per_sample * int(tags::SAMPLES_PER_PIXEL)? as usize;
+    let fragments = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+        .ok_or("RLE Lossless without encapsulated pixel data")?;
+    let chosen: Vec<(usize, &Vec<u8>)> = match frame {
+        None => fragments.iter().enumerate().collect(),
+        Some(i) => vec![(
+            i,
+            fragments
+                .get(i)
+                .ok_or(format!("no RLE fragment for frame {}", i + 1))?,
+        )],
+    };
+    for (i, f) in chosen {
+        check_rle_fragment(f, plane, needed).map_err(|e| format!("RLE fragment {}: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
+fn check_rle_fragment(f: &[u8], plane: usize, needed: usize) -> Result<(), String> {
+    let u32_at = |k: usize| -> usize {
+        f.get(k..k + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .unwrap_or(0)
+    };
+    if f.len() < 64 {
+        return Err(format!(
+            "{} bytes, shorter than the 64-byte RLE header",
+            f.len()
+        ));
+    }
+    let n = u32_at(0);
+    if !(1..=15).contains(&n) || n < needed {
+        return Err(format!(
+            "{n} segments declared, {needed} needed (at most 15)"
+        ));
+    }
+    let mut bounds: Vec<usize> = (0..n).map(|k| u32_at(4 + 4 * k)).collect();
+    bounds.push(f.len());
+    if bounds[0] < 64 || bounds.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!(
+            "segment offsets {:?} do not increase within its {} bytes",
+            &bounds[..n],
+            f.len()
+        ));
+    }
+    for k in 0..needed {
+        let out = packbits_len(&f[bounds[k]..bounds[k + 1]]);
+        if out < plane || out > plane + 256 {
+            return Err(format!(
+                "segment {} decodes to {out} bytes where Rows x Columns is {plane}",
+                k + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a PackBits segment decodes to, read as dicom-rs's decoder reads it: a run header n in
+/// 0..=127 copies n + 1 literal bytes (fewer if the segment ends), -127..=-1 repeats the next byte
+/// 1 - n times (none if the segment ends there), -128 is nothing.
+fn packbits_len(segment: &[u8]) -> usize {
+    let (mut at, mut out) = (0, 0usize);
+    while at < segment.len() {
+        let h = segment[at] as i8;
+        at += 1;
+        match h {
+            0..=127 => {
+                let n = (h as usize + 1).min(segment.len() - at);
+                out += n;
+                at += n;
+            }
+            -127..=-1 => {
+                if at < segment.len() {
+                    out += (1 - h as isize) as usize;
+                }
+                at += 1;
+            }
+            -128 => {}
+        }
+    }
+    out
+}
+
+/// Runs a pixel decoder of dicom-rs (and the codecs under it) so that a panic in it on a hostile
+/// file becomes this file's error. Fuzzing found its RLE decoder indexing past its buffer on a
+/// segment that decodes short (`fuzz/corpus/series_file/rle_segment_overrun`, now refused by
+/// [`check_rle`] first); this is the net for the next such case. The processor would catch the
+/// panic anyway, but as "a worker stopped" of the series, without the file or the reason.
+fn contained<T>(decode: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|p| {
+        Err(format!(
+            "the pixel decoder failed on this file ({})",
+            crate::util::panic_text(p.as_ref())
+        ))
+    })
 }
 
 /// Stored values as they are: the rescale is ours (per frame for a multi-frame image).
@@ -157,6 +306,132 @@ mod tests {
         );
         let e = read_slice_hu(&header(3, Some(0))).unwrap_err().to_string();
         assert!(e.contains("frame 0"), "{e}");
+    }
+
+    /// The RLE file fuzzing found (its segment decodes short, and dicom-rs's decoder indexed past
+    /// it): refused by the check, naming the file, before the decoder runs.
+    #[test]
+    fn the_fuzzed_rle_file_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("rle.dcm");
+        let bytes = include_bytes!("../../fuzz/corpus/series_file/rle_segment_overrun");
+        std::fs::write(&path, &bytes[..]).unwrap();
+        crate::dicom::guard::check_part10_file(&path, &Default::default()).unwrap();
+        let h = crate::dicom::header::read_header(&path).unwrap();
+        let e = read_slice_hu(&h).unwrap_err().to_string();
+        assert!(
+            e.contains("rle.dcm") && e.contains("RLE fragment 1: segment"),
+            "{e}"
+        );
+    }
+
+    /// A panic inside a decoder is the file's error, with the panic's message.
+    #[test]
+    fn a_decoder_panic_is_contained() {
+        let r: Result<(), String> = contained(|| panic!("index out of bounds"));
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("the pixel decoder failed on this file (index out of bounds)"),
+            "{e}"
+        );
+        assert_eq!(contained(|| Ok(3)), Ok(3));
+    }
+
+    /// A 64-byte RLE header of `n` segments at `offsets`, then `body`.
+    fn rle_fragment(n: u32, offsets: &[u32], body: &[u8]) -> Vec<u8> {
+        let mut f = n.to_le_bytes().to_vec();
+        for o in offsets {
+            f.extend(o.to_le_bytes());
+        }
+        f.resize(64, 0);
+        f.extend(body);
+        f
+    }
+
+    #[test]
+    fn packbits_lengths_are_counted_as_the_decoder_reads_them() {
+        assert_eq!(packbits_len(&[]), 0);
+        assert_eq!(packbits_len(&[2, 1, 2, 3]), 3); // literal run of 3
+        assert_eq!(packbits_len(&[2, 1]), 1); // a literal run cut by the end
+        assert_eq!(packbits_len(&[0x81, 7]), 128); // -127: 128 copies
+        assert_eq!(packbits_len(&[0x81]), 0); // a repeat without its byte
+        assert_eq!(packbits_len(&[0x80, 0, 9]), 1); // -128 is nothing
+    }
+
+    /// Every RLE header or segment dicom-rs's decoder would take on trust is refused with its
+    /// reason; a well-formed fragment of two segments of 4 x 4 bytes passes.
+    #[test]
+    fn hostile_rle_fragments_are_refused() {
+        let plane = 16;
+        let seg = [0xF1u8, 5]; // -15: 16 bytes of 5
+        let two = |o2: u32| rle_fragment(2, &[64, o2], &[seg, seg].concat());
+        assert_eq!(check_rle_fragment(&two(66), plane, 2), Ok(()));
+        let bomb: Vec<u8> = std::iter::repeat_n([0x81u8, 1], 1000).flatten().collect();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![2, 0, 0, 0], "shorter than the 64-byte RLE header"),
+            (rle_fragment(0, &[], &seg), "0 segments declared"),
+            (
+                rle_fragment(u32::MAX, &[64], &seg),
+                "4294967295 segments declared",
+            ),
+            (
+                rle_fragment(1, &[64], &seg),
+                "1 segments declared, 2 needed",
+            ),
+            (rle_fragment(16, &[64], &seg), "16 segments declared"),
+            (two(900), "do not increase"),
+            (
+                rle_fragment(2, &[66, 64], &[seg, seg].concat()),
+                "do not increase",
+            ),
+            (
+                rle_fragment(2, &[10, 66], &[seg, seg].concat()),
+                "do not increase",
+            ),
+            (
+                rle_fragment(2, &[64, 65], &[seg, seg].concat()),
+                "segment 1 decodes to 0 bytes",
+            ),
+            (
+                rle_fragment(2, &[64, 66], &[&seg[..], &[1, 5, 5]].concat()),
+                "segment 2 decodes to 2 bytes",
+            ),
+            (
+                rle_fragment(2, &[64, 2064], &[&bomb[..], &seg[..]].concat()),
+                "segment 1 decodes to 128000 bytes",
+            ),
+        ];
+        for (f, want) in cases {
+            let e = check_rle_fragment(&f, plane, 2).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    /// The DCMTK-encoded RLE seed (dcmcrle) decodes through the check, single- and multi-frame.
+    #[test]
+    fn dcmtk_rle_files_pass_the_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["rle", "enhanced_rle"] {
+            let path = tmp.path().join(name);
+            let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus/series_file")
+                .join(name);
+            std::fs::copy(&from, &path).unwrap();
+            let obj = crate::dicom::header::open_full(&path).unwrap();
+            check_rle(&obj, None).unwrap();
+            let h = crate::dicom::header::read_header(&path).unwrap();
+            assert_eq!(
+                h.transfer_syntax.trim_end_matches('\0'),
+                RLE_LOSSLESS,
+                "{name}"
+            );
+        }
+        // The single-frame one decodes to the uncompressed seed's values.
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/series_file");
+        let rle = crate::dicom::header::read_header(&seeds.join("rle")).unwrap();
+        let plain = crate::dicom::header::read_header(&seeds.join("phantom_slice")).unwrap();
+        assert_eq!(read_slice_hu(&rle).unwrap(), read_slice_hu(&plain).unwrap());
     }
 
     #[test]

@@ -30,11 +30,26 @@ impl Geometry {
     }
 }
 
-/// Tolerances for [`sort_and_check`].
+/// Tolerances and bounds for [`sort_and_check`] (`[volume]` of the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct GeometryLimits {
     pub spacing_tolerance: f64,
     pub max_tilt_degrees: f64,
+    /// Largest Rows or Columns: every reader after the check allocates Rows x Columns x 4 bytes
+    /// per slice (dicom-rs's decoders before they read a byte of an encapsulated frame), so a
+    /// 1 KB file declaring 65535 x 65535 cost 17 GB (found by fuzzing, `series_file`).
+    pub max_matrix: u16,
+}
+
+impl Default for GeometryLimits {
+    /// The shipped defaults (`config/ct-harmonizer.toml` [volume]).
+    fn default() -> Self {
+        GeometryLimits {
+            spacing_tolerance: 0.1,
+            max_tilt_degrees: 30.0,
+            max_matrix: 4096,
+        }
+    }
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -88,6 +103,13 @@ pub fn sort_and_check(
         (Some(r), Some(c)) if r > 0 && c > 0 => (r, c),
         _ => return Err(missing(first, "Rows/Columns")),
     };
+    if rows > limits.max_matrix || columns > limits.max_matrix {
+        return Err(fail(format!(
+            "matrix {rows}x{columns} of {} is larger than volume.max_matrix = {}",
+            first.label(),
+            limits.max_matrix
+        )));
+    }
     let row_dir = [orientation[0], orientation[1], orientation[2]];
     let col_dir = [orientation[3], orientation[4], orientation[5]];
     let n = cross(row_dir, col_dir);
@@ -208,6 +230,7 @@ mod tests {
     const LIMITS: GeometryLimits = GeometryLimits {
         spacing_tolerance: 0.1,
         max_tilt_degrees: 30.0,
+        max_matrix: 4096,
     };
 
     fn slice(i: usize, pos: [f64; 3], iop: [f64; 6]) -> SliceHeader {
@@ -267,6 +290,34 @@ mod tests {
             e.contains("1.2.3") && e.contains("f2.dcm") && e.contains("1 slice(s) missing"),
             "{e}"
         );
+    }
+
+    /// A declared matrix beyond `max_matrix` is refused before anything allocates it; at the limit
+    /// it passes.
+    #[test]
+    fn a_matrix_beyond_the_limit_is_refused() {
+        for (rows, columns) in [(65535, 65535), (4097, 512), (512, 4097)] {
+            let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+            for h in &mut s {
+                h.rows = Some(rows);
+                h.columns = Some(columns);
+            }
+            let e = sort_and_check("1.2.3", &mut s, LIMITS)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("matrix {rows}x{columns}"))
+                    && e.contains("volume.max_matrix = 4096")
+                    && e.contains("1.2.3"),
+                "{e}"
+            );
+        }
+        let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+        for h in &mut s {
+            h.rows = Some(4096);
+            h.columns = Some(4096);
+        }
+        sort_and_check("1.2.3", &mut s, LIMITS).unwrap();
     }
 
     #[test]

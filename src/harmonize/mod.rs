@@ -139,10 +139,11 @@ pub fn expand_frames(s: &mut Series) -> Result<(), SeriesError> {
     Ok(())
 }
 
-/// Checks a series before any pixel is read: CT, decodable, accepted kernel, valid geometry.
+/// Checks a series before any pixel is read: CT, decodable, accepted by model `m`'s kernels, valid
+/// geometry (frames expanded, slices sorted).
 pub fn check_series(
     settings: &Settings,
-    translator: &Translator,
+    m: &crate::model::Manifest,
     s: &mut Series,
 ) -> Result<crate::dicom::Geometry, SeriesError> {
     let uid = s.series_uid.clone();
@@ -168,7 +169,6 @@ pub fn check_series(
     for h in &s.slices {
         decode::check_transfer_syntax(h)?;
     }
-    let m = translator.manifest();
     let kernel = s.slices.first().and_then(|h| h.convolution_kernel.clone());
     if !m.accepts_kernel(kernel.as_deref()) {
         return Err(SeriesError::Kernel {
@@ -180,6 +180,7 @@ pub fn check_series(
     let limits = GeometryLimits {
         spacing_tolerance: settings.volume.spacing_tolerance,
         max_tilt_degrees: settings.volume.max_tilt_degrees,
+        max_matrix: settings.volume.max_matrix,
     };
     let g = sort_and_check(&uid, &mut s.slices, limits)?;
     if g.tilt_degrees > 0.05 {
@@ -214,7 +215,7 @@ pub fn process_series(
     if control.cancelled() {
         return Err(cancelled());
     }
-    let geometry = check_series(settings, translator, &mut s)?;
+    let geometry = check_series(settings, translator.manifest(), &mut s)?;
     let manifest = translator.manifest().clone();
     events::SeriesStarted {
         series_uid: &uid,

@@ -7,3 +7,11 @@ pub mod clock;
 pub mod dn;
 pub mod fs;
 pub mod heartbeat;
+
+/// The message a caught panic carried (`&str` or `String` payloads; anything else says so).
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

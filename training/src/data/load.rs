@@ -75,10 +75,7 @@ pub fn load_dicom_series(dir: &Path) -> Result<Vec<Volume>, DataError> {
         });
     }
     // The daemon's shipped defaults (`config/ct-harmonizer.toml` [volume]).
-    let limits = GeometryLimits {
-        spacing_tolerance: 0.1,
-        max_tilt_degrees: 30.0,
-    };
+    let limits = GeometryLimits::default();
     let mut out = Vec::with_capacity(groups.len());
     for mut s in groups {
         let verr = |source| DataError::Volume {
