@@ -54,8 +54,9 @@ pub struct Processor {
 /// Why a series could not be processed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// Permanent: the series goes to quarantine.
-    #[error("series {series_uid}: {cause}")]
+    /// Permanent: the series goes to quarantine. (A cause that names the series itself, as the
+    /// geometry check's do, is not prefixed twice.)
+    #[error("{}", prefixed(series_uid, cause))]
     Series {
         series_uid: String,
         #[source]
@@ -73,6 +74,17 @@ pub enum PipelineError {
     /// The daemon is stopping: not a failure (the series stays in the spool for recovery).
     #[error("series {series_uid}: processing cancelled (the daemon is stopping)")]
     Cancelled { series_uid: String },
+}
+
+/// "series <uid>: <cause>", unless the cause already starts so.
+fn prefixed(series_uid: &str, cause: &SeriesFailure) -> String {
+    let text = cause.to_string();
+    let head = format!("series {series_uid}: ");
+    if text.starts_with(&head) {
+        text
+    } else {
+        head + &text
+    }
 }
 
 /// Why a series cannot be harmonized, for good: it is quarantined (or its originals forwarded).
@@ -645,6 +657,24 @@ mod tests {
     use super::*;
     use crate::dicom::header::opens;
     use crate::samples::{write_phantom_series, SeriesSpec};
+
+    /// A quarantine reason names its series once, whether or not the cause names it too.
+    #[test]
+    fn a_series_failure_names_its_series_once() {
+        let e = |cause| PipelineError::Series {
+            series_uid: "1.2.3".into(),
+            cause: Box::new(cause),
+        };
+        let geometry = SeriesFailure::Harmonize(SeriesError::Volume(VolumeError::Geometry {
+            series_uid: "1.2.3".into(),
+            reason: "has 1 slice(s)".into(),
+        }));
+        assert_eq!(e(geometry).to_string(), "series 1.2.3: has 1 slice(s)");
+        assert_eq!(
+            e(SeriesFailure::NoRule).to_string(),
+            "series 1.2.3: no routing rule matched"
+        );
+    }
 
     fn settings() -> Settings {
         let mut s = Settings::load_with_env(None, Vec::new()).unwrap();
