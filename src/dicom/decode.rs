@@ -88,7 +88,11 @@ impl FrameReader {
             Some(f) => Some(f - 1),
         };
         check_transfer_syntax(h)?;
-        let rle = h.transfer_syntax.trim_end_matches('\0') == RLE_LOSSLESS;
+        // The registry's own UID, as dicom-pixeldata picks the decoder (it trims any white space:
+        // "1.2.840.10008.1.2.5\r" is RLE too, see the guard's padded-syntax finding).
+        let rle = TransferSyntaxRegistry
+            .get(h.transfer_syntax.trim_end_matches('\0'))
+            .is_some_and(|ts| ts.uid() == RLE_LOSSLESS);
         let raw: Vec<f32> = match frame {
             None => {
                 self.open = None;
@@ -323,6 +327,25 @@ mod tests {
             e.contains("rle.dcm") && e.contains("RLE fragment 1: segment"),
             "{e}"
         );
+    }
+
+    /// The same file with its transfer syntax UID padded by a carriage return instead of a NUL:
+    /// dicom-rs's registry trims it and decodes RLE, so the check must see RLE too (the header
+    /// reader trims it today; the check does not count on that).
+    #[test]
+    fn a_padded_rle_syntax_is_checked_as_rle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("rle-cr.dcm");
+        let mut bytes =
+            include_bytes!("../../fuzz/corpus/series_file/rle_segment_overrun").to_vec();
+        let uid = b"1.2.840.10008.1.2.5\0";
+        let at = bytes.windows(uid.len()).position(|w| w == uid).unwrap();
+        bytes[at + uid.len() - 1] = b'\r';
+        std::fs::write(&path, &bytes).unwrap();
+        crate::dicom::guard::check_part10_file(&path, &Default::default()).unwrap();
+        let h = crate::dicom::header::read_header(&path).unwrap();
+        let e = read_slice_hu(&h).unwrap_err().to_string();
+        assert!(e.contains("RLE fragment 1: segment"), "{e}");
     }
 
     /// A panic inside a decoder is the file's error, with the panic's message.
