@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz / libFuzzer, AddressSanitizer) of every input path: the PDU readers (dicom-ul's, and ours of an association's stream),
 # DIMSE command sets, C-STORE datasets as received (up to the Success decision), watched-folder files,
-# the configuration file and model manifests. Each target runs for FUZZ_SECONDS (default 30) from the
+# what the processor does with a series after the guard (pixel decoders, geometry, the derived
+# series' writer), the configuration file and model manifests. Each target runs for FUZZ_SECONDS (default 30) from the
 # committed seed corpus in fuzz/corpus/<target>/ (new inputs go to out/fuzz/corpus/, not the committed
 # one); any crash, leak, timeout or out-of-memory fails the run, and the crashing input is kept in
 # fuzz/artifacts/<target>/. Prints executions and coverage per target. Safe to re-run.
