@@ -11,8 +11,9 @@
 use std::path::Path;
 
 use ct_harmonizer::config::Settings;
+use ct_harmonizer::dicom::decode::read_slice_hu;
 use ct_harmonizer::dicom::guard::{check_part10_file, Limits};
-use ct_harmonizer::dicom::header::{is_multi_frame, open_full, read_header_keeping};
+use ct_harmonizer::dicom::header::{is_multi_frame, open_full, read_header, read_header_keeping};
 use ct_harmonizer::dicom::series::group;
 use ct_harmonizer::dicom::SlabReader;
 use ct_harmonizer::harmonize::check_series;
@@ -150,11 +151,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = series.slices.len();
     let mut reader = SlabReader::new(series.slices, geometry.rows, geometry.columns);
+    // What each derived slice must hold: the HU read, as the writer stores them (rounded, clamped
+    // to int16, rescale 1/0).
+    let mut expected: Vec<Vec<f32>> = Vec::with_capacity(n);
     for z in 0..n {
         let Ok(slab) = reader.read(z, 1) else {
             writer.abandon();
             return;
         };
+        expected.push(
+            slab.hu
+                .iter()
+                .map(|v| f32::from(v.round().clamp(-32768.0, 32767.0) as i16))
+                .collect(),
+        );
         let out_slab = OutSlab {
             z0: z,
             depth: 1,
@@ -188,4 +198,21 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert_eq!(count, n, "derived series has {count} files for {n} slices");
+    // Not mangled: slice k of the derived series (IM0000k+1, in the sorted order) holds slice k's HU.
+    for (k, want) in expected.iter().enumerate() {
+        let p = published.join(format!("IM{:05}.dcm", k + 1));
+        let got = read_header(&p).and_then(|h| read_slice_hu(&h));
+        match got {
+            Ok(got) => assert!(
+                got.len() == want.len()
+                    && got
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a == b || (a.is_nan() && b.is_nan())),
+                "derived slice {} differs from its source slice",
+                p.display()
+            ),
+            Err(e) => panic!("derived file {} does not decode: {e}", p.display()),
+        }
+    }
 });
