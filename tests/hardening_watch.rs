@@ -665,7 +665,7 @@ fn hostile_pixel_data_is_refused_per_series() {
         "{all}"
     );
     assert!(
-        all.contains("matrix 65535x65535") && all.contains("volume.max_matrix = 4096"),
+        all.contains("matrix 65535x65535") && all.contains("volume.max_matrix = 2048"),
         "{all}"
     );
     assert!(reasons(&d).is_empty(), "{:?}", reasons(&d));

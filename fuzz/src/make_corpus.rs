@@ -144,7 +144,11 @@ fn main() -> Res<()> {
         ("jpeg_ls_lossless", "/usr/bin/dcmcjpls", &[][..]),
         ("enhanced_rle", "/usr/bin/dcmcrle", &[][..]),
         // The Enhanced CT fixture stores unsigned pixels, which near-lossless JPEG-LS needs.
-        ("enhanced_jpeg_ls_near", "/usr/bin/dcmcjpls", &["+en", "+md", "1"][..]),
+        (
+            "enhanced_jpeg_ls_near",
+            "/usr/bin/dcmcjpls",
+            &["+en", "+md", "1", "+un"][..],
+        ),
         ("enhanced_jpeg_lossless", "/usr/bin/dcmcjpeg", &["+e1"][..]),
     ] {
         if !Path::new(tool).exists() {

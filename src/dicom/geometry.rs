@@ -47,7 +47,7 @@ impl Default for GeometryLimits {
         GeometryLimits {
             spacing_tolerance: 0.1,
             max_tilt_degrees: 30.0,
-            max_matrix: 4096,
+            max_matrix: 2048,
         }
     }
 }
