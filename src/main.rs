@@ -326,7 +326,10 @@ fn run() -> anyhow::Result<ExitCode> {
                 );
             }
             for (uid, e) in &report.failed {
-                println!("FAILED series {uid}: {e}");
+                // Errors that name their series themselves are not prefixed twice.
+                let text = e.to_string();
+                let head = format!("series {uid}: ");
+                println!("FAILED {head}{}", text.strip_prefix(&head).unwrap_or(&text));
             }
             for e in &report.rejected_files {
                 println!("REJECTED {e}");

@@ -556,3 +556,71 @@ fn shipped_trained_models_harmonize_and_upsample() {
     let m_dst = mean(&dst[13].hu);
     assert!((m_src - m_dst).abs() < 30.0, "{m_src} vs {m_dst}");
 }
+
+/// Numbers a decimal string can hold but a CT cannot, each in one series of its own beside a good
+/// one: every bad series fails naming the attribute and file, nothing is written for it, and the
+/// good one is harmonized with valid DICOM. Before: each came out "harmonized", with "NaN" in its
+/// positions, a zero pixel spacing, or every pixel lost to a NaN slope.
+#[test]
+fn implausible_numbers_fail_their_series_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, dicom_core::Tag, &str, &str); 4] = [
+        ("num-slope", tags::RESCALE_SLOPE, "NaN", "RescaleSlope NaN"),
+        (
+            "num-spacing",
+            tags::PIXEL_SPACING,
+            "0\\0",
+            "PixelSpacing [0.0, 0.0]",
+        ),
+        (
+            "num-position",
+            tags::IMAGE_POSITION_PATIENT,
+            "NaN\\0\\0",
+            "ImagePositionPatient [NaN",
+        ),
+        (
+            "num-thickness",
+            tags::SLICE_THICKNESS,
+            "-inf",
+            "SliceThickness -inf",
+        ),
+    ];
+    let mut inputs = Vec::new();
+    for (seed, tag, value, _) in &cases {
+        let spec = SeriesSpec::axial(seed, 16, 16, 3, [2.0, 0.8, 0.8]);
+        let dir = tmp.path().join(seed);
+        for z in 0..3 {
+            let mut o = spec.dataset(
+                z,
+                &ct_harmonizer::samples::phantom_slice(z, 16, 16, 20.0, 5),
+            );
+            o.put(DataElement::new(*tag, VR::DS, PrimitiveValue::from(*value)));
+            std::fs::create_dir_all(&dir).unwrap();
+            write_part10(o, &dir.join(format!("IM{z}.dcm"))).unwrap();
+        }
+        inputs.push(dir);
+    }
+    let good = tmp.path().join("good");
+    ct_harmonizer::samples::write_phantom_series(
+        &SeriesSpec::axial("num-good", 16, 16, 3, [2.0, 0.8, 0.8]),
+        &good,
+        20.0,
+    )
+    .unwrap();
+    inputs.push(good);
+    let out = tmp.path().join("out");
+    let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+    let o = process(&refs, &out, &[], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    for (seed, _, _, reason) in &cases {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("FAILED") && l.contains(reason))
+            .unwrap_or_else(|| panic!("{seed}: no failure naming {reason}:\n{t}"));
+        assert!(line.contains(&format!("/{seed}/IM")), "{line}");
+    }
+    let dirs = series_dirs(&out);
+    assert_eq!(dirs.len(), 1, "{t}");
+    verify_dicom(&dirs[0]);
+}

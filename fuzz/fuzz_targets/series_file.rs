@@ -191,6 +191,26 @@ fuzz_target!(|data: &[u8]| {
         if let Err(e) = check_part10_file(&p, &Limits::default()) {
             panic!("derived file {} refused by the guard: {e}", p.display());
         }
+        // Every decimal string valid (PS3.5 6.2: at most 16 characters, a finite number): the
+        // writer once let "NaN" and a 600-character position through.
+        if let Ok(obj) = open_full(&p) {
+            for e in obj.iter().filter(|e| e.header().vr == VR::DS) {
+                let text = e.to_str().unwrap_or_default();
+                for v in text.split('\\') {
+                    let v = v.trim();
+                    let ok = v.is_empty()
+                        || (v.len() <= 16
+                            && v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+                            && v.parse::<f64>().is_ok_and(f64::is_finite));
+                    assert!(
+                        ok,
+                        "derived file {} has DS {:?} = {v:?}",
+                        p.display(),
+                        e.header().tag
+                    );
+                }
+            }
+        }
         match read_header_keeping(&p) {
             Ok(d) if d.is_image() && d.modality.as_deref() == Some("CT") => count += 1,
             Ok(d) => panic!("derived file {} is not a CT image: {d:?}", p.display()),

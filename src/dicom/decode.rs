@@ -88,18 +88,12 @@ impl FrameReader {
             Some(f) => Some(f - 1),
         };
         check_transfer_syntax(h)?;
-        // The registry's own UID, as dicom-pixeldata picks the decoder (it trims any white space:
-        // "1.2.840.10008.1.2.5\r" is RLE too, see the guard's padded-syntax finding).
-        let rle = TransferSyntaxRegistry
-            .get(h.transfer_syntax.trim_end_matches('\0'))
-            .is_some_and(|ts| ts.uid() == RLE_LOSSLESS);
+        let codec = Codec::of(&h.transfer_syntax);
         let raw: Vec<f32> = match frame {
             None => {
                 self.open = None;
                 let obj = super::header::open_full(&h.path).map_err(|e| fail(e.to_string()))?;
-                if rle {
-                    check_rle(&obj, None).map_err(fail)?;
-                }
+                check_encapsulated(&obj, codec).map_err(fail)?;
                 contained(|| {
                     let decoded = obj.decode_pixel_data().map_err(|e| e.to_string())?;
                     decoded
@@ -112,16 +106,13 @@ impl FrameReader {
                 if self.open.as_ref().is_none_or(|(p, _)| p != &h.path) {
                     self.open = None;
                     let obj = super::header::open_full(&h.path).map_err(|e| fail(e.to_string()))?;
+                    // Every frame's compressed header at once, when the file is opened.
+                    check_encapsulated(&obj, codec).map_err(fail)?;
                     self.open = Some((h.path.clone(), obj));
                 }
                 let Some((_, obj)) = &self.open else {
                     return Err(fail("file not open".into()));
                 };
-                if rle {
-                    if let Err(e) = check_rle(obj, Some(index as usize)) {
-                        return Err(fail(format!("frame {}: {e}", index + 1)));
-                    }
-                }
                 let decoded = contained(|| {
                     let decoded = obj
                         .decode_pixel_data_frame(index)
@@ -154,50 +145,197 @@ impl FrameReader {
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
-/// Checks the RLE Lossless frames about to be decoded (every fragment, or fragment `frame`) against
-/// PS3.5 Annex G before dicom-rs's decoder sees them, which trusts them: it allocates the header's
-/// segment count (a u32: 16 GB from 4 bytes), slices the offset table without a bound, indexes a
-/// segment that decodes short, and inflates a segment whole before it takes Rows x Columns
-/// (PackBits: 128 bytes out per 2 in). Here: a 64-byte header, a segment count in 1..=15 and at
-/// least SamplesPerPixel x bytes per sample, offsets non-decreasing within the fragment, and each
-/// segment that is read decoding to Rows x Columns bytes (a little more, padding, is allowed).
-fn check_rle(obj: &DefaultDicomObject, frame: Option<usize>) -> Result<(), String> {
+/// The encapsulated codecs whose headers are checked before dicom-rs's decoders see them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Codec {
+    Rle,
+    /// JPEG (baseline, extended, lossless) and JPEG-LS: marker segments up to the first scan.
+    Jpeg,
+    /// A JPEG 2000 codestream (PS3.5 A.4.4: the codestream, not the JP2 file format).
+    Jpeg2000,
+    /// Native pixel data (its length is checked against Rows x Columns by dicom-rs and here).
+    Other,
+}
+
+impl Codec {
+    /// By the registry's own UID, as dicom-pixeldata picks the decoder (the registry trims any
+    /// white space: "1.2.840.10008.1.2.5\r" is RLE too, see the guard's padded-syntax finding).
+    fn of(transfer_syntax: &str) -> Codec {
+        let uid = TransferSyntaxRegistry
+            .get(transfer_syntax.trim_end_matches('\0'))
+            .map(|ts| ts.uid())
+            .unwrap_or_default();
+        match uid {
+            RLE_LOSSLESS => Codec::Rle,
+            "1.2.840.10008.1.2.4.50"
+            | "1.2.840.10008.1.2.4.51"
+            | "1.2.840.10008.1.2.4.57"
+            | "1.2.840.10008.1.2.4.70"
+            | "1.2.840.10008.1.2.4.80"
+            | "1.2.840.10008.1.2.4.81" => Codec::Jpeg,
+            "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => Codec::Jpeg2000,
+            _ => Codec::Other,
+        }
+    }
+}
+
+/// Checks every fragment of an encapsulated frame against the data set before dicom-rs's decoders
+/// see it, which size their work by the stream's own header, not by the data set's:
+/// - RLE (PS3.5 Annex G): the decoder trusts the header's segment count (a u32: 16 GB from 4 bytes),
+///   slices the offset table without a bound, indexes a segment that decodes short, and inflates a
+///   segment whole before it takes Rows x Columns (PackBits: 128 bytes out per 2 in). Checked: a
+///   64-byte header, 1..=15 segments and at least SamplesPerPixel x bytes per sample, offsets
+///   non-decreasing within the fragment, each segment decoding to Rows x Columns bytes (a little
+///   more, padding, is allowed).
+/// - JPEG and JPEG-LS: a 1.4 KB JPEG Lossless file of an 8 x 8 slice whose frame header (SOF)
+///   declared 21256 x 2116 kept the decoder busy for seconds per slice (found by `series_file`).
+///   Checked: the frame header before the first scan, its size equal to Columns x Rows, one
+///   component, precision at most 16.
+/// - JPEG 2000: the codestream's image size (SIZ) equal to Columns x Rows, one component.
+fn check_encapsulated(obj: &DefaultDicomObject, codec: Codec) -> Result<(), String> {
     use dicom_dictionary_std::tags;
+    if codec == Codec::Other {
+        return Ok(());
+    }
     let int = |tag| {
         obj.element(tag)
             .ok()
             .and_then(|e| e.to_int::<u32>().ok())
-            .ok_or_else(|| format!("RLE Lossless without a valid {tag}"))
+            .ok_or_else(|| format!("encapsulated pixel data without a valid {tag}"))
     };
-    let plane = int(tags::ROWS)? as usize * int(tags::COLUMNS)? as usize;
-    let bytes_per_sample = match int(tags::BITS_ALLOCATED)? {
-        8 => 1,
-        16 => 2,
-        b => {
-            return Err(format!(
-                "RLE Lossless with BitsAllocated {b}: 8 or 16 are read"
-            ))
-        }
-    };
-    let needed = bytes_per_sample * int(tags::SAMPLES_PER_PIXEL)? as usize;
+    let (rows, columns) = (int(tags::ROWS)? as usize, int(tags::COLUMNS)? as usize);
+    let samples = int(tags::SAMPLES_PER_PIXEL)? as usize;
     let fragments = obj
         .element(tags::PIXEL_DATA)
         .ok()
         .and_then(|e| e.value().fragments())
-        .ok_or("RLE Lossless without encapsulated pixel data")?;
-    let chosen: Vec<(usize, &Vec<u8>)> = match frame {
-        None => fragments.iter().enumerate().collect(),
-        Some(i) => vec![(
-            i,
-            fragments
-                .get(i)
-                .ok_or(format!("no RLE fragment for frame {}", i + 1))?,
-        )],
-    };
-    for (i, f) in chosen {
-        check_rle_fragment(f, plane, needed).map_err(|e| format!("RLE fragment {}: {e}", i + 1))?;
+        .ok_or("a compressed transfer syntax without encapsulated pixel data")?;
+    match codec {
+        Codec::Rle => {
+            let bytes_per_sample = match int(tags::BITS_ALLOCATED)? {
+                8 => 1,
+                16 => 2,
+                b => {
+                    return Err(format!(
+                        "RLE Lossless with BitsAllocated {b}: 8 or 16 are read"
+                    ))
+                }
+            };
+            for (i, f) in fragments.iter().enumerate() {
+                check_rle_fragment(f, rows * columns, bytes_per_sample * samples)
+                    .map_err(|e| format!("RLE fragment {}: {e}", i + 1))?;
+            }
+        }
+        Codec::Jpeg => {
+            // A frame may continue over several fragments; its header is in the one that opens it.
+            for (i, f) in fragments
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.starts_with(&[0xFF, 0xD8]))
+            {
+                let (y, x, components) =
+                    jpeg_frame_header(f).map_err(|e| format!("JPEG fragment {}: {e}", i + 1))?;
+                if (y, x, components) != (rows, columns, samples) {
+                    return Err(format!(
+                        "JPEG fragment {}: the stream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        Codec::Jpeg2000 => {
+            for (i, f) in fragments
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.starts_with(&[0xFF, 0x4F]))
+            {
+                let (y, x, components) =
+                    j2k_image_size(f).map_err(|e| format!("JPEG 2000 fragment {}: {e}", i + 1))?;
+                if (y, x, components) != (rows, columns, samples) {
+                    return Err(format!(
+                        "JPEG 2000 fragment {}: the codestream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
+                        i + 1
+                    ));
+                }
+            }
+            if let Some(f) = fragments.iter().find(|f| !f.is_empty()) {
+                if !f.starts_with(&[0xFF, 0x4F]) {
+                    return Err(
+                        "JPEG 2000 pixel data that is not a codestream (no SOC marker)".into(),
+                    );
+                }
+            }
+        }
+        Codec::Other => {}
     }
     Ok(())
+}
+
+/// The frame header (SOF0..SOF15 but DHT/JPG/DAC, or JPEG-LS's SOF55) of a JPEG stream that starts
+/// at `f`: (lines, samples per line, components). Walks the marker segments from SOI up to the first
+/// scan (SOS); a stream whose header is not there is refused.
+fn jpeg_frame_header(f: &[u8]) -> Result<(usize, usize, usize), String> {
+    let mut at = 2; // after SOI
+    loop {
+        // Fill bytes (0xFF) may precede a marker.
+        while f.get(at) == Some(&0xFF) && f.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (Some(&0xFF), Some(&marker)) = (f.get(at), f.get(at + 1)) else {
+            return Err(format!("no marker at byte {at} before the frame header"));
+        };
+        at += 2;
+        match marker {
+            // Standalone markers: TEM, RSTn.
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD9 | 0xDA => return Err("no frame header before the first scan".into()),
+            _ => {}
+        }
+        let len = f
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .ok_or("the stream ends inside a marker segment")?;
+        if len < 2 {
+            return Err(format!("marker 0xFF{marker:02X} with length {len}"));
+        }
+        let is_sof = matches!(marker, 0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC))
+            || marker == 0xF7;
+        if is_sof {
+            let seg = f
+                .get(at + 2..at + len)
+                .filter(|s| s.len() >= 6)
+                .ok_or("the frame header is cut short")?;
+            let precision = seg[0];
+            let y = usize::from(u16::from_be_bytes([seg[1], seg[2]]));
+            let x = usize::from(u16::from_be_bytes([seg[3], seg[4]]));
+            if precision == 0 || precision > 16 {
+                return Err(format!("sample precision {precision}"));
+            }
+            return Ok((y, x, usize::from(seg[5])));
+        }
+        at += len;
+    }
+}
+
+/// (height, width, components) of a JPEG 2000 codestream's SIZ segment, which must follow SOC.
+fn j2k_image_size(f: &[u8]) -> Result<(usize, usize, usize), String> {
+    let siz = f
+        .get(2..42)
+        .filter(|s| s[0..2] == [0xFF, 0x51])
+        .ok_or("no image size (SIZ) segment after the codestream's start")?;
+    let u32_at =
+        |k: usize| u32::from_be_bytes([siz[k], siz[k + 1], siz[k + 2], siz[k + 3]]) as usize;
+    let (xsiz, ysiz, x0, y0) = (u32_at(6), u32_at(10), u32_at(14), u32_at(18));
+    if x0 > xsiz || y0 > ysiz {
+        return Err(format!(
+            "image offset {x0},{y0} beyond its size {xsiz} x {ysiz}"
+        ));
+    }
+    Ok((
+        ysiz - y0,
+        xsiz - x0,
+        usize::from(u16::from_be_bytes([siz[38], siz[39]])),
+    ))
 }
 
 fn check_rle_fragment(f: &[u8], plane: usize, needed: usize) -> Result<(), String> {
@@ -268,7 +406,7 @@ fn packbits_len(segment: &[u8]) -> usize {
 /// Runs a pixel decoder of dicom-rs (and the codecs under it) so that a panic in it on a hostile
 /// file becomes this file's error. Fuzzing found its RLE decoder indexing past its buffer on a
 /// segment that decodes short (`fuzz/corpus/series_file/rle_segment_overrun`, now refused by
-/// [`check_rle`] first); this is the net for the next such case. The processor would catch the
+/// [`check_encapsulated`] first); this is the net for the next such case. The processor would catch the
 /// panic anyway, but as "a worker stopped" of the series, without the file or the reason.
 fn contained<T>(decode: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|p| {
@@ -441,7 +579,7 @@ mod tests {
                 .join(name);
             std::fs::copy(&from, &path).unwrap();
             let obj = crate::dicom::header::open_full(&path).unwrap();
-            check_rle(&obj, None).unwrap();
+            check_encapsulated(&obj, Codec::Rle).unwrap();
             let h = crate::dicom::header::read_header(&path).unwrap();
             assert_eq!(
                 h.transfer_syntax.trim_end_matches('\0'),
@@ -455,6 +593,83 @@ mod tests {
         let rle = crate::dicom::header::read_header(&seeds.join("rle")).unwrap();
         let plain = crate::dicom::header::read_header(&seeds.join("phantom_slice")).unwrap();
         assert_eq!(read_slice_hu(&rle).unwrap(), read_slice_hu(&plain).unwrap());
+    }
+
+    /// A JPEG stream: SOI, an APP0 segment, then a frame header `marker` of y x x with `nf`
+    /// components, then SOS.
+    fn jpeg(marker: u8, y: u16, x: u16, nf: u8) -> Vec<u8> {
+        let mut f = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 1, 2];
+        f.extend([0xFF, marker, 0, 11, 16]);
+        f.extend(y.to_be_bytes());
+        f.extend(x.to_be_bytes());
+        f.extend([nf, 1, 0x11, 0]);
+        f.extend([0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 0, 0]);
+        f
+    }
+
+    /// The frame header is found past other segments for every SOF kind (JPEG-LS's too), and a
+    /// stream without one, cut short or with a bad length is refused.
+    #[test]
+    fn jpeg_frame_headers_are_read_to_the_first_scan() {
+        for marker in [0xC0, 0xC1, 0xC3, 0xF7] {
+            assert_eq!(
+                jpeg_frame_header(&jpeg(marker, 512, 256, 1)),
+                Ok((512, 256, 1))
+            );
+        }
+        let no_sof = [0xFF, 0xD8, 0xFF, 0xC4, 0, 2, 0xFF, 0xDA, 0, 2];
+        assert!(jpeg_frame_header(&no_sof)
+            .unwrap_err()
+            .contains("before the first scan"));
+        let cut = &jpeg(0xC3, 8, 8, 1)[..14];
+        assert!(jpeg_frame_header(cut).unwrap_err().contains("cut short"));
+        let bad_len = [0xFF, 0xD8, 0xFF, 0xE0, 0, 1];
+        assert!(jpeg_frame_header(&bad_len)
+            .unwrap_err()
+            .contains("length 1"));
+        let garbage = [0xFF, 0xD8, 0x12, 0x34];
+        assert!(jpeg_frame_header(&garbage)
+            .unwrap_err()
+            .contains("no marker at byte 2"));
+        let mut p0 = jpeg(0xC3, 8, 8, 1);
+        p0[12] = 0;
+        assert!(jpeg_frame_header(&p0).unwrap_err().contains("precision 0"));
+    }
+
+    #[test]
+    fn j2k_image_sizes_are_read_from_siz() {
+        let mut f = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
+        for v in [520u32, 300, 8, 44, 520, 300, 0, 0] {
+            f.extend(v.to_be_bytes());
+        }
+        f.extend(1u16.to_be_bytes());
+        assert_eq!(j2k_image_size(&f), Ok((256, 512, 1)));
+        assert!(j2k_image_size(&f[..30])
+            .unwrap_err()
+            .contains("no image size"));
+        f[16..20].copy_from_slice(&600u32.to_be_bytes()); // x offset beyond the width
+        assert!(j2k_image_size(&f).unwrap_err().contains("beyond its size"));
+    }
+
+    /// The JPEG Lossless file fuzzing found (an 8 x 8 slice whose frame header declares
+    /// 21256 x 2116: seconds of decoding per slice) is refused before the decoder runs; DCMTK's
+    /// JPEG Lossless and JPEG-LS seeds pass and decode to the uncompressed seed's values.
+    #[test]
+    fn jpeg_sizes_must_match_the_data_set() {
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/series_file");
+        let h = crate::dicom::header::read_header(&seeds.join("jpeg_sof_21256x2116")).unwrap();
+        let e = read_slice_hu(&h).unwrap_err().to_string();
+        assert!(
+            e.contains("JPEG fragment 1: the stream declares 21256 x 2116 with 1 component(s), the data set 8 x 8 with 1"),
+            "{e}"
+        );
+        let plain = crate::dicom::header::read_header(&seeds.join("phantom_slice")).unwrap();
+        let want = read_slice_hu(&plain).unwrap();
+        for name in ["jpeg_lossless_sv1", "jpeg_ls_lossless"] {
+            let h = crate::dicom::header::read_header(&seeds.join(name)).unwrap();
+            assert_eq!(read_slice_hu(&h).unwrap(), want, "{name}");
+        }
     }
 
     #[test]

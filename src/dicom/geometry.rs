@@ -72,6 +72,51 @@ fn norm(a: [f64; 3]) -> f64 {
     dot(a, a).sqrt()
 }
 
+/// Positions farther than this from the patient origin (mm) are not a CT's.
+const MAX_POSITION_MM: f64 = 1.0e6;
+/// Pixel spacing and slice thickness above this (mm) are not a CT's.
+const MAX_SPACING_MM: f64 = 1.0e3;
+
+/// What makes slice `s`'s numbers unusable, if anything: a decimal string may hold "NaN", "inf" or
+/// 1e300, which dicom-rs parses; unchecked, they went on into the derived series as invalid DS
+/// values ("NaN", a 600-character position), a zero pixel spacing, or pixels that all became NaN
+/// (a NaN or zero RescaleSlope), i.e. a mangled series that looked harmonized.
+fn implausible_numbers(s: &SliceHeader, position: [f64; 3], spacing: [f64; 2]) -> Option<String> {
+    let within = |v: f64, max: f64| v.is_finite() && v.abs() <= max;
+    if !position.iter().all(|&v| within(v, MAX_POSITION_MM)) {
+        return Some(format!(
+            "ImagePositionPatient {position:?} of {} is not a position (finite, within {MAX_POSITION_MM} mm)",
+            s.label()
+        ));
+    }
+    if !spacing
+        .iter()
+        .all(|&v| within(v, MAX_SPACING_MM) && v > 0.0)
+    {
+        return Some(format!(
+            "PixelSpacing {spacing:?} of {} is not a spacing (positive, at most {MAX_SPACING_MM} mm)",
+            s.label()
+        ));
+    }
+    if let Some(t) = s.slice_thickness {
+        if !(within(t, MAX_SPACING_MM) && t >= 0.0) {
+            return Some(format!(
+                "SliceThickness {t} of {} is not a thickness (0 to {MAX_SPACING_MM} mm)",
+                s.label()
+            ));
+        }
+    }
+    if !(s.rescale_slope.is_finite() && s.rescale_slope != 0.0 && s.rescale_intercept.is_finite()) {
+        return Some(format!(
+            "RescaleSlope {} / RescaleIntercept {} of {} do not map stored values to HU (finite, slope not 0)",
+            s.rescale_slope,
+            s.rescale_intercept,
+            s.label()
+        ));
+    }
+    None
+}
+
 /// Sorts `slices` in place along the slice normal and validates the grid.
 pub fn sort_and_check(
     series_uid: &str,
@@ -160,8 +205,11 @@ pub fn sort_and_check(
                 first.label()
             )));
         }
-        if s.image_position.is_none() {
-            return Err(missing(s, "ImagePositionPatient"));
+        let p = s
+            .image_position
+            .ok_or_else(|| missing(s, "ImagePositionPatient"))?;
+        if let Some(reason) = implausible_numbers(s, p, ps) {
+            return Err(fail(reason));
         }
     }
     let pos = |s: &SliceHeader| s.image_position.unwrap_or([0.0; 3]);
@@ -290,6 +338,77 @@ mod tests {
             e.contains("1.2.3") && e.contains("f2.dcm") && e.contains("1 slice(s) missing"),
             "{e}"
         );
+    }
+
+    /// Numbers a decimal string can hold but a CT cannot (found by feeding such series to
+    /// `process`: each came out as a "harmonized" series with NaN in its DS values, a zero pixel
+    /// spacing or every pixel lost): refused, naming the attribute, the value and the file.
+    #[test]
+    fn implausible_numbers_are_refused() {
+        let nan = f64::NAN;
+        type Edit = Box<dyn Fn(&mut SliceHeader)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "ImagePositionPatient [NaN",
+                Box::new(move |h| h.image_position = Some([nan, 0.0, 0.0])),
+            ),
+            (
+                "ImagePositionPatient [1e300",
+                Box::new(|h| h.image_position = Some([1e300, 0.0, 0.0])),
+            ),
+            (
+                "PixelSpacing [NaN",
+                Box::new(move |h| h.pixel_spacing = Some([nan, nan])),
+            ),
+            (
+                "PixelSpacing [0.0",
+                Box::new(|h| h.pixel_spacing = Some([0.0, 0.0])),
+            ),
+            (
+                "PixelSpacing [-1.0",
+                Box::new(|h| h.pixel_spacing = Some([-1.0, -1.0])),
+            ),
+            (
+                "PixelSpacing [1e300",
+                Box::new(|h| h.pixel_spacing = Some([1e300, 1e300])),
+            ),
+            (
+                "SliceThickness NaN",
+                Box::new(move |h| h.slice_thickness = Some(nan)),
+            ),
+            (
+                "SliceThickness -2",
+                Box::new(|h| h.slice_thickness = Some(-2.0)),
+            ),
+            ("RescaleSlope NaN", Box::new(move |h| h.rescale_slope = nan)),
+            (
+                "RescaleSlope inf",
+                Box::new(|h| h.rescale_slope = f64::INFINITY),
+            ),
+            ("RescaleSlope 0", Box::new(|h| h.rescale_slope = 0.0)),
+            (
+                "RescaleIntercept NaN",
+                Box::new(move |h| h.rescale_intercept = nan),
+            ),
+        ];
+        for (want, edit) in edits {
+            let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+            // Same spacing on both, so that only the number itself can be refused.
+            for h in &mut s {
+                edit(h);
+            }
+            let e = sort_and_check("1.2.3", &mut s, LIMITS)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // 0 thickness and a negative slope are numbers a CT may carry.
+        let mut s = vec![slice(0, [0.0; 3], AXIAL), slice(1, [0.0, 0.0, 1.0], AXIAL)];
+        for h in &mut s {
+            h.slice_thickness = Some(0.0);
+            h.rescale_slope = -1.0;
+        }
+        sort_and_check("1.2.3", &mut s, LIMITS).unwrap();
     }
 
     /// A declared matrix beyond `max_matrix` is refused before anything allocates it; at the limit

@@ -110,8 +110,13 @@ pub fn code_item(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
     o
 }
 
-/// Formats a decimal string (DS, 16 characters at most).
+/// Formats a decimal string (DS, 16 characters at most): fixed point when it fits, else with an
+/// exponent ("1.5e20"; DS allows E and e). Values are finite here (the series check refuses
+/// non-finite ones); a non-finite one is written as 0 rather than as the invalid "NaN".
 pub fn ds(v: f64) -> String {
+    if !v.is_finite() {
+        return "0".into();
+    }
     for prec in (0..=10).rev() {
         let s = format!("{v:.prec$}");
         let s = if s.contains('.') {
@@ -123,7 +128,13 @@ pub fn ds(v: f64) -> String {
             return if s == "-0" { "0".into() } else { s };
         }
     }
-    format!("{v:.0}")
+    for prec in (0..=9).rev() {
+        let s = format!("{v:.prec$e}");
+        if s.len() <= 16 {
+            return s;
+        }
+    }
+    format!("{v:.0e}")
 }
 
 /// [`ds`] of each value.
@@ -224,6 +235,23 @@ mod tests {
         for v in [0.957031199999, -250.123456789, 12345.678901234] {
             assert!(ds(v).len() <= 16, "{}", ds(v));
             assert!((ds(v).parse::<f64>().unwrap() - v).abs() < 1e-6);
+        }
+        // Beyond fixed point: an exponent, still 16 characters and within 1e-9 relative.
+        for v in [2.5e299, -1.2345678901234e20, 1e-300, -7.0e17] {
+            let s = ds(v);
+            assert!(s.len() <= 16, "{s}");
+            assert!(
+                s.chars().all(|c| c.is_ascii_digit() || "+-.e".contains(c)),
+                "{s}"
+            );
+            let back = s.parse::<f64>().unwrap();
+            assert!(
+                ((back - v) / v).abs() < 1e-6 || v.abs() < 1e-10,
+                "{v} -> {s}"
+            );
+        }
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(ds(v), "0");
         }
     }
 }
