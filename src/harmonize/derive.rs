@@ -296,8 +296,8 @@ impl SeriesWriter {
         if self.enhanced.as_ref().is_none_or(|e| e.path != h.path) {
             self.enhanced = None;
             let mut base = source_dataset(h)?;
-            let frames = classic_from_enhanced(&mut base);
-            let notes = sanitize(&mut base);
+            let (frames, mut notes) = classic_from_enhanced(&mut base);
+            notes.extend(sanitize(&mut base));
             self.log_repairs(&h.series_uid, notes);
             self.enhanced = Some(EnhancedBase {
                 path: h.path.clone(),

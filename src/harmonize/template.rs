@@ -49,7 +49,10 @@ pub type FrameAttributes = Vec<(Tag, VR, String)>;
 /// attributes of its functional groups (its own, else the shared ones) that the classic CT Image
 /// keeps at the top level: KVP (CTXRayDetailsSequence), WindowCenter/WindowWidth
 /// (FrameVOILUTSequence). The per-frame Image Plane attributes are the frame's slice header's.
-pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<FrameAttributes> {
+/// A value that is not valid for its VR (fuzzing found a WindowWidth "LO0" carried into every
+/// derived instance: these bypass [`sanitize`], which sees the base after the functional groups are
+/// gone) is left out, with one note per attribute, as `sanitize` reports its repairs.
+pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> (Vec<FrameAttributes>, Vec<String>) {
     let items = |tag| {
         obj.element_opt(tag)
             .ok()
@@ -77,14 +80,25 @@ pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<FrameAttributes>
         .and_then(|e| e.to_int::<usize>().ok())
         .unwrap_or(per_frame.len())
         .min(header::MAX_FRAMES as usize);
+    let mut notes = Vec::new();
     let attributes = (0..frames)
         .map(|f| {
             FRAME_ATTRIBUTES
                 .iter()
                 .filter_map(|&(group, tag, vr)| {
-                    value_in(per_frame.get(f), group, tag)
-                        .or_else(|| value_in(shared.first(), group, tag))
-                        .map(|v| (tag, vr, v))
+                    let v = value_in(per_frame.get(f), group, tag)
+                        .or_else(|| value_in(shared.first(), group, tag))?;
+                    let values = PrimitiveValue::Strs(v.split('\\').map(String::from).collect());
+                    match value_problem(vr, &values) {
+                        None => Some((tag, vr, v)),
+                        Some(reason) => {
+                            let note = format!("{}: {reason}; dropped", tag_name(tag));
+                            if !notes.contains(&note) {
+                                notes.push(note);
+                            }
+                            None
+                        }
+                    }
                 })
                 .collect()
         })
@@ -92,7 +106,7 @@ pub fn classic_from_enhanced(obj: &mut InMemDicomObject) -> Vec<FrameAttributes>
     for t in ENHANCED_ONLY {
         obj.remove_element(t);
     }
-    attributes
+    (attributes, notes)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,9 +520,57 @@ mod tests {
                 InMemDicomObject::new_empty(),
             ],
         );
-        let frames = classic_from_enhanced(&mut o);
+        let (frames, notes) = classic_from_enhanced(&mut o);
         let kvp = |v: &str| vec![(tags::KVP, VR::DS, v.to_string())];
         assert_eq!(frames, vec![kvp("120"), kvp("100"), kvp("120")]);
+        assert!(notes.is_empty(), "{notes:?}");
+
+        // Values invalid for their VR (the fuzzer's WindowWidth "LO0") are left out, once noted;
+        // a valid multi-valued window stays.
+        let voi = |center: &str, width: &str| {
+            let item = InMemDicomObject::from_element_iter([
+                DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from(center)),
+                DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from(width)),
+            ]);
+            let mut group = InMemDicomObject::new_empty();
+            put_seq(&mut group, tags::FRAME_VOILUT_SEQUENCE, vec![item]);
+            group
+        };
+        let mut bad = InMemDicomObject::new_empty();
+        put_seq(
+            &mut bad,
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            vec![
+                voi("40\\-600", "400\\1500"),
+                voi("40", "LO0"),
+                voi("NaN", "400"),
+            ],
+        );
+        let (bad_frames, notes) = classic_from_enhanced(&mut bad);
+        let w = |c: &str, w: &str| {
+            vec![
+                (tags::WINDOW_CENTER, VR::DS, c.to_string()),
+                (tags::WINDOW_WIDTH, VR::DS, w.to_string()),
+            ]
+        };
+        assert_eq!(bad_frames[0], w("40\\-600", "400\\1500"));
+        assert_eq!(
+            bad_frames[1],
+            vec![(tags::WINDOW_CENTER, VR::DS, "40".to_string())]
+        );
+        assert_eq!(
+            bad_frames[2],
+            vec![(tags::WINDOW_WIDTH, VR::DS, "400".to_string())]
+        );
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("WindowWidth") && notes[0].contains("LO0"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("WindowCenter") && notes[1].contains("NaN"),
+            "{notes:?}"
+        );
         for t in ENHANCED_ONLY {
             assert!(o.element_opt(t).unwrap().is_none(), "{t:?}");
         }
