@@ -226,40 +226,30 @@ fn check_encapsulated(obj: &DefaultDicomObject, codec: Codec) -> Result<(), Stri
                     .map_err(|e| format!("RLE fragment {}: {e}", i + 1))?;
             }
         }
-        Codec::Jpeg => {
+        Codec::Jpeg | Codec::Jpeg2000 => {
+            type SizeReader = fn(&[u8]) -> Result<(usize, usize, usize), String>;
+            let (name, start, read): (&str, [u8; 2], SizeReader) = if codec == Codec::Jpeg {
+                ("JPEG", [0xFF, 0xD8], jpeg_frame_header)
+            } else {
+                ("JPEG 2000", [0xFF, 0x4F], j2k_image_size)
+            };
             // A frame may continue over several fragments; its header is in the one that opens it.
             for (i, f) in fragments
                 .iter()
                 .enumerate()
-                .filter(|(_, f)| f.starts_with(&[0xFF, 0xD8]))
+                .filter(|(_, f)| f.starts_with(&start))
             {
                 let (y, x, components) =
-                    jpeg_frame_header(f).map_err(|e| format!("JPEG fragment {}: {e}", i + 1))?;
+                    read(f).map_err(|e| format!("{name} fragment {}: {e}", i + 1))?;
                 if (y, x, components) != (rows, columns, samples) {
                     return Err(format!(
-                        "JPEG fragment {}: the stream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
-                        i + 1
-                    ));
-                }
-            }
-        }
-        Codec::Jpeg2000 => {
-            for (i, f) in fragments
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.starts_with(&[0xFF, 0x4F]))
-            {
-                let (y, x, components) =
-                    j2k_image_size(f).map_err(|e| format!("JPEG 2000 fragment {}: {e}", i + 1))?;
-                if (y, x, components) != (rows, columns, samples) {
-                    return Err(format!(
-                        "JPEG 2000 fragment {}: the codestream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
+                        "{name} fragment {}: the stream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
                         i + 1
                     ));
                 }
             }
             if let Some(f) = fragments.iter().find(|f| !f.is_empty()) {
-                if !f.starts_with(&[0xFF, 0x4F]) {
+                if codec == Codec::Jpeg2000 && !f.starts_with(&[0xFF, 0x4F]) {
                     return Err(
                         "JPEG 2000 pixel data that is not a codestream (no SOC marker)".into(),
                     );
