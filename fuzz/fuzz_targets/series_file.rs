@@ -3,8 +3,9 @@
 //! slab reader (every pixel decoder of this build: native, RLE, JPEG, JPEG-LS by CharLS, JPEG 2000
 //! by OpenJPEG), then the derived series' writer (template, sanitizer, Part 10 writer) with the
 //! identity as the model. No crash, no allocation beyond the limit; and the promise to a PACS:
-//! whatever the writer publishes passes our own guard and reads back as a series of as many
-//! slices. A single-frame input is the first slice of a two-slice series whose second slice is
+//! whatever the writer publishes passes our own guard, holds only valid decimal strings and reads
+//! back as a series of as many slices, slice k holding slice k's HU (as the writer stores them).
+//! A single-frame input is the first slice of a two-slice series whose second slice is
 //! the same data set moved one slice along its normal (written by dicom-rs); a multi-frame input
 //! is a series on its own. Files live on /dev/shm when it exists (the writer syncs its folder).
 #![no_main]
@@ -55,8 +56,7 @@ fn second_slice(first: &Path, to: &Path) -> Option<()> {
         VR::DS,
         PrimitiveValue::Strs(moved.into()),
     ));
-    let mut uid = h.sop_instance_uid.clone();
-    uid.truncate(60);
+    let mut uid: String = h.sop_instance_uid.chars().take(60).collect();
     uid.push_str(".2");
     obj.put(DataElement::new(
         tags::SOP_INSTANCE_UID,
