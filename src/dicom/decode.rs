@@ -233,14 +233,25 @@ fn check_encapsulated(obj: &DefaultDicomObject, codec: Codec) -> Result<(), Stri
             } else {
                 ("JPEG 2000", [0xFF, 0x4F], j2k_image_size)
             };
-            // A frame may continue over several fragments; its header is in the one that opens it.
-            for (i, f) in fragments
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| f.starts_with(&start))
-            {
+            // A frame is one or more whole fragments, decoded as their concatenation, so a stream
+            // starts at a fragment's first byte, or one byte before it when a fragment ends in the
+            // first byte of the start marker (a split the decoder never sees).
+            let joined: Vec<u8> = fragments.iter().flatten().copied().collect();
+            let mut begins = Vec::with_capacity(fragments.len());
+            let mut at = 0;
+            for (i, f) in fragments.iter().enumerate() {
+                begins.push((i, at));
+                if at > 0 {
+                    begins.push((i, at - 1));
+                }
+                at += f.len();
+            }
+            for (i, b) in begins {
+                let Some(stream) = joined.get(b..).filter(|s| s.starts_with(&start)) else {
+                    continue;
+                };
                 let (y, x, components) =
-                    read(f).map_err(|e| format!("{name} fragment {}: {e}", i + 1))?;
+                    read(stream).map_err(|e| format!("{name} fragment {}: {e}", i + 1))?;
                 if (y, x, components) != (rows, columns, samples) {
                     return Err(format!(
                         "{name} fragment {}: the stream declares {x} x {y} with {components} component(s), the data set {columns} x {rows} with {samples}",
@@ -639,6 +650,43 @@ mod tests {
             .contains("no image size"));
         f[16..20].copy_from_slice(&600u32.to_be_bytes()); // x offset beyond the width
         assert!(j2k_image_size(&f).unwrap_err().contains("beyond its size"));
+    }
+
+    /// A frame header split over fragments (the start marker's two bytes in two fragments, the
+    /// header in a third) is found where the decoder would read it: in their concatenation.
+    #[test]
+    fn a_jpeg_stream_split_over_fragments_is_checked() {
+        let stream = jpeg(0xC3, 2116, 21256, 1);
+        let mut obj = DefaultDicomObject::new_empty_with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.4.70")
+                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.2")
+                .media_storage_sop_instance_uid("1.2.3")
+                .build()
+                .unwrap(),
+        );
+        let put = |o: &mut DefaultDicomObject, tag, v: u16| {
+            o.put(dicom_core::DataElement::new(
+                tag,
+                dicom_core::VR::US,
+                dicom_core::PrimitiveValue::from(v),
+            ))
+        };
+        use dicom_dictionary_std::tags;
+        put(&mut obj, tags::ROWS, 8);
+        put(&mut obj, tags::COLUMNS, 8);
+        put(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
+        let fragments = vec![vec![0xFF], stream[1..6].to_vec(), stream[6..].to_vec()];
+        obj.put(dicom_core::DataElement::new(
+            tags::PIXEL_DATA,
+            dicom_core::VR::OB,
+            dicom_core::value::Value::PixelSequence(dicom_core::value::PixelFragmentSequence::new(
+                Vec::<u32>::new(),
+                fragments,
+            )),
+        ));
+        let e = check_encapsulated(&obj, Codec::Jpeg).unwrap_err();
+        assert!(e.contains("declares 21256 x 2116"), "{e}");
     }
 
     /// The JPEG Lossless file fuzzing found (an 8 x 8 slice whose frame header declares
