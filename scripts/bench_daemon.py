@@ -16,7 +16,12 @@
             overlap hides it), the reference for ingest that is both durable and storescp's pace;
             and the "durable floor": `storescp --ignore` (receives every instance, stores nothing:
             storescu's and the loopback's pace alone) plus the serial commit, the most any durable
-            SCP can reach with one association
+            SCP can reach with one association if the data were on disk before the last byte; and
+            the "durable bound": `storescp --ignore` (its faster rate of the default PDU size and
+            `--max-pdu 131072`) plus the cheapest durable write of a whole
+            instance after its last byte (through the page cache, or one O_DIRECT write: the
+            "direct write" row), what one association can reach when the instance arrives as one
+            burst (as it does: see src/spool/mod.rs)
   cpu       CPU time (user + system) of `serve` and of storescp per image during the ingest rows
             (the measure that the load of a shared machine disturbs least)
   forward   images/s from our C-STORE SCU to storescp / storescu's rate on the same files
@@ -192,7 +197,7 @@ def ingest(series, senders):
     repetition (the disk is shared: its speed drifts). `storescp --ignore` receives every instance
     and stores nothing: the pace of storescu and the loopback alone, what no SCP can beat."""
     folders = split(series, senders) if senders > 1 else [series]
-    ours, theirs, limit, cpu_ours, cpu_theirs, other, ignore = [], [], [], [], [], [], []
+    ours, theirs, limit, cpu_ours, cpu_theirs, other, ignore, ignore_big = [], [], [], [], [], [], [], []
     n = len(os.listdir(series))
     for _ in range(REPS):
         port = free_port()
@@ -206,6 +211,12 @@ def ingest(series, senders):
         port = free_port()
         scp = Storescp(port, extra=("--ignore",))
         ignore.append(n / storescu(port, "STORESCP", folders))
+        scp.stop()
+        # storescu's pace with the largest PDU storescp offers (an SCP chooses its PDU size:
+        # storescu sends faster with larger PDUs)
+        port = free_port()
+        scp = Storescp(port, extra=("--ignore", "--max-pdu", "131072"))
+        ignore_big.append(n / storescu(port, "STORESCP", folders))
         scp.stop()
         port = free_port()
         d = Daemon(port, quiet=3600, rule="drop")
@@ -226,7 +237,7 @@ def ingest(series, senders):
         AB.append((senders, med(other), med(ours), med(b / a for b, a in zip(other, ours))))
     return (med(ours), med(theirs), med(limit), med(o / t for o, t in zip(ours, theirs)),
             med(o / l for o, l in zip(ours, limit)), med(cpu_ours), med(cpu_theirs),
-            med(o / t for o, t in zip(cpu_ours, cpu_theirs)), med(ignore))
+            med(o / t for o, t in zip(cpu_ours, cpu_theirs)), med(ignore), med(ignore_big))
 
 
 def forward(series):
@@ -349,6 +360,49 @@ def serial_commit(series, reps=REPS):
     return statistics.median(out)
 
 
+def direct_write(series, reps=REPS):
+    """Median seconds per instance of the cheapest durable write of an instance that has just
+    arrived whole (with one association `storescu` sends each instance as one burst that keeps
+    both vCPUs busy, then waits for the response: the write starts after the last byte): one
+    direct (`O_DIRECT`) write of the file from a page-aligned buffer into a new temporary file,
+    truncated to its length, fdatasync (the size), rename, folder fsync. One thread. None where
+    the file system refuses direct I/O (tmpfs)."""
+    import mmap
+    blobs = [f.read_bytes() for f in sorted(series.iterdir())]
+    size = max(len(b) for b in blobs)
+    buf = mmap.mmap(-1, (size + 4095) // 4096 * 4096)
+    out = []
+    for _ in range(reps):
+        d = Path(tempfile.mkdtemp(dir=STATE or OUT))
+        (d / "in").mkdir()
+        dfd = os.open(d / "in", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for k, b in enumerate(blobs):
+                tmp = d / f"{k}.tmp"
+                buf[:len(b)] = b
+                aligned = (len(b) + 4095) // 4096 * 4096
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+                except OSError:
+                    return None
+                try:
+                    t = time.perf_counter()
+                    os.pwrite(fd, memoryview(buf)[:aligned], 0)
+                    os.ftruncate(fd, len(b))
+                    os.fdatasync(fd)
+                except OSError:
+                    return None  # opened, but direct writes refused (EINVAL)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, d / "in" / f"{k}.dcm")
+                os.fsync(dfd)
+                out.append(time.perf_counter() - t)
+        finally:
+            os.close(dfd)
+            shutil.rmtree(d, ignore_errors=True)
+    return statistics.median(out)
+
+
 def journal_limit(series, reps=REPS):
     """images/s of an arrival journal, one thread: each file appended to one file written with
     zeros beforehand (no block allocation, size unchanged: fdatasync flushes data only), then
@@ -386,13 +440,15 @@ def main():
     series = sample(f"phantom{IMAGES}", IMAGES)
     rows = []
     serial = serial_commit(series)
+    direct = direct_write(series)
+    bound_inputs = None
     lines = [f"ct-harmonizer daemon benchmarks: medians of {REPS} runs, side by side with DCMTK 3.6.7 "
              f"({IMAGES} images; ratios are medians of per-repetition ratios)",
              f"{'measure':44} {'ours':>10} {'other':>10} {'ratio':>7}  goal"]
     have = {p: Path(p).exists() for p in ("/usr/bin/storescu", "/usr/bin/storescp")}
     if all(have.values()):
         for n in (1, 4):
-            o, t, lim, r_t, r_l, c_o, c_t, r_c, ign = ingest(series, n)
+            o, t, lim, r_t, r_l, c_o, c_t, r_c, ign, ign_big = ingest(series, n)
             assoc = f"{n} association{'s' if n > 1 else ''}"
             rows.append((f"ingest, {assoc} (img/s) / storescp", o, t, r_t, ">= 1.0"))
             if n == 1 and serial is not None:
@@ -406,6 +462,8 @@ def main():
                 floor = 1 / (1 / ign + serial)
                 rows.append((f"ingest, {assoc} / durable floor", o, floor, o / floor,
                              f"(storescp --ignore {ign:.0f} img/s + serial commit: {floor / t:.2f}x storescp)"))
+            if n == 1:
+                bound_inputs = (o, t, max(ign, ign_big))
             rows.append((f"ingest, {assoc} / durable limit", o, lim, r_l, "(same repetitions)"))
             rows.append((f"ingest, {assoc}: CPU ms per image", c_o, c_t, r_c, "(ours / storescp's)"))
     else:
@@ -414,6 +472,16 @@ def main():
     full = durable_limit(series, True)
     data_only = durable_limit(series, False)
     journal = journal_limit(series)
+    if bound_inputs is not None:
+        # the write cannot start before the burst ends: the most a durable SCP can reach with one
+        # association is storescu's pace (storescp --ignore) plus the cheapest durable write of a
+        # whole instance measured here (through the page cache, or direct)
+        o, t, ign = bound_inputs
+        write = min(1 / full, direct) if direct is not None else 1 / full
+        bound = 1 / (1 / ign + write)
+        rows.append(("ingest, 1 association / durable bound", o, bound, o / bound,
+                     f"(storescp --ignore {ign:.0f} img/s + {write * 1e3:.2f} ms write after the last byte: "
+                     f"{bound / t:.2f}x storescp)"))
     for name, o, t, r, goal in rows:
         lines.append(f"{name:44} {o:10.1f} {t:10.1f} {r:7.2f}  {goal}")
     for n, b, a, r in AB:
@@ -424,6 +492,11 @@ def main():
     lines.append(f"{'durable limit without the dir fsync':44} {data_only:10.1f} {'':>10} {'':>7}")
     lines.append(f"{'journal limit: append + fdatasync, prealloc.':44} {journal:10.1f} {'':>10} {'':>7}  "
                  f"(one sync per instance)")
+    if direct is not None:
+        lines.append(f"{'direct write after the last byte (ms/image)':44} {direct * 1e3:10.3f} {'':>10} {'':>7}  "
+                     f"(O_DIRECT write + truncate + fdatasync + rename + dir fsync)")
+    else:
+        lines.append("direct write row skipped: this file system refuses O_DIRECT")
     if serial is not None:
         lines.append(f"{'serial commit after write-back (ms/image)':44} {serial * 1e3:10.3f} {'':>10} {'':>7}  "
                      f"(fdatasync + rename + dir fsync, data already on disk)")

@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Tests of scripts/bench_driver.py's inference suite without running a model (issue 13 §3, "Bad
-inputs"): a Python that cannot run the reference and a model that does not load make their rows say
+inputs"), and of scripts/bench_daemon.py's direct-write row: a Python that cannot run the reference and a model that does not load make their rows say
 "skipped" and why, and no ratio is printed for them; the halo figure follows the Rust tiler's plan.
 Runs under the system Python 3.11 (no NumPy): python3 scripts/test_bench_driver.py
 """
 
 import argparse
+import errno
+import os
 import sys
 import tempfile
 import unittest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_daemon  # noqa: E402
 import bench_driver  # noqa: E402
 
 
@@ -72,6 +75,47 @@ class InferenceSuite(unittest.TestCase):
         # 300 slices, 80-slice tiles, margin 23: 8 tiles along z; 512 with 160/23: 5 tiles in-plane.
         h = bench_driver.halo_factor([300, 512, 512], [80, 160, 160], [23, 23, 23])
         self.assertAlmostEqual(h, (8 * 80 / 300) * (5 * 160 / 512) ** 2, places=9)
+
+
+class DaemonBench(unittest.TestCase):
+    """scripts/bench_daemon.py's direct-write row (issue 13 §1): measured where the file system
+    takes direct I/O, skipped (None: no row, no bound from it) where it does not."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.series = Path(self.tmp.name) / "series"
+        self.series.mkdir()
+        for k in range(3):
+            (self.series / f"{k}.dcm").write_bytes(bytes(range(256)) * (20 + k))
+        bench_daemon.STATE = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_direct_write_is_measured(self):
+        try:
+            fd = os.open(Path(self.tmp.name) / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+            os.close(fd)
+        except OSError:
+            self.skipTest("this file system refuses O_DIRECT")
+        t = bench_daemon.direct_write(self.series, reps=1)
+        self.assertIsNotNone(t)
+        self.assertGreater(t, 0)
+
+    def test_direct_write_refused_is_skipped(self):
+        real_open = os.open
+
+        def refusing(path, flags, *a, **kw):
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *a, **kw)
+
+        os.open = refusing
+        try:
+            self.assertIsNone(bench_daemon.direct_write(self.series, reps=1))
+        finally:
+            os.open = real_open
+        self.assertEqual([p.name for p in Path(self.tmp.name).iterdir()], ["series"])
 
 
 if __name__ == "__main__":

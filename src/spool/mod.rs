@@ -175,6 +175,32 @@
 //! the CPU of two vCPUs shared with `storescu` and the kernel's I/O, and `storescp`'s own rate
 //! varied from 521 to 812 images/s between these runs. None was kept.
 //!
+//! What one instance's cycle looks like (2026-11-30 17:00, a quiet machine, `perf record` of the
+//! system calls of `serve` while `storescu` sends 200 instances on one association): our
+//! response; 0.2 ms later `storescu`'s next command; the whole 525 KB data set within the next
+//! 0.2-0.3 ms, one burst of 64 KiB PDUs during which both vCPUs are busy (`storescu` sending, the
+//! association's task receiving: the spool writer gets a CPU only when the burst is over); then
+//! 0.78 ms to our response: the writes into the page cache 0.18 ms, `fdatasync` 0.36 ms, rename
+//! and folder fsync 0.13 ms, the hand-overs the rest; median cycle 1.35 ms under `perf`. So the
+//! data's write-back cannot start before the last byte, and the bench's row "durable bound" adds
+//! the cheapest durable write of a whole instance measured on this disk (one `O_DIRECT` write
+//! from an aligned buffer, truncate, `fdatasync`, rename, folder fsync: 0.66-0.74 ms; through the
+//! page cache 1.0-1.5 ms) to `storescu`'s own pace (`storescp --ignore`, the faster of its
+//! default 16 KiB PDUs and `--max-pdu 131072`: 1372 and 2104 images/s). That bound is 1.26x
+//! `storescp` (884 against 701 images/s, `BENCH_ONLY=ingest BENCH_REPS=9`), ours 0.62 of it:
+//! 1.0x is not excluded, but what separates us from the bound is the write after the last byte
+//! done as the bound does it, and that, built, lost. A/B in one run (throw-away builds, not
+//! kept; 7-9 repetitions, alternating order): the instance gathered in memory by the writer
+//! and written with one `O_DIRECT` write (checks on the gathered bytes while it syncs) 0.95x of
+//! this code, 0.92x with 256 KiB PDUs; write-back started after each chunk
+//! (`sync_file_range`) 1.03x with 256 KiB chunks, 0.99x with 64 KiB chunks (its timeline: the
+//! writer, woken after the burst, spends 0.54 ms on writes and `sync_file_range` calls; the final
+//! `fdatasync` drops to 0.2 ms); 64 KiB chunks alone 0.96x; `server.max_pdu_length` 256 KiB or
+//! 1 MiB against 64 KiB 1.04x and 1.04x in one run, 0.94x in another (`storescu` itself sends
+//! 1.3-1.5x faster to a `storescp` offering 128 KiB PDUs; we already offer 64 KiB). None kept:
+//! on these machines every variant is within the spread between runs (`storescp`'s own rate
+//! varied from 654 to 937 images/s today on a machine with nothing else running).
+//!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
 //! and it breaks "a name never points at bytes that are not durable" (step 1 above). With four
