@@ -115,7 +115,6 @@ fn package_installs_runs_and_purges_cleanly() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // The test build's binary (target/debug/ct-harmonizer) is what gets packaged.
     assert!(Path::new(env!("CARGO_BIN_EXE_ct-harmonizer")).is_file());
-    let before = listing();
 
     // Build: cargo-deb on the staged debug binary, then lintian (the script fails on any error).
     let t = Instant::now();
@@ -143,6 +142,10 @@ fn package_installs_runs_and_purges_cleanly() {
         "no .deb named on the last line:\n{}",
         text(&built)
     );
+
+    // What install and purge must leave as they found it: taken after the build, which installs
+    // its own tools on first use (lintian from apt on a fresh machine: not the package's files).
+    let before = listing();
 
     // Install.
     let t = Instant::now();
