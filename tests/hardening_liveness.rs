@@ -9,6 +9,7 @@ mod common;
 
 use common::daemon::*;
 use common::*;
+use ct_harmonizer::samples::SeriesSpec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -499,4 +500,168 @@ fn progress_survives_a_stop_mid_job() {
     for &z in &acked {
         assert_eq!(received[&s.sop_instance_uid(z)], 1, "{received:?}");
     }
+}
+
+/// Destinations that misbehave on the wire, each with its own series: one accepts the TCP
+/// connection and never says a word (no A-ASSOCIATE-AC), one associates and then never answers a
+/// C-STORE, one answers the A-ASSOCIATE-RQ with a PDU header declaring 4 GiB. Each attempt ends
+/// within its bound (`forward.timeout_seconds`), each job dead-letters after its attempts with a
+/// reason naming its destination, the spool keeps every series, memory stays flat, and the
+/// daemon is healthy and still delivers to a good destination afterwards.
+#[test]
+fn hostile_destinations_time_out_and_keep_the_series() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let tmp = tempfile::tempdir().unwrap();
+    // Connections are kept open by holding them here until the test ends.
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let silent_conns = Arc::new(Mutex::new(0usize));
+    {
+        let (held, conns) = (held.clone(), silent_conns.clone());
+        std::thread::spawn(move || {
+            for s in silent.incoming().flatten() {
+                *conns.lock().unwrap() += 1;
+                held.lock().unwrap().push(s);
+            }
+        });
+    }
+    let liar = TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_port = liar.local_addr().unwrap().port();
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for mut s in liar.incoming().flatten() {
+                let mut rq = [0u8; 1024];
+                let _ = s.read(&mut rq);
+                // A-ASSOCIATE-AC (type 2) declaring 0xFFFFFFF0 bytes, then 64 of them.
+                let mut pdu = vec![0x02, 0x00];
+                pdu.extend_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
+                pdu.extend_from_slice(&[0x41; 64]);
+                let _ = s.write_all(&pdu);
+                held.lock().unwrap().push(s);
+            }
+        });
+    }
+    let mute = ScriptedScp::start(Duration::from_secs(3600), None);
+    let good_out = tmp.path().join("good");
+    let good_port = free_port();
+    let _good = start_storescp(
+        "GOOD",
+        good_port,
+        &good_out,
+        &tmp.path().join("storescp.log"),
+    );
+
+    let series: Vec<(&str, SeriesSpec)> = vec![
+        ("silent", spec("liveness-dest-silent", 24, 4)),
+        ("mute", spec("liveness-dest-mute", 24, 4)),
+        ("liar", spec("liveness-dest-liar", 24, 4)),
+        ("good", spec("liveness-dest-good", 24, 4)),
+    ];
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[
+            ("forward.timeout_seconds", "1"),
+            ("forward.max_attempts", "2"),
+            ("http.stall_seconds", STALL),
+        ],
+        &(scp_dest("silent", "SILENT", silent_port)
+            + &scp_dest("mute", "SCRIPTED", mute.port)
+            + &scp_dest("liar", "LIAR", liar_port)
+            + &scp_dest("good", "GOOD", good_port)
+            + &pass_rule_for("to-silent", "SILENTMOD", "silent")
+            + &pass_rule_for("to-mute", "MUTEMOD", "mute")
+            + &pass_rule_for("to-liar", "LIARMOD", "liar")
+            + &catch_all_pass("good")),
+    );
+    d.start();
+    let pid = d.peer().pid();
+    let idle = peak_rss(pid);
+    let health = HealthWatch::start(d.http);
+    let started = Instant::now();
+    for (name, s) in &series[..3] {
+        let input = tmp.path().join("in").join(name);
+        write(s, &input);
+        let calling = format!("{}MOD", name.to_uppercase());
+        let o = storescu(&calling, AE, d.port, &[&input]);
+        assert!(o.status.success(), "{name}: {}", out_text(&o));
+    }
+    // Two attempts each: silent at most its association bound (timeout x (2 + 4 instances)) per
+    // attempt, mute 1 s per attempt, liar at once; plus quiet time and back-off.
+    let dead = wait_until(secs(60), POLL, || {
+        d.dead_files()
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".reason.txt"))
+            .count()
+            == 3
+    });
+    let took = started.elapsed();
+    assert!(dead, "{}", d.context());
+    let reasons: Vec<String> = d
+        .dead_files()
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".reason.txt"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for name in ["silent", "mute", "liar"] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains(&format!("destination {name}"))),
+            "no dead-letter reason names {name}: {reasons:#?}"
+        );
+    }
+    // What each waited for, not dicom-ul's guess ("TLS not enabled, but peer seems to be sending
+    // TLS data" for all three before).
+    for expected in [
+        "destination silent: no answer within 1 s",
+        "destination mute: no answer within 1 s",
+        "destination liar: association failed: the answer to our A-ASSOCIATE-RQ is not a DICOM PDU",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:#?}"
+        );
+    }
+    assert!(
+        *silent_conns.lock().unwrap() >= 2,
+        "silent: one connection per attempt"
+    );
+    assert_eq!(mute.stored.lock().unwrap().len(), 0);
+    assert_eq!(d.metric("forward_failures"), 6.0);
+    // Dead-lettered, not lost: the spool keeps the three series.
+    let kept = d
+        .spool_files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .count();
+    assert_eq!(kept, 12, "{}", d.context());
+    let peak = peak_rss(pid);
+    assert!(
+        peak <= idle + (64 << 20),
+        "peak RSS {peak} B against {idle} B idle: the 4 GiB PDU header was believed"
+    );
+
+    // The daemon carries on: a good destination gets its series.
+    let (_, s) = &series[3];
+    let input = tmp.path().join("in").join("good");
+    write(s, &input);
+    let o = storescu("GOODMOD", AE, d.port, &[&input]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    let delivered = wait_until(secs(30), POLL, || count_files(&good_out) == 4);
+    assert!(delivered, "{}", d.context());
+    let (bad, polls) = health.finish();
+    assert!(polls > 5, "{polls}");
+    assert!(
+        bad.is_empty(),
+        "/healthz failed while destinations misbehaved: {bad:?}\n{}",
+        d.context()
+    );
+    assert!(d.peer().alive());
+    println!(
+        "three hostile destinations dead-lettered in {:.1} s; idle VmHWM {idle} B, peak {peak} B",
+        took.as_secs_f64()
+    );
 }

@@ -91,8 +91,25 @@ pub enum AssociationFailure {
         #[source]
         source: Box<dicom_ul::association::Error>,
     },
+    /// What dicom-ul reports on a plain connection for any answer to the A-ASSOCIATE-RQ it could
+    /// not read (its TLS probe runs on whatever arrived): a TLS port, a PDU over our maximum, or
+    /// not DICOM.
+    #[error("the answer to our A-ASSOCIATE-RQ is not a DICOM PDU we can read: a TLS port (set tls = true), a PDU longer than {max_pdu} bytes, or not DICOM")]
+    Unreadable { max_pdu: u32 },
     #[error(transparent)]
     Establish(Box<dicom_ul::association::Error>),
+}
+
+impl AssociationFailure {
+    /// The failure of a plain (non-TLS) association request.
+    pub fn plain(e: dicom_ul::association::Error) -> Self {
+        match e {
+            dicom_ul::association::Error::TlsNotSupported => AssociationFailure::Unreadable {
+                max_pdu: scu::MAX_PDU,
+            },
+            e => AssociationFailure::Establish(Box::new(e)),
+        }
+    }
 }
 
 impl From<dicom_ul::association::Error> for ProtocolFailure {

@@ -27,6 +27,9 @@ use crate::config::{Destination, DestinationKind, ForwardSettings};
 use crate::dicom::dimse;
 use crate::util::fs::sync_dir;
 
+/// The largest PDU we accept from a destination (what the A-ASSOCIATE-RQ announces).
+pub const MAX_PDU: u32 = 65536;
+
 /// One file to send: where it is, what it is, and where its dataset starts.
 #[derive(Debug, Clone)]
 struct Outgoing {
@@ -199,11 +202,15 @@ async fn store_scu(
     contexts.sort();
     contexts.dedup();
     let timeout = Duration::from_secs(settings.timeout_seconds.max(1));
+    // Every wait is bounded by our own timers (the association below, each instance in
+    // `transfer`), which name what was waited for; dicom-ul's read timeout is only a backstop, at
+    // twice ours (it reports a time-out while waiting for the A-ASSOCIATE-AC as "TLS not enabled,
+    // but peer seems to be sending TLS data").
     let mut opts = ClientAssociationOptions::new()
         .calling_ae_title(settings.calling_ae_title.clone())
         .called_ae_title(dest.ae_title.clone())
-        .max_pdu_length(65536)
-        .read_timeout(timeout)
+        .max_pdu_length(MAX_PDU)
+        .read_timeout(timeout * 2)
         .connection_timeout(timeout);
     for (sop, ts) in &contexts {
         opts = opts.with_presentation_context(sop.clone(), vec![ts.clone()]);
@@ -213,14 +220,20 @@ async fn store_scu(
         destination: name.clone(),
         source: Box::new(source),
     };
+    let no_answer = |_| ForwardError::Timeout {
+        destination: name.clone(),
+        seconds: timeout.as_secs(),
+    };
     if dest.tls {
         let cfg = crate::tls::client_config(dest).map_err(|e| assoc_err(e.into()))?;
         let server_name = crate::tls::server_name(dest);
-        let mut assoc = opts
+        let establish = opts
             .tls_config(cfg)
             .server_name(&server_name)
-            .establish_tls_async(addr.as_str())
+            .establish_tls_async(addr.as_str());
+        let mut assoc = tokio::time::timeout(timeout, establish)
             .await
+            .map_err(no_answer)?
             .map_err(|source| {
                 assoc_err(AssociationFailure::TlsHandshake {
                     addr: addr.clone(),
@@ -231,10 +244,10 @@ async fn store_scu(
         let _ = assoc.inner_stream().get_ref().0.set_nodelay(true);
         transfer(assoc, name.clone(), timeout, &outgoing, on_ack, &proto).await
     } else {
-        let mut assoc = opts
-            .establish_async(addr.as_str())
+        let mut assoc = tokio::time::timeout(timeout, opts.establish_async(addr.as_str()))
             .await
-            .map_err(|e| assoc_err(AssociationFailure::Establish(Box::new(e))))?;
+            .map_err(no_answer)?
+            .map_err(|e| assoc_err(AssociationFailure::plain(e)))?;
         assoc
             .inner_stream()
             .set_nodelay(true)
