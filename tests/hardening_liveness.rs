@@ -665,3 +665,138 @@ fn hostile_destinations_time_out_and_keep_the_series() {
         took.as_secs_f64()
     );
 }
+
+/// Destinations that associate and then answer out of protocol: a response to another message
+/// ID, a response naming another SOP instance, and a command set that never ends (64 MiB of
+/// fragments without the last bit). None of the instances counts as delivered, each job
+/// dead-letters with what was wrong, memory stays flat (the endless command is cut at the DIMSE
+/// layer's bound) and the spool keeps the series.
+#[test]
+fn destinations_answering_out_of_protocol_fail_their_attempts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "wrongid",
+            Reply::WrongMessageId,
+            "not a C-STORE-RSP to message",
+        ),
+        (
+            "wronguid",
+            Reply::WrongInstance,
+            "not a C-STORE-RSP to message",
+        ),
+        (
+            "endless",
+            Reply::EndlessCommand,
+            "command set exceeds 65536 bytes",
+        ),
+    ];
+    let scps: Vec<ScriptedScp> = cases
+        .iter()
+        .map(|(_, reply, _)| ScriptedScp::start_replying(Duration::ZERO, None, *reply))
+        .collect();
+    let mut tail = String::new();
+    for ((name, _, _), scp) in cases.iter().zip(&scps) {
+        tail += &scp_dest(name, "SCRIPTED", scp.port);
+        tail += &pass_rule_for(
+            &format!("to-{name}"),
+            &format!("{}MOD", name.to_uppercase()),
+            name,
+        );
+    }
+    let sink = tmp.path().join("sink");
+    std::fs::create_dir_all(&sink).unwrap();
+    tail += &entry(
+        "destinations",
+        &[
+            ("name", "sink".into()),
+            ("kind", "folder".into()),
+            ("path", sink.display().to_string().into()),
+        ],
+    );
+    tail += &catch_all_pass("sink");
+    let mut d = Daemon::new(
+        tmp.path(),
+        &[
+            ("forward.timeout_seconds", "2"),
+            ("forward.max_attempts", "2"),
+        ],
+        &tail,
+    );
+    d.start();
+    let pid = d.peer().pid();
+    let idle = peak_rss(pid);
+    let mut specs = Vec::new();
+    for (name, _, _) in &cases {
+        let s = spec(&format!("liveness-protocol-{name}"), 24, 3);
+        let input = tmp.path().join("in").join(name);
+        write(&s, &input);
+        let o = storescu(
+            &format!("{}MOD", name.to_uppercase()),
+            AE,
+            d.port,
+            &[&input],
+        );
+        assert!(o.status.success(), "{name}: {}", out_text(&o));
+        specs.push(s);
+    }
+    let reason_files = |d: &Daemon| -> Vec<std::path::PathBuf> {
+        d.dead_files()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".reason.txt"))
+            .collect()
+    };
+    let dead = wait_until(secs(60), POLL, || reason_files(&d).len() == 3);
+    assert!(dead, "{}", d.context());
+    for (((name, _, expected), scp), s) in cases.iter().zip(&scps).zip(&specs) {
+        let reason = reason_files(&d)
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .find(|r| r.contains(&format!("destination {name}:")))
+            .unwrap_or_else(|| panic!("no reason names {name}:\n{}", d.context()));
+        assert!(reason.contains(expected), "{name}: {reason}");
+        // Nothing counts as delivered: the job file records no acknowledged instance.
+        let job = reason_files(&d)
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .contains(&format!("destination {name}:"))
+            })
+            .map(|p| {
+                let stem = p
+                    .to_string_lossy()
+                    .trim_end_matches(".reason.txt")
+                    .to_string();
+                std::fs::read_to_string(format!("{stem}.toml")).unwrap()
+            })
+            .unwrap();
+        let job: toml::Table = toml::from_str(&job).unwrap();
+        let acknowledged = job
+            .get("acknowledged")
+            .and_then(|v| v.as_array())
+            .map_or(0, |a| a.len());
+        assert_eq!(acknowledged, 0, "{name}: {job:?}");
+        assert!(
+            (0..3).any(|z| reason.contains(&s.sop_instance_uid(z))) || *name == "endless",
+            "{name}: the reason names the instance: {reason}"
+        );
+        assert!(
+            !scp.received.lock().unwrap().is_empty(),
+            "{name} received nothing"
+        );
+    }
+    let kept = d
+        .spool_files()
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .count();
+    assert_eq!(kept, 9, "{}", d.context());
+    let peak = peak_rss(pid);
+    assert!(
+        peak <= idle + (32 << 20),
+        "peak RSS {peak} B against {idle} B idle: the endless command set was buffered"
+    );
+    assert!(d.peer().alive());
+    println!("idle VmHWM {idle} B, peak {peak} B");
+}

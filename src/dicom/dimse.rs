@@ -23,6 +23,9 @@ pub const OUT_OF_RESOURCES: u16 = 0xA700;
 pub const DATASET_MISMATCH: u16 = 0xA900;
 /// Error: cannot understand.
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+/// Largest command set a peer may send us, summed over its fragments (a real one is under 200
+/// bytes); a peer that sends more is not speaking DIMSE.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Refused: SOP class not supported.
 pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 

@@ -135,4 +135,14 @@ pub enum ProtocolFailure {
     Released,
     #[error("unexpected PDU {0:?}")]
     UnexpectedPdu(Box<dicom_ul::Pdu>),
+    #[error("the response's command set exceeds {limit} bytes")]
+    CommandTooLarge { limit: usize },
+    #[error("answered command 0x{field:04X} to message {responded} for SOP instance {sop_instance:?}, not a C-STORE-RSP to message {message_id} for {expected}")]
+    WrongResponse {
+        field: u16,
+        responded: u16,
+        sop_instance: String,
+        message_id: u16,
+        expected: String,
+    },
 }

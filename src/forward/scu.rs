@@ -416,7 +416,22 @@ where
         w.write_all(dataset).await.map_err(|e| proto(e.into()))?;
         w.finish().await.map_err(|e| proto(e.into()))?;
     }
-    receive_command(assoc).await.map_err(proto)
+    let rsp = receive_command(assoc).await.map_err(proto)?;
+    // PS3.7 9.3.1.2: the response names the request's message ID, and its Affected SOP Instance
+    // UID, when present, is the request's.
+    if rsp.field != dimse::C_STORE_RSP
+        || rsp.responded_id != message_id
+        || !(rsp.sop_instance.is_empty() || rsp.sop_instance == o.sop_instance)
+    {
+        return Err(proto(ProtocolFailure::WrongResponse {
+            field: rsp.field,
+            responded: rsp.responded_id,
+            sop_instance: rsp.sop_instance,
+            message_id,
+            expected: o.sop_instance.clone(),
+        }));
+    }
+    Ok(rsp)
 }
 
 async fn receive_command<S>(
@@ -431,6 +446,13 @@ where
             Pdu::PData { data } => {
                 for v in data {
                     if v.value_type == PDataValueType::Command {
+                        // A peer that never ends its command set is refused before it fills
+                        // memory (the per-instance timeout alone would let it send for seconds).
+                        if buf.len().saturating_add(v.data.len()) > dimse::MAX_COMMAND_BYTES {
+                            return Err(ProtocolFailure::CommandTooLarge {
+                                limit: dimse::MAX_COMMAND_BYTES,
+                            });
+                        }
                         buf.extend_from_slice(&v.data);
                         if v.is_last {
                             return Ok(dimse::decode(&buf)?);

@@ -184,8 +184,8 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 /// Transfer syntaxes we accept (stored as received; decoded later): the DICOM layer's list.
 pub use crate::dicom::decode::ACCEPTED_TRANSFER_SYNTAXES;
 
-/// Largest command set buffered (a real one is under 200 bytes).
-pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Largest command set buffered (the DICOM layer's bound, shared with the forward stage).
+pub use crate::dicom::dimse::MAX_COMMAND_BYTES;
 /// The ARTIM time of the current settings, in seconds.
 fn server_artim(scp: &Scp) -> u64 {
     scp.settings.borrow().server.artim_seconds

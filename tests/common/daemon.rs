@@ -552,8 +552,25 @@ pub struct ScriptedScp {
     pub stored: Arc<Mutex<BTreeSet<String>>>,
 }
 
+/// How a [`ScriptedScp`] answers a complete C-STORE (after its delay and status).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reply {
+    /// A C-STORE-RSP as the standard has it.
+    Status,
+    /// A C-STORE-RSP to another message ID.
+    WrongMessageId,
+    /// A C-STORE-RSP naming another SOP instance.
+    WrongInstance,
+    /// Command fragments that never set the last bit (64 MiB of them, or until the peer leaves).
+    EndlessCommand,
+}
+
 impl ScriptedScp {
     pub fn start(delay: Duration, refuse: Option<String>) -> ScriptedScp {
+        Self::start_replying(delay, refuse, Reply::Status)
+    }
+
+    pub fn start_replying(delay: Duration, refuse: Option<String>, reply: Reply) -> ScriptedScp {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let s = ScriptedScp {
             port: listener.local_addr().unwrap().port(),
@@ -581,7 +598,7 @@ impl ScriptedScp {
                             dimse::SUCCESS
                         }
                     };
-                    let _ = scripted_association(stream, answer);
+                    let _ = scripted_association(stream, answer, reply);
                 });
             }
         });
@@ -593,6 +610,7 @@ impl ScriptedScp {
 fn scripted_association(
     stream: std::net::TcpStream,
     answer: impl Fn(&dimse::Command) -> u16,
+    reply: Reply,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut a = dicom_ul::ServerAssociationOptions::new()
         .accept_any()
@@ -630,11 +648,29 @@ fn scripted_association(
             } else {
                 "scripted refusal"
             };
+            if reply == Reply::EndlessCommand {
+                for _ in 0..4096 {
+                    a.send(&Pdu::PData {
+                        data: vec![PDataValue {
+                            presentation_context_id: pc,
+                            value_type: PDataValueType::Command,
+                            is_last: false,
+                            data: vec![0x55; 16 * 1024],
+                        }],
+                    })?;
+                }
+                return Ok(());
+            }
+            let (message_id, sop_instance) = match reply {
+                Reply::WrongMessageId => (c.message_id.wrapping_add(1), c.sop_instance.clone()),
+                Reply::WrongInstance => (c.message_id, format!("{}.9", c.sop_instance)),
+                _ => (c.message_id, c.sop_instance.clone()),
+            };
             let rsp = dimse::response(
                 dimse::C_STORE_RSP,
-                c.message_id,
+                message_id,
                 &c.sop_class,
-                &c.sop_instance,
+                &sop_instance,
                 status,
                 comment,
             )?;
