@@ -51,9 +51,21 @@ pub async fn serve(
                 }
             }),
         );
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    });
+    // A graceful stop waits for requests in flight, and a client that never finishes its request
+    // head would hold the daemon's stop until its deadline (20 s): requests get STOP_GRACE after
+    // the signal, then the server and its connections are dropped.
+    tokio::select! {
+        _ = server => {}
+        _ = async {
+            let _ = stop.changed().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        } => {}
+    }
 }
+
+/// How long requests in flight may still run after the stop signal.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

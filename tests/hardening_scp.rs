@@ -618,7 +618,8 @@ fn check_config_bounds_server_limits() {
 
 /// Shutdown (issue 10): the supervisor waits for the association tasks at a stop (a C-STORE in
 /// flight is answered), but a connection that is not an association yet (silent, half a request)
-/// is closed at once rather than waited for until its ARTIM timer: SIGTERM gives a prompt, clean
+/// is closed at once rather than waited for until its ARTIM timer, and an HTTP request whose head
+/// never ends (`/healthz`, half sent) is dropped after a short grace: SIGTERM gives a prompt, clean
 /// exit without the stop deadline's warning.
 #[test]
 fn sigterm_closes_connections_not_yet_associations() {
@@ -635,9 +636,15 @@ fn sigterm_closes_connections_not_yet_associations() {
     let mut silent = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     let mut half = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
     half.write_all(&[0x01, 0x00, 0x00, 0x00]).unwrap();
-    // Both are accepted (the echo is answered after them).
+    let mut http_half = TcpStream::connect(("127.0.0.1", d.http)).unwrap();
+    http_half
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: ct-harmonizer\r\n")
+        .unwrap();
+    // All are accepted (the echo and a whole /healthz are answered after them).
     let o = echoscu(d.port, &[]);
     assert!(o.status.success(), "{}", out_text(&o));
+    assert!(healthy(&d));
+    let stopping = std::time::Instant::now();
     d.peer().signal("TERM");
     let status = d.peer().wait_exit(secs(60));
     assert!(
@@ -645,7 +652,8 @@ fn sigterm_closes_connections_not_yet_associations() {
         "serve did not stop cleanly ({status:?})\n{}",
         d.context()
     );
-    for s in [&mut silent, &mut half] {
+    let stop_seconds = stopping.elapsed().as_secs_f64();
+    for s in [&mut silent, &mut half, &mut http_half] {
         s.set_read_timeout(Some(secs(30))).unwrap();
         let mut b = [0u8; 16];
         let r = s.read(&mut b);
@@ -653,9 +661,10 @@ fn sigterm_closes_connections_not_yet_associations() {
     }
     assert!(
         !d.logs().contains("stage_stop_timeout"),
-        "the stop waited for connections that were not associations\n{}",
+        "the stop waited for connections that were not associations or requests\n{}",
         d.context()
     );
+    assert!(stop_seconds < 10.0, "stopped after {stop_seconds:.1} s");
 }
 
 /// Whole association streams, mutated (deterministic xorshift): not one named fault but 120 peers
