@@ -199,7 +199,7 @@
 //! 1 MiB against 64 KiB 1.04x and 1.04x in one run, 0.94x in another (`storescu` itself sends
 //! 1.3-1.5x faster to a `storescp` offering 128 KiB PDUs; we already offer 64 KiB). None kept:
 //! on these machines every variant is within the spread between runs (`storescp`'s own rate
-//! varied from 654 to 937 images/s today on a machine with nothing else running).
+//! varied from 654 to 1040 images/s between runs today on a machine with nothing else running).
 //!
 //! Also measured and rejected: renaming before the file's `fdatasync` (so that one commit could
 //! carry both): not consistently faster here (85, 157, 73, 80 against 97, 91, 68, 73 images/s),
