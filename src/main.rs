@@ -130,9 +130,21 @@ fn init_logging() {
                     .with_writer(std::io::stderr),
             )
             .init(),
-        None => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init(),
+        None => {
+            // One record, one line: a value a peer sent (AE title, UID, file name) cannot forge a
+            // line; without a terminal there are no colours and every control character is escaped.
+            use std::io::IsTerminal;
+            let terminal = std::io::stderr().is_terminal();
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
+                        .with_writer(move || {
+                            ct_harmonizer::util::log::OneLine::new(std::io::stderr(), !terminal)
+                        }),
+                )
+                .init()
+        }
     }
 }
 

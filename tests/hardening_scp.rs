@@ -787,3 +787,52 @@ fn mutated_association_streams_never_hurt_the_daemon() {
         d.metric("instances_received")
     );
 }
+
+/// A calling AE title carrying a newline and an escape sequence (outside the AE repertoire,
+/// PS3.5 6.2) is refused with A-ASSOCIATE-RJ, and the log keeps one line per record: the title
+/// appears escaped, no forged line. (It was accepted, and its newline split the audit record in
+/// two, the second line starting with the sender's text.)
+#[test]
+fn ae_titles_with_control_characters_are_refused_and_forge_no_log_line() {
+    use dicom_ul::pdu::{write_pdu, AssociationRQ, PresentationContextProposed, UserVariableItem};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::new(tmp.path(), &[], &rule("default", "drop", false, &[]));
+    d.start();
+    let forged = "EV\nFAKE ERR\u{1b}[1m";
+    let rq = Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: forged.into(),
+        called_ae_title: AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec![EXPLICIT_LE.into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16_384)],
+    });
+    let mut bytes = Vec::new();
+    write_pdu(&mut bytes, &rq).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(secs(20))).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut answer = [0u8; 10];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 0x03, "not an A-ASSOCIATE-RJ: {answer:?}");
+    // Reason: service user, calling AE title not recognized (PS3.8 9.3.4).
+    assert_eq!(&answer[7..10], &[1, 1, 3], "{answer:?}");
+    drop(s);
+    let o = echoscu(d.port, &[]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    let ok = wait_until(secs(10), POLL, || d.logs().contains("EV\\nFAKE ERR"));
+    assert!(ok, "the title is not in the log, escaped:\n{}", d.context());
+    let logs = d.logs();
+    for line in logs.lines() {
+        assert!(!line.starts_with("FAKE"), "forged line: {line:?}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "escape sequence in the log: {line:?}"
+        );
+    }
+    assert!(d.peer().alive());
+}

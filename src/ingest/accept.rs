@@ -178,6 +178,15 @@ impl Gate {
     }
 }
 
+/// An AE title as PS3.5 Table 6.2-1 has it: the default character repertoire without backslash
+/// and control characters (so no value a peer sends can break a log line or a file meta group), at
+/// most 16 characters, not only spaces.
+pub(super) fn ae_title_valid(ae: &str) -> bool {
+    ae.len() <= 16
+        && ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+        && !ae.trim().is_empty()
+}
+
 impl AccessControl for Gate {
     fn check_access(
         &self,
@@ -186,10 +195,10 @@ impl AccessControl for Gate {
         called: &str,
         _user: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if called.trim() != self.ae_title.trim() {
+        if !ae_title_valid(called) || called.trim() != self.ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        if !self.caller_allowed(calling) || !self.subject_allowed() {
+        if !ae_title_valid(calling) || !self.caller_allowed(calling) || !self.subject_allowed() {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())

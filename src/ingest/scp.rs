@@ -414,9 +414,12 @@ impl Scp {
             tls,
             allowed_subjects: s.tls.allowed_subjects.clone(),
         };
+        // As the peer sent them (checked by the gate), and as logged (escaped: a title with a
+        // newline or an escape sequence is refused by the gate, and must not forge a log line).
+        let (raw_calling, raw_called) = (rq.calling_ae_title.trim(), rq.called_ae_title.trim());
         let (calling, called) = (
-            rq.calling_ae_title.trim().to_string(),
-            rq.called_ae_title.trim().to_string(),
+            crate::util::log::safe(raw_calling).into_owned(),
+            crate::util::log::safe(raw_called).into_owned(),
         );
         crate::audit::request(&calling, &called);
         if !gate.subject_allowed() {
@@ -431,7 +434,7 @@ impl Scp {
         // Only a request that passes access control waits for a slot; the others are answered by
         // the negotiation below (a permanent rejection) without one.
         let slot = if gate
-            .check_access(&s.ae_title, &calling, &called, None)
+            .check_access(&s.ae_title, raw_calling, raw_called, None)
             .is_ok()
         {
             let wait = Duration::from_secs(s.slot_wait_seconds);
@@ -1199,5 +1202,42 @@ mod tests {
             ..g
         };
         assert!(g2.check_access("US", "CT1", "US", None).is_err());
+    }
+
+    #[test]
+    fn ae_titles_outside_the_repertoire_are_refused() {
+        use super::super::accept::ae_title_valid;
+        use dicom_ul::pdu::AssociationRJServiceUserReason;
+        for ok in ["CT1", "STORE SCU", "A", "0123456789ABCDEF", " PADDED "] {
+            assert!(ae_title_valid(ok), "{ok:?}");
+        }
+        for bad in [
+            "EV\nFAKE ERROR",
+            "CT\r",
+            "A\u{1b}[31m",
+            "BACK\\SLASH",
+            "é",
+            "",
+            "    ",
+            "0123456789ABCDEFG",
+        ] {
+            assert!(!ae_title_valid(bad), "{bad:?}");
+        }
+        let g = Gate {
+            ae_title: "US".into(),
+            allowed: vec![],
+            peer: "127.0.0.1".parse().unwrap(),
+            tls: None,
+            allowed_subjects: vec![],
+        };
+        assert!(g.check_access("US", "CT1", "US", None).is_ok());
+        assert_eq!(
+            g.check_access("US", "EV\nFAKE", "US", None),
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+        assert_eq!(
+            g.check_access("US", "CT1", "US\u{7}", None),
+            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+        );
     }
 }

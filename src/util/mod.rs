@@ -7,6 +7,7 @@ pub mod clock;
 pub mod dn;
 pub mod fs;
 pub mod heartbeat;
+pub mod log;
 
 /// The message a caught panic carried (`&str` or `String` payloads; anything else says so).
 pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
