@@ -20,6 +20,46 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("configuration file {}: {reason}", .path.display())]
+    File { path: PathBuf, reason: String },
+}
+
+/// Largest configuration file read (the documented one is under 30 KiB).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of a configuration file: a regular file (followed through links) of at most
+/// [`MAX_CONFIG_BYTES`]. Opened without blocking, so a FIFO put in its place (or any special file)
+/// is named as such instead of stalling the start or a reload.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err(
+            "not a regular file (a folder, FIFO, socket or device)".into()
+        ));
+    }
+    let too_big = |size: u64| err(format!("{size} bytes, more than {MAX_CONFIG_BYTES}"));
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,7 +341,8 @@ impl Settings {
             config::FileFormat::Toml,
         ));
         if let Some(path) = file {
-            b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
+            let text = read_config_file(path)?;
+            b = b.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let vars: config::Map<String, String> = env
             .into_iter()
@@ -650,6 +691,54 @@ pub const MAX_PDU_LENGTH_LIMIT: u32 = 4 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configuration_file_must_be_a_small_regular_text_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |p: &Path| {
+            Settings::load_with_env(Some(p), Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        // A FIFO in its place is named, not waited on (a read would block until a writer came).
+        let fifo = dir.path().join("fifo.toml");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let e = load(&fifo);
+        assert!(
+            e.contains("fifo.toml") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = load(dir.path());
+        assert!(e.contains("not a regular file"), "{e}");
+        let missing = dir.path().join("missing.toml");
+        let e = load(&missing);
+        assert!(
+            e.contains("missing.toml") && e.contains("No such file"),
+            "{e}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        let e = load(&big);
+        assert!(
+            e.contains("big.toml") && e.contains("bytes, more than"),
+            "{e}"
+        );
+        let binary = dir.path().join("binary.toml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        assert!(load(&binary).contains("not UTF-8"), "{}", load(&binary));
+        // A link to a good file is followed (the usual /etc layout).
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "[series]\nquiet_seconds = 7\n").unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let s = Settings::load_with_env(Some(&link), Vec::new()).unwrap();
+        assert_eq!(s.series.quiet_seconds, 7);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
