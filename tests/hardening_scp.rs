@@ -836,3 +836,39 @@ fn ae_titles_with_control_characters_are_refused_and_forge_no_log_line() {
     }
     assert!(d.peer().alive());
 }
+
+/// HTTP clients that connect and say nothing (or never finish a request head) hold neither the
+/// daemon's descriptors nor `/healthz`: at most 32 connections are served at once and each is
+/// closed after 10 s of silence. With 40 such connections open, `/healthz` is still answered
+/// (within the idle time) and every silent connection is closed by the daemon.
+#[test]
+fn silent_http_clients_hold_neither_descriptors_nor_healthz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::new(tmp.path(), &[], &rule("default", "drop", false, &[]));
+    d.start();
+    let mut silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", d.http)).unwrap())
+        .collect();
+    silent[0]
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: ct-harmonizer\r\n")
+        .unwrap();
+    let t = Instant::now();
+    let answered = wait_until(secs(40), POLL, || healthy(&d));
+    assert!(answered, "/healthz never answered\n{}", d.context());
+    let waited = t.elapsed();
+    assert!(waited < secs(25), "/healthz answered after {waited:?}");
+    for (i, s) in silent.iter_mut().enumerate() {
+        s.set_read_timeout(Some(secs(40))).unwrap();
+        let mut b = [0u8; 64];
+        let r = s.read(&mut b);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "silent connection {i} not closed by the daemon: {r:?}"
+        );
+    }
+    assert!(d.peer().alive());
+    assert!(healthy(&d));
+    println!("/healthz answered after {waited:?} with 40 silent connections open");
+}
