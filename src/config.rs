@@ -32,22 +32,12 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// is named as such instead of stalling the start or a reload.
 fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let err = |reason: String| ConfigError::File {
         path: path.to_owned(),
         reason,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| err(e.to_string()))?;
+    let file = crate::util::fs::open_regular(path).map_err(|e| err(e.to_string()))?;
     let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err(
-            "not a regular file (a folder, FIFO, socket or device)".into()
-        ));
-    }
     let too_big = |size: u64| err(format!("{size} bytes, more than {MAX_CONFIG_BYTES}"));
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(too_big(meta.len()));

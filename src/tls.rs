@@ -103,7 +103,7 @@ pub fn check_key_file(path: &Path) -> Result<(), TlsError> {
             "mode {mode:04o} gives access to group or others; make it readable by the service user only (chmod 600)"
         )));
     }
-    std::fs::File::open(path).map_err(|source| TlsError::Unreadable {
+    crate::util::fs::open_regular(path).map_err(|source| TlsError::Unreadable {
         what: "private key file",
         path: path.to_owned(),
         source,
@@ -122,13 +122,12 @@ fn load_certs(what: &'static str, path: &str) -> Result<Vec<CertificateDer<'stat
         path: PathBuf::from(path),
         source,
     };
-    std::fs::File::open(path).map_err(|source| TlsError::Io {
+    let file = crate::util::fs::open_regular(Path::new(path)).map_err(|source| TlsError::Io {
         what,
         path: PathBuf::from(path),
         source,
     })?;
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem)?
+    let certs = CertificateDer::pem_reader_iter(file)
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem)?;
     if certs.is_empty() {
@@ -387,6 +386,26 @@ pub fn subject_allowed(subject: &str, allowed: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_in_place_of_a_certificate_is_named_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let path = fifo.display().to_string();
+        let msg = load_certs("CA certificate", &path).unwrap_err().to_string();
+        assert!(
+            msg.contains("ca.pem") && msg.contains("not a regular file"),
+            "{msg}"
+        );
+        let msg = check_key_file(&fifo).unwrap_err().to_string();
+        assert!(msg.contains("not a regular file"), "{msg}");
+    }
 
     #[test]
     fn distinguished_names_compare_regardless_of_order_and_case() {

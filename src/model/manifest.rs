@@ -508,10 +508,15 @@ impl ModelDir {
     /// Reads `dir/model.toml`, then hashes the ONNX file it names and compares.
     pub fn open(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = crate::util::fs::open_regular(&path)
+            .and_then(|mut f| {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+            })
+            .map_err(|source| ManifestError::Read {
+                path: path.clone(),
+                source,
+            })?;
         let manifest = Manifest::from_toml(&text, &path)?;
         let onnx_path = dir.join(&manifest.onnx_file);
         let actual = sha256_file(&onnx_path).map_err(|source| ManifestError::ReadOnnx {
@@ -550,7 +555,7 @@ impl ModelDir {
 
 /// Lower-case hex SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::util::fs::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -699,6 +704,32 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.contains("lr.onnx") && msg.contains("of stage lr is missing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn fifos_in_place_of_model_files_are_named_not_waited_on() {
+        let m = two_stage(b"lr", b"hr");
+        let mkfifo = |p: &Path| {
+            rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o600))
+                .unwrap()
+        };
+        // A stage's ONNX file (a read of it would wait for a writer).
+        let dir = write_dir(&m, &[("hr.onnx", b"hr")]);
+        mkfifo(&dir.path().join("lr.onnx"));
+        let msg = ModelDir::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("lr.onnx") && msg.contains("not a regular file"),
+            "{msg}"
+        );
+        // The manifest itself.
+        let dir = write_dir(&m, &[("lr.onnx", b"lr"), ("hr.onnx", b"hr")]);
+        std::fs::remove_file(dir.path().join("model.toml")).unwrap();
+        mkfifo(&dir.path().join("model.toml"));
+        let msg = ModelDir::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("model.toml") && msg.contains("not a regular file"),
             "{msg}"
         );
     }
