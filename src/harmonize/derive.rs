@@ -514,8 +514,17 @@ impl SeriesWriter {
             VR::DS,
             &ds_multi(&out.position),
         );
+        // Written from the plan, as the position is: the source's own text is kept by the
+        // template as it came (Type 1), and a value that parses (dicom-rs reads "\0" padding as a
+        // number) may still be invalid DS text (found by fuzz target series_file).
+        let o = self.plan_orientation(src0);
+        put_strs(
+            &mut obj,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            VR::DS,
+            &ds_multi(&o),
+        );
         let normal_pos: f64 = {
-            let o = self.plan_orientation(src0);
             let n = [
                 o[1] * o[5] - o[2] * o[4],
                 o[2] * o[3] - o[0] * o[5],
