@@ -692,12 +692,7 @@ mod tests {
         };
         // A FIFO in its place is named, not waited on (a read would block until a writer came).
         let fifo = dir.path().join("fifo.toml");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        crate::util::fs::test_support::make_fifo(&fifo);
         let e = load(&fifo);
         assert!(
             e.contains("fifo.toml") && e.contains("not a regular file"),

@@ -391,12 +391,7 @@ mod tests {
     fn a_fifo_in_place_of_a_certificate_is_named_not_waited_on() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("ca.pem");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        crate::util::fs::test_support::make_fifo(&fifo);
         let path = fifo.display().to_string();
         let msg = load_certs("CA certificate", &path).unwrap_err().to_string();
         assert!(

@@ -138,11 +138,7 @@ mod tests {
     fn fifo_is_skipped_not_opened() {
         let tmp = tempfile::tempdir().unwrap();
         let fifo = tmp.path().join("pipe.dcm");
-        let o = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        crate::util::fs::test_support::make_fifo(&fifo);
         let s = scan(&[tmp.path().to_owned()]).unwrap();
         assert!(s.images.is_empty() && s.rejected.is_empty());
         assert_eq!(s.skipped.len(), 1);

@@ -711,10 +711,7 @@ mod tests {
     #[test]
     fn fifos_in_place_of_model_files_are_named_not_waited_on() {
         let m = two_stage(b"lr", b"hr");
-        let mkfifo = |p: &Path| {
-            rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::from_raw_mode(0o600))
-                .unwrap()
-        };
+        let mkfifo = crate::util::fs::test_support::make_fifo;
         // A stage's ONNX file (a read of it would wait for a writer).
         let dir = write_dir(&m, &[("hr.onnx", b"hr")]);
         mkfifo(&dir.path().join("lr.onnx"));

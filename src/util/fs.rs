@@ -25,6 +25,23 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Helpers for tests elsewhere in the crate.
+#[cfg(test)]
+pub mod test_support {
+    use std::path::Path;
+
+    /// Makes a FIFO at `path`: what a test puts where a file an operator names belongs (opening
+    /// it for reading would wait for a writer).
+    pub fn make_fifo(path: &Path) {
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,12 +50,7 @@ mod tests {
     fn only_regular_files_open() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        test_support::make_fifo(&fifo);
         let e = open_regular(&fifo).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
         assert!(open_regular(dir.path()).is_err());
